@@ -1,0 +1,99 @@
+package audit
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+)
+
+// Keys are derived from one 32-byte master key kept in audit.key_file: one for
+// the chain MAC, one for pseudonyms, so neither use can be turned against the other.
+type Keys struct {
+	chain  []byte
+	pseudo []byte
+}
+
+// NewKeys derives the working keys from a master key.
+func NewKeys(master []byte) (*Keys, error) {
+	if len(master) < 32 {
+		return nil, fmt.Errorf("audit key must be at least 32 bytes, got %d", len(master))
+	}
+	return &Keys{
+		chain:  derive(master, "matrix-hipaa audit chain v1"),
+		pseudo: derive(master, "matrix-hipaa pseudonym v1"),
+	}, nil
+}
+
+func derive(master []byte, label string) []byte {
+	m := hmac.New(sha256.New, master)
+	m.Write([]byte(label))
+	return m.Sum(nil)
+}
+
+// LoadOrCreateKey reads the hex master key at path, creating it (mode 0600,
+// never overwriting) if it does not exist. A key file others can read is
+// refused: with it anyone could forge the chain or match pseudonyms.
+func LoadOrCreateKey(path string) (*Keys, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		master := make([]byte, 32)
+		if _, err := rand.Read(master); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			return LoadOrCreateKey(path) // another process made it first
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create audit key: %w", err)
+		}
+		_, err = f.WriteString(hex.EncodeToString(master) + "\n")
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+			return nil, fmt.Errorf("write audit key: %w", err)
+		}
+		return NewKeys(master)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read audit key: %w", err)
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("audit key %s is readable by other users (mode %04o): run chmod 600 on it", path, st.Mode().Perm())
+	}
+	master, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("audit key %s is not hex", path)
+	}
+	return NewKeys(master)
+}
+
+// User is the pseudonym of a Matrix user ID: stable for one deployment, not
+// reversible without the key (a plain hash of a user ID falls to a dictionary).
+func (k *Keys) User(mxid string) string { return k.pseudonym("u_", "user", mxid) }
+
+// Room is the pseudonym of a room ID.
+func (k *Keys) Room(roomID string) string { return k.pseudonym("r_", "room", roomID) }
+
+func (k *Keys) pseudonym(prefix, kind, id string) string {
+	if id == "" {
+		return ""
+	}
+	m := hmac.New(sha256.New, k.pseudo)
+	m.Write([]byte(kind))
+	m.Write([]byte{0})
+	m.Write([]byte(id))
+	var sum [32]byte
+	return prefix + hex.EncodeToString(m.Sum(sum[:0])[:16])
+}

@@ -1,0 +1,120 @@
+// Package audit is the tamper-evident, content-free audit trail: records, the
+// HMAC chain that links them, pseudonyms, verification and export.
+package audit
+
+import (
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Record types. Keep docs/audit.md in step.
+const (
+	TypeEventReceived = "event.received"
+	TypeServiceStart  = "service.start"
+	TypeServiceStop   = "service.stop"
+	TypeJobApplied    = "job.applied"
+	TypeJobFailed     = "job.failed"
+	TypeAuditRead     = "audit.read"
+)
+
+// Outcomes.
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	// OutcomeWould marks what dry-run would have done.
+	OutcomeWould = "would"
+)
+
+// Record is one audit entry. Every field is metadata from a closed vocabulary
+// or a pseudonym: never a message body, room name, topic, display name, token
+// or free text a user wrote.
+type Record struct {
+	Seq  int64     // assigned on append
+	Time time.Time // the service's clock, not the event's origin_server_ts
+	MAC  []byte    // assigned on append
+
+	Type      string
+	Outcome   string
+	Actor     string // pseudonym (u_…), or os:<login> for a CLI operator
+	Room      string // pseudonym (r_…)
+	EventID   string
+	EventType string
+	// Membership or state key class for state events: join, leave, invite, ban…
+	Detail        string
+	Action        string
+	JobID         int64
+	PolicyVersion string
+	Count         int64
+}
+
+// encode writes the record's body as canonical JSON: fixed field order, empty
+// fields left out. These exact bytes are stored and MACed, so verification
+// never depends on re-encoding.
+func (r *Record) encode(buf []byte) []byte {
+	buf = append(buf, '{')
+	buf = appendField(buf, "type", r.Type, true)
+	buf = appendField(buf, "outcome", r.Outcome, false)
+	buf = appendField(buf, "actor", r.Actor, false)
+	buf = appendField(buf, "room", r.Room, false)
+	buf = appendField(buf, "event_id", r.EventID, false)
+	buf = appendField(buf, "event_type", r.EventType, false)
+	buf = appendField(buf, "detail", r.Detail, false)
+	buf = appendField(buf, "action", r.Action, false)
+	if r.JobID != 0 {
+		buf = append(buf, `,"job_id":`...)
+		buf = strconv.AppendInt(buf, r.JobID, 10)
+	}
+	buf = appendField(buf, "policy_version", r.PolicyVersion, false)
+	if r.Count != 0 {
+		buf = append(buf, `,"count":`...)
+		buf = strconv.AppendInt(buf, r.Count, 10)
+	}
+	return append(buf, '}')
+}
+
+func appendField(buf []byte, key, val string, first bool) []byte {
+	if val == "" && !first {
+		return buf
+	}
+	if !first {
+		buf = append(buf, ',')
+	}
+	buf = append(buf, '"')
+	buf = append(buf, key...)
+	buf = append(buf, '"', ':')
+	return appendJSONString(buf, val)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString quotes s as JSON, replacing invalid UTF-8 so the stored
+// record is always valid JSON whatever a homeserver sent.
+func appendJSONString(buf []byte, s string) []byte {
+	buf = append(buf, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				buf = append(buf, '\\', c)
+			case c < 0x20:
+				buf = append(buf, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				buf = append(buf, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, `\ufffd`...)
+		} else if r == '\u2028' || r == '\u2029' {
+			buf = append(buf, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+		} else {
+			buf = append(buf, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(buf, '"')
+}

@@ -1,0 +1,156 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// Decision is what policy made of one event: jobs to run and records to add
+// to the audit trail. Both are committed with the dispatcher's progress.
+type Decision struct {
+	Jobs    []JobSpec
+	Records []*audit.Record
+}
+
+// Decider turns a stored event into a decision. It must be pure: no I/O, so a
+// crash between deciding and committing simply decides again.
+type Decider interface {
+	Decide(ev *Event) Decision
+}
+
+// NoPolicy decides nothing; events are only audited on receipt.
+type NoPolicy struct{}
+
+func (NoPolicy) Decide(*Event) Decision { return Decision{} }
+
+// Dispatcher walks the inbox in order, asks the Decider about each event and
+// commits the resulting jobs, audit records and its own cursor together.
+type Dispatcher struct {
+	db      *store.DB
+	chain   *audit.Chain
+	decider Decider
+	metrics *Metrics
+	log     zerolog.Logger
+	wakeJob func()
+	batch   int
+}
+
+func NewDispatcher(db *store.DB, chain *audit.Chain, d Decider, m *Metrics, log zerolog.Logger, wakeJobs func()) *Dispatcher {
+	return &Dispatcher{db: db, chain: chain, decider: d, metrics: m, log: log, wakeJob: wakeJobs, batch: 500}
+}
+
+// Run dispatches until ctx ends, waking on notify and at least once a second.
+func (d *Dispatcher) Run(ctx context.Context, notify <-chan struct{}) {
+	for {
+		n, err := d.DispatchBatch(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Error().Err(err).Msg("dispatch failed; retrying")
+		}
+		if n > 0 && err == nil {
+			continue
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-notify:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// DispatchBatch processes up to one batch of undispatched events and returns
+// how many it processed.
+func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
+	var cursor int64
+	if err := d.db.R.QueryRowContext(ctx, `SELECT seq FROM dispatch_cursor WHERE id = 1`).Scan(&cursor); err != nil {
+		return 0, fmt.Errorf("read dispatch cursor: %w", err)
+	}
+	rows, err := d.db.R.QueryContext(ctx, `SELECT seq, event_id, room_id, event_type, sender, content FROM inbox
+		WHERE seq > $1 ORDER BY seq LIMIT $2`, cursor, d.batch)
+	if err != nil {
+		return 0, err
+	}
+	var events []*Event
+	var last int64
+	for rows.Next() {
+		e := &Event{}
+		var raw []byte
+		if err := rows.Scan(&last, &e.ID, &e.RoomID, &e.Type, &e.Sender, &raw); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		e.Raw = raw
+		events = append(events, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if len(events) == 0 {
+		d.updateLag(ctx, cursor)
+		return 0, nil
+	}
+	var jobs []JobSpec
+	var recs []*audit.Record
+	for _, e := range events {
+		dec := d.decider.Decide(e)
+		jobs = append(jobs, dec.Jobs...)
+		recs = append(recs, dec.Records...)
+	}
+	tx, err := d.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	now := d.chain.Now()
+	if err := Enqueue(ctx, tx, now, jobs...); err != nil {
+		return 0, err
+	}
+	if err := d.chain.Append(ctx, tx, recs...); err != nil {
+		d.metrics.AuditFailures.Inc()
+		return 0, err
+	}
+	// Compare-and-set keeps two dispatchers (a mistake) from double-processing.
+	res, err := tx.ExecContext(ctx, `UPDATE dispatch_cursor SET seq = $1 WHERE id = 1 AND seq = $2`, last, cursor)
+	if err != nil {
+		return 0, err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return 0, fmt.Errorf("dispatch cursor moved under us: is another matrix-hipaa running on this database?")
+	}
+	// Bodies are only needed until policy has seen them.
+	if _, err := tx.ExecContext(ctx, `UPDATE inbox SET content = NULL WHERE seq > $1 AND seq <= $2`, cursor, last); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, err
+	}
+	d.metrics.AuditRecords.Add(float64(len(recs)))
+	d.metrics.Dispatched.Add(float64(len(events)))
+	d.metrics.LastDispatched.SetToCurrentTime()
+	if len(jobs) > 0 && d.wakeJob != nil {
+		d.wakeJob()
+	}
+	d.updateLag(ctx, last)
+	return len(events), nil
+}
+
+func (d *Dispatcher) updateLag(ctx context.Context, cursor int64) {
+	var head sql.NullInt64
+	if err := d.db.R.QueryRowContext(ctx, `SELECT MAX(seq) FROM inbox`).Scan(&head); err == nil && head.Valid {
+		d.metrics.InboxLag.Set(float64(max(head.Int64-cursor, 0)))
+	}
+}

@@ -1,0 +1,205 @@
+package appservice
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// Event is the part of a pushed event the pipeline needs to route it; the raw
+// JSON is kept beside it for the policy rules.
+type Event struct {
+	ID       string  `json:"event_id"`
+	RoomID   string  `json:"room_id"`
+	Type     string  `json:"type"`
+	Sender   string  `json:"sender"`
+	StateKey *string `json:"state_key"`
+	Content  struct {
+		Membership string `json:"membership"`
+	} `json:"content"`
+	Raw json.RawMessage `json:"-"`
+}
+
+// class is a coarse, closed label for metrics and logs.
+func (e *Event) class() string {
+	switch {
+	case e.Type == "m.room.member":
+		return "member"
+	case e.Type == "m.room.encrypted":
+		return "encrypted"
+	case e.Type == "m.room.redaction":
+		return "redaction"
+	case e.StateKey != nil:
+		return "state"
+	case e.Type == "m.room.message" || e.Type == "m.sticker":
+		return "message"
+	}
+	return "other"
+}
+
+var memberships = map[string]bool{"join": true, "leave": true, "invite": true, "ban": true, "knock": true}
+
+// auditDetail says what kind of state change an event is, from a closed set.
+func (e *Event) auditDetail() string {
+	if e.Type == "m.room.member" {
+		if memberships[e.Content.Membership] {
+			return e.Content.Membership
+		}
+		return "other"
+	}
+	if e.StateKey != nil {
+		return "state"
+	}
+	return ""
+}
+
+// Inbox durably stores pushed transactions: each new event and its
+// event.received audit record are committed in one database transaction
+// before the homeserver gets its 200.
+type Inbox struct {
+	db      *store.DB
+	chain   *audit.Chain
+	metrics *Metrics
+	// mu orders commits so inbox seq order is commit order: the dispatcher
+	// walks seq and must never pass a row that commits later.
+	mu     sync.Mutex
+	notify chan struct{}
+}
+
+func NewInbox(db *store.DB, chain *audit.Chain, m *Metrics) *Inbox {
+	return &Inbox{db: db, chain: chain, metrics: m, notify: make(chan struct{}, 1)}
+}
+
+// Notify fires after each commit that stored new events.
+func (in *Inbox) Notify() <-chan struct{} { return in.notify }
+
+// Store writes a transaction. It returns how many events were new; events
+// already stored (a re-sent transaction, perhaps with more events appended)
+// are skipped, so each event is stored and audited once.
+func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int, error) {
+	// Drop repeats inside the transaction itself before touching the database.
+	seen := make(map[string]struct{}, len(events))
+	uniq := events[:0:0]
+	for _, e := range events {
+		if _, dup := seen[e.ID]; !dup {
+			seen[e.ID] = struct{}{}
+			uniq = append(uniq, e)
+		}
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	tx, err := in.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	now := in.chain.Now()
+	nowMs := now.UnixMilli()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO as_txn (txn_id, received_at, events) VALUES ($1, $2, $3) ON CONFLICT (txn_id) DO NOTHING`,
+		txnID, nowMs, len(events)); err != nil {
+		return 0, fmt.Errorf("store transaction: %w", err)
+	}
+	inserted := make(map[string]struct{}, len(uniq))
+	args := make([]any, 0, 6*min(len(uniq), inboxChunk))
+	for start := 0; start < len(uniq); start += inboxChunk {
+		chunk := uniq[start:min(start+inboxChunk, len(uniq))]
+		args = args[:0]
+		for _, e := range chunk {
+			args = append(args, e.ID, e.RoomID, e.Type, e.Sender, nowMs, []byte(e.Raw))
+		}
+		rows, err := tx.QueryContext(ctx, inboxInsert(len(chunk)), args...)
+		if err != nil {
+			return 0, fmt.Errorf("store events: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			inserted[id] = struct{}{}
+		}
+		if err := rows.Close(); err != nil {
+			return 0, err
+		}
+	}
+	recs := make([]*audit.Record, 0, len(inserted))
+	keys := in.chain.Keys()
+	for _, e := range uniq {
+		if _, ok := inserted[e.ID]; !ok {
+			continue
+		}
+		recs = append(recs, &audit.Record{
+			Time:      now,
+			Type:      audit.TypeEventReceived,
+			Outcome:   audit.OutcomeSuccess,
+			Actor:     keys.User(e.Sender),
+			Room:      keys.Room(e.RoomID),
+			EventID:   e.ID,
+			EventType: e.Type,
+			Detail:    e.auditDetail(),
+		})
+	}
+	if err := in.chain.Append(ctx, tx, recs...); err != nil {
+		in.metrics.AuditFailures.Inc()
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit transaction: %w", err)
+	}
+	in.metrics.AuditRecords.Add(float64(len(recs)))
+	for _, e := range events {
+		delivery := "duplicate"
+		if _, ok := inserted[e.ID]; ok {
+			delivery = "new"
+			delete(inserted, e.ID)
+		}
+		in.metrics.Events.WithLabelValues(e.class(), delivery).Inc()
+	}
+	if len(recs) > 0 {
+		select {
+		case in.notify <- struct{}{}:
+		default:
+		}
+	}
+	return len(recs), nil
+}
+
+const inboxChunk = 100
+
+var inboxQueries sync.Map
+
+func inboxInsert(n int) string {
+	if q, ok := inboxQueries.Load(n); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString("INSERT INTO inbox (event_id, room_id, event_type, sender, received_at, content) VALUES ")
+	for j := 0; j < n; j++ {
+		if j > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for k := 1; k <= 6; k++ {
+			if k > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteString("$" + strconv.Itoa(6*j+k))
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+	q := b.String()
+	inboxQueries.Store(n, q)
+	return q
+}
+
+// Clock is the time source; tests inject a fake one.
+type Clock func() time.Time

@@ -1,0 +1,376 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// JobSpec is an action to take, as decided by policy. DedupeKey makes
+// enqueueing idempotent: the same decision made twice is one job.
+type JobSpec struct {
+	Kind      string
+	DedupeKey string
+	Payload   json.RawMessage
+	DueAt     time.Time
+	DryRun    bool
+	// Audit fields, copied into the job's outcome record.
+	Room    string
+	EventID string
+}
+
+// Job is a stored job as a handler sees it.
+type Job struct {
+	ID       int64
+	Kind     string
+	Key      string
+	Payload  json.RawMessage
+	Attempts int
+	DryRun   bool
+}
+
+// Handler applies one job. It must be idempotent: after a crash a job that
+// had in fact been applied runs again. Return Permanent(err) for failures
+// that retrying cannot fix.
+type Handler func(ctx context.Context, job *Job) error
+
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// Permanent marks an error as not worth retrying.
+func Permanent(err error) error { return permanentError{err} }
+
+// Enqueue inserts jobs inside tx; a job whose dedupe key exists is skipped.
+func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) error {
+	for _, j := range jobs {
+		due := j.DueAt
+		if due.IsZero() {
+			due = now
+		}
+		payload := j.Payload
+		if payload == nil {
+			payload = json.RawMessage("{}")
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run)
+			VALUES ($1, $2, $3, 'pending', $4, $5, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING`,
+			j.Kind, j.DedupeKey, []byte(payload), due.UnixMilli(), now.UnixMilli(), j.DryRun); err != nil {
+			return fmt.Errorf("enqueue %s job: %w", j.Kind, err)
+		}
+	}
+	return nil
+}
+
+// Runner applies due jobs with bounded concurrency, retrying failures with
+// exponential backoff (or the homeserver's retry_after_ms), and records each
+// final outcome in the audit chain in the same transaction as the job's state.
+type Runner struct {
+	db          *store.DB
+	chain       *audit.Chain
+	metrics     *Metrics
+	log         zerolog.Logger
+	now         Clock
+	handlers    map[string]Handler
+	workers     int
+	maxAttempts int
+	backoff     time.Duration
+	maxBackoff  time.Duration
+
+	wake     chan struct{}
+	mu       sync.Mutex
+	inFlight map[int64]bool
+}
+
+type RunnerOptions struct {
+	Workers     int
+	MaxAttempts int
+	Backoff     time.Duration
+	MaxBackoff  time.Duration
+}
+
+func NewRunner(db *store.DB, chain *audit.Chain, m *Metrics, log zerolog.Logger, now Clock, opt RunnerOptions) *Runner {
+	return &Runner{
+		db: db, chain: chain, metrics: m, log: log, now: now,
+		handlers: map[string]Handler{}, workers: max(opt.Workers, 1), maxAttempts: max(opt.MaxAttempts, 1),
+		backoff: opt.Backoff, maxBackoff: opt.MaxBackoff,
+		wake: make(chan struct{}, 1), inFlight: map[int64]bool{},
+	}
+}
+
+// Handle registers the handler for a job kind.
+func (r *Runner) Handle(kind string, h Handler) { r.handlers[kind] = h }
+
+// Wake makes the runner look for due jobs now.
+func (r *Runner) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run processes jobs until ctx ends, sleeping until the next due job or a Wake.
+func (r *Runner) Run(ctx context.Context) {
+	sem := make(chan struct{}, r.workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		n, err := r.startDue(ctx, sem, &wg)
+		if err != nil && ctx.Err() == nil {
+			r.log.Error().Err(err).Msg("reading due jobs failed; retrying shortly")
+		}
+		wait := time.Minute
+		if err != nil {
+			wait = time.Second
+		} else if n == 0 {
+			if next, ok, err := r.nextDue(ctx); err == nil && ok {
+				wait = max(next.Sub(r.now()), 0)
+			}
+		} else {
+			wait = 0
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-r.wake:
+			case <-t.C:
+			}
+			t.Stop()
+		} else {
+			// Let running jobs finish or free a slot before polling again.
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.wake:
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// RunDue applies every job due now and waits for them; tests drive it with a fake clock.
+func (r *Runner) RunDue(ctx context.Context) (int, error) {
+	sem := make(chan struct{}, r.workers)
+	var wg sync.WaitGroup
+	n, err := r.startDue(ctx, sem, &wg)
+	wg.Wait()
+	return n, err
+}
+
+func (r *Runner) nextDue(ctx context.Context) (time.Time, bool, error) {
+	var due sql.NullInt64
+	err := r.db.R.QueryRowContext(ctx, `SELECT MIN(due_at) FROM job WHERE state = 'pending'`).Scan(&due)
+	if err != nil || !due.Valid {
+		return time.Time{}, false, err
+	}
+	return time.UnixMilli(due.Int64), true, nil
+}
+
+func (r *Runner) startDue(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) (int, error) {
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run FROM job
+		WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, id LIMIT 256`, r.now().UnixMilli())
+	if err != nil {
+		return 0, err
+	}
+	var due []*Job
+	for rows.Next() {
+		j := &Job{}
+		var payload []byte
+		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		j.Payload = payload
+		due = append(due, j)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	started := 0
+	for _, j := range due {
+		r.mu.Lock()
+		busy := r.inFlight[j.ID]
+		if !busy {
+			r.inFlight[j.ID] = true
+		}
+		r.mu.Unlock()
+		if busy {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			r.mu.Lock()
+			delete(r.inFlight, j.ID)
+			r.mu.Unlock()
+			return started, ctx.Err()
+		}
+		started++
+		wg.Add(1)
+		go func(j *Job) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			defer func() {
+				r.mu.Lock()
+				delete(r.inFlight, j.ID)
+				r.mu.Unlock()
+			}()
+			r.apply(ctx, j)
+		}(j)
+	}
+	return started, nil
+}
+
+func (r *Runner) apply(ctx context.Context, j *Job) {
+	log := r.log.With().Int64("job_id", j.ID).Str("job_kind", j.Kind).Int("attempt", j.Attempts+1).Logger()
+	var err error
+	outcome := audit.OutcomeSuccess
+	if j.DryRun {
+		outcome = audit.OutcomeWould
+	} else if h := r.handlers[j.Kind]; h == nil {
+		err = Permanent(fmt.Errorf("no handler for job kind %q", j.Kind))
+	} else {
+		err = safeRun(ctx, h, j)
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the job stays pending and runs after restart
+	}
+	attempts := j.Attempts + 1
+	now := r.now()
+	if err == nil {
+		r.finish(ctx, log, j, "done", attempts, now, "", audit.TypeJobApplied, outcome)
+		r.metrics.JobRuns.WithLabelValues(j.Kind, outcome).Inc()
+		return
+	}
+	var perm permanentError
+	if errors.As(err, &perm) || attempts >= r.maxAttempts {
+		log.Error().Str("error", SafeError(err)).Msg("job failed for good")
+		r.finish(ctx, log, j, "failed", attempts, now, SafeError(err), audit.TypeJobFailed, audit.OutcomeFailure)
+		r.metrics.JobRuns.WithLabelValues(j.Kind, "failure").Inc()
+		return
+	}
+	delay := r.delay(attempts, err)
+	log.Warn().Str("error", SafeError(err)).Dur("retry_in", delay).Msg("job failed; will retry")
+	r.metrics.JobRuns.WithLabelValues(j.Kind, "retry").Inc()
+	if _, dbErr := r.db.W.ExecContext(ctx, `UPDATE job SET attempts = $1, due_at = $2, updated_at = $3, last_error = $4 WHERE id = $5`,
+		attempts, now.Add(delay).UnixMilli(), now.UnixMilli(), SafeError(err), j.ID); dbErr != nil {
+		log.Error().Err(dbErr).Msg("could not record job retry")
+	}
+}
+
+func safeRun(ctx context.Context, h Handler, j *Job) (err error) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			err = Permanent(fmt.Errorf("handler panicked: %T", rec))
+		}
+	}()
+	return h(ctx, j)
+}
+
+func (r *Runner) finish(ctx context.Context, log zerolog.Logger, j *Job, state string, attempts int, now time.Time, errText, recType, outcome string) {
+	tx, err := r.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		log.Error().Err(err).Msg("could not record job outcome")
+		return
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `UPDATE job SET state = $1, attempts = $2, updated_at = $3, last_error = $4 WHERE id = $5 AND state = 'pending'`,
+		state, attempts, now.UnixMilli(), errText, j.ID); err != nil {
+		log.Error().Err(err).Msg("could not record job outcome")
+		return
+	}
+	rec := &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)}
+	if err := r.chain.Append(ctx, tx, rec); err != nil {
+		r.metrics.AuditFailures.Inc()
+		log.Error().Err(err).Msg("could not audit job outcome; the job stays pending")
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		log.Error().Err(err).Msg("could not record job outcome")
+		return
+	}
+	r.metrics.AuditRecords.Inc()
+}
+
+// delay is the wait before retry n (1-based): backoff·2^(n-1), capped, or
+// longer when the homeserver asked for it.
+func (r *Runner) delay(attempt int, err error) time.Duration {
+	d := r.backoff
+	for i := 1; i < attempt && d < r.maxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, r.maxBackoff)
+	if ra, ok := RetryAfter(err); ok && ra > d {
+		d = ra
+	}
+	return d
+}
+
+// RetryAfter extracts how long a homeserver asked us to wait: retry_after_ms
+// of M_LIMIT_EXCEEDED, or a Retry-After header in seconds.
+func RetryAfter(err error) (time.Duration, bool) {
+	var he mautrix.HTTPError
+	var hep *mautrix.HTTPError
+	switch {
+	case errors.As(err, &he):
+	case errors.As(err, &hep) && hep != nil:
+		he = *hep
+	default:
+		return 0, false
+	}
+	if he.RespError != nil && he.RespError.ErrCode == "M_LIMIT_EXCEEDED" {
+		if v, ok := he.RespError.ExtraData["retry_after_ms"].(float64); ok && v > 0 {
+			return time.Duration(v) * time.Millisecond, true
+		}
+	}
+	if he.Response != nil && he.Response.StatusCode == http.StatusTooManyRequests {
+		if s, err := strconv.Atoi(he.Response.Header.Get("Retry-After")); err == nil && s > 0 {
+			return time.Duration(s) * time.Second, true
+		}
+	}
+	return 0, false
+}
+
+// SafeError renders an error for logs and the job table. Homeserver errors
+// are reduced to status and errcode, whose text could echo content back.
+func SafeError(err error) string {
+	var he mautrix.HTTPError
+	var hep *mautrix.HTTPError
+	if errors.As(err, &hep) && hep != nil {
+		he = *hep
+	} else if !errors.As(err, &he) {
+		s := err.Error()
+		if len(s) > 300 {
+			s = s[:300]
+		}
+		return s
+	}
+	status := 0
+	if he.Response != nil {
+		status = he.Response.StatusCode
+	}
+	code := ""
+	if he.RespError != nil {
+		code = he.RespError.ErrCode
+	}
+	if status == 0 && code == "" {
+		return "homeserver request failed"
+	}
+	return fmt.Sprintf("homeserver answered HTTP %d %s", status, code)
+}

@@ -1,0 +1,69 @@
+package appservice
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the service's Prometheus metrics. Labels come from small closed
+// sets (event class, outcome, job kind); never user, room or event IDs.
+type Metrics struct {
+	Transactions   *prometheus.CounterVec
+	Events         *prometheus.CounterVec
+	TxnDuration    prometheus.Histogram
+	InboxLag       prometheus.Gauge
+	Dispatched     prometheus.Counter
+	JobsByState    *prometheus.GaugeVec
+	JobRuns        *prometheus.CounterVec
+	AuditRecords   prometheus.Counter
+	AuditFailures  prometheus.Counter
+	LastDispatched prometheus.Gauge
+}
+
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hipaa_transactions_total",
+			Help: "Transactions pushed by the homeserver, by result (ok, duplicate, rejected, error).",
+		}, []string{"result"}),
+		Events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hipaa_events_total",
+			Help: "Events received, by class and whether they were new or a re-delivery.",
+		}, []string{"class", "delivery"}),
+		TxnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hipaa_transaction_duration_seconds",
+			Help:    "Time from a transaction's arrival to its acknowledgement, including the durable commit.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		InboxLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hipaa_inbox_lag_events",
+			Help: "Events stored but not yet dispatched to policy.",
+		}),
+		Dispatched: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hipaa_inbox_dispatched_events_total",
+			Help: "Events the dispatcher has processed.",
+		}),
+		JobsByState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hipaa_jobs",
+			Help: "Durable jobs by state (pending, done, failed).",
+		}, []string{"state"}),
+		JobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hipaa_job_runs_total",
+			Help: "Job attempts by kind and outcome (success, retry, failure, would).",
+		}, []string{"kind", "outcome"}),
+		AuditRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hipaa_audit_records_total",
+			Help: "Audit records appended by this process.",
+		}),
+		AuditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hipaa_audit_write_failures_total",
+			Help: "Failed audit appends; each made the work it described fail too.",
+		}),
+		LastDispatched: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hipaa_inbox_last_dispatch_timestamp_seconds",
+			Help: "When the dispatcher last finished a batch.",
+		}),
+	}
+	reg.MustRegister(m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
+	return m
+}

@@ -1,0 +1,148 @@
+// Package appservice is the running service: the application service HTTP
+// API, the durable inbox, the dispatcher and the job runner.
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+)
+
+// NewLogger builds the service logger from config.
+func NewLogger(cfg config.Logging, w io.Writer) zerolog.Logger {
+	level, err := zerolog.ParseLevel(cfg.Level)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	if cfg.Format == "pretty" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+// OpenStore opens the configured database and the audit chain on it.
+func OpenStore(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *audit.Chain, error) {
+	uri := cfg.Database.URI
+	if cfg.Database.Type == "sqlite3" {
+		uri = cfg.Resolve(uri)
+	}
+	db, err := store.Open(ctx, cfg.Database.Type, uri, cfg.Database.MaxOpenConns)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := audit.LoadOrCreateKey(cfg.Resolve(cfg.Audit.KeyFile))
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db, audit.NewChain(keys, db.Dialect, now), nil
+}
+
+// Service is the whole running application service.
+type Service struct {
+	Config     *config.Config
+	DB         *store.DB
+	Chain      *audit.Chain
+	Metrics    *Metrics
+	Registry   *prometheus.Registry
+	Inbox      *Inbox
+	Server     *Server
+	Dispatcher *Dispatcher
+	Runner     *Runner
+	Log        zerolog.Logger
+}
+
+// New assembles a service from config. Callers register job handlers on
+// s.Runner before Run.
+func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock) (*Service, error) {
+	if !cfg.AppService.HSToken.Set() || !cfg.AppService.ASToken.Set() {
+		return nil, errors.New("appservice.as_token and hs_token are empty: run generate-registration first")
+	}
+	db, chain, err := OpenStore(ctx, cfg, now)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := NewMetrics(reg)
+	s := &Service{Config: cfg, DB: db, Chain: chain, Metrics: m, Registry: reg, Log: log}
+	s.Inbox = NewInbox(db, chain, m)
+	s.Server = NewServer(s.Inbox, cfg.AppService.HSToken.Reveal(), cfg.AppService.MaxBodyBytes, m, log)
+	s.Runner = NewRunner(db, chain, m, log, now, RunnerOptions{
+		Workers: cfg.Jobs.Workers, MaxAttempts: cfg.Jobs.MaxAttempts,
+		Backoff: cfg.Jobs.Backoff.D(), MaxBackoff: cfg.Jobs.MaxBackoff.D(),
+	})
+	s.Dispatcher = NewDispatcher(db, chain, NoPolicy{}, m, log, s.Runner.Wake)
+	return s, nil
+}
+
+// Run serves until ctx ends. It writes service.start and service.stop audit
+// records; if the start record cannot be written the service does not start.
+func (s *Service) Run(ctx context.Context) error {
+	defer s.DB.Close()
+	if err := s.Chain.AppendTx(ctx, s.DB, &audit.Record{Type: audit.TypeServiceStart, Outcome: audit.OutcomeSuccess, Detail: fmt.Sprintf("schema-%d", store.LatestVersion())}); err != nil {
+		return fmt.Errorf("cannot write the audit trail, refusing to start: %w", err)
+	}
+	ln, err := net.Listen("tcp", s.Config.AppService.Listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: s.Server, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
+		ErrorLog: nil}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	var msrv *http.Server
+	if addr := s.Config.Metrics.Listen; addr != "" {
+		mln, err := net.Listen("tcp", addr)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- msrv.Serve(mln) }()
+	}
+	workCtx, stopWork := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
+	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
+	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = err
+		}
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdown)
+	if msrv != nil {
+		msrv.Shutdown(shutdown)
+	}
+	stopWork()
+	<-done
+	<-done
+	if err := s.Chain.AppendTx(shutdown, s.DB, &audit.Record{Type: audit.TypeServiceStop, Outcome: audit.OutcomeSuccess}); err != nil {
+		s.Log.Error().Err(err).Msg("could not audit service stop")
+	}
+	s.Log.Info().Msg("matrix-hipaa stopped")
+	return runErr
+}
+

@@ -1,0 +1,272 @@
+// Package config is the one configuration tree of matrix-hipaa: its schema, an
+// embedded commented example, strict loading that reports every problem as
+// file:line:col, and the homeserver registration derived from it.
+package config
+
+import (
+	_ "embed"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
+)
+
+//go:embed example-config.yaml
+var exampleConfig []byte
+
+// Example returns the commented example configuration.
+func Example() []byte { return append([]byte(nil), exampleConfig...) }
+
+type Config struct {
+	Homeserver Homeserver `yaml:"homeserver"`
+	AppService AppService `yaml:"appservice"`
+	Database   Database   `yaml:"database"`
+	// Policy is the path of policy.yaml, relative to this file's folder.
+	Policy  string  `yaml:"policy"`
+	Audit   Audit   `yaml:"audit"`
+	Metrics Metrics `yaml:"metrics"`
+	Logging Logging `yaml:"logging"`
+	Jobs    Jobs    `yaml:"jobs"`
+
+	// path is where the config was read from; relative paths resolve against its folder.
+	path string
+}
+
+type Homeserver struct {
+	Address  string `yaml:"address"`
+	Domain   string `yaml:"domain"`
+	Software string `yaml:"software"`
+}
+
+type AppService struct {
+	ID      string `yaml:"id"`
+	Listen  string `yaml:"listen"`
+	URL     string `yaml:"url"`
+	Bot     string `yaml:"bot"`
+	ASToken Secret `yaml:"as_token"`
+	HSToken Secret `yaml:"hs_token"`
+	// MaxBodyBytes bounds a transaction body; larger ones get 413.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+}
+
+type Database struct {
+	Type         string `yaml:"type"`
+	URI          string `yaml:"uri"`
+	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+type Audit struct {
+	KeyFile string `yaml:"key_file"`
+}
+
+type Metrics struct {
+	Listen string `yaml:"listen"`
+}
+
+type Logging struct {
+	Level string `yaml:"level"`
+	// Format is "json" for machines or "pretty" for a terminal.
+	Format string `yaml:"format"`
+}
+
+type Jobs struct {
+	// Workers is how many jobs run at once.
+	Workers int `yaml:"workers"`
+	// MaxAttempts before a job is marked failed (and audited as such).
+	MaxAttempts int `yaml:"max_attempts"`
+	// Backoff is the first retry delay; it doubles per attempt up to MaxBackoff.
+	Backoff    Duration `yaml:"backoff"`
+	MaxBackoff Duration `yaml:"max_backoff"`
+}
+
+const DefaultMaxBodyBytes = 64 << 20
+
+// Path is the file the config was loaded from.
+func (c *Config) Path() string { return c.path }
+
+// Resolve makes p absolute against the config file's folder.
+func (c *Config) Resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.path), p)
+}
+
+// BotMXID is the bot's full Matrix user ID.
+func (c *Config) BotMXID() string {
+	return "@" + c.AppService.Bot + ":" + c.Homeserver.Domain
+}
+
+// Load reads and validates a config file. On error it returns an
+// strictyaml.Errors listing every problem as file:line:col: message.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load for bytes already read; path is used for messages and to
+// resolve relative paths.
+func Parse(path string, data []byte) (*Config, error) {
+	cfg := &Config{}
+	doc := strictyaml.Decode(path, data, cfg)
+	if doc.Root != nil {
+		cfg.applyDefaults()
+		cfg.validate(doc)
+	}
+	if err := doc.Err(); err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg.path = abs
+	return cfg, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.Homeserver.Software == "" {
+		c.Homeserver.Software = "generic"
+	}
+	if c.AppService.ID == "" {
+		c.AppService.ID = "matrix-hipaa"
+	}
+	if c.AppService.Bot == "" {
+		c.AppService.Bot = "hipaa"
+	}
+	if c.AppService.MaxBodyBytes == 0 {
+		c.AppService.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.Database.Type == "" {
+		c.Database.Type = "sqlite3"
+	}
+	if c.Database.URI == "" && c.Database.Type == "sqlite3" {
+		c.Database.URI = "matrix-hipaa.db"
+	}
+	if c.Audit.KeyFile == "" {
+		c.Audit.KeyFile = "audit.key"
+	}
+	if c.Logging.Level == "" {
+		c.Logging.Level = "info"
+	}
+	if c.Logging.Format == "" {
+		c.Logging.Format = "json"
+	}
+	if c.Jobs.Workers == 0 {
+		c.Jobs.Workers = 4
+	}
+	if c.Jobs.MaxAttempts == 0 {
+		c.Jobs.MaxAttempts = 12
+	}
+	if c.Jobs.Backoff == 0 {
+		c.Jobs.Backoff = Duration(250 * time.Millisecond)
+	}
+	if c.Jobs.MaxBackoff == 0 {
+		c.Jobs.MaxBackoff = Duration(5 * time.Minute)
+	}
+}
+
+var (
+	domainRE    = regexp.MustCompile(`^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$`)
+	localpartRE = regexp.MustCompile(`^[a-z0-9._=/+-]+$`)
+)
+
+func (c *Config) validate(d *strictyaml.Doc) {
+	checkURL(d, "homeserver.address", c.Homeserver.Address)
+	switch {
+	case c.Homeserver.Domain == "":
+		d.Errorf("homeserver.domain", "homeserver.domain is required (the server name in user IDs)")
+	case !domainRE.MatchString(c.Homeserver.Domain):
+		d.Errorf("homeserver.domain", "homeserver.domain %q is not a valid server name", c.Homeserver.Domain)
+	}
+	switch c.Homeserver.Software {
+	case "synapse", "dendrite", "generic":
+	default:
+		d.Errorf("homeserver.software", "homeserver.software must be synapse, dendrite or generic, not %q", c.Homeserver.Software)
+	}
+	if c.AppService.Listen == "" {
+		d.Errorf("appservice.listen", "appservice.listen is required (host:port the homeserver pushes to)")
+	} else if _, _, err := net.SplitHostPort(c.AppService.Listen); err != nil {
+		d.Errorf("appservice.listen", "appservice.listen %q is not host:port", c.AppService.Listen)
+	}
+	checkURL(d, "appservice.url", c.AppService.URL)
+	if !localpartRE.MatchString(c.AppService.Bot) {
+		d.Errorf("appservice.bot", "appservice.bot %q is not a valid user localpart (lowercase letters, digits, ._=/+-)", c.AppService.Bot)
+	}
+	for _, t := range []struct {
+		key string
+		val Secret
+	}{{"appservice.as_token", c.AppService.ASToken}, {"appservice.hs_token", c.AppService.HSToken}} {
+		// Empty tokens are filled in by generate-registration; short ones are guessable.
+		if t.val.Set() && len(t.val.Reveal()) < 32 {
+			d.Errorf(t.key, "%s is too short: use at least 32 random characters (generate-registration makes them)", t.key)
+		}
+	}
+	if c.AppService.MaxBodyBytes < 1024 {
+		d.Errorf("appservice.max_body_bytes", "appservice.max_body_bytes must be at least 1024")
+	}
+	switch c.Database.Type {
+	case "sqlite3":
+		if c.Database.URI == "" {
+			d.Errorf("database.uri", "database.uri is required (a file path for sqlite3)")
+		}
+	case "postgres":
+		if !strings.HasPrefix(c.Database.URI, "postgres://") && !strings.HasPrefix(c.Database.URI, "postgresql://") && !strings.Contains(c.Database.URI, "=") {
+			d.Errorf("database.uri", "database.uri must be a postgres:// URL or a key=value connection string")
+		}
+	default:
+		d.Errorf("database.type", "database.type must be sqlite3 or postgres, not %q", c.Database.Type)
+	}
+	if c.Database.MaxOpenConns < 0 {
+		d.Errorf("database.max_open_conns", "database.max_open_conns cannot be negative")
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			d.Errorf("metrics.listen", "metrics.listen %q is not host:port", c.Metrics.Listen)
+		}
+	}
+	switch c.Logging.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		d.Errorf("logging.level", "logging.level must be trace, debug, info, warn or error")
+	}
+	switch c.Logging.Format {
+	case "json", "pretty":
+	default:
+		d.Errorf("logging.format", "logging.format must be json or pretty")
+	}
+	if c.Jobs.Workers < 1 || c.Jobs.Workers > 256 {
+		d.Errorf("jobs.workers", "jobs.workers must be between 1 and 256")
+	}
+	if c.Jobs.MaxAttempts < 1 {
+		d.Errorf("jobs.max_attempts", "jobs.max_attempts must be at least 1")
+	}
+	if c.Jobs.MaxBackoff < c.Jobs.Backoff {
+		d.Errorf("jobs.max_backoff", "jobs.max_backoff must not be shorter than jobs.backoff")
+	}
+}
+
+func checkURL(d *strictyaml.Doc, key, v string) {
+	if v == "" {
+		d.Errorf(key, "%s is required", key)
+		return
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		d.Errorf(key, "%s %q must be an http:// or https:// URL", key, v)
+	}
+}
+
+// Describe is a one-line, secret-free summary for the start-up log.
+func (c *Config) Describe() string {
+	return fmt.Sprintf("homeserver=%s software=%s listen=%s db=%s", c.Homeserver.Address, c.Homeserver.Software, c.AppService.Listen, c.Database.Type)
+}

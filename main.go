@@ -1,0 +1,255 @@
+// Command matrix-hipaa is a Matrix application service that enforces a
+// hospital's HIPAA policy on an ordinary homeserver. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"os/user"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
+)
+
+const usage = `matrix-hipaa: HIPAA policy for a Matrix homeserver
+
+Commands:
+  example-config                         print the commented example config
+  generate-registration -config FILE     write the homeserver registration
+                        [-out FILE]      (fills in tokens on first use)
+  run -config FILE                       run the service
+  audit verify -config FILE              check the audit chain (exit 0 intact)
+  audit export -config FILE -format jsonl [-since T] [-until T]
+                                         print audit records
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "example-config":
+		_, err = stdout.Write(config.Example())
+	case "generate-registration":
+		err = generateRegistration(args[1:], stdout, stderr)
+	case "run":
+		err = runService(args[1:], stderr)
+	case "audit":
+		if len(args) < 2 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		switch args[1] {
+		case "verify":
+			return auditVerify(args[2:], stdout, stderr)
+		case "export":
+			err = auditExport(args[2:], stdout, stderr)
+		default:
+			fmt.Fprintf(stderr, "unknown audit command %q\n\n%s", args[1], usage)
+			return 2
+		}
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		var usageErr errUsage
+		if errors.As(err, &usageErr) {
+			fmt.Fprintln(stderr, err)
+			return 2
+		}
+		var cfgErrs strictyaml.Errors
+		if errors.As(err, &cfgErrs) {
+			fmt.Fprintln(stderr, cfgErrs.Error()) // file:line:col: message, one per line
+			return 1
+		}
+		fmt.Fprintln(stderr, "matrix-hipaa:", err)
+		return 1
+	}
+	return 0
+}
+
+type errUsage struct{ msg string }
+
+func (e errUsage) Error() string { return e.msg }
+
+func flags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs, fs.String("config", "config.yaml", "path to config.yaml")
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return errUsage{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return errUsage{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+func generateRegistration(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("generate-registration", stderr)
+	out := fs.String("out", "", "write the registration here (default: stdout)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if _, err := cfg.EnsureTokens(); err != nil {
+		return fmt.Errorf("write tokens into %s: %w", *cfgPath, err)
+	}
+	data, err := yaml.Marshal(cfg.Registration())
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		_, err = stdout.Write(data)
+		return err
+	}
+	return config.WriteFileAtomic(*out, data, 0o600)
+}
+
+func runService(args []string, stderr io.Writer) error {
+	fs, cfgPath := flags("run", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log := appservice.NewLogger(cfg.Logging, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	svc, err := appservice.New(ctx, cfg, log, time.Now)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
+}
+
+// operator names who ran a CLI command, for the audit record of a read.
+func operator() string {
+	if u, err := user.Current(); err == nil {
+		return "os:" + u.Username
+	}
+	return fmt.Sprintf("os:uid-%d", os.Getuid())
+}
+
+func auditVerify(args []string, stdout, stderr io.Writer) int {
+	fs, cfgPath := flags("audit verify", stderr)
+	if err := parse(fs, args); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	ctx := context.Background()
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	if err != nil {
+		fmt.Fprintln(stderr, "matrix-hipaa:", err)
+		return 1
+	}
+	defer db.Close()
+	start := time.Now()
+	res, err := audit.Verify(ctx, db, chain.Keys())
+	if err != nil {
+		fmt.Fprintln(stderr, "matrix-hipaa: verify:", err)
+		return 1
+	}
+	outcome := audit.OutcomeSuccess
+	if res.Bad != nil {
+		outcome = audit.OutcomeFailure
+	}
+	if err := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAuditRead, Outcome: outcome, Actor: operator(), Action: "verify", Count: res.Records}); err != nil {
+		fmt.Fprintln(stderr, "matrix-hipaa: could not record this verification in the audit trail:", err)
+		return 1
+	}
+	if res.Bad != nil {
+		fmt.Fprintf(stdout, "BROKEN: %s (%d records intact before it)\n", res.Bad.Error(), res.Records)
+		return 1
+	}
+	fmt.Fprintf(stdout, "OK: %d records intact, chain head %d (%s)\n", res.Records, res.HeadSeq, time.Since(start).Round(time.Millisecond))
+	return 0
+}
+
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	if d, err := config.ParseDuration(s); err == nil {
+		return time.Now().Add(-d), nil // "-since 24h" means the last day
+	}
+	return time.Time{}, errUsage{fmt.Sprintf("%q is not a time: use RFC 3339 (2026-01-02T15:04:05Z), a date, or a duration ago like 24h", s)}
+}
+
+func auditExport(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("audit export", stderr)
+	format := fs.String("format", "jsonl", "jsonl")
+	since := fs.String("since", "", "only records at or after this time (RFC 3339, date, or duration ago)")
+	until := fs.String("until", "", "only records before this time")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *format != "jsonl" {
+		return errUsage{fmt.Sprintf("unknown format %q (supported: jsonl)", *format)}
+	}
+	var r audit.Range
+	var err error
+	if r.Since, err = parseTime(*since); err != nil {
+		return err
+	}
+	if r.Until, err = parseTime(*until); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	n, err := audit.ExportJSONL(ctx, db, r, stdout)
+	outcome := audit.OutcomeSuccess
+	if err != nil {
+		outcome = audit.OutcomeFailure
+	}
+	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAuditRead, Outcome: outcome, Actor: operator(), Action: "export-" + *format, Count: n}); aerr != nil {
+		return fmt.Errorf("could not record this export in the audit trail: %w", aerr)
+	}
+	return err
+}
