@@ -74,9 +74,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.putTransaction(w, r, txnID)
 		})
 	case route == "users" && arg != "" && !strings.Contains(arg, "/"):
-		s.route(w, r, http.MethodGet, func() { matrixError(w, http.StatusNotFound, "M_NOT_FOUND", "this service does not create users on demand") })
+		s.route(w, r, http.MethodGet, func() {
+			matrixError(w, http.StatusNotFound, "M_NOT_FOUND", "this service does not create users on demand")
+		})
 	case route == "rooms" && arg != "" && !strings.Contains(arg, "/"):
-		s.route(w, r, http.MethodGet, func() { matrixError(w, http.StatusNotFound, "M_NOT_FOUND", "this service does not create rooms on demand") })
+		s.route(w, r, http.MethodGet, func() {
+			matrixError(w, http.StatusNotFound, "M_NOT_FOUND", "this service does not create rooms on demand")
+		})
 	case rest == "ping" && path == "/_matrix/app/v1/ping":
 		s.route(w, r, http.MethodPost, func() { s.ping(w, r) })
 	default:

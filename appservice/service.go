@@ -145,4 +145,3 @@ func (s *Service) Run(ctx context.Context) error {
 	s.Log.Info().Msg("matrix-hipaa stopped")
 	return runErr
 }
-
