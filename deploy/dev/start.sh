@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds Dendrite (first run only) and matrix-hipaa, writes configs with SQLite
+# under .dev/, starts both on loopback and creates an admin and a demo user.
+# Flags: -state DIR -hs-port N -as-port N -metrics-port N
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if ! command -v go >/dev/null 2>&1; then
+  echo "Go is required (https://go.dev/dl); on Debian: apt-get install golang" >&2
+  exit 1
+fi
+if ! command -v gcc >/dev/null 2>&1; then
+  echo "A C compiler is required for SQLite (apt-get install gcc)" >&2
+  exit 1
+fi
+exec go run -tags goolm ./deploy/dev "$@"

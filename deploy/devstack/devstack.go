@@ -1,0 +1,483 @@
+// Package devstack builds and runs a real Dendrite homeserver with
+// matrix-hipaa registered on it, on loopback: the dev stack of deploy/dev and
+// the harness of the end-to-end tests.
+package devstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+)
+
+// DendriteVersion is the homeserver the dev stack and tests run.
+const DendriteVersion = "v0.13.8"
+
+const dendriteModule = "github.com/matrix-org/dendrite"
+
+// CacheDir is where built homeserver binaries are kept between runs.
+func CacheDir() string {
+	if d := os.Getenv("MATRIX_HIPAA_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "matrix-hipaa")
+	}
+	return filepath.Join(os.TempDir(), "matrix-hipaa-cache")
+}
+
+var buildMu sync.Mutex
+
+// BuildDendrite builds Dendrite from its Go module with the Go toolchain (once;
+// later calls reuse the cached binaries) and returns the folder holding them.
+func BuildDendrite(ctx context.Context, log io.Writer) (string, error) {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	bin := filepath.Join(CacheDir(), "dendrite-"+DendriteVersion, "bin")
+	if _, err := os.Stat(filepath.Join(bin, "dendrite")); err == nil {
+		if _, err := os.Stat(filepath.Join(bin, "generate-config")); err == nil {
+			return bin, nil
+		}
+	}
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(log, "building Dendrite %s (first run only, a few minutes)…\n", DendriteVersion)
+	args := []string{"install"}
+	for _, c := range []string{"dendrite", "generate-config", "generate-keys"} {
+		args = append(args, dendriteModule+"/cmd/"+c+"@"+DendriteVersion)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Env = append(os.Environ(), "GOBIN="+bin, "GOFLAGS=", "CGO_ENABLED=1")
+	cmd.Dir = os.TempDir() // outside any module, so our go.mod does not interfere
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("build dendrite: %w", err)
+	}
+	return bin, nil
+}
+
+// BuildService builds matrix-hipaa from the module at root into out.
+func BuildService(ctx context.Context, root, out string, log io.Writer) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "goolm", "-o", out, ".")
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build matrix-hipaa: %w", err)
+	}
+	return nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Options describe a stack. Zero ports are picked free.
+type Options struct {
+	StateDir    string
+	DendriteBin string // folder from BuildDendrite
+	ServiceBin  string // matrix-hipaa binary
+	ServerName  string // default "localhost"
+	HSPort      int
+	ASPort      int
+	MetricsPort int
+	// PersistentJetStream keeps Dendrite's queues on disk (dev stack); tests
+	// run them in memory.
+	PersistentJetStream bool
+	// Database overrides the service's database (type, uri); default SQLite.
+	DatabaseType, DatabaseURI string
+	Log                       io.Writer // process output; default discarded
+}
+
+// Stack is a prepared (and possibly running) Dendrite + matrix-hipaa pair.
+type Stack struct {
+	Opts          Options
+	HSURL         string
+	ServiceConfig string // path of matrix-hipaa's config.yaml
+	SharedSecret  string
+	ServiceLog    string // path of the service's log file
+	DendriteLog   string
+
+	mu       sync.Mutex
+	hs       *exec.Cmd
+	svc      *exec.Cmd
+	svcExit  chan struct{}
+	svcStart int
+}
+
+// Prepare writes every config, key and registration under StateDir.
+func Prepare(opts Options) (*Stack, error) {
+	if opts.ServerName == "" {
+		opts.ServerName = "localhost"
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	for _, p := range []*int{&opts.HSPort, &opts.ASPort, &opts.MetricsPort} {
+		if *p == 0 {
+			port, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			*p = port
+		}
+	}
+	state, err := filepath.Abs(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	opts.StateDir = state
+	hsDir := filepath.Join(state, "dendrite")
+	svcDir := filepath.Join(state, "matrix-hipaa")
+	for _, d := range []string{hsDir, svcDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	s := &Stack{
+		Opts:          opts,
+		HSURL:         fmt.Sprintf("http://127.0.0.1:%d", opts.HSPort),
+		ServiceConfig: filepath.Join(svcDir, "config.yaml"),
+		ServiceLog:    filepath.Join(svcDir, "service.log"),
+		DendriteLog:   filepath.Join(hsDir, "dendrite.log"),
+	}
+	if err := s.writeServiceConfig(); err != nil {
+		return nil, err
+	}
+	if err := s.writeDendriteConfig(hsDir); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) writeServiceConfig() error {
+	if _, err := os.Stat(s.ServiceConfig); err == nil {
+		return s.register() // keep existing tokens and keys across dev restarts
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(config.Example(), &cfg); err != nil {
+		return err
+	}
+	o := s.Opts
+	cfg["homeserver"] = map[string]any{"address": s.HSURL, "domain": o.ServerName, "software": "dendrite"}
+	as := cfg["appservice"].(map[string]any)
+	as["listen"] = fmt.Sprintf("127.0.0.1:%d", o.ASPort)
+	as["url"] = fmt.Sprintf("http://127.0.0.1:%d", o.ASPort)
+	cfg["metrics"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.MetricsPort)}
+	cfg["logging"] = map[string]any{"level": "debug", "format": "json"}
+	if o.DatabaseType != "" {
+		cfg["database"] = map[string]any{"type": o.DatabaseType, "uri": o.DatabaseURI}
+	}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	if err := config.WriteFileAtomic(s.ServiceConfig, data, 0o600); err != nil {
+		return err
+	}
+	return s.register()
+}
+
+// register runs generate-registration, which fills in the tokens.
+func (s *Stack) register() error {
+	reg := filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml")
+	out, err := exec.Command(s.Opts.ServiceBin, "generate-registration", "-config", s.ServiceConfig, "-out", reg).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("generate-registration: %v: %s", err, out)
+	}
+	return nil
+}
+
+func (s *Stack) writeDendriteConfig(dir string) error {
+	bin := s.Opts.DendriteBin
+	key := filepath.Join(dir, "matrix_key.pem")
+	if _, err := os.Stat(key); err != nil {
+		if out, err := exec.Command(filepath.Join(bin, "generate-keys"), "--private-key", key).CombinedOutput(); err != nil {
+			return fmt.Errorf("generate-keys: %v: %s", err, out)
+		}
+	}
+	out, err := exec.Command(filepath.Join(bin, "generate-config"), "-ci", "-dir", dir, "-server", s.Opts.ServerName).Output()
+	if err != nil {
+		return fmt.Errorf("generate-config: %w", err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(out, &cfg); err != nil {
+		return err
+	}
+	secretFile := filepath.Join(dir, "shared_secret")
+	secret, err := os.ReadFile(secretFile)
+	if err != nil {
+		secret = []byte(config.RandomToken())
+		if err := config.WriteFileAtomic(secretFile, secret, 0o600); err != nil {
+			return err
+		}
+	}
+	s.SharedSecret = string(secret)
+	global := cfg["global"].(map[string]any)
+	global["private_key"] = key
+	global["disable_federation"] = true
+	global["report_stats"] = map[string]any{"enabled": false}
+	global["presence"] = map[string]any{"enable_inbound": false, "enable_outbound": false}
+	js := global["jetstream"].(map[string]any)
+	js["in_memory"] = !s.Opts.PersistentJetStream
+	js["storage_path"] = filepath.Join(dir, "jetstream")
+	cfg["app_service_api"].(map[string]any)["config_files"] = []string{filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml")}
+	client := cfg["client_api"].(map[string]any)
+	client["registration_disabled"] = true // accounts come from the shared secret API
+	client["registration_shared_secret"] = s.SharedSecret
+	client["guests_disabled"] = true
+	cfg["logging"] = []any{map[string]any{"type": "std", "level": "info"}}
+	cfg["sync_api"].(map[string]any)["search"] = map[string]any{"enabled": false, "index_path": filepath.Join(dir, "searchindex"), "in_memory": true, "language": "en"}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return config.WriteFileAtomic(filepath.Join(dir, "dendrite.yaml"), data, 0o600)
+}
+
+func openLog(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+}
+
+// StartDendrite starts the homeserver and waits until it answers.
+func (s *Stack) StartDendrite(ctx context.Context) error {
+	dir := filepath.Join(s.Opts.StateDir, "dendrite")
+	logf, err := openLog(s.DendriteLog)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(s.Opts.DendriteBin, "dendrite"),
+		"-config", filepath.Join(dir, "dendrite.yaml"),
+		"-http-bind-address", fmt.Sprintf("127.0.0.1:%d", s.Opts.HSPort))
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	go func() { cmd.Wait(); logf.Close() }()
+	s.mu.Lock()
+	s.hs = cmd
+	s.mu.Unlock()
+	return waitHTTP(ctx, s.HSURL+"/_matrix/client/versions", 90*time.Second)
+}
+
+// StartService starts matrix-hipaa and waits until it accepts connections.
+func (s *Stack) StartService(ctx context.Context) error {
+	logf, err := openLog(s.ServiceLog)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.Opts.ServiceBin, "run", "-config", s.ServiceConfig)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	exit := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exit) }()
+	s.mu.Lock()
+	s.svc, s.svcExit = cmd, exit
+	s.svcStart++
+	s.mu.Unlock()
+	addr := fmt.Sprintf("127.0.0.1:%d", s.Opts.ASPort)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exit:
+			return fmt.Errorf("matrix-hipaa exited at start-up; see %s", s.ServiceLog)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("matrix-hipaa did not start listening on %s", addr)
+}
+
+// KillService sends SIGKILL to the service, as a crash would, and waits for it to die.
+func (s *Stack) KillService() {
+	s.mu.Lock()
+	cmd, exit := s.svc, s.svcExit
+	s.svc = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-exit
+}
+
+// StopService asks the service to stop (SIGTERM) and waits.
+func (s *Stack) StopService() {
+	s.mu.Lock()
+	cmd, exit := s.svc, s.svcExit
+	s.svc = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exit:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-exit
+	}
+}
+
+// Stop stops both processes.
+func (s *Stack) Stop() {
+	s.StopService()
+	s.mu.Lock()
+	hs := s.hs
+	s.hs = nil
+	s.mu.Unlock()
+	if hs != nil && hs.Process != nil {
+		syscall.Kill(-hs.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { hs.Process.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-hs.Process.Pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// Service runs a matrix-hipaa subcommand against this stack's config.
+func (s *Stack) Service(args ...string) ([]byte, []byte, error) {
+	full := append([]string{}, args...)
+	full = append(full, "-config", s.ServiceConfig)
+	cmd := exec.Command(s.Opts.ServiceBin, full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.Bytes(), stderr.Bytes(), err
+}
+
+func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not answer within %s", url, timeout)
+}
+
+// CreateUser registers an account through the shared-secret registration API
+// (as Synapse and Dendrite both offer it) and returns the user ID.
+func (s *Stack) CreateUser(ctx context.Context, localpart, password string, admin bool) (string, error) {
+	endpoint := s.HSURL + "/_synapse/admin/v1/register"
+	var nonce struct {
+		Nonce string `json:"nonce"`
+	}
+	if err := doJSON(ctx, http.MethodGet, endpoint, nil, &nonce); err != nil {
+		return "", err
+	}
+	mac := hmac.New(sha1.New, []byte(s.SharedSecret))
+	role := "notadmin"
+	if admin {
+		role = "admin"
+	}
+	mac.Write([]byte(nonce.Nonce + "\x00" + localpart + "\x00" + password + "\x00" + role))
+	var out struct {
+		UserID string `json:"user_id"`
+	}
+	err := doJSON(ctx, http.MethodPost, endpoint, map[string]any{
+		"nonce": nonce.Nonce, "username": localpart, "password": password, "admin": admin,
+		"mac": hex.EncodeToString(mac.Sum(nil)),
+	}, &out)
+	if err != nil {
+		return "", fmt.Errorf("create user %s: %w", localpart, err)
+	}
+	return out.UserID, nil
+}
+
+func doJSON(ctx context.Context, method, url string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: HTTP %d: %s", method, url, resp.StatusCode, strings.TrimSpace(string(data)))
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+// RepoRoot finds the module root above the working directory.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
