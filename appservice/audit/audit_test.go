@@ -1,0 +1,248 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+)
+
+func testKeys(t testing.TB) *Keys {
+	master, _ := hex.DecodeString("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+	k, err := NewKeys(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Known answers pin the record encoding, the MAC and the pseudonyms: a change
+// to any of them would make every existing trail unverifiable, so it must be a
+// deliberate new version, not a refactor's side effect.
+func TestKnownAnswers(t *testing.T) {
+	k := testKeys(t)
+	rec := &Record{Type: TypeEventReceived, Outcome: OutcomeSuccess, Actor: k.User("@alice:example.org"),
+		Room: k.Room("!abc:example.org"), EventID: "$ev1", EventType: "m.room.message", Detail: "", JobID: 0}
+	enc := string(rec.encode(nil))
+	wantEnc := `{"type":"event.received","outcome":"success","actor":"` + k.User("@alice:example.org") + `","room":"` + k.Room("!abc:example.org") + `","event_id":"$ev1","event_type":"m.room.message"}`
+	if enc != wantEnc {
+		t.Fatalf("encoding\n got %s\nwant %s", enc, wantEnc)
+	}
+	vectors := []struct{ name, got, want string }{
+		{"user pseudonym", k.User("@alice:example.org"), "u_" + pinned["user"]},
+		{"room pseudonym", k.Room("!abc:example.org"), "r_" + pinned["room"]},
+		{"genesis MAC", hex.EncodeToString(computeMAC(hmac.New(sha256.New, k.chain), 1, 1767225600000, zeroMAC, []byte(`{"type":"service.start","outcome":"success"}`), nil)), pinned["mac1"]},
+	}
+	for _, v := range vectors {
+		if v.got != v.want {
+			t.Errorf("%s = %s, want %s", v.name, v.got, v.want)
+		}
+	}
+	// The MAC is HMAC-SHA256 over "MHA1" || seq (8 bytes BE) || ts_ms (8 bytes BE) || prev || rec,
+	// under HMAC-SHA256(master, "matrix-hipaa audit chain v1"): recompute it from that description.
+	m := hmac.New(sha256.New, []byte(mustDerive(t)))
+	m.Write([]byte("MHA1"))
+	m.Write([]byte{0, 0, 0, 0, 0, 0, 0, 1})
+	m.Write([]byte{0, 0, 0x01, 0x9b, 0x76, 0xda, 0xa8, 0x00}) // 1767225600000
+	m.Write(zeroMAC)
+	m.Write([]byte(`{"type":"service.start","outcome":"success"}`))
+	if got := hex.EncodeToString(m.Sum(nil)); got != pinned["mac1"] {
+		t.Errorf("MAC from the documented construction = %s, want %s", got, pinned["mac1"])
+	}
+}
+
+func mustDerive(t *testing.T) string {
+	master, _ := hex.DecodeString("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+	m := hmac.New(sha256.New, master)
+	m.Write([]byte("matrix-hipaa audit chain v1"))
+	return string(m.Sum(nil))
+}
+
+var pinned = map[string]string{
+	"user": "7ba8b2af64b0705d3cc56ba4ce965d53",
+	"room": "31ffce4e3848c12f3189d96dd7f81daf",
+	"mac1": "3337c212c16b57b9b8be288c34cc4b6a9ccf3fe47a1b5e4ade8b076adde748a9",
+}
+
+func TestJSONStringEncoding(t *testing.T) {
+	for _, s := range []string{"plain", `quote " and \ backslash`, "ctrl \x00\x01\x1f", "bad utf8 \xff\xfe", "line\u2028sep", "emoji 🙂"} {
+		enc := appendJSONString(nil, s)
+		var back string
+		if err := json.Unmarshal(enc, &back); err != nil {
+			t.Fatalf("%q encoded as invalid JSON %s: %v", s, enc, err)
+		}
+		if !strings.Contains(s, "\xff") && back != s {
+			t.Errorf("%q round-tripped to %q", s, back)
+		}
+	}
+}
+
+func newChain(t testing.TB, db *store.DB) *Chain {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	n := 0
+	return NewChain(testKeys(t), db.Dialect, func() time.Time { n++; return base.Add(time.Duration(n) * time.Second) })
+}
+
+func appendN(t testing.TB, ctx context.Context, c *Chain, db *store.DB, n int) {
+	t.Helper()
+	recs := make([]*Record, n)
+	for i := range recs {
+		recs[i] = &Record{Type: TypeEventReceived, Outcome: OutcomeSuccess, Actor: c.keys.User("@u:hs"), Room: c.keys.Room("!r:hs"),
+			EventID: "$e" + string(rune('a'+i%26)), EventType: "m.room.message"}
+	}
+	if err := c.AppendTx(ctx, db, recs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestChainAppendsAndVerifies(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			ctx := context.Background()
+			db, _ := storetest.Open(t, dbType)
+			c := newChain(t, db)
+			res, err := Verify(ctx, db, c.keys)
+			if err != nil || res.Bad != nil || res.Records != 0 {
+				t.Fatalf("empty chain: %+v %v", res, err)
+			}
+			appendN(t, ctx, c, db, 3)
+			appendN(t, ctx, c, db, 450) // spans insert chunks
+			res, err = Verify(ctx, db, c.keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Bad != nil || res.Records != 453 || res.HeadSeq != 453 {
+				t.Fatalf("got %+v, bad %v", res, res.Bad)
+			}
+			// A different key must not verify.
+			other, _ := NewKeys(bytes.Repeat([]byte{7}, 32))
+			res, _ = Verify(ctx, db, other)
+			if res.Bad == nil || res.Bad.Seq != 1 {
+				t.Fatalf("wrong key verified: %+v", res)
+			}
+		})
+	}
+}
+
+// Every way of tampering with the stored chain must be caught, and the first
+// bad record named.
+func TestTamperIsDetected(t *testing.T) {
+	forged := []byte(`{"type":"event.received","outcome":"failure"}`)
+	badMAC := bytes.Repeat([]byte{0xab}, 32)
+	cases := []struct {
+		name    string
+		sql     string
+		args    []any
+		wantSeq int64
+	}{
+		{"edit seq", `UPDATE audit SET seq = 1000 WHERE seq = 5`, nil, 5},
+		{"edit ts", `UPDATE audit SET ts = ts + 1 WHERE seq = 5`, nil, 5},
+		{"edit rec", `UPDATE audit SET rec = $1 WHERE seq = 5`, []any{forged}, 5},
+		{"edit mac", `UPDATE audit SET mac = $1 WHERE seq = 5`, []any{badMAC}, 5},
+		{"delete middle", `DELETE FROM audit WHERE seq = 5`, nil, 5},
+		{"delete first", `DELETE FROM audit WHERE seq = 1`, nil, 1},
+		{"delete last", `DELETE FROM audit WHERE seq = 10`, nil, 10},
+		{"truncate tail", `DELETE FROM audit WHERE seq > 7`, nil, 8},
+		{"swap two records", `UPDATE audit SET seq = -4 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = -4`, nil, 4},
+		{"swap two records' contents", `UPDATE audit SET rec = CASE seq WHEN 4 THEN (SELECT rec FROM audit WHERE seq = 6) ELSE (SELECT rec FROM audit WHERE seq = 4) END WHERE seq IN (4, 6)`, nil, 4},
+		{"insert forged record", `INSERT INTO audit (seq, ts, rec, mac) VALUES (11, 0, $1, $2)`, []any{forged, badMAC}, 11},
+		{"rewind head", `UPDATE audit_head SET seq = 9`, nil, 10},
+		{"forge head mac", `UPDATE audit_head SET mac = $1`, []any{badMAC}, 10},
+	}
+	for _, dbType := range storetest.Dialects {
+		for _, tc := range cases {
+			t.Run(dbType+"/"+tc.name, func(t *testing.T) {
+				ctx := context.Background()
+				db, _ := storetest.Open(t, dbType)
+				c := newChain(t, db)
+				appendN(t, ctx, c, db, 10)
+				for _, stmt := range strings.Split(tc.sql, ";") {
+					if _, err := db.W.Exec(stmt, tc.args...); err != nil {
+						t.Fatal(err)
+					}
+				}
+				res, err := Verify(ctx, db, c.keys)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Bad == nil {
+					t.Fatal("tampering was not detected")
+				}
+				if res.Bad.Seq != tc.wantSeq {
+					t.Fatalf("first bad record %d (%s), want %d", res.Bad.Seq, res.Bad.Reason, tc.wantSeq)
+				}
+			})
+		}
+	}
+}
+
+func TestExportJSONL(t *testing.T) {
+	ctx := context.Background()
+	db, _ := storetest.Open(t, "sqlite3")
+	c := newChain(t, db)
+	for i := 0; i < 5; i++ {
+		appendN(t, ctx, c, db, 1) // one second apart
+	}
+	var buf bytes.Buffer
+	n, err := ExportJSONL(ctx, db, Range{}, &buf)
+	if err != nil || n != 5 {
+		t.Fatalf("exported %d, %v", n, err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	prev := hex.EncodeToString(zeroMAC)
+	for i, l := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("line %d not JSON: %v", i, err)
+		}
+		if rec["seq"].(float64) != float64(i+1) || rec["type"] != TypeEventReceived || rec["prev_mac"] != prev {
+			t.Fatalf("line %d: %v", i, rec)
+		}
+		prev = rec["mac"].(string)
+	}
+	// A range starting mid-chain still links to the record before it.
+	buf.Reset()
+	since := time.Date(2026, 1, 1, 0, 0, 3, 0, time.UTC)
+	n, err = ExportJSONL(ctx, db, Range{Since: since}, &buf)
+	if err != nil || n != 3 {
+		t.Fatalf("ranged export %d, %v", n, err)
+	}
+	var first map[string]any
+	json.Unmarshal([]byte(strings.SplitN(buf.String(), "\n", 2)[0]), &first)
+	if first["seq"].(float64) != 3 || first["prev_mac"] == hex.EncodeToString(zeroMAC) {
+		t.Fatalf("ranged export starts %v", first)
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/audit.key"
+	k1, err := LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1.User("@a:b") != k2.User("@a:b") {
+		t.Fatal("reloaded key gives other pseudonyms")
+	}
+	if k1.User("@a:b") == k1.User("@a:c") || k1.User("@a:b") == k1.Room("@a:b") {
+		t.Fatal("pseudonyms collide")
+	}
+	if err := chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateKey(path); err == nil {
+		t.Fatal("a world-readable key was accepted")
+	}
+}

@@ -1,0 +1,135 @@
+package appservice
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+)
+
+// A homeserver that gets no 200 re-sends the same transaction, and Dendrite
+// appends newer events to it. Each event must be stored and audited once.
+func TestRetriedTransactionStoresEachEventOnce(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			first := []map[string]any{msgEvent("$a", "!r:hs", "@u:hs", "x"), msgEvent("$b", "!r:hs", "@u:hs", "y")}
+			if rec := p.put(t, "txn1", txnBodyOf(first...)); rec.Code != http.StatusOK {
+				t.Fatalf("first: %d %s", rec.Code, rec.Body)
+			}
+			// Same txn ID again, with two more events, one of them repeated inside the body.
+			retry := append(first, msgEvent("$c", "!r:hs", "@u:hs", "z"), msgEvent("$d", "!r:hs", "@v:hs", "w"), msgEvent("$c", "!r:hs", "@u:hs", "z"))
+			if rec := p.put(t, "txn1", txnBodyOf(retry...)); rec.Code != http.StatusOK {
+				t.Fatalf("retry: %d %s", rec.Code, rec.Body)
+			}
+			// And a plain duplicate of the whole thing under another txn ID.
+			if rec := p.put(t, "txn2", txnBodyOf(retry...)); rec.Code != http.StatusOK {
+				t.Fatalf("dup: %d %s", rec.Code, rec.Body)
+			}
+			if n := p.count(t, `SELECT COUNT(*) FROM inbox`); n != 4 {
+				t.Fatalf("inbox holds %d events, want 4", n)
+			}
+			seen := map[string]int{}
+			for _, r := range p.exported(t) {
+				if r["type"] == audit.TypeEventReceived {
+					seen[r["event_id"].(string)]++
+				}
+			}
+			for _, id := range []string{"$a", "$b", "$c", "$d"} {
+				if seen[id] != 1 {
+					t.Errorf("%s audited %d times", id, seen[id])
+				}
+			}
+			if len(seen) != 4 {
+				t.Errorf("audited events %v", seen)
+			}
+			if n := p.count(t, `SELECT COUNT(*) FROM as_txn`); n != 2 {
+				t.Errorf("%d transactions recorded, want 2", n)
+			}
+		})
+	}
+}
+
+// If the audit record cannot be written, the transaction is not acknowledged
+// and nothing of it is stored; once the trail works again, the retry lands.
+func TestAuditFailureIsNotAcknowledged(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	if _, err := p.db.W.Exec(`CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END`); err != nil {
+		t.Fatal(err)
+	}
+	body := txnBodyOf(msgEvent("$a", "!r:hs", "@u:hs", "x"))
+	rec := p.put(t, "t1", body)
+	if rec.Code == http.StatusOK {
+		t.Fatal("acknowledged a transaction whose audit record failed")
+	}
+	if n := p.count(t, `SELECT COUNT(*) FROM inbox`); n != 0 {
+		t.Fatalf("%d events stored without audit", n)
+	}
+	if _, err := p.db.W.Exec(`DROP TRIGGER audit_broken`); err != nil {
+		t.Fatal(err)
+	}
+	if rec := p.put(t, "t1", body); rec.Code != http.StatusOK {
+		t.Fatalf("retry after repair: %d", rec.Code)
+	}
+	if n := p.count(t, `SELECT COUNT(*) FROM audit`); n != 1 {
+		t.Fatalf("%d audit records, want 1", n)
+	}
+}
+
+func TestDispatcherWalksInboxInOrderAndClearsBodies(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			var seen []string
+			p.disp.decider = deciderFunc(func(e *Event) Decision {
+				seen = append(seen, e.ID)
+				if len(e.Raw) == 0 {
+					t.Errorf("%s dispatched without its content", e.ID)
+				}
+				return Decision{Jobs: []JobSpec{{Kind: "test", DedupeKey: "test:" + e.ID}}}
+			})
+			evs := ids("e", 7)
+			for i, id := range evs {
+				if rec := p.put(t, "t"+id, txnBodyOf(msgEvent(id, "!r:hs", "@u:hs", "secret body"))); rec.Code != 200 {
+					t.Fatal(i, rec.Code)
+				}
+			}
+			p.disp.batch = 3
+			total := 0
+			for {
+				n, err := p.disp.DispatchBatch(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					break
+				}
+				total += n
+			}
+			if total != 7 || len(seen) != 7 {
+				t.Fatalf("dispatched %d", total)
+			}
+			for i := range evs {
+				if seen[i] != evs[i] {
+					t.Fatalf("order %v", seen)
+				}
+			}
+			if n := p.count(t, `SELECT COUNT(*) FROM inbox WHERE content IS NOT NULL`); n != 0 {
+				t.Fatalf("%d bodies left after dispatch", n)
+			}
+			if n := p.count(t, `SELECT COUNT(*) FROM job WHERE state = 'pending'`); n != 7 {
+				t.Fatalf("%d jobs enqueued, want 7", n)
+			}
+			// Dispatching again decides nothing new.
+			if n, _ := p.disp.DispatchBatch(context.Background()); n != 0 {
+				t.Fatalf("re-dispatched %d", n)
+			}
+		})
+	}
+}
+
+type deciderFunc func(*Event) Decision
+
+func (f deciderFunc) Decide(e *Event) Decision { return f(e) }

@@ -1,0 +1,205 @@
+package appservice
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+)
+
+func (p *pipeline) enqueue(t testing.TB, specs ...JobSpec) {
+	t.Helper()
+	tx, err := p.db.W.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Enqueue(context.Background(), tx, p.clock.Now(), specs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type jobRow struct {
+	state    string
+	attempts int
+	due      int64
+	lastErr  string
+}
+
+func (p *pipeline) job(t testing.TB, key string) jobRow {
+	t.Helper()
+	var r jobRow
+	if err := p.db.R.QueryRow(`SELECT state, attempts, due_at, last_error FROM job WHERE dedupe_key = $1`, key).Scan(&r.state, &r.attempts, &r.due, &r.lastErr); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (p *pipeline) runDue(t testing.TB) int {
+	t.Helper()
+	n, err := p.runner.RunDue(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func limitExceeded(ms float64) error {
+	return mautrix.HTTPError{
+		Response:  &http.Response{StatusCode: 429, Header: http.Header{}},
+		RespError: &mautrix.RespError{ErrCode: "M_LIMIT_EXCEEDED", Err: "slow down", ExtraData: map[string]any{"retry_after_ms": ms}},
+	}
+}
+
+func TestRunnerOutcomes(t *testing.T) {
+	errTransient := errors.New("connection refused")
+	cases := []struct {
+		name      string
+		failures  []error // returned by successive attempts; nil after
+		dryRun    bool
+		wantState string
+		wantRuns  int
+		// Delays the runner must wait between attempts.
+		wantDelays  []time.Duration
+		wantAudit   string
+		wantOutcome string
+	}{
+		{name: "succeeds first time", wantState: "done", wantRuns: 1, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
+		{name: "retries with exponential backoff", failures: []error{errTransient, errTransient}, wantState: "done", wantRuns: 3,
+			wantDelays: []time.Duration{time.Second, 2 * time.Second}, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
+		{name: "honours retry_after_ms", failures: []error{limitExceeded(7000)}, wantState: "done", wantRuns: 2,
+			wantDelays: []time.Duration{7 * time.Second}, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
+		{name: "short retry_after_ms keeps backoff", failures: []error{limitExceeded(10)}, wantState: "done", wantRuns: 2,
+			wantDelays: []time.Duration{time.Second}, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
+		{name: "permanent failure stops at once", failures: []error{Permanent(errors.New("forbidden"))}, wantState: "failed", wantRuns: 1,
+			wantAudit: audit.TypeJobFailed, wantOutcome: audit.OutcomeFailure},
+		{name: "gives up after max attempts", failures: []error{errTransient, errTransient, errTransient, errTransient, errTransient}, wantState: "failed", wantRuns: 4,
+			wantDelays: []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}, wantAudit: audit.TypeJobFailed, wantOutcome: audit.OutcomeFailure},
+		{name: "dry run is audited, not applied", dryRun: true, wantState: "done", wantRuns: 0, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeWould},
+	}
+	for _, dbType := range storetest.Dialects {
+		for _, tc := range cases {
+			t.Run(dbType+"/"+tc.name, func(t *testing.T) {
+				p := newPipeline(t, dbType)
+				var runs atomic.Int32
+				p.runner.Handle("redact", func(ctx context.Context, j *Job) error {
+					n := int(runs.Add(1))
+					if n <= len(tc.failures) {
+						return tc.failures[n-1]
+					}
+					return nil
+				})
+				p.enqueue(t, JobSpec{Kind: "redact", DedupeKey: "k", Payload: json.RawMessage(`{"x":1}`), DryRun: tc.dryRun})
+				p.runDue(t)
+				for i, d := range tc.wantDelays {
+					// Just before the delay nothing runs; at it, the next attempt does.
+					p.clock.Advance(d - time.Millisecond)
+					if n := p.runDue(t); n != 0 {
+						t.Fatalf("attempt %d ran %s early", i+2, time.Millisecond)
+					}
+					p.clock.Advance(time.Millisecond)
+					if n := p.runDue(t); n != 1 {
+						t.Fatalf("attempt %d did not run after %s", i+2, d)
+					}
+				}
+				got := p.job(t, "k")
+				if got.state != tc.wantState || int(runs.Load()) != tc.wantRuns {
+					t.Fatalf("state %s after %d runs, want %s after %d", got.state, runs.Load(), tc.wantState, tc.wantRuns)
+				}
+				// Nothing more happens however long we wait.
+				p.clock.Advance(time.Hour)
+				if n := p.runDue(t); n != 0 {
+					t.Fatalf("finished job ran again")
+				}
+				var last map[string]any
+				for _, r := range p.exported(t) {
+					last = r
+				}
+				if last["type"] != tc.wantAudit || last["outcome"] != tc.wantOutcome || last["action"] != "redact" {
+					t.Fatalf("last audit record %v", last)
+				}
+			})
+		}
+	}
+}
+
+func TestJobsAreIdempotentAndSurviveRestart(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			p.enqueue(t, JobSpec{Kind: "notice", DedupeKey: "notice:$e1"})
+			p.enqueue(t, JobSpec{Kind: "notice", DedupeKey: "notice:$e1"}) // same decision again
+			p.enqueue(t, JobSpec{Kind: "notice", DedupeKey: "notice:$e2", DueAt: p.clock.Now().Add(time.Minute)})
+			if n := p.count(t, `SELECT COUNT(*) FROM job`); n != 2 {
+				t.Fatalf("%d jobs, want 2", n)
+			}
+			// The first runner dies before it runs anything; a new one on the
+			// same database (a restart) picks the work up.
+			p2 := newPipelineOn(t, p.db)
+			p2.clock = p.clock
+			p2.runner.now = p.clock.Now
+			var runs atomic.Int32
+			p2.runner.Handle("notice", func(ctx context.Context, j *Job) error { runs.Add(1); return nil })
+			p2.runDue(t)
+			if runs.Load() != 1 {
+				t.Fatalf("%d runs, want 1 (only $e1 is due)", runs.Load())
+			}
+			p.clock.Advance(time.Minute)
+			p2.runDue(t)
+			if runs.Load() != 2 || p.count(t, `SELECT COUNT(*) FROM job WHERE state = 'done'`) != 2 {
+				t.Fatalf("runs %d", runs.Load())
+			}
+		})
+	}
+}
+
+func TestRunnerLoopWakesAndStops(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	p.runner.now = time.Now
+	done := make(chan string, 1)
+	p.runner.Handle("ping", func(ctx context.Context, j *Job) error { done <- j.Key; return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { p.runner.Run(ctx); close(stopped) }()
+	tx, _ := p.db.W.Begin()
+	Enqueue(ctx, tx, time.Now(), JobSpec{Kind: "ping", DedupeKey: "p1"})
+	tx.Commit()
+	p.runner.Wake()
+	select {
+	case k := <-done:
+		if k != "p1" {
+			t.Fatal(k)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("runner did not pick up a woken job")
+	}
+	cancel()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("runner did not stop")
+	}
+}
+
+func TestSafeErrorKeepsHomeserverTextOut(t *testing.T) {
+	err := mautrix.HTTPError{Response: &http.Response{StatusCode: 403}, RespError: &mautrix.RespError{ErrCode: "M_FORBIDDEN", Err: "You cannot redact 'CANARY patient text'"}}
+	if s := SafeError(err); s != "homeserver answered HTTP 403 M_FORBIDDEN" {
+		t.Fatalf("SafeError = %q", s)
+	}
+	if d, ok := RetryAfter(limitExceeded(1500)); !ok || d != 1500*time.Millisecond {
+		t.Fatalf("RetryAfter = %v %v", d, ok)
+	}
+	if _, ok := RetryAfter(errors.New("x")); ok {
+		t.Fatal("RetryAfter on a plain error")
+	}
+}

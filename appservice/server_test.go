@@ -1,0 +1,184 @@
+package appservice
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestServerErrors(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	good := string(txnBodyOf(msgEvent("$ok", "!r:hs", "@u:hs", "x")))
+	big := `{"events":[` + strings.Repeat(" ", 1<<20) + `]}`
+	cases := []struct {
+		name, method, path, auth, body string
+		wantStatus                     int
+		wantCode                       string
+	}{
+		{"no token", "PUT", "/_matrix/app/v1/transactions/1", "", good, 401, "M_UNAUTHORIZED"},
+		{"wrong token", "PUT", "/_matrix/app/v1/transactions/1", "Bearer nope", good, 403, "M_FORBIDDEN"},
+		{"not bearer", "PUT", "/_matrix/app/v1/transactions/1", "Basic " + testHSToken, good, 403, "M_FORBIDDEN"},
+		{"token prefix only", "PUT", "/_matrix/app/v1/transactions/1", "Bearer " + testHSToken[:10], good, 403, "M_FORBIDDEN"},
+		{"header and query disagree", "PUT", "/_matrix/app/v1/transactions/1?access_token=other", "Bearer " + testHSToken, good, 403, "M_FORBIDDEN"},
+		{"legacy query token", "PUT", "/transactions/q1?access_token=" + testHSToken, "", good, 200, ""},
+		{"legacy wrong query token", "PUT", "/transactions/q1?access_token=bad", "", good, 403, "M_FORBIDDEN"},
+		{"not JSON", "PUT", "/_matrix/app/v1/transactions/2", "Bearer " + testHSToken, `{"events": [`, 400, "M_NOT_JSON"},
+		{"binary garbage", "PUT", "/_matrix/app/v1/transactions/2", "Bearer " + testHSToken, "\x00\x01\xff", 400, "M_NOT_JSON"},
+		{"events not a list", "PUT", "/_matrix/app/v1/transactions/3", "Bearer " + testHSToken, `{"events": {}}`, 400, "M_BAD_JSON"},
+		{"body not an object", "PUT", "/_matrix/app/v1/transactions/3", "Bearer " + testHSToken, `[1,2]`, 400, "M_BAD_JSON"},
+		{"event not an object", "PUT", "/_matrix/app/v1/transactions/3", "Bearer " + testHSToken, `{"events": [1]}`, 400, "M_BAD_JSON"},
+		{"event without id", "PUT", "/_matrix/app/v1/transactions/3", "Bearer " + testHSToken, `{"events": [{"room_id":"!r","type":"m","sender":"@u"}]}`, 400, "M_BAD_JSON"},
+		{"event id wrong type", "PUT", "/_matrix/app/v1/transactions/3", "Bearer " + testHSToken, `{"events": [{"event_id":5,"room_id":"!r","type":"m","sender":"@u"}]}`, 400, "M_BAD_JSON"},
+		{"too large", "PUT", "/_matrix/app/v1/transactions/4", "Bearer " + testHSToken, big, 413, "M_TOO_LARGE"},
+		{"empty events", "PUT", "/_matrix/app/v1/transactions/5", "Bearer " + testHSToken, `{"events": []}`, 200, ""},
+		{"ephemeral only", "PUT", "/_matrix/app/v1/transactions/6", "Bearer " + testHSToken, `{"events": [], "ephemeral": [{"type":"m.typing"}]}`, 200, ""},
+		{"good", "PUT", "/_matrix/app/v1/transactions/7", "Bearer " + testHSToken, good, 200, ""},
+		{"wrong method", "GET", "/_matrix/app/v1/transactions/7", "Bearer " + testHSToken, "", 405, "M_UNRECOGNIZED"},
+		{"unknown path", "GET", "/_matrix/app/v1/thirdparty/protocol/irc", "Bearer " + testHSToken, "", 404, "M_UNRECOGNIZED"},
+		{"root", "GET", "/", "", "", 404, "M_UNRECOGNIZED"},
+		{"user query", "GET", "/_matrix/app/v1/users/@x:hs", "Bearer " + testHSToken, "", 404, "M_NOT_FOUND"},
+		{"legacy user query", "GET", "/users/@x:hs", "Bearer " + testHSToken, "", 404, "M_NOT_FOUND"},
+		{"user query no token", "GET", "/_matrix/app/v1/users/@x:hs", "", "", 401, "M_UNAUTHORIZED"},
+		{"room query", "GET", "/_matrix/app/v1/rooms/%23a:hs", "Bearer " + testHSToken, "", 404, "M_NOT_FOUND"},
+		{"legacy room query", "GET", "/rooms/%23a:hs", "Bearer " + testHSToken, "", 404, "M_NOT_FOUND"},
+		{"ping", "POST", "/_matrix/app/v1/ping", "Bearer " + testHSToken, `{"transaction_id":"meow"}`, 200, ""},
+		{"ping empty body", "POST", "/_matrix/app/v1/ping", "Bearer " + testHSToken, ``, 200, ""},
+		{"ping wrong token", "POST", "/_matrix/app/v1/ping", "Bearer x", `{}`, 403, "M_FORBIDDEN"},
+		{"ping bad JSON", "POST", "/_matrix/app/v1/ping", "Bearer " + testHSToken, `{`, 400, "M_NOT_JSON"},
+		{"ping wrong method", "GET", "/_matrix/app/v1/ping", "Bearer " + testHSToken, ``, 405, "M_UNRECOGNIZED"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			rec := httptest.NewRecorder()
+			p.server.ServeHTTP(rec, req)
+			if rec.Code != tc.wantStatus {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tc.wantStatus, rec.Body)
+			}
+			var body map[string]any
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Fatalf("response is not JSON: %q", rec.Body)
+			}
+			if tc.wantCode != "" && body["errcode"] != tc.wantCode {
+				t.Fatalf("errcode %v, want %s", body["errcode"], tc.wantCode)
+			}
+			if tc.wantCode == "" && len(body) != 0 {
+				t.Fatalf("success body %v, want {}", body)
+			}
+		})
+	}
+	// After all that, the service still stores good transactions.
+	if rec := p.put(t, "after", txnBodyOf(msgEvent("$after", "!r:hs", "@u:hs", "x"))); rec.Code != 200 {
+		t.Fatalf("service stopped answering: %d", rec.Code)
+	}
+	if n := p.count(t, `SELECT COUNT(*) FROM inbox`); n != 2 {
+		t.Fatalf("%d events stored, want 2 ($ok, $after)", n)
+	}
+	// Tokens never reach the logs.
+	if strings.Contains(p.logs.String(), testHSToken[:20]) {
+		t.Fatal("hs_token appears in the logs")
+	}
+}
+
+func TestServerOverRealHTTP(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	srv := httptest.NewServer(p.server)
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPut, srv.URL+"/_matrix/app/v1/transactions/x%2Fy", bytes.NewReader(txnBodyOf(msgEvent("$1", "!r:hs", "@u:hs", "b"))))
+	req.Header.Set("Authorization", "Bearer "+testHSToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if n := p.count(t, `SELECT COUNT(*) FROM as_txn WHERE txn_id = 'x/y'`); n != 1 {
+		t.Fatal("escaped txn ID not stored unescaped")
+	}
+	// A chunked body larger than the limit (no Content-Length) is cut off with 413.
+	pr, pw := ioPipe()
+	go func() {
+		pw.Write([]byte(`{"events":[`))
+		chunk := bytes.Repeat([]byte(" "), 64<<10)
+		for i := 0; i < 40; i++ {
+			if _, err := pw.Write(chunk); err != nil {
+				break
+			}
+		}
+		pw.Close()
+	}()
+	req, _ = http.NewRequest(http.MethodPut, srv.URL+"/_matrix/app/v1/transactions/big", pr)
+	req.Header.Set("Authorization", "Bearer "+testHSToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("streamed oversize body: %d", resp.StatusCode)
+	}
+}
+
+func FuzzParseTransaction(f *testing.F) {
+	f.Add([]byte(`{"events":[{"event_id":"$a","room_id":"!r","type":"m.room.message","sender":"@u:hs","content":{"body":"x"}}]}`))
+	f.Add([]byte(`{"events":[{"event_id":"$a","room_id":"!r","type":"m.room.member","sender":"@u:hs","state_key":"@u:hs","content":{"membership":"join"}}],"ephemeral":[]}`))
+	f.Add([]byte(`{"events":null}`))
+	f.Add([]byte(`{"events":[{}]}`))
+	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"events":[{"event_id":"$a","room_id":"!r","type":"t","sender":"@u","content":{"membership":5}}]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		events, err := ParseTransaction(body)
+		if err != nil {
+			if len(events) != 0 {
+				t.Fatal("events returned with an error")
+			}
+			return
+		}
+		for _, e := range events {
+			if e.ID == "" || e.RoomID == "" || e.Type == "" || e.Sender == "" {
+				t.Fatalf("accepted an event missing a routing field: %+v", e)
+			}
+			if !json.Valid(e.Raw) {
+				t.Fatal("raw event is not JSON")
+			}
+			_ = e.class()
+			_ = e.auditDetail()
+		}
+	})
+}
+
+// FuzzTransactionEndpoint drives the whole handler, with a real database, on
+// arbitrary bodies: it must answer with JSON and a sane status, never panic,
+// and keep storing good transactions.
+func FuzzTransactionEndpoint(f *testing.F) {
+	f.Add([]byte(`{"events":[{"event_id":"$a","room_id":"!r","type":"m.room.message","sender":"@u:hs"}]}`), "t1")
+	f.Add([]byte(`{"events":[{"event_id":"$\u0000","room_id":"!r","type":"\ud800","sender":"@u:hs"}]}`), "t%2F2")
+	f.Add([]byte("{\"events\":[{\"event_id\":\"\xff\",\"room_id\":\"!r\",\"type\":\"x\",\"sender\":\"@u\"}]}"), "t3")
+	p := newPipeline(f, "sqlite3")
+	f.Fuzz(func(t *testing.T, body []byte, txn string) {
+		if txn == "" {
+			txn = "empty"
+		}
+		req := httptest.NewRequest(http.MethodPut, "/_matrix/app/v1/transactions/"+url.PathEscape(txn), bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testHSToken)
+		rec := httptest.NewRecorder()
+		p.server.ServeHTTP(rec, req)
+		switch rec.Code {
+		case 200, 400, 413:
+		default:
+			t.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+		if !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("non-JSON answer %q", rec.Body)
+		}
+	})
+}
