@@ -53,7 +53,12 @@ type Doc struct {
 	Root  *yaml.Node
 	Paths map[string]Pos
 	errs  Errors
+	steps int
 }
+
+// maxSteps bounds the work one file can cause: aliases can make a small file
+// expand exponentially ("billion laughs"), and a config never needs this much.
+const maxSteps = 100000
 
 // Errorf records a problem at the value found under path, or at the top of the
 // file when that path is absent (a required key that is missing, say).
@@ -144,6 +149,13 @@ func (d *Doc) add(n *yaml.Node, format string, args ...any) {
 }
 
 func (d *Doc) walk(n *yaml.Node, v reflect.Value, path string) {
+	d.steps++
+	if d.steps == maxSteps {
+		d.add(n, "document too large or too deeply aliased")
+	}
+	if d.steps >= maxSteps {
+		return
+	}
 	if path != "" {
 		d.Paths[path] = Pos{n.Line, n.Column}
 	}

@@ -1,0 +1,230 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := Parse("example-config.yaml", Example())
+	if err != nil {
+		t.Fatalf("the shipped example does not load:\n%v", err)
+	}
+	if cfg.Database.Type != "sqlite3" || cfg.AppService.MaxBodyBytes != 64<<20 || cfg.BotMXID() != "@hipaa:example.org" {
+		t.Fatalf("unexpected example values: %+v", cfg)
+	}
+}
+
+// Every problem in a broken file is reported, each at its own line and column.
+func TestBrokenConfigReportsEveryProblem(t *testing.T) {
+	_, err := Load("testdata/broken.yaml")
+	if err == nil {
+		t.Fatal("broken config loaded")
+	}
+	want := []string{
+		`testdata/broken.yaml:2:3: unknown key "adress" in homeserver (did you mean "address"?)`,
+		`testdata/broken.yaml:2:3: homeserver.address is required`,
+		`testdata/broken.yaml:3:11: homeserver.domain "bad domain!" is not a valid server name`,
+		`testdata/broken.yaml:4:13: homeserver.software must be synapse, dendrite or generic, not "conduit"`,
+		`testdata/broken.yaml:6:11: appservice.listen "127.0.0.1" is not host:port`,
+		`testdata/broken.yaml:7:8: appservice.url "ftp://x" must be an http:// or https:// URL`,
+		`testdata/broken.yaml:8:8: appservice.bot "Hipaa" is not a valid user localpart (lowercase letters, digits, ._=/+-)`,
+		`testdata/broken.yaml:9:13: appservice.as_token is too short: use at least 32 random characters (generate-registration makes them)`,
+		`testdata/broken.yaml:10:19: appservice.max_body_bytes: "lots" is not a valid value here`,
+		`testdata/broken.yaml:11:3: appservice: duplicate key "max_body_bytes"`,
+		`testdata/broken.yaml:16:11: metrics.listen: expected a single value, not a list`,
+		`testdata/broken.yaml:18:10: logging.level must be trace, debug, info, warn or error`,
+		`testdata/broken.yaml:21:12: jobs.backoff: "10 minutes" is not a duration (use e.g. 30s, 15m, 72h, 30d)`,
+		`testdata/broken.yaml:22:1: unknown key "extra"`,
+	}
+	got := strings.Split(err.Error(), "\n")
+	for i := 0; i < max(len(got), len(want)); i++ {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			t.Errorf("line %d\n got %s\nwant %s", i+1, g, w)
+		}
+	}
+}
+
+func TestConfigErrorsTable(t *testing.T) {
+	base := string(Example())
+	cases := []struct {
+		name, from, to, want string
+	}{
+		{"syntax error", "homeserver:", "homeserver: [", "config.yaml:"},
+		{"tab indentation", "  domain: example.org", "\tdomain: example.org", "config.yaml:"},
+		{"unknown database", "type: sqlite3", "type: mysql", `database.type must be sqlite3 or postgres, not "mysql"`},
+		{"postgres without URL", "type: sqlite3\n  # For sqlite3", "type: postgres\n  # For sqlite3", "database.uri must be a postgres:// URL"},
+		{"negative max conns", "max_open_conns: 0", "max_open_conns: -1", "database.max_open_conns cannot be negative"},
+		{"tiny body limit", "max_body_bytes: 67108864", "max_body_bytes: 10", "appservice.max_body_bytes must be at least 1024"},
+		{"max backoff below backoff", "max_backoff: 5m", "max_backoff: 1ms", "jobs.max_backoff must not be shorter than jobs.backoff"},
+		{"bad metrics address", "listen: 127.0.0.1:29331", "listen: nowhere", `metrics.listen "nowhere" is not host:port`},
+		{"bad log format", "format: json", "format: xml", "logging.format must be json or pretty"},
+		{"section as scalar", "metrics:\n  # Prometheus metrics at http://<listen>/metrics. Empty disables them.\n  listen: 127.0.0.1:29331", "metrics: 5", "metrics: expected a mapping"},
+		{"too many workers", "workers: 4", "workers: 1000", "jobs.workers must be between 1 and 256"},
+		{"two documents", "jobs:", "---\njobs:", "only one YAML document is allowed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(base, tc.from, tc.to, 1)
+			if src == base {
+				t.Fatalf("fixture did not change the example")
+			}
+			_, err := Parse("config.yaml", []byte(src))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want it to contain %q", err, tc.want)
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				var l, c int
+				if _, serr := fmt.Sscanf(line, "config.yaml:%d:%d:", &l, &c); serr != nil || l < 1 || c < 1 {
+					t.Errorf("line %q is not file:line:col: message", line)
+				}
+			}
+		})
+	}
+	if _, err := Parse("empty.yaml", nil); err == nil || !strings.Contains(err.Error(), "empty.yaml:1:1: file is empty") {
+		t.Fatalf("empty file: %v", err)
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	s := Secret("super-secret-token-value-0123456789")
+	cfg := Config{}
+	cfg.AppService.ASToken = s
+	cfg.AppService.HSToken = s
+	outputs := map[string]string{
+		"%v":  fmt.Sprintf("%v", cfg),
+		"%+v": fmt.Sprintf("%+v", cfg),
+		"%#v": fmt.Sprintf("%#v", cfg),
+		"%s":  fmt.Sprintf("%s", s),
+	}
+	j, _ := json.Marshal(cfg)
+	outputs["json"] = string(j)
+	y, _ := yaml.Marshal(cfg)
+	outputs["yaml"] = string(y)
+	for name, out := range outputs {
+		if strings.Contains(out, "super-secret") {
+			t.Errorf("%s output leaks the secret: %s", name, out)
+		}
+	}
+	if s.Reveal() != "super-secret-token-value-0123456789" {
+		t.Fatal("Reveal lost the value")
+	}
+}
+
+func TestEnsureTokensWritesBackAtomically(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, Example(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed, err := cfg.EnsureTokens()
+	if err != nil || !changed {
+		t.Fatalf("EnsureTokens: %v %v", changed, err)
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("config mode %o, want 600", st.Mode().Perm())
+	}
+	data, _ := os.ReadFile(path)
+	if !bytes.Contains(data, []byte("# Where this service listens")) {
+		t.Fatal("comments were lost")
+	}
+	again, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, hs := again.AppService.ASToken.Reveal(), again.AppService.HSToken.Reveal()
+	if len(as) != 64 || len(hs) != 64 || as == hs {
+		t.Fatalf("tokens %d/%d chars, equal=%v", len(as), len(hs), as == hs)
+	}
+	// Second run keeps them.
+	if changed, err := again.EnsureTokens(); err != nil || changed {
+		t.Fatalf("second EnsureTokens changed=%v err=%v", changed, err)
+	}
+	reg := again.Registration()
+	if reg.Namespaces.Users[0].Exclusive || reg.Namespaces.Users[0].Regex != `@.*:example\.org` || reg.ASToken != as || reg.SenderLocalpart != "hipaa" {
+		t.Fatalf("registration %+v", reg)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("temp files left behind: %v", entries)
+	}
+}
+
+func TestRandomTokenAlphabet(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 100; i++ {
+		tok := RandomToken()
+		if len(tok) != 64 || strings.Trim(tok, tokenAlphabet) != "" || seen[tok] {
+			t.Fatalf("bad token %q", tok)
+		}
+		seen[tok] = true
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	cases := map[string]string{"0": "0s", "10s": "10s", "72h": "72h0m0s", "30d": "720h0m0s", "1d12h": "36h0m0s", "x": "error", "-5s": "error", "": "error", "d": "error", "5dd": "error"}
+	for in, want := range cases {
+		d, err := ParseDuration(in)
+		got := d.String()
+		if err != nil {
+			got = "error"
+		}
+		if got != want {
+			t.Errorf("ParseDuration(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(Example())
+	b, _ := os.ReadFile("testdata/broken.yaml")
+	f.Add(b)
+	f.Add([]byte("homeserver: &a\n  x: *a\n"))
+	f.Add([]byte("jobs:\n  workers: 99999999999999999999\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "fuzz.yaml:") {
+					t.Fatalf("error line without position: %q", line)
+				}
+			}
+			return
+		}
+		if cfg.AppService.Listen == "" || cfg.Homeserver.Domain == "" {
+			t.Fatal("accepted a config missing required keys")
+		}
+	})
+}
+
+func TestAliasBombIsRefused(t *testing.T) {
+	src := "jobs: &a\n  workers: 1\n"
+	var b strings.Builder
+	b.WriteString("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n")
+	for i := 1; i < 9; i++ {
+		fmt.Fprintf(&b, "a%d: &a%d [*a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d]\n", i, i, i-1, i-1, i-1, i-1, i-1, i-1, i-1, i-1, i-1, i-1)
+	}
+	_ = src
+	if _, err := Parse("bomb.yaml", []byte(b.String())); err == nil {
+		t.Fatal("alias bomb accepted")
+	}
+}
