@@ -1,0 +1,259 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+)
+
+// Events sent by real clients through Dendrite reach the audit trail exactly
+// once, the chain verifies, and no PHI (bodies, room names, topics, display
+// names) appears in logs, metrics, the export or the audit tables.
+func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newUser(t, st, "alice")
+	bob := newUser(t, st, "bob")
+
+	canaries := []string{"CANARYname7731", "CANARYtopic5512", "CANARYdisplay9090", "CANARYbody4242", "CANARYreply1337"}
+	if err := alice.SetDisplayName(ctx, "Dr "+canaries[2]); err != nil {
+		t.Fatal(err)
+	}
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Name: "Ward " + canaries[0], Topic: "Patient " + canaries[1], Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	var sent []id.EventID
+	for i := 0; i < 20; i++ {
+		resp, err := alice.SendText(ctx, room.RoomID, fmt.Sprintf("%s %d: BP 120/80", canaries[3], i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, resp.EventID)
+	}
+	for i := 0; i < 10; i++ {
+		resp, err := bob.SendText(ctx, room.RoomID, fmt.Sprintf("%s %d", canaries[4], i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, resp.EventID)
+	}
+	resp, err := alice.SendStateEvent(ctx, room.RoomID, event.StateTopic, "", map[string]string{"topic": "New " + canaries[1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent = append(sent, resp.EventID)
+
+	counts := waitAudited(t, st, sent, time.Minute)
+	for _, e := range sent {
+		if counts[string(e)] != 1 {
+			t.Errorf("event %s audited %d times", e, counts[string(e)])
+		}
+	}
+	// The room's creation and both joins are there too, as state records.
+	lines, raw := export(t, st)
+	kinds := map[string]int{}
+	for _, l := range lines {
+		if l.Type == "event.received" {
+			kinds[l.EventType+"/"+l.Detail]++
+		}
+	}
+	for _, k := range []string{"m.room.create/state", "m.room.member/join", "m.room.member/invite", "m.room.name/state", "m.room.topic/state", "m.room.message/"} {
+		if kinds[k] == 0 {
+			t.Errorf("no %s record in the audit trail (have %v)", k, kinds)
+		}
+	}
+	if kinds["m.room.message/"] != 30 {
+		t.Errorf("%d message records, want 30", kinds["m.room.message/"])
+	}
+	out := verify(t, st)
+	if !strings.HasPrefix(out, "OK: ") {
+		t.Fatalf("verify said %q", out)
+	}
+	t.Logf("audit verify: %s", strings.TrimSpace(out))
+
+	// No PHI anywhere we write.
+	metrics := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", st.Opts.MetricsPort))
+	if !bytes.Contains(metrics, []byte("hipaa_events_total")) {
+		t.Fatal("metrics endpoint has no hipaa_events_total")
+	}
+	logs, err := os.ReadFile(st.ServiceLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := auditTables(t, st)
+	sources := map[string][]byte{"export": raw, "metrics": metrics, "logs": logs, "audit tables": tables}
+	hits := 0
+	for name, data := range sources {
+		for _, c := range append(canaries, "pw-alice", st.SharedSecret) {
+			if bytes.Contains(data, []byte(c)) {
+				t.Errorf("%q found in %s", c, name)
+				hits++
+			}
+		}
+	}
+	// Tokens never appear in logs either.
+	cfg, _ := os.ReadFile(st.ServiceConfig)
+	for _, tok := range tokensIn(string(cfg)) {
+		if bytes.Contains(logs, []byte(tok)) {
+			t.Error("a token appears in the service log")
+			hits++
+		}
+	}
+	t.Logf("canary scan: %d sources, %d canaries, %d hits", len(sources), len(canaries), hits)
+}
+
+func tokensIn(cfg string) []string {
+	var out []string
+	for _, line := range strings.Split(cfg, "\n") {
+		line = strings.TrimSpace(line)
+		for _, k := range []string{"as_token:", "hs_token:"} {
+			if v, ok := strings.CutPrefix(line, k); ok {
+				out = append(out, strings.Trim(strings.TrimSpace(v), `"`))
+			}
+		}
+	}
+	return out
+}
+
+// auditTables dumps every audit and job row, and every inbox body still
+// stored, as the database holds them.
+func auditTables(t *testing.T, st *devstack.Stack) []byte {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var buf bytes.Buffer
+	for _, q := range []string{`SELECT seq, ts, rec, mac FROM audit`, `SELECT seq, mac FROM audit_head`, `SELECT kind, dedupe_key, payload, last_error FROM job`} {
+		rows, err := db.Query(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			rows.Scan(ptrs...)
+			for _, v := range vals {
+				fmt.Fprintf(&buf, "%s\t", v)
+			}
+			buf.WriteByte('\n')
+		}
+		rows.Close()
+	}
+	var left int
+	// Wait for the dispatcher to clear bodies, then none may remain.
+	for i := 0; i < 50; i++ {
+		db.QueryRow(`SELECT COUNT(*) FROM inbox WHERE content IS NOT NULL`).Scan(&left)
+		if left == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if left != 0 {
+		t.Errorf("%d inbox rows still hold event content after dispatch", left)
+	}
+	return buf.Bytes()
+}
+
+// The service is SIGKILLed over and over while a client keeps sending; after
+// the last restart every sent event is in the audit trail exactly once.
+func TestCrashLosesNothing(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	alice := newUser(t, st, "alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var sent []id.EventID
+	var sendErrs int
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		for i := 0; ctx.Err() == nil; i++ {
+			resp, err := alice.SendText(ctx, room.RoomID, fmt.Sprintf("crash test message %d", i))
+			mu.Lock()
+			if err == nil {
+				sent = append(sent, resp.EventID)
+			} else if ctx.Err() == nil {
+				sendErrs++
+			}
+			mu.Unlock()
+			time.Sleep(30 * time.Millisecond)
+		}
+	}()
+
+	const kills = 20
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < kills; i++ {
+		time.Sleep(time.Duration(300+rng.IntN(1700)) * time.Millisecond)
+		st.KillService()
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
+		if err := st.StartService(ctx); err != nil {
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+	}
+	time.Sleep(time.Second)
+	cancel()
+	<-sendDone
+	mu.Lock()
+	ids := append([]id.EventID(nil), sent...)
+	mu.Unlock()
+	if len(ids) < 200 {
+		t.Fatalf("only %d messages were sent during the test (%d send errors)", len(ids), sendErrs)
+	}
+	counts := waitAudited(t, st, ids, 4*time.Minute)
+	lost, dup := 0, 0
+	for _, e := range ids {
+		switch n := counts[string(e)]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dup++
+		}
+	}
+	// Duplicates among every received event, not only our messages.
+	for _, n := range counts {
+		if n > 1 {
+			dup++
+		}
+	}
+	t.Logf("crash test: %d SIGKILLs, %d messages sent, %d found in the audit export, %d lost, %d duplicated",
+		kills, len(ids), len(ids)-lost, lost, dup)
+	if lost != 0 || dup != 0 {
+		t.Fatalf("%d lost, %d duplicated", lost, dup)
+	}
+	out := verify(t, st)
+	t.Logf("audit verify: %s", strings.TrimSpace(out))
+	logs, _ := os.ReadFile(st.ServiceLog)
+	if bytes.Contains(logs, []byte("panic")) {
+		t.Error("the service log mentions a panic")
+	}
+}

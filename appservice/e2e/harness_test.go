@@ -1,0 +1,203 @@
+// Package e2e runs matrix-hipaa against a real Dendrite on loopback, driven
+// by real Matrix clients.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+)
+
+var (
+	dendriteBin string
+	serviceBin  string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		ctx := context.Background()
+		root, err := devstack.RepoRoot()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		dir, err := os.MkdirTemp("", "matrix-hipaa-e2e-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		serviceBin = filepath.Join(dir, "matrix-hipaa")
+		if err := devstack.BuildService(ctx, root, serviceBin, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if dendriteBin, err = devstack.BuildDendrite(ctx, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}())
+}
+
+// startStack brings up Dendrite and matrix-hipaa for one test.
+func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
+	t.Helper()
+	opts.StateDir = t.TempDir()
+	opts.DendriteBin = dendriteBin
+	opts.ServiceBin = serviceBin
+	st, err := devstack.Prepare(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		st.Stop()
+		if t.Failed() {
+			dumpTail(t, "matrix-hipaa log", st.ServiceLog)
+			dumpTail(t, "dendrite log", st.DendriteLog)
+		}
+	})
+	if err := st.StartDendrite(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartService(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func dumpTail(t *testing.T, name, path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if len(data) > 6000 {
+		data = data[len(data)-6000:]
+	}
+	t.Logf("--- %s (tail) ---\n%s", name, data)
+}
+
+// newUser creates an account and logs in with its password, as Element would.
+func newUser(t *testing.T, st *devstack.Stack, localpart string) *mautrix.Client {
+	t.Helper()
+	ctx := context.Background()
+	password := "pw-" + localpart + "-0123456789"
+	if _, err := st.CreateUser(ctx, localpart, password, false); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := mautrix.NewClient(st.HSURL, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cli.Login(ctx, &mautrix.ReqLogin{
+		Type:             mautrix.AuthTypePassword,
+		Identifier:       mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
+		Password:         password,
+		StoreCredentials: true,
+	})
+	if err != nil {
+		t.Fatalf("login %s: %v", localpart, err)
+	}
+	return cli
+}
+
+type auditLine struct {
+	Seq       int64  `json:"seq"`
+	Type      string `json:"type"`
+	Outcome   string `json:"outcome"`
+	Actor     string `json:"actor"`
+	Room      string `json:"room"`
+	EventID   string `json:"event_id"`
+	EventType string `json:"event_type"`
+	Detail    string `json:"detail"`
+	Action    string `json:"action"`
+}
+
+// export runs `matrix-hipaa audit export` and parses its output.
+func export(t *testing.T, st *devstack.Stack) ([]auditLine, []byte) {
+	t.Helper()
+	out, errOut, err := st.Service("audit", "export", "-format", "jsonl")
+	if err != nil {
+		t.Fatalf("audit export: %v: %s", err, errOut)
+	}
+	var lines []auditLine
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l auditLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("export line is not JSON: %q", sc.Text())
+		}
+		lines = append(lines, l)
+	}
+	return lines, out
+}
+
+// receivedCounts counts event.received records per event ID.
+func receivedCounts(lines []auditLine) map[string]int {
+	out := map[string]int{}
+	for _, l := range lines {
+		if l.Type == "event.received" {
+			out[l.EventID]++
+		}
+	}
+	return out
+}
+
+// waitAudited polls the audit export until every event ID is in it.
+func waitAudited(t *testing.T, st *devstack.Stack, ids []id.EventID, timeout time.Duration) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		lines, _ := export(t, st)
+		counts := receivedCounts(lines)
+		missing := 0
+		for _, e := range ids {
+			if counts[string(e)] == 0 {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			if missing > 0 {
+				t.Errorf("%d of %d events never reached the audit trail", missing, len(ids))
+			}
+			return counts
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func verify(t *testing.T, st *devstack.Stack) string {
+	t.Helper()
+	out, errOut, err := st.Service("audit", "verify")
+	if err != nil {
+		t.Fatalf("audit verify failed: %v\n%s%s", err, out, errOut)
+	}
+	return string(out)
+}
+
+func httpGet(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}
