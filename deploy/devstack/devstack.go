@@ -480,4 +480,3 @@ func RepoRoot() (string, error) {
 		dir = parent
 	}
 }
-
