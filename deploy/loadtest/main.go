@@ -1,0 +1,335 @@
+// Command loadtest measures transaction ingest the way a homeserver drives an
+// application service: real transactions PUT over HTTP on loopback, one in
+// flight at a time. It runs matrix-hipaa (durable: SQLite with
+// synchronous=FULL, or PostgreSQL) and, side by side in the same run, a
+// minimal mautrix appservice that acknowledges without storing anything.
+//
+//	go run -tags goolm ./deploy/loadtest -events 100 -duration 10s -rounds 3
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/appservice"
+
+	hipaa "github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+)
+
+const hsToken = "loadtest_hs_token_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK"
+
+func main() {
+	events := flag.Int("events", 100, "events per transaction")
+	duration := flag.Duration("duration", 10*time.Second, "measuring time per target per round")
+	rounds := flag.Int("rounds", 3, "rounds; targets alternate within each round")
+	dbType := flag.String("db", "sqlite3", "matrix-hipaa database: sqlite3 or postgres")
+	pgURL := flag.String("pg", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL URL for -db postgres (its tables are dropped first)")
+	targets := flag.String("targets", "mautrix,matrix-hipaa", "comma-separated targets")
+	prefill := flag.Int("prefill", 0, "after the rounds, store this many events in matrix-hipaa's database and measure again")
+	dir := flag.String("dir", "", "data folder (default: a temp folder on the same disk as /tmp)")
+	fsync := flag.Bool("fsync", true, "measure this disk's fsync rate first")
+	flag.Parse()
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "matrix-hipaa-loadtest")
+		check(err)
+		defer os.RemoveAll(d)
+		*dir = d
+	}
+	if *fsync {
+		fmt.Printf("disk fsync rate in %s: %.0f fsyncs/s (4 KiB append + fdatasync, 3 s)\n", *dir, fsyncRate(*dir))
+	}
+	if *dbType == "postgres" {
+		dropTables(*pgURL)
+	}
+	ours := startOurs(*dir, *dbType, *pgURL)
+	defer ours.stop()
+	peer := startPeer()
+	defer peer.stop()
+	servers := map[string]*target{"matrix-hipaa": ours, "mautrix": peer}
+	fmt.Printf("%d events per transaction, one transaction in flight, %s per run, database %s\n", *events, *duration, *dbType)
+	fmt.Printf("%-6s %-14s %10s %10s %9s %9s %9s\n", "round", "target", "txns", "events/s", "p50 ms", "p99 ms", "max ms")
+	gen := newGenerator(*events)
+	results := map[string][]float64{}
+	for r := 1; r <= *rounds; r++ {
+		for _, name := range strings.Split(*targets, ",") {
+			res := drive(servers[name].url, gen, *duration)
+			results[name] = append(results[name], res.rate)
+			fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f\n", r, name, res.txns, res.rate, res.p50, res.p99, res.max)
+		}
+	}
+	summarize(results)
+	if *prefill > 0 {
+		fmt.Printf("\nstoring %d more events in matrix-hipaa's database…\n", *prefill)
+		start := time.Now()
+		fill(ours.svc, *prefill)
+		fmt.Printf("stored in %s; measuring again\n", time.Since(start).Round(time.Second))
+		after := map[string][]float64{}
+		for r := 1; r <= *rounds; r++ {
+			for _, name := range strings.Split(*targets, ",") {
+				res := drive(servers[name].url, gen, *duration)
+				after[name] = append(after[name], res.rate)
+				fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f\n", r, name+"+full", res.txns, res.rate, res.p50, res.p99, res.max)
+			}
+		}
+		summarize(after)
+		if e, f := median(results["matrix-hipaa"]), median(after["matrix-hipaa"]); e > 0 {
+			fmt.Printf("matrix-hipaa with a full database: %.0f%% of its empty-database rate\n", 100*f/e)
+		}
+	}
+}
+
+func summarize(results map[string][]float64) {
+	ours, peer := median(results["matrix-hipaa"]), median(results["mautrix"])
+	if ours > 0 && peer > 0 {
+		fmt.Printf("median events/s: matrix-hipaa %.0f, mautrix peer %.0f: ratio %.2f\n", ours, peer, ours/peer)
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+type target struct {
+	url  string
+	svc  *hipaa.Service
+	stop func()
+}
+
+func listen() net.Listener {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	return l
+}
+
+// startOurs runs the whole matrix-hipaa service (inbox, dispatcher, job runner).
+func startOurs(dir, dbType, pgURL string) *target {
+	l := listen()
+	addr := l.Addr().String()
+	l.Close()
+	db := "database:\n  type: sqlite3\n  uri: hipaa.db\n"
+	if dbType == "postgres" {
+		db = fmt.Sprintf("database:\n  type: postgres\n  uri: %q\n", pgURL)
+	}
+	cfgText := fmt.Sprintf(`homeserver:
+  address: http://127.0.0.1:1
+  domain: loadtest.example
+appservice:
+  listen: %s
+  url: http://%s
+  as_token: %q
+  hs_token: %q
+%slogging:
+  level: warn
+`, addr, addr, hsToken+"as", hsToken, db)
+	path := filepath.Join(dir, "config.yaml")
+	check(os.WriteFile(path, []byte(cfgText), 0o600))
+	cfg, err := config.Load(path)
+	check(err)
+	ctx, cancel := context.WithCancel(context.Background())
+	svc, err := hipaa.New(ctx, cfg, zerolog.New(os.Stderr).Level(zerolog.WarnLevel), time.Now)
+	check(err)
+	done := make(chan struct{})
+	go func() { check(svc.Run(ctx)); close(done) }()
+	waitListen(addr)
+	return &target{url: "http://" + addr, svc: svc, stop: func() { cancel(); <-done }}
+}
+
+// startPeer runs mautrix's own appservice transaction handler: it parses the
+// transaction, dedupes its ID in memory and hands events to a channel, which
+// we drain. Nothing is stored.
+func startPeer() *target {
+	as := appservice.Create()
+	as.Registration = &appservice.Registration{ServerToken: hsToken, AppToken: hsToken + "as"}
+	go func() {
+		for range as.Events {
+		}
+	}()
+	l := listen()
+	srv := &http.Server{Handler: as.Router}
+	go srv.Serve(l)
+	return &target{url: "http://" + l.Addr().String(), stop: func() { srv.Close() }}
+}
+
+func waitListen(addr string) {
+	for i := 0; i < 500; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	check(fmt.Errorf("nothing listening on %s", addr))
+}
+
+// generator makes realistic transactions: mostly encrypted messages from a
+// few hundred users across a few dozen rooms, with some membership and state.
+type generator struct {
+	n    int
+	seq  int
+	salt string
+}
+
+func newGenerator(n int) *generator {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return &generator{n: n, salt: base64.RawURLEncoding.EncodeToString(b)}
+}
+
+func randB64(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawStdEncoding.EncodeToString(b)
+}
+
+func (g *generator) event() map[string]any {
+	g.seq++
+	id := fmt.Sprintf("$%s%s%08d", randB64(24), g.salt, g.seq)
+	room := fmt.Sprintf("!room%02d:loadtest.example", g.seq%37)
+	sender := fmt.Sprintf("@user%03d:loadtest.example", g.seq%311)
+	ev := map[string]any{"event_id": id, "room_id": room, "sender": sender, "origin_server_ts": time.Now().UnixMilli(), "unsigned": map[string]any{"age": 12}}
+	switch g.seq % 20 {
+	case 0:
+		ev["type"] = "m.room.member"
+		ev["state_key"] = sender
+		ev["content"] = map[string]any{"membership": "join", "displayname": "Staff"}
+	case 1:
+		ev["type"] = "m.reaction"
+		ev["content"] = map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": "$x", "key": "👍"}}
+	default:
+		ev["type"] = "m.room.encrypted"
+		ev["content"] = map[string]any{
+			"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": randB64(200 + g.seq%400),
+			"device_id": "ABCDEFGHIJ", "sender_key": randB64(32), "session_id": randB64(32),
+		}
+	}
+	return ev
+}
+
+func (g *generator) txn() []byte {
+	evs := make([]map[string]any, g.n)
+	for i := range evs {
+		evs[i] = g.event()
+	}
+	b, err := json.Marshal(map[string]any{"events": evs})
+	check(err)
+	return b
+}
+
+type result struct {
+	txns          int
+	rate          float64
+	p50, p99, max float64
+}
+
+// drive sends transactions one at a time for d and reports throughput and
+// acknowledgement latency. Bodies are made before the clock starts.
+func drive(url string, g *generator, d time.Duration) result {
+	bodies := make([][]byte, 64)
+	for i := range bodies {
+		bodies[i] = g.txn()
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	var lat []time.Duration
+	start := time.Now()
+	n := 0
+	for time.Since(start) < d {
+		body := bodies[n%len(bodies)]
+		if n%len(bodies) == len(bodies)-1 {
+			// Fresh event IDs for the next pass, made outside the timed request.
+			bodies[(n+1)%len(bodies)] = g.txn()
+		}
+		req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/_matrix/app/v1/transactions/lt%s%d", url, g.salt, n), bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+hsToken)
+		req.Header.Set("Content-Type", "application/json")
+		t0 := time.Now()
+		resp, err := client.Do(req)
+		check(err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			check(fmt.Errorf("%s answered %d", url, resp.StatusCode))
+		}
+		lat = append(lat, time.Since(t0))
+		n++
+	}
+	elapsed := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return result{
+		txns: n, rate: float64(n*g.n) / elapsed.Seconds(),
+		p50: ms(lat[len(lat)/2]), p99: ms(lat[len(lat)*99/100]), max: ms(lat[len(lat)-1]),
+	}
+}
+
+// fill stores events straight through the inbox in large transactions.
+func fill(svc *hipaa.Service, n int) {
+	g := newGenerator(1000)
+	ctx := context.Background()
+	for done := 0; done < n; {
+		batch := min(1000, n-done)
+		g.n = batch
+		evs, err := hipaa.ParseTransaction(g.txn())
+		check(err)
+		_, err = svc.Inbox.Store(ctx, fmt.Sprintf("fill%s%d", g.salt, done), evs)
+		check(err)
+		done += batch
+		if done%500000 == 0 {
+			fmt.Printf("  %d stored\n", done)
+		}
+	}
+}
+
+func fsyncRate(dir string) float64 {
+	f, err := os.CreateTemp(dir, "fsync")
+	check(err)
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 4096)
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 3*time.Second {
+		_, err := f.Write(buf)
+		check(err)
+		check(f.Sync())
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func dropTables(url string) {
+	// The store migrates a fresh schema; start each run from empty.
+	db, err := openPG(url)
+	check(err)
+	defer db.Close()
+	for _, tbl := range []string{"job", "audit_head", "audit", "dispatch_cursor", "inbox", "as_txn", "schema_version"} {
+		_, err := db.Exec("DROP TABLE IF EXISTS " + tbl)
+		check(err)
+	}
+}
