@@ -46,9 +46,24 @@ func NewDispatcher(db *store.DB, chain *audit.Chain, d Decider, m *Metrics, log 
 	return &Dispatcher{db: db, chain: chain, decider: d, metrics: m, log: log, wakeJob: wakeJobs, batch: 500}
 }
 
+// coalesce is the least time between dispatch commits. Under a stream of
+// small transactions it lets one commit carry many events instead of
+// competing with ingest for the writer on every one; it adds at most this
+// much to the time before policy acts.
+const coalesce = 5 * time.Millisecond
+
 // Run dispatches until ctx ends, waking on notify and at least once a second.
 func (d *Dispatcher) Run(ctx context.Context, notify <-chan struct{}) {
+	var last time.Time
 	for {
+		if wait := coalesce - time.Since(last); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
 		n, err := d.DispatchBatch(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -110,32 +125,27 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		jobs = append(jobs, dec.Jobs...)
 		recs = append(recs, dec.Records...)
 	}
-	tx, err := d.db.W.BeginTx(ctx, nil)
+	err = d.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		if err := Enqueue(ctx, tx, d.chain.Now(), jobs...); err != nil {
+			return err
+		}
+		if err := d.chain.Append(ctx, tx, recs...); err != nil {
+			d.metrics.AuditFailures.Inc()
+			return err
+		}
+		// Compare-and-set keeps two dispatchers (a mistake) from double-processing.
+		res, err := tx.ExecContext(ctx, `UPDATE dispatch_cursor SET seq = $1 WHERE id = 1 AND seq = $2`, last, cursor)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("dispatch cursor moved under us: is another matrix-hipaa running on this database?")
+		}
+		// Bodies are only needed until policy has seen them.
+		_, err = tx.ExecContext(ctx, `UPDATE inbox SET content = NULL WHERE seq > $1 AND seq <= $2`, cursor, last)
+		return err
+	})
 	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback()
-	now := d.chain.Now()
-	if err := Enqueue(ctx, tx, now, jobs...); err != nil {
-		return 0, err
-	}
-	if err := d.chain.Append(ctx, tx, recs...); err != nil {
-		d.metrics.AuditFailures.Inc()
-		return 0, err
-	}
-	// Compare-and-set keeps two dispatchers (a mistake) from double-processing.
-	res, err := tx.ExecContext(ctx, `UPDATE dispatch_cursor SET seq = $1 WHERE id = 1 AND seq = $2`, last, cursor)
-	if err != nil {
-		return 0, err
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return 0, fmt.Errorf("dispatch cursor moved under us: is another matrix-hipaa running on this database?")
-	}
-	// Bodies are only needed until policy has seen them.
-	if _, err := tx.ExecContext(ctx, `UPDATE inbox SET content = NULL WHERE seq > $1 AND seq <= $2`, cursor, last); err != nil {
-		return 0, err
-	}
-	if err := tx.Commit(); err != nil {
 		return 0, err
 	}
 	d.metrics.AuditRecords.Add(float64(len(recs)))

@@ -68,7 +68,7 @@ func newPipelineOn(t testing.TB, db *store.DB) *pipeline {
 		t.Fatal(err)
 	}
 	clock := newFakeClock()
-	chain := audit.NewChain(keys, db.Dialect, clock.Now)
+	chain := audit.NewChain(keys, db, clock.Now)
 	m := NewMetrics(prometheus.NewRegistry())
 	logs := &bytes.Buffer{}
 	log := zerolog.New(&lockedWriter{w: logs})

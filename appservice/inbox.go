@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -42,6 +43,16 @@ func (e *Event) class() string {
 		return "message"
 	}
 	return "other"
+}
+
+// storedContent is what the inbox keeps of an event for policy to read. An
+// encrypted event's ciphertext is useless to policy (and to anyone without
+// the keys), so it is not written at all: most events cost only metadata.
+func (e *Event) storedContent() []byte {
+	if e.Type == "m.room.encrypted" {
+		return nil
+	}
+	return e.Raw
 }
 
 var memberships = map[string]bool{"join": true, "leave": true, "invite": true, "ban": true, "knock": true}
@@ -95,64 +106,38 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	tx, err := in.db.W.BeginTx(ctx, nil)
+	now := in.chain.Now()
+	inserted := make(map[string]struct{}, len(uniq))
+	var recs []*audit.Record
+	err := in.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		if err := insertEvents(ctx, in.db, tx, txnID, uniq, now.UnixMilli(), inserted); err != nil {
+			return err
+		}
+		recs = make([]*audit.Record, 0, len(inserted))
+		keys := in.chain.Keys()
+		for _, e := range uniq {
+			if _, ok := inserted[e.ID]; !ok {
+				continue
+			}
+			recs = append(recs, &audit.Record{
+				Time:      now,
+				Type:      audit.TypeEventReceived,
+				Outcome:   audit.OutcomeSuccess,
+				Actor:     keys.User(e.Sender),
+				Room:      keys.Room(e.RoomID),
+				EventID:   e.ID,
+				EventType: e.Type,
+				Detail:    e.auditDetail(),
+			})
+		}
+		if err := in.chain.Append(ctx, tx, recs...); err != nil {
+			in.metrics.AuditFailures.Inc()
+			return err
+		}
+		return nil
+	})
 	if err != nil {
 		return 0, err
-	}
-	defer tx.Rollback()
-	now := in.chain.Now()
-	nowMs := now.UnixMilli()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO as_txn (txn_id, received_at, events) VALUES ($1, $2, $3) ON CONFLICT (txn_id) DO NOTHING`,
-		txnID, nowMs, len(events)); err != nil {
-		return 0, fmt.Errorf("store transaction: %w", err)
-	}
-	inserted := make(map[string]struct{}, len(uniq))
-	args := make([]any, 0, 6*min(len(uniq), inboxChunk))
-	for start := 0; start < len(uniq); start += inboxChunk {
-		chunk := uniq[start:min(start+inboxChunk, len(uniq))]
-		args = args[:0]
-		for _, e := range chunk {
-			args = append(args, e.ID, e.RoomID, e.Type, e.Sender, nowMs, []byte(e.Raw))
-		}
-		rows, err := tx.QueryContext(ctx, inboxInsert(len(chunk)), args...)
-		if err != nil {
-			return 0, fmt.Errorf("store events: %w", err)
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return 0, err
-			}
-			inserted[id] = struct{}{}
-		}
-		if err := rows.Close(); err != nil {
-			return 0, err
-		}
-	}
-	recs := make([]*audit.Record, 0, len(inserted))
-	keys := in.chain.Keys()
-	for _, e := range uniq {
-		if _, ok := inserted[e.ID]; !ok {
-			continue
-		}
-		recs = append(recs, &audit.Record{
-			Time:      now,
-			Type:      audit.TypeEventReceived,
-			Outcome:   audit.OutcomeSuccess,
-			Actor:     keys.User(e.Sender),
-			Room:      keys.Room(e.RoomID),
-			EventID:   e.ID,
-			EventType: e.Type,
-			Detail:    e.auditDetail(),
-		})
-	}
-	if err := in.chain.Append(ctx, tx, recs...); err != nil {
-		in.metrics.AuditFailures.Inc()
-		return 0, err
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("commit transaction: %w", err)
 	}
 	in.metrics.AuditRecords.Add(float64(len(recs)))
 	for _, e := range events {
@@ -172,6 +157,35 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 	return len(recs), nil
 }
 
+// insertEvents stores events, skipping those already stored, and notes in
+// inserted which ones were new.
+func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, inserted map[string]struct{}) error {
+	args := make([]any, 0, 7*min(len(events), inboxChunk))
+	for start := 0; start < len(events); start += inboxChunk {
+		chunk := events[start:min(start+inboxChunk, len(events))]
+		args = args[:0]
+		for _, e := range chunk {
+			args = append(args, e.ID, txnID, e.RoomID, e.Type, e.Sender, nowMs, e.storedContent())
+		}
+		rows, err := db.Query(ctx, tx, inboxInsert(len(chunk)), args...)
+		if err != nil {
+			return fmt.Errorf("store events: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			inserted[id] = struct{}{}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 const inboxChunk = 100
 
 var inboxQueries sync.Map
@@ -181,17 +195,17 @@ func inboxInsert(n int) string {
 		return q.(string)
 	}
 	var b strings.Builder
-	b.WriteString("INSERT INTO inbox (event_id, room_id, event_type, sender, received_at, content) VALUES ")
+	b.WriteString("INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ")
 	for j := 0; j < n; j++ {
 		if j > 0 {
 			b.WriteByte(',')
 		}
 		b.WriteByte('(')
-		for k := 1; k <= 6; k++ {
+		for k := 1; k <= 7; k++ {
 			if k > 1 {
 				b.WriteByte(',')
 			}
-			b.WriteString("$" + strconv.Itoa(6*j+k))
+			b.WriteString("$" + strconv.Itoa(7*j+k))
 		}
 		b.WriteByte(')')
 	}

@@ -45,8 +45,8 @@ func TestRetriedTransactionStoresEachEventOnce(t *testing.T) {
 			if len(seen) != 4 {
 				t.Errorf("audited events %v", seen)
 			}
-			if n := p.count(t, `SELECT COUNT(*) FROM as_txn`); n != 2 {
-				t.Errorf("%d transactions recorded, want 2", n)
+			if n := p.count(t, `SELECT COUNT(*) FROM inbox WHERE txn_id = 'txn1'`); n != 4 {
+				t.Errorf("%d events recorded as first brought by txn1, want 4", n)
 			}
 		})
 	}

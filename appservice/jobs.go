@@ -268,8 +268,11 @@ func (r *Runner) apply(ctx context.Context, j *Job) {
 	delay := r.delay(attempts, err)
 	log.Warn().Str("error", SafeError(err)).Dur("retry_in", delay).Msg("job failed; will retry")
 	r.metrics.JobRuns.WithLabelValues(j.Kind, "retry").Inc()
-	if _, dbErr := r.db.W.ExecContext(ctx, `UPDATE job SET attempts = $1, due_at = $2, updated_at = $3, last_error = $4 WHERE id = $5`,
-		attempts, now.Add(delay).UnixMilli(), now.UnixMilli(), SafeError(err), j.ID); dbErr != nil {
+	if dbErr := r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE job SET attempts = $1, due_at = $2, updated_at = $3, last_error = $4 WHERE id = $5`,
+			attempts, now.Add(delay).UnixMilli(), now.UnixMilli(), SafeError(err), j.ID)
+		return err
+	}); dbErr != nil {
 		log.Error().Err(dbErr).Msg("could not record job retry")
 	}
 }
@@ -284,25 +287,20 @@ func safeRun(ctx context.Context, h Handler, j *Job) (err error) {
 }
 
 func (r *Runner) finish(ctx context.Context, log zerolog.Logger, j *Job, state string, attempts int, now time.Time, errText, recType, outcome string) {
-	tx, err := r.db.W.BeginTx(ctx, nil)
+	err := r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE job SET state = $1, attempts = $2, updated_at = $3, last_error = $4 WHERE id = $5 AND state = 'pending'`,
+			state, attempts, now.UnixMilli(), errText, j.ID); err != nil {
+			return err
+		}
+		rec := &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)}
+		if err := r.chain.Append(ctx, tx, rec); err != nil {
+			r.metrics.AuditFailures.Inc()
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		log.Error().Err(err).Msg("could not record job outcome")
-		return
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `UPDATE job SET state = $1, attempts = $2, updated_at = $3, last_error = $4 WHERE id = $5 AND state = 'pending'`,
-		state, attempts, now.UnixMilli(), errText, j.ID); err != nil {
-		log.Error().Err(err).Msg("could not record job outcome")
-		return
-	}
-	rec := &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)}
-	if err := r.chain.Append(ctx, tx, rec); err != nil {
-		r.metrics.AuditFailures.Inc()
-		log.Error().Err(err).Msg("could not audit job outcome; the job stays pending")
-		return
-	}
-	if err := tx.Commit(); err != nil {
-		log.Error().Err(err).Msg("could not record job outcome")
+		log.Error().Err(err).Msg("could not record job outcome; the job stays pending and runs again")
 		return
 	}
 	r.metrics.AuditRecords.Inc()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tidwall/gjson"
 )
 
 // Server is our own implementation of the homeserver → application service
@@ -141,45 +142,104 @@ func routeKind(path string) string {
 	return "other"
 }
 
-type txnBody struct {
-	Events []json.RawMessage `json:"events"`
-}
-
 // errBadJSON is valid JSON of the wrong shape.
 type errBadJSON struct{ msg string }
 
 func (e errBadJSON) Error() string { return e.msg }
 
 // ParseTransaction decodes a transaction body. Syntax errors and shape errors
-// are told apart so the homeserver gets M_NOT_JSON or M_BAD_JSON.
+// are told apart so the homeserver gets M_NOT_JSON or M_BAD_JSON. It reads
+// only the routing fields of each event in one pass (gjson): this is the
+// ingest hot path, and the content is kept raw for policy to read later.
 func ParseTransaction(body []byte) ([]*Event, error) {
-	if !json.Valid(body) {
+	if !gjson.ValidBytes(body) {
 		return nil, errors.New("body is not JSON")
 	}
-	var t txnBody
-	if err := json.Unmarshal(body, &t); err != nil {
-		return nil, errBadJSON{"transaction must be an object whose events field is a list of events"}
+	root := gjson.ParseBytes(body)
+	if !root.IsObject() {
+		return nil, errBadJSON{"transaction must be a JSON object"}
 	}
-	events := make([]*Event, 0, len(t.Events))
-	for i, raw := range t.Events {
-		e := &Event{}
-		if err := json.Unmarshal(raw, e); err != nil {
-			return nil, errBadJSON{fmt.Sprintf("events[%d] is not a valid event object", i)}
+	list := root.Get("events")
+	if !list.Exists() || list.Type == gjson.Null {
+		return nil, nil
+	}
+	if !list.IsArray() {
+		return nil, errBadJSON{"events must be a list"}
+	}
+	var events []*Event
+	var bad error
+	i := 0
+	list.ForEach(func(_, v gjson.Result) bool {
+		e, err := parseEvent(v, i)
+		if err != nil {
+			bad = err
+			return false
 		}
-		switch {
-		case e.ID == "":
-			return nil, errBadJSON{fmt.Sprintf("events[%d] has no event_id", i)}
-		case e.RoomID == "":
-			return nil, errBadJSON{fmt.Sprintf("events[%d] has no room_id", i)}
-		case e.Type == "":
-			return nil, errBadJSON{fmt.Sprintf("events[%d] has no type", i)}
-		case e.Sender == "":
-			return nil, errBadJSON{fmt.Sprintf("events[%d] has no sender", i)}
-		}
-		e.Raw = raw
 		events = append(events, e)
+		i++
+		return true
+	})
+	if bad != nil {
+		return nil, bad
 	}
 	return events, nil
+}
+
+func parseEvent(v gjson.Result, i int) (*Event, error) {
+	if !v.IsObject() {
+		return nil, errBadJSON{fmt.Sprintf("events[%d] is not an object", i)}
+	}
+	e := &Event{}
+	var content gjson.Result
+	var err error
+	str := func(k, val gjson.Result, dst *string) {
+		if val.Type != gjson.String {
+			err = errBadJSON{fmt.Sprintf("events[%d].%s must be a string", i, k.String())}
+			return
+		}
+		*dst = val.String()
+	}
+	v.ForEach(func(k, val gjson.Result) bool {
+		switch k.String() {
+		case "event_id":
+			str(k, val, &e.ID)
+		case "room_id":
+			str(k, val, &e.RoomID)
+		case "type":
+			str(k, val, &e.Type)
+		case "sender":
+			str(k, val, &e.Sender)
+		case "state_key":
+			if val.Type != gjson.Null {
+				var sk string
+				str(k, val, &sk)
+				e.StateKey = &sk
+			}
+		case "content":
+			content = val
+		}
+		return err == nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case e.ID == "":
+		return nil, errBadJSON{fmt.Sprintf("events[%d] has no event_id", i)}
+	case e.RoomID == "":
+		return nil, errBadJSON{fmt.Sprintf("events[%d] has no room_id", i)}
+	case e.Type == "":
+		return nil, errBadJSON{fmt.Sprintf("events[%d] has no type", i)}
+	case e.Sender == "":
+		return nil, errBadJSON{fmt.Sprintf("events[%d] has no sender", i)}
+	}
+	if e.Type == "m.room.member" && content.IsObject() {
+		if m := content.Get("membership"); m.Type == gjson.String {
+			e.Content.Membership = m.String()
+		}
+	}
+	e.Raw = json.RawMessage(v.Raw)
+	return e, nil
 }
 
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {

@@ -3,6 +3,7 @@ package appservice
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -101,7 +102,7 @@ func TestServerOverRealHTTP(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if n := p.count(t, `SELECT COUNT(*) FROM as_txn WHERE txn_id = 'x/y'`); n != 1 {
+	if n := p.count(t, `SELECT COUNT(*) FROM inbox WHERE txn_id = 'x/y'`); n != 1 {
 		t.Fatal("escaped txn ID not stored unescaped")
 	}
 	// A chunked body larger than the limit (no Content-Length) is cut off with 413.
@@ -141,7 +142,14 @@ func FuzzParseTransaction(f *testing.F) {
 			if len(events) != 0 {
 				t.Fatal("events returned with an error")
 			}
+			var bad errBadJSON
+			if !errors.As(err, &bad) && json.Valid(body) {
+				t.Fatalf("valid JSON reported as not JSON: %q", body)
+			}
 			return
+		}
+		if !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON: %q", body)
 		}
 		for _, e := range events {
 			if e.ID == "" || e.RoomID == "" || e.Type == "" || e.Sender == "" {

@@ -48,7 +48,7 @@ func OpenStore(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *
 		db.Close()
 		return nil, nil, err
 	}
-	return db, audit.NewChain(keys, db.Dialect, now), nil
+	return db, audit.NewChain(keys, db, now), nil
 }
 
 // Service is the whole running application service.

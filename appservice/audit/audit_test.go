@@ -88,7 +88,7 @@ func TestJSONStringEncoding(t *testing.T) {
 func newChain(t testing.TB, db *store.DB) *Chain {
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	n := 0
-	return NewChain(testKeys(t), db.Dialect, func() time.Time { n++; return base.Add(time.Duration(n) * time.Second) })
+	return NewChain(testKeys(t), db, func() time.Time { n++; return base.Add(time.Duration(n) * time.Second) })
 }
 
 func appendN(t testing.TB, ctx context.Context, c *Chain, db *store.DB, n int) {

@@ -25,13 +25,14 @@ const macVersion = "MHA1"
 // transaction, so a record and what it describes commit together or not at all.
 type Chain struct {
 	keys    *Keys
+	db      *store.DB
 	dialect store.Dialect
 	now     func() time.Time
 	pool    sync.Pool
 }
 
-func NewChain(keys *Keys, dialect store.Dialect, now func() time.Time) *Chain {
-	c := &Chain{keys: keys, dialect: dialect, now: now}
+func NewChain(keys *Keys, db *store.DB, now func() time.Time) *Chain {
+	c := &Chain{keys: keys, db: db, dialect: db.Dialect, now: now}
 	c.pool.New = func() any { return hmac.New(sha256.New, keys.chain) }
 	return c
 }
@@ -70,7 +71,7 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 	}
 	var seq int64
 	var prev []byte
-	err := tx.QueryRowContext(ctx, q).Scan(&seq, &prev)
+	err := c.db.QueryRow(ctx, tx, q).Scan(&seq, &prev)
 	if errors.Is(err, sql.ErrNoRows) {
 		seq, prev = 0, zeroMAC
 	} else if err != nil {
@@ -96,11 +97,11 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 			prev = r.MAC
 			args = append(args, seq, r.Time.UnixMilli(), rec, r.MAC)
 		}
-		if _, err := tx.ExecContext(ctx, insertQuery(len(chunk)), args...); err != nil {
+		if _, err := c.db.Exec(ctx, tx, insertQuery(len(chunk)), args...); err != nil {
 			return fmt.Errorf("append audit records: %w", err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_head (id, seq, mac) VALUES (1, $1, $2)
+	if _, err := c.db.Exec(ctx, tx, `INSERT INTO audit_head (id, seq, mac) VALUES (1, $1, $2)
 		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac`, seq, prev); err != nil {
 		return fmt.Errorf("update audit head: %w", err)
 	}
@@ -133,13 +134,5 @@ func insertQuery(n int) string {
 // AppendTx is Append in a transaction of its own, for records that stand
 // alone (service start, an audit read).
 func (c *Chain) AppendTx(ctx context.Context, db *store.DB, recs ...*Record) error {
-	tx, err := db.W.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if err := c.Append(ctx, tx, recs...); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return c.Append(ctx, tx, recs...) })
 }

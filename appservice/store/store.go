@@ -5,6 +5,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -36,6 +38,7 @@ const (
 type DB struct {
 	W, R    *sql.DB
 	Dialect Dialect
+	stmts   sync.Map // query → *sql.Stmt on W
 }
 
 // Open connects, applies pending migrations and returns the database.
@@ -100,6 +103,12 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 }
 
 func (db *DB) Close() error {
+	db.stmts.Range(func(_, v any) bool {
+		if st, ok := v.(*sql.Stmt); ok {
+			st.Close()
+		}
+		return true
+	})
 	err := db.W.Close()
 	if db.R != db.W {
 		if e := db.R.Close(); err == nil {
@@ -112,9 +121,11 @@ func (db *DB) Close() error {
 // translate turns the shared migration SQL into this dialect's.
 func (db *DB) translate(q string) string {
 	if db.Dialect == SQLite {
-		return strings.NewReplacer("AUTOINCREMENT_PK", "INTEGER PRIMARY KEY AUTOINCREMENT", "BYTES", "BLOB").Replace(q)
+		// INTEGER PRIMARY KEY is SQLite's rowid itself: no separate index to
+		// write, and without AUTOINCREMENT no sqlite_sequence row either.
+		return strings.NewReplacer("IDENTITY_PK", "INTEGER PRIMARY KEY", "INT64_PK", "INTEGER PRIMARY KEY", "BYTES", "BLOB").Replace(q)
 	}
-	return strings.NewReplacer("AUTOINCREMENT_PK", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTES", "BYTEA").Replace(q)
+	return strings.NewReplacer("IDENTITY_PK", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "INT64_PK", "BIGINT PRIMARY KEY", "BYTES", "BYTEA").Replace(q)
 }
 
 type migration struct {
@@ -215,4 +226,124 @@ func splitStatements(s string) []string {
 		out = append(out, strings.TrimSpace(cur.String()))
 	}
 	return out
+}
+
+// Durability says whether a commit must be on disk before it returns.
+type Durability int
+
+const (
+	// Durable commits are fsynced before returning: anything acknowledged to
+	// the homeserver or a person is written this way.
+	Durable Durability = iota
+	// Deferred commits are atomic and ordered but reach the disk with the next
+	// durable commit (or checkpoint). Used for work that is re-derived from
+	// durable state if a power cut loses it: dispatch progress, job outcomes.
+	// It keeps the ingest path at one fsync per transaction.
+	Deferred
+)
+
+// Tx runs fn in a write transaction and commits it with the given durability.
+func (db *DB) Tx(ctx context.Context, d Durability, fn func(*sql.Tx) error) error {
+	if d == Durable || db.Dialect == Postgres {
+		tx, err := db.W.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		if d == Deferred {
+			if _, err := tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+				return err
+			}
+		}
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return tx.Commit()
+	}
+	// SQLite: synchronous is per connection, so hold the (single) writer
+	// connection for the whole switch-commit-restore sequence.
+	conn, err := db.W.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = NORMAL`); err != nil {
+		return err
+	}
+	defer func() {
+		// Must run even if ctx is done, or the next durable commit would not be.
+		if _, err := conn.ExecContext(context.Background(), `PRAGMA synchronous = FULL`); err != nil {
+			conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Prepared returns tx's handle on a statement prepared once per database.
+// SQLite spends much of a small transaction parsing SQL, and the service
+// repeats the same few statements on its one writer connection; PostgreSQL's
+// driver caches statements itself.
+func (db *DB) Prepared(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	v, loaded := db.stmts.LoadOrStore(query, nil)
+	if st, ok := v.(*sql.Stmt); loaded && ok {
+		return tx.StmtContext(ctx, st), nil
+	}
+	if !loaded {
+		// tx holds the only writer connection, so prepare for later use once
+		// it is free; this time, prepare inside tx.
+		go func() {
+			st, err := db.W.PrepareContext(context.Background(), query)
+			if err != nil {
+				db.stmts.Delete(query)
+				return
+			}
+			db.stmts.Store(query, st)
+		}()
+	}
+	return tx.PrepareContext(ctx, query)
+}
+
+// Exec runs a write statement in tx, prepared once.
+func (db *DB) Exec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
+	if db.Dialect == Postgres {
+		return tx.ExecContext(ctx, query, args...)
+	}
+	st, err := db.Prepared(ctx, tx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// Query runs a statement that returns rows in tx, prepared once.
+func (db *DB) Query(ctx context.Context, tx *sql.Tx, query string, args ...any) (*sql.Rows, error) {
+	if db.Dialect == Postgres {
+		return tx.QueryContext(ctx, query, args...)
+	}
+	st, err := db.Prepared(ctx, tx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// QueryRow is Query for a single row.
+func (db *DB) QueryRow(ctx context.Context, tx *sql.Tx, query string, args ...any) *sql.Row {
+	if db.Dialect == Postgres {
+		return tx.QueryRowContext(ctx, query, args...)
+	}
+	st, err := db.Prepared(ctx, tx, query)
+	if err != nil {
+		// Surface the prepare error through the row, as database/sql does.
+		return tx.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }

@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"testing"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -63,5 +65,37 @@ func TestSQLiteIsDurable(t *testing.T) {
 		if got != want {
 			t.Errorf("PRAGMA %s = %s, want %s", pragma, got, want)
 		}
+	}
+}
+
+// A deferred commit must leave the writer connection durable for the next one.
+func TestDeferredTxRestoresFullSync(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			db, _ := storetest.Open(t, dbType)
+			ctx := context.Background()
+			err := db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+				_, err := tx.Exec(`UPDATE dispatch_cursor SET seq = 5 WHERE id = 1`)
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			failing := db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return errors.New("rolled back") })
+			if failing == nil {
+				t.Fatal("error from fn was lost")
+			}
+			var seq int
+			db.R.QueryRow(`SELECT seq FROM dispatch_cursor`).Scan(&seq)
+			if seq != 5 {
+				t.Fatalf("deferred commit not visible: seq %d", seq)
+			}
+			if dbType == "sqlite3" {
+				var sync int
+				if err := db.W.QueryRow(`PRAGMA synchronous`).Scan(&sync); err != nil || sync != 2 {
+					t.Fatalf("synchronous = %d after a deferred commit, want 2 (FULL): %v", sync, err)
+				}
+			}
+		})
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -43,7 +44,14 @@ func main() {
 	prefill := flag.Int("prefill", 0, "after the rounds, store this many events in matrix-hipaa's database and measure again")
 	dir := flag.String("dir", "", "data folder (default: a temp folder on the same disk as /tmp)")
 	fsync := flag.Bool("fsync", true, "measure this disk's fsync rate first")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "matrix-hipaa-loadtest")
 		check(err)
@@ -249,22 +257,35 @@ type result struct {
 }
 
 // drive sends transactions one at a time for d and reports throughput and
-// acknowledgement latency. Bodies are made before the clock starts.
+// acknowledgement latency. Every transaction carries new events (a re-sent
+// event is a duplicate the inbox skips cheaply, which would flatter it).
+// Bodies come from a producer that fills a large buffer before the clock
+// starts and keeps it topped up.
 func drive(url string, g *generator, d time.Duration) result {
-	bodies := make([][]byte, 64)
-	for i := range bodies {
-		bodies[i] = g.txn()
+	size := len(g.txn())
+	capacity := max(64, min(200_000, (256<<20)/size))
+	bodies := make(chan []byte, capacity)
+	for len(bodies) < cap(bodies) {
+		bodies <- g.txn()
 	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			b := g.txn()
+			select {
+			case bodies <- b:
+			case <-stop:
+				return
+			}
+		}
+	}()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 	var lat []time.Duration
 	start := time.Now()
 	n := 0
 	for time.Since(start) < d {
-		body := bodies[n%len(bodies)]
-		if n%len(bodies) == len(bodies)-1 {
-			// Fresh event IDs for the next pass, made outside the timed request.
-			bodies[(n+1)%len(bodies)] = g.txn()
-		}
+		body := <-bodies
 		req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/_matrix/app/v1/transactions/lt%s%d", url, g.salt, n), bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+hsToken)
 		req.Header.Set("Content-Type", "application/json")
@@ -328,7 +349,7 @@ func dropTables(url string) {
 	db, err := openPG(url)
 	check(err)
 	defer db.Close()
-	for _, tbl := range []string{"job", "audit_head", "audit", "dispatch_cursor", "inbox", "as_txn", "schema_version"} {
+	for _, tbl := range []string{"job", "audit_head", "audit", "dispatch_cursor", "inbox", "schema_version"} {
 		_, err := db.Exec("DROP TABLE IF EXISTS " + tbl)
 		check(err)
 	}

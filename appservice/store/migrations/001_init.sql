@@ -1,16 +1,11 @@
--- Transactions the homeserver pushed, by ID: a record of what was acknowledged.
-CREATE TABLE as_txn (
-    txn_id      TEXT PRIMARY KEY,
-    received_at BIGINT NOT NULL,
-    events      INTEGER NOT NULL
-);
-
--- Every event received, once (event_id is the dedupe key). seq is the order
--- of receipt; the dispatcher walks it. content is the raw event JSON, cleared
--- once the event has been dispatched, so message bodies do not linger here.
+-- Every event received, once (event_id is the dedupe key), with the ID of
+-- the transaction that first brought it. seq is the order of receipt; the
+-- dispatcher walks it. content is the raw event JSON, cleared once the event
+-- has been dispatched, so message bodies do not linger here.
 CREATE TABLE inbox (
-    seq         AUTOINCREMENT_PK,
+    seq         IDENTITY_PK,
     event_id    TEXT NOT NULL UNIQUE,
+    txn_id      TEXT NOT NULL,
     room_id     TEXT NOT NULL,
     event_type  TEXT NOT NULL,
     sender      TEXT NOT NULL,
@@ -28,7 +23,7 @@ INSERT INTO dispatch_cursor (id, seq) VALUES (1, 0);
 -- The tamper-evident audit chain. rec is canonical JSON with no PHI; mac is
 -- HMAC-SHA256 over (seq, ts, previous mac, rec).
 CREATE TABLE audit (
-    seq BIGINT PRIMARY KEY,
+    seq INT64_PK,
     ts  BIGINT NOT NULL,
     rec BYTES NOT NULL,
     mac BYTES NOT NULL
@@ -46,7 +41,7 @@ CREATE TABLE audit_head (
 -- Durable actions. dedupe_key makes enqueueing idempotent; state is pending,
 -- done or failed (a job being run stays pending, so a crash re-runs it).
 CREATE TABLE job (
-    id          AUTOINCREMENT_PK,
+    id          IDENTITY_PK,
     kind        TEXT NOT NULL,
     dedupe_key  TEXT NOT NULL UNIQUE,
     payload     BYTES NOT NULL,
