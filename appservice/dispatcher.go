@@ -142,7 +142,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 			return fmt.Errorf("dispatch cursor moved under us: is another matrix-hipaa running on this database?")
 		}
 		// Bodies are only needed until policy has seen them.
-		_, err = tx.ExecContext(ctx, `UPDATE inbox SET content = NULL WHERE seq > $1 AND seq <= $2`, cursor, last)
+		_, err = tx.ExecContext(ctx, `UPDATE inbox SET content = NULL WHERE seq > $1 AND seq <= $2 AND content IS NOT NULL`, cursor, last)
 		return err
 	})
 	if err != nil {

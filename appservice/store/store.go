@@ -18,8 +18,24 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
-	_ "github.com/mattn/go-sqlite3"
+	"github.com/mattn/go-sqlite3"
 )
+
+// writerDriver is SQLite for the one writer connection. Its WAL checkpoints
+// are left to a background checkpointer (StartCheckpointer), so that copying
+// pages back into the database file, and the fsync that goes with it, never
+// lands on a transaction the homeserver is waiting for. The writer still
+// checkpoints by itself if the WAL grows past walBackstop pages.
+const writerDriver = "sqlite3_matrix_hipaa_writer"
+
+const walBackstop = 20000
+
+func init() {
+	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		_, err := c.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walBackstop), nil)
+		return err
+	}})
+}
 
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
@@ -39,6 +55,7 @@ type DB struct {
 	W, R    *sql.DB
 	Dialect Dialect
 	stmts   sync.Map // query → *sql.Stmt on W
+	dsn     string   // SQLite only, for the checkpointer
 }
 
 // Open connects, applies pending migrations and returns the database.
@@ -55,7 +72,7 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 		// synchronous=FULL: the WAL is fsynced at every commit, so an
 		// acknowledged transaction survives power loss, not only a crash.
 		dsn := "file:" + uri + "?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=10000&_txlock=immediate"
-		w, err := sql.Open("sqlite3", dsn)
+		w, err := sql.Open(writerDriver, dsn)
 		if err != nil {
 			return nil, err
 		}
@@ -70,7 +87,7 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 			maxConns = 4
 		}
 		r.SetMaxOpenConns(maxConns)
-		db = &DB{W: w, R: r, Dialect: SQLite}
+		db = &DB{W: w, R: r, Dialect: SQLite, dsn: dsn}
 		// Create the file (and WAL) before the read-only pool touches it.
 		if err := w.PingContext(ctx); err != nil {
 			db.Close()
@@ -346,4 +363,32 @@ func (db *DB) QueryRow(ctx context.Context, tx *sql.Tx, query string, args ...an
 		return tx.QueryRowContext(ctx, query, args...)
 	}
 	return st.QueryRowContext(ctx, args...)
+}
+
+// StartCheckpointer copies the SQLite WAL back into the database file in the
+// background until ctx ends (PASSIVE: it never blocks the writer or readers).
+// It does nothing for PostgreSQL.
+func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration) {
+	if db.Dialect != SQLite {
+		return
+	}
+	c, err := sql.Open("sqlite3", db.dsn)
+	if err != nil {
+		return
+	}
+	c.SetMaxOpenConns(1)
+	go func() {
+		defer c.Close()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			var busy, logFrames, done int
+			c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done)
+		}
+	}()
 }

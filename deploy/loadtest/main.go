@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -216,38 +215,35 @@ func randB64(n int) string {
 	return base64.RawStdEncoding.EncodeToString(b)
 }
 
-func (g *generator) event() map[string]any {
+// appendEvent writes one event's JSON by hand: the generator must cost
+// little, as it shares the machine with the servers it measures.
+func (g *generator) appendEvent(b []byte) []byte {
 	g.seq++
-	id := fmt.Sprintf("$%s%s%08d", randB64(24), g.salt, g.seq)
-	room := fmt.Sprintf("!room%02d:loadtest.example", g.seq%37)
 	sender := fmt.Sprintf("@user%03d:loadtest.example", g.seq%311)
-	ev := map[string]any{"event_id": id, "room_id": room, "sender": sender, "origin_server_ts": time.Now().UnixMilli(), "unsigned": map[string]any{"age": 12}}
+	b = fmt.Appendf(b, `{"event_id":"$%s%s%08d","room_id":"!room%02d:loadtest.example","sender":%q,"origin_server_ts":%d,"unsigned":{"age":12},`,
+		randB64(24), g.salt, g.seq, g.seq%37, sender, time.Now().UnixMilli())
 	switch g.seq % 20 {
 	case 0:
-		ev["type"] = "m.room.member"
-		ev["state_key"] = sender
-		ev["content"] = map[string]any{"membership": "join", "displayname": "Staff"}
+		b = fmt.Appendf(b, `"type":"m.room.member","state_key":%q,"content":{"membership":"join","displayname":"Staff"}}`, sender)
 	case 1:
-		ev["type"] = "m.reaction"
-		ev["content"] = map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": "$x", "key": "👍"}}
+		b = append(b, `"type":"m.reaction","content":{"m.relates_to":{"rel_type":"m.annotation","event_id":"$x","key":"👍"}}}`...)
 	default:
-		ev["type"] = "m.room.encrypted"
-		ev["content"] = map[string]any{
-			"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": randB64(200 + g.seq%400),
-			"device_id": "ABCDEFGHIJ", "sender_key": randB64(32), "session_id": randB64(32),
-		}
+		b = fmt.Appendf(b, `"type":"m.room.encrypted","content":{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":"%s","device_id":"ABCDEFGHIJ","sender_key":"%s","session_id":"%s"}}`,
+			randB64(200+g.seq%400), randB64(32), randB64(32))
 	}
-	return ev
+	return b
 }
 
 func (g *generator) txn() []byte {
-	evs := make([]map[string]any, g.n)
-	for i := range evs {
-		evs[i] = g.event()
+	b := make([]byte, 0, 900*g.n+16)
+	b = append(b, `{"events":[`...)
+	for i := 0; i < g.n; i++ {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = g.appendEvent(b)
 	}
-	b, err := json.Marshal(map[string]any{"events": evs})
-	check(err)
-	return b
+	return append(b, "]}"...)
 }
 
 type result struct {
