@@ -115,7 +115,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	if len(events) == 0 {
-		d.updateLag(ctx, cursor)
+		d.metrics.InboxLag.Set(0)
 		return 0, nil
 	}
 	var jobs []JobSpec
@@ -154,13 +154,12 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	if len(jobs) > 0 && d.wakeJob != nil {
 		d.wakeJob()
 	}
-	d.updateLag(ctx, last)
 	return len(events), nil
 }
 
-func (d *Dispatcher) updateLag(ctx context.Context, cursor int64) {
-	var head sql.NullInt64
-	if err := d.db.R.QueryRowContext(ctx, `SELECT MAX(seq) FROM inbox`).Scan(&head); err == nil && head.Valid {
-		d.metrics.InboxLag.Set(float64(max(head.Int64-cursor, 0)))
+func (d *Dispatcher) updateLag(ctx context.Context) {
+	var lag int64
+	if err := d.db.R.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) - (SELECT seq FROM dispatch_cursor WHERE id = 1) FROM inbox`).Scan(&lag); err == nil {
+		d.metrics.InboxLag.Set(float64(max(lag, 0)))
 	}
 }

@@ -121,6 +121,7 @@ func (s *Service) Run(ctx context.Context) error {
 	done := make(chan struct{}, 2)
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
+	go s.refreshGauges(workCtx, 5*time.Second)
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
 
 	var runErr error
@@ -145,4 +146,32 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.Log.Info().Msg("matrix-hipaa stopped")
 	return runErr
+}
+
+// refreshGauges keeps the gauges that summarise stored state current.
+func (s *Service) refreshGauges(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		counts := map[string]float64{"pending": 0, "done": 0, "failed": 0}
+		if rows, err := s.DB.R.QueryContext(ctx, `SELECT state, COUNT(*) FROM job GROUP BY state`); err == nil {
+			for rows.Next() {
+				var state string
+				var n float64
+				if rows.Scan(&state, &n) == nil {
+					counts[state] = n
+				}
+			}
+			rows.Close()
+		}
+		for state, n := range counts {
+			s.Metrics.JobsByState.WithLabelValues(state).Set(n)
+		}
+		s.Dispatcher.updateLag(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -157,29 +158,33 @@ func TestTamperIsDetected(t *testing.T) {
 		{"rewind head", `UPDATE audit_head SET seq = 9`, nil, 10},
 		{"forge head mac", `UPDATE audit_head SET mac = $1`, []any{badMAC}, 10},
 	}
-	for _, dbType := range storetest.Dialects {
-		for _, tc := range cases {
-			t.Run(dbType+"/"+tc.name, func(t *testing.T) {
-				ctx := context.Background()
-				db, _ := storetest.Open(t, dbType)
-				c := newChain(t, db)
-				appendN(t, ctx, c, db, 10)
-				for _, stmt := range strings.Split(tc.sql, ";") {
-					if _, err := db.W.Exec(stmt, tc.args...); err != nil {
+	for _, split := range []int64{100_000, 1} {
+		for _, dbType := range storetest.Dialects {
+			for _, tc := range cases {
+				t.Run(fmt.Sprintf("%s/split-from-%d/%s", dbType, split, tc.name), func(t *testing.T) {
+					defer func(old int64) { parallelFrom = old }(parallelFrom)
+					parallelFrom = split
+					ctx := context.Background()
+					db, _ := storetest.Open(t, dbType)
+					c := newChain(t, db)
+					appendN(t, ctx, c, db, 10)
+					for _, stmt := range strings.Split(tc.sql, ";") {
+						if _, err := db.W.Exec(stmt, tc.args...); err != nil {
+							t.Fatal(err)
+						}
+					}
+					res, err := Verify(ctx, db, c.keys)
+					if err != nil {
 						t.Fatal(err)
 					}
-				}
-				res, err := Verify(ctx, db, c.keys)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if res.Bad == nil {
-					t.Fatal("tampering was not detected")
-				}
-				if res.Bad.Seq != tc.wantSeq {
-					t.Fatalf("first bad record %d (%s), want %d", res.Bad.Seq, res.Bad.Reason, tc.wantSeq)
-				}
-			})
+					if res.Bad == nil {
+						t.Fatal("tampering was not detected")
+					}
+					if res.Bad.Seq != tc.wantSeq {
+						t.Fatalf("first bad record %d (%s), want %d", res.Bad.Seq, res.Bad.Reason, tc.wantSeq)
+					}
+				})
+			}
 		}
 	}
 }

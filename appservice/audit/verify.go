@@ -8,13 +8,15 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 )
 
 // Result of a verification.
 type Result struct {
-	Records int64 // records checked
+	Records int64 // records found intact before the first break (all of them if none)
 	HeadSeq int64
 	// Bad is nil when the chain is intact; else the first inconsistency.
 	Bad *Break
@@ -28,74 +30,16 @@ type Break struct {
 
 func (b *Break) Error() string { return fmt.Sprintf("audit record %d: %s", b.Seq, b.Reason) }
 
-type row struct {
-	seq, ts int64
-	rec     []byte
-	mac     []byte
-}
-
-type batch struct {
-	rows  []row
-	arena []byte
-}
-
-const verifyBatch = 4096
-
-// Verify reads the whole chain in order and checks every record's MAC, that
-// sequence numbers run 1, 2, 3… without gaps, that each record links to the
-// one before it, and that the last record is the recorded head (so deleting
-// records from the end is caught too). Reading and MAC checking overlap.
+// Verify checks the whole chain: every record's MAC, that sequence numbers
+// run 1, 2, 3… without gaps, that each record links to the one before it, and
+// that the last record is the recorded head (so deleting records from the end
+// is caught too).
+//
+// Each record's MAC depends only on its own columns and the stored MAC of the
+// record before it, so the sequence is split into ranges checked in parallel,
+// one per CPU; the first break over all ranges is reported.
 func Verify(ctx context.Context, db *store.DB, keys *Keys) (Result, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	batches := make(chan *batch, 4)
-	free := make(chan *batch, 6)
-	for i := 0; i < cap(free); i++ {
-		free <- &batch{rows: make([]row, 0, verifyBatch)}
-	}
-	var readErr error
-	go func() {
-		defer close(batches)
-		readErr = readChain(ctx, db, batches, free)
-	}()
-
 	var res Result
-	h := hmac.New(sha256.New, keys.chain)
-	var prevBuf [sha256.Size]byte
-	prev := append(prevBuf[:0], zeroMAC...)
-	prevSeq := int64(0)
-	var want [sha256.Size]byte
-	for b := range batches {
-		if res.Bad == nil {
-			for i := range b.rows {
-				r := &b.rows[i]
-				switch {
-				case r.seq != prevSeq+1:
-					if r.seq > prevSeq+1 {
-						res.Bad = &Break{prevSeq + 1, fmt.Sprintf("missing (next record found is %d)", r.seq)}
-					} else {
-						res.Bad = &Break{r.seq, fmt.Sprintf("out of order (follows %d)", prevSeq)}
-					}
-				case !hmac.Equal(computeMAC(h, r.seq, r.ts, prev, r.rec, want[:0]), r.mac):
-					res.Bad = &Break{r.seq, "MAC does not match: the record, its time, its sequence number or the record before it was altered"}
-				}
-				if res.Bad != nil {
-					break
-				}
-				res.Records++
-				prevSeq = r.seq
-				prev = append(prevBuf[:0], r.mac...)
-			}
-		}
-		b.rows, b.arena = b.rows[:0], b.arena[:0]
-		free <- b
-	}
-	if readErr != nil {
-		return res, readErr
-	}
-	if res.Bad != nil {
-		return res, nil
-	}
 	var headSeq int64
 	var headMAC []byte
 	err := db.R.QueryRowContext(ctx, `SELECT seq, mac FROM audit_head WHERE id = 1`).Scan(&headSeq, &headMAC)
@@ -105,66 +49,117 @@ func Verify(ctx context.Context, db *store.DB, keys *Keys) (Result, error) {
 		return res, err
 	}
 	res.HeadSeq = headSeq
-	switch {
-	case headSeq > prevSeq:
-		res.Bad = &Break{prevSeq + 1, fmt.Sprintf("missing: the chain ends at %d but its head says %d records were written", prevSeq, headSeq)}
-	case headSeq < prevSeq:
-		res.Bad = &Break{headSeq + 1, fmt.Sprintf("not part of the chain: the head says the chain ends at %d", headSeq)}
-	case !bytes.Equal(headMAC, prev):
-		res.Bad = &Break{headSeq, "does not match the recorded chain head"}
+	var minSeq, maxSeq sql.NullInt64
+	if err := db.R.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq) FROM audit`).Scan(&minSeq, &maxSeq); err != nil {
+		return res, err
+	}
+	if minSeq.Valid && minSeq.Int64 < 1 {
+		return Result{HeadSeq: headSeq, Bad: &Break{minSeq.Int64, "sequence numbers start at 1"}}, nil
+	}
+	end := max(headSeq, maxSeq.Int64)
+	workers := int64(max(1, min(runtime.NumCPU(), 8)))
+	if end < parallelFrom {
+		workers = 1
+	}
+	span := (end + workers - 1) / max(workers, 1)
+	breaks := make([]*Break, workers)
+	var wg sync.WaitGroup
+	var firstErr error
+	var errOnce sync.Once
+	for w := int64(0); w < workers; w++ {
+		lo, hi := w*span+1, min((w+1)*span, end)
+		if lo > hi {
+			continue
+		}
+		wg.Add(1)
+		go func(w, lo, hi int64) {
+			defer wg.Done()
+			b, err := verifyRange(ctx, db, keys, lo, hi)
+			if err != nil {
+				errOnce.Do(func() { firstErr = err })
+				return
+			}
+			breaks[w] = b
+		}(w, lo, hi)
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return res, firstErr
+	}
+	for _, b := range breaks {
+		if b != nil && (res.Bad == nil || b.Seq < res.Bad.Seq) {
+			res.Bad = b
+		}
+	}
+	if res.Bad == nil {
+		switch {
+		case headSeq < maxSeq.Int64:
+			res.Bad = &Break{headSeq + 1, fmt.Sprintf("not part of the chain: the head says the chain ends at %d", headSeq)}
+		case headSeq > 0:
+			var last []byte
+			if err := db.R.QueryRowContext(ctx, `SELECT mac FROM audit WHERE seq = $1`, headSeq).Scan(&last); err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return res, err
+			}
+			if !bytes.Equal(last, headMAC) {
+				res.Bad = &Break{headSeq, "does not match the recorded chain head"}
+			}
+		}
+	}
+	if res.Bad != nil {
+		res.Records = res.Bad.Seq - 1
+	} else {
+		res.Records = end
 	}
 	return res, nil
 }
 
-func readChain(ctx context.Context, db *store.DB, out chan<- *batch, free <-chan *batch) error {
-	rows, err := db.R.QueryContext(ctx, `SELECT seq, ts, rec, mac FROM audit ORDER BY seq`)
+// parallelFrom is the chain length from which ranges are checked in parallel
+// (a variable so tests can exercise the split on small chains).
+var parallelFrom int64 = 100_000
+
+// verifyRange checks records lo..hi and returns the first break among them.
+func verifyRange(ctx context.Context, db *store.DB, keys *Keys, lo, hi int64) (*Break, error) {
+	var prevBuf [sha256.Size]byte
+	prev := append(prevBuf[:0], zeroMAC...)
+	if lo > 1 {
+		var m []byte
+		err := db.R.QueryRowContext(ctx, `SELECT mac FROM audit WHERE seq = $1`, lo-1).Scan(&m)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return nil, err
+		}
+		// A missing predecessor is reported by the range that owns it.
+		prev = append(prevBuf[:0], m...)
+	}
+	rows, err := db.R.QueryContext(ctx, `SELECT seq, ts, rec, mac FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq`, lo, hi)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rows.Close()
+	h := hmac.New(sha256.New, keys.chain)
+	var want [sha256.Size]byte
+	var seq, ts int64
 	var rec, mac sql.RawBytes
-	b := <-free
+	expect := lo
 	for rows.Next() {
-		var r row
-		if err := rows.Scan(&r.seq, &r.ts, &rec, &mac); err != nil {
-			return err
+		if err := rows.Scan(&seq, &ts, &rec, &mac); err != nil {
+			return nil, err
 		}
-		// Copy into one arena per batch instead of two allocations per row.
-		start := len(b.arena)
-		b.arena = append(b.arena, rec...)
-		b.arena = append(b.arena, mac...)
-		r.rec = b.arena[start : start+len(rec) : start+len(rec)]
-		r.mac = b.arena[start+len(rec) : len(b.arena) : len(b.arena)]
-		b.rows = append(b.rows, r)
-		if len(b.rows) == verifyBatch {
-			fixArena(b)
-			select {
-			case out <- b:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			b = <-free
+		switch {
+		case seq > expect:
+			return &Break{expect, fmt.Sprintf("missing (next record found is %d)", seq)}, nil
+		case seq < expect:
+			return &Break{seq, fmt.Sprintf("out of order (follows %d)", expect-1)}, nil
+		case !hmac.Equal(computeMAC(h, seq, ts, prev, rec, want[:0]), mac):
+			return &Break{seq, "MAC does not match: the record, its time, its sequence number or the record before it was altered"}, nil
 		}
+		prev = append(prevBuf[:0], mac...)
+		expect++
 	}
 	if err := rows.Err(); err != nil {
-		return err
+		return nil, err
 	}
-	if len(b.rows) > 0 {
-		fixArena(b)
-		out <- b
+	if expect <= hi {
+		return &Break{expect, fmt.Sprintf("missing (no records from %d to %d)", expect, hi)}, nil
 	}
-	return nil
-}
-
-// fixArena re-points row slices after the arena may have moved while growing.
-func fixArena(b *batch) {
-	off := 0
-	for i := range b.rows {
-		r := &b.rows[i]
-		lr, lm := len(r.rec), len(r.mac)
-		r.rec = b.arena[off : off+lr : off+lr]
-		off += lr
-		r.mac = b.arena[off : off+lm : off+lm]
-		off += lm
-	}
+	return nil, nil
 }

@@ -43,6 +43,7 @@ func main() {
 	prefill := flag.Int("prefill", 0, "after the rounds, store this many events in matrix-hipaa's database and measure again")
 	dir := flag.String("dir", "", "data folder (default: a temp folder on the same disk as /tmp)")
 	fsync := flag.Bool("fsync", true, "measure this disk's fsync rate first")
+	fullDir := flag.String("full-dir", "", "also measure, as target matrix-hipaa-full, a matrix-hipaa on the SQLite database left in this folder by an earlier -prefill run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -68,6 +69,14 @@ func main() {
 	peer := startPeer()
 	defer peer.stop()
 	servers := map[string]*target{"matrix-hipaa": ours, "mautrix": peer}
+	if *fullDir != "" {
+		full := startOurs(*fullDir, "sqlite3", "")
+		defer full.stop()
+		var n int64
+		full.svc.DB.R.QueryRow(`SELECT COUNT(*) FROM inbox`).Scan(&n)
+		fmt.Printf("matrix-hipaa-full: database in %s holds %d events\n", *fullDir, n)
+		servers["matrix-hipaa-full"] = full
+	}
 	fmt.Printf("%d events per transaction, one transaction in flight, %s per run, database %s\n", *events, *duration, *dbType)
 	fmt.Printf("%-6s %-14s %10s %10s %9s %9s %9s\n", "round", "target", "txns", "events/s", "p50 ms", "p99 ms", "max ms")
 	gen := newGenerator(*events)
@@ -80,6 +89,9 @@ func main() {
 		}
 	}
 	summarize(results)
+	if e, f := median(results["matrix-hipaa"]), median(results["matrix-hipaa-full"]); e > 0 && f > 0 {
+		fmt.Printf("matrix-hipaa-full: %.0f%% of the empty database's rate\n", 100*f/e)
+	}
 	if *prefill > 0 {
 		fmt.Printf("\nstoring %d more events in matrix-hipaa's database…\n", *prefill)
 		start := time.Now()
@@ -320,6 +332,16 @@ func fill(svc *hipaa.Service, n int) {
 		if done%500000 == 0 {
 			fmt.Printf("  %d stored\n", done)
 		}
+	}
+	// Let the dispatcher catch up, so the next measurement is of ingest alone.
+	for {
+		var cursor, head int64
+		svc.DB.R.QueryRow(`SELECT seq FROM dispatch_cursor`).Scan(&cursor)
+		svc.DB.R.QueryRow(`SELECT COALESCE(MAX(seq), 0) FROM inbox`).Scan(&head)
+		if cursor >= head {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
