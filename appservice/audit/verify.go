@@ -58,7 +58,9 @@ func Verify(ctx context.Context, db *store.DB, keys *Keys) (Result, error) {
 	}
 	end := max(headSeq, maxSeq.Int64)
 	workers := int64(max(1, min(runtime.NumCPU(), 8)))
-	if end < parallelFrom {
+	if end < parallelFrom || db.Dialect == store.Postgres {
+		// PostgreSQL's own backend does much of the work of each scan; on a
+		// small machine two scans at once only fight over the cores.
 		workers = 1
 	}
 	span := (end + workers - 1) / max(workers, 1)
@@ -74,7 +76,7 @@ func Verify(ctx context.Context, db *store.DB, keys *Keys) (Result, error) {
 		wg.Add(1)
 		go func(w, lo, hi int64) {
 			defer wg.Done()
-			b, err := verifyRange(ctx, db, keys, lo, hi)
+			b, err := verifyRange(ctx, db, keys, lo, hi, workers == 1)
 			if err != nil {
 				errOnce.Do(func() { firstErr = err })
 				return
@@ -118,7 +120,7 @@ func Verify(ctx context.Context, db *store.DB, keys *Keys) (Result, error) {
 var parallelFrom int64 = 100_000
 
 // verifyRange checks records lo..hi and returns the first break among them.
-func verifyRange(ctx context.Context, db *store.DB, keys *Keys, lo, hi int64) (*Break, error) {
+func verifyRange(ctx context.Context, db *store.DB, keys *Keys, lo, hi int64, whole bool) (*Break, error) {
 	var prevBuf [sha256.Size]byte
 	prev := append(prevBuf[:0], zeroMAC...)
 	if lo > 1 {
@@ -130,36 +132,128 @@ func verifyRange(ctx context.Context, db *store.DB, keys *Keys, lo, hi int64) (*
 		// A missing predecessor is reported by the range that owns it.
 		prev = append(prevBuf[:0], m...)
 	}
-	rows, err := db.R.QueryContext(ctx, `SELECT seq, ts, rec, mac FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq`, lo, hi)
-	if err != nil {
-		return nil, err
+	// One goroutine scans rows into batches while this one checks MACs: the
+	// driver's row decoding and HMAC then run side by side.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan *batch, 4)
+	free := make(chan *batch, 6)
+	for i := 0; i < cap(free); i++ {
+		free <- &batch{rows: make([]row, 0, verifyBatch)}
 	}
-	defer rows.Close()
+	var readErr error
+	go func() {
+		defer close(batches)
+		readErr = readRange(ctx, db, lo, hi, whole, batches, free)
+	}()
 	h := hmac.New(sha256.New, keys.chain)
 	var want [sha256.Size]byte
-	var seq, ts int64
-	var rec, mac sql.RawBytes
 	expect := lo
-	for rows.Next() {
-		if err := rows.Scan(&seq, &ts, &rec, &mac); err != nil {
-			return nil, err
+	var bad *Break
+	for b := range batches {
+		for i := 0; bad == nil && i < len(b.rows); i++ {
+			r := &b.rows[i]
+			switch {
+			case r.seq > expect:
+				bad = &Break{expect, fmt.Sprintf("missing (next record found is %d)", r.seq)}
+			case r.seq < expect:
+				bad = &Break{r.seq, fmt.Sprintf("out of order (follows %d)", expect-1)}
+			case !hmac.Equal(computeMAC(h, r.seq, r.ts, prev, r.rec, want[:0]), r.mac):
+				bad = &Break{r.seq, "MAC does not match: the record, its time, its sequence number or the record before it was altered"}
+			default:
+				prev = append(prevBuf[:0], r.mac...)
+				expect++
+			}
 		}
-		switch {
-		case seq > expect:
-			return &Break{expect, fmt.Sprintf("missing (next record found is %d)", seq)}, nil
-		case seq < expect:
-			return &Break{seq, fmt.Sprintf("out of order (follows %d)", expect-1)}, nil
-		case !hmac.Equal(computeMAC(h, seq, ts, prev, rec, want[:0]), mac):
-			return &Break{seq, "MAC does not match: the record, its time, its sequence number or the record before it was altered"}, nil
+		b.rows, b.arena = b.rows[:0], b.arena[:0]
+		if bad != nil {
+			cancel()
 		}
-		prev = append(prevBuf[:0], mac...)
-		expect++
+		free <- b
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
+	if bad != nil {
+		return bad, nil
+	}
+	if readErr != nil {
+		return nil, readErr
 	}
 	if expect <= hi {
 		return &Break{expect, fmt.Sprintf("missing (no records from %d to %d)", expect, hi)}, nil
 	}
 	return nil, nil
+}
+
+type row struct {
+	seq, ts int64
+	rec     []byte
+	mac     []byte
+}
+
+type batch struct {
+	rows  []row
+	arena []byte
+}
+
+const verifyBatch = 4096
+
+func readRange(ctx context.Context, db *store.DB, lo, hi int64, whole bool, out chan<- *batch, free <-chan *batch) error {
+	q, args := `SELECT seq, ts, rec, mac FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq`, []any{lo, hi}
+	if whole {
+		// The plain scan; PostgreSQL plans it better than a range over everything.
+		q, args = `SELECT seq, ts, rec, mac FROM audit ORDER BY seq`, nil
+	}
+	rows, err := db.R.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var rec, mac sql.RawBytes
+	b := <-free
+	send := func() bool {
+		// Slices into the arena are taken only now, after it stopped growing.
+		off := 0
+		for i := range b.rows {
+			r := &b.rows[i]
+			lr, lm := len(r.rec), len(r.mac)
+			r.rec = b.arena[off : off+lr : off+lr]
+			off += lr
+			r.mac = b.arena[off : off+lm : off+lm]
+			off += lm
+		}
+		select {
+		case out <- b:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.seq, &r.ts, &rec, &mac); err != nil {
+			return err
+		}
+		b.arena = append(b.arena, rec...)
+		b.arena = append(b.arena, mac...)
+		// Lengths only for now; send() points them into the final arena.
+		r.rec = rec[:len(rec):len(rec)]
+		r.mac = mac[:len(mac):len(mac)]
+		b.rows = append(b.rows, r)
+		if len(b.rows) == verifyBatch {
+			if !send() {
+				return ctx.Err()
+			}
+			select {
+			case b = <-free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(b.rows) > 0 && !send() {
+		return ctx.Err()
+	}
+	return nil
 }
