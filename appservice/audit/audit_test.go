@@ -225,6 +225,51 @@ func TestExportJSONL(t *testing.T) {
 	if first["seq"].(float64) != 3 || first["prev_mac"] == hex.EncodeToString(zeroMAC) {
 		t.Fatalf("ranged export starts %v", first)
 	}
+	// Since and until together; until is exclusive.
+	buf.Reset()
+	n, err = ExportJSONL(ctx, db, Range{Since: since, Until: since.Add(2 * time.Second)}, &buf)
+	if err != nil || n != 2 {
+		t.Fatalf("bounded export %d, %v:\n%s", n, err, buf.String())
+	}
+	// Past the end, and before the start.
+	for _, r := range []Range{{Since: since.Add(time.Hour)}, {Until: since.Add(-time.Hour)}} {
+		buf.Reset()
+		if n, err := ExportJSONL(ctx, db, r, &buf); err != nil || n != 0 {
+			t.Fatalf("empty range %+v exported %d, %v", r, n, err)
+		}
+	}
+}
+
+// A clock stepped back must not make record times go backwards.
+func TestRecordTimesNeverDecrease(t *testing.T) {
+	ctx := context.Background()
+	db, _ := storetest.Open(t, "sqlite3")
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	times := []time.Time{base, base.Add(time.Hour), base.Add(time.Minute), base.Add(2 * time.Hour)}
+	i := 0
+	c := NewChain(testKeys(t), db, func() time.Time { i++; return times[i-1] })
+	for range times {
+		if err := c.AppendTx(ctx, db, &Record{Type: TypeServiceStart, Outcome: OutcomeSuccess}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, _ := db.R.Query(`SELECT ts FROM audit ORDER BY seq`)
+	defer rows.Close()
+	var got []int64
+	for rows.Next() {
+		var ts int64
+		rows.Scan(&ts)
+		got = append(got, ts)
+	}
+	want := []int64{base.UnixMilli(), base.Add(time.Hour).UnixMilli(), base.Add(time.Hour).UnixMilli(), base.Add(2 * time.Hour).UnixMilli()}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Fatalf("times %v, want %v", got, want)
+		}
+	}
+	if res, err := Verify(ctx, db, c.keys); err != nil || res.Bad != nil {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
 }
 
 func TestKeyFile(t *testing.T) {

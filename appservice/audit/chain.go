@@ -65,13 +65,13 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	q := `SELECT seq, mac FROM audit_head WHERE id = 1`
+	q := `SELECT seq, ts, mac FROM audit_head WHERE id = 1`
 	if c.dialect == store.Postgres {
 		q += ` FOR UPDATE`
 	}
-	var seq int64
+	var seq, lastTS int64
 	var prev []byte
-	err := c.db.QueryRow(ctx, tx, q).Scan(&seq, &prev)
+	err := c.db.QueryRow(ctx, tx, q).Scan(&seq, &lastTS, &prev)
 	if errors.Is(err, sql.ErrNoRows) {
 		seq, prev = 0, zeroMAC
 	} else if err != nil {
@@ -90,6 +90,12 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 			if r.Time.IsZero() {
 				r.Time = now
 			}
+			// Record times never go backwards, even if the clock is stepped
+			// back: an auditor reads the trail in time order and seq order alike.
+			if ms := r.Time.UnixMilli(); ms < lastTS {
+				r.Time = time.UnixMilli(lastTS)
+			}
+			lastTS = r.Time.UnixMilli()
 			r.Seq = seq
 			enc = r.encode(enc[:0])
 			rec := append([]byte(nil), enc...)
@@ -101,8 +107,8 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 			return fmt.Errorf("append audit records: %w", err)
 		}
 	}
-	if _, err := c.db.Exec(ctx, tx, `INSERT INTO audit_head (id, seq, mac) VALUES (1, $1, $2)
-		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac`, seq, prev); err != nil {
+	if _, err := c.db.Exec(ctx, tx, `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, $1, $2, $3)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, mac = excluded.mac`, seq, lastTS, prev); err != nil {
 		return fmt.Errorf("update audit head: %w", err)
 	}
 	return nil

@@ -23,15 +23,11 @@ type Range struct {
 // seq, time, prev_mac and mac, so an auditor can re-check the chain offline
 // with the key. It returns how many records it wrote.
 func ExportJSONL(ctx context.Context, db *store.DB, r Range, w io.Writer) (int64, error) {
-	q := `SELECT seq, ts, rec, mac FROM audit WHERE ts >= $1 AND ts < $2 ORDER BY seq`
-	since, until := int64(0), int64(1<<62)
-	if !r.Since.IsZero() {
-		since = r.Since.UnixMilli()
+	first, last, err := seqRange(ctx, db, r)
+	if err != nil {
+		return 0, err
 	}
-	if !r.Until.IsZero() {
-		until = r.Until.UnixMilli()
-	}
-	rows, err := db.R.QueryContext(ctx, q, since, until)
+	rows, err := db.R.QueryContext(ctx, `SELECT seq, ts, rec, mac FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq`, first, last)
 	if err != nil {
 		return 0, err
 	}
@@ -88,4 +84,52 @@ func macOf(ctx context.Context, db *store.DB, seq int64) ([]byte, error) {
 		return append([]byte(nil), zeroMAC...), nil
 	}
 	return mac, err
+}
+
+// seqRange turns a time range into the seq range holding it. Times never
+// decrease along seq, so each end is a binary search over seq.
+func seqRange(ctx context.Context, db *store.DB, r Range) (int64, int64, error) {
+	var maxSeq sql.NullInt64
+	if err := db.R.QueryRowContext(ctx, `SELECT MAX(seq) FROM audit`).Scan(&maxSeq); err != nil {
+		return 0, 0, err
+	}
+	first, last := int64(1), maxSeq.Int64
+	var err error
+	if !r.Since.IsZero() {
+		if first, err = firstAtOrAfter(ctx, db, r.Since.UnixMilli(), maxSeq.Int64); err != nil {
+			return 0, 0, err
+		}
+	}
+	if !r.Until.IsZero() {
+		until, err := firstAtOrAfter(ctx, db, r.Until.UnixMilli(), maxSeq.Int64)
+		if err != nil {
+			return 0, 0, err
+		}
+		last = until - 1
+	}
+	return first, last, nil
+}
+
+// firstAtOrAfter is the lowest seq whose time is at or after ms (maxSeq+1 if
+// none). A missing record (a tampered chain) is read as the nearest one after it.
+func firstAtOrAfter(ctx context.Context, db *store.DB, ms, maxSeq int64) (int64, error) {
+	lo, hi := int64(1), maxSeq+1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		var ts int64
+		err := db.R.QueryRowContext(ctx, `SELECT ts FROM audit WHERE seq >= $1 ORDER BY seq LIMIT 1`, mid).Scan(&ts)
+		if errors.Is(err, sql.ErrNoRows) {
+			hi = mid
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if ts >= ms {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo, nil
 }
