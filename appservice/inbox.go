@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -188,31 +186,9 @@ func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, e
 
 const inboxChunk = 100
 
-var inboxQueries sync.Map
-
 func inboxInsert(n int) string {
-	if q, ok := inboxQueries.Load(n); ok {
-		return q.(string)
-	}
-	var b strings.Builder
-	b.WriteString("INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ")
-	for j := 0; j < n; j++ {
-		if j > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('(')
-		for k := 1; k <= 7; k++ {
-			if k > 1 {
-				b.WriteByte(',')
-			}
-			b.WriteString("$" + strconv.Itoa(7*j+k))
-		}
-		b.WriteByte(')')
-	}
-	b.WriteString(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
-	q := b.String()
-	inboxQueries.Store(n, q)
-	return q
+	return store.ValuesQuery("INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ", 7, n,
+		" ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
 }
 
 // Clock is the time source; tests inject a fake one.

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -116,25 +114,8 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 
 const insertChunk = 200
 
-var insertQueries [insertChunk + 1]string
-var insertOnce sync.Once
-
 func insertQuery(n int) string {
-	insertOnce.Do(func() {
-		for i := 1; i <= insertChunk; i++ {
-			var b strings.Builder
-			b.WriteString("INSERT INTO audit (seq, ts, rec, mac) VALUES ")
-			for j := 0; j < i; j++ {
-				if j > 0 {
-					b.WriteByte(',')
-				}
-				p := 4*j + 1
-				b.WriteString("($" + strconv.Itoa(p) + ",$" + strconv.Itoa(p+1) + ",$" + strconv.Itoa(p+2) + ",$" + strconv.Itoa(p+3) + ")")
-			}
-			insertQueries[i] = b.String()
-		}
-	})
-	return insertQueries[n]
+	return store.ValuesQuery("INSERT INTO audit (seq, ts, rec, mac) VALUES ", 4, n, "")
 }
 
 // AppendTx is Append in a transaction of its own, for records that stand

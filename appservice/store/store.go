@@ -406,3 +406,38 @@ func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration) {
 		}
 	}()
 }
+
+type valuesKey struct {
+	head, tail string
+	cols, rows int
+}
+
+var valuesQueries sync.Map
+
+// ValuesQuery returns head, then rows groups of cols numbered placeholders
+// ("($1,$2),($3,$4)"), then tail: a multi-row INSERT, built once per shape.
+func ValuesQuery(head string, cols, rows int, tail string) string {
+	k := valuesKey{head, tail, cols, rows}
+	if q, ok := valuesQueries.Load(k); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	for j := 0; j < rows; j++ {
+		if j > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for c := 1; c <= cols; c++ {
+			if c > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteString("$" + strconv.Itoa(cols*j+c))
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString(tail)
+	q := b.String()
+	valuesQueries.Store(k, q)
+	return q
+}

@@ -326,20 +326,13 @@ func (s *Stack) StartService(ctx context.Context) error {
 }
 
 // KillService sends SIGKILL to the service, as a crash would, and waits for it to die.
-func (s *Stack) KillService() {
-	s.mu.Lock()
-	cmd, exit := s.svc, s.svcExit
-	s.svc = nil
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	<-exit
-}
+func (s *Stack) KillService() { s.signalService(syscall.SIGKILL) }
 
-// StopService asks the service to stop (SIGTERM) and waits.
-func (s *Stack) StopService() {
+// StopService asks the service to stop (SIGTERM) and waits, killing it if it
+// has not stopped within 15 s.
+func (s *Stack) StopService() { s.signalService(syscall.SIGTERM) }
+
+func (s *Stack) signalService(sig syscall.Signal) {
 	s.mu.Lock()
 	cmd, exit := s.svc, s.svcExit
 	s.svc = nil
@@ -347,7 +340,7 @@ func (s *Stack) StopService() {
 	if cmd == nil {
 		return
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(sig)
 	select {
 	case <-exit:
 	case <-time.After(15 * time.Second):
