@@ -20,6 +20,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 const usage = `matrix-hipaa: HIPAA policy for a Matrix homeserver
@@ -29,6 +30,10 @@ Commands:
   generate-registration -config FILE     write the homeserver registration
                         [-out FILE]      (fills in tokens on first use)
   run -config FILE                       run the service
+  example-policy                         print the commented example policy
+  policy validate FILE                   check a policy file (every error as file:line:col)
+  policy explain -policy FILE -room ID [-alias A]... [-space ID]...
+                                         which settings apply to a room, and why
   audit verify -config FILE              check the audit chain (exit 0 intact)
   audit export -config FILE -format jsonl [-since T] [-until T]
                                          print audit records
@@ -47,6 +52,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "example-config":
 		_, err = stdout.Write(config.Example())
+	case "example-policy":
+		_, err = stdout.Write(policy.Example())
+	case "policy":
+		if len(args) < 2 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		switch args[1] {
+		case "validate":
+			return policyValidate(args[2:], stdout, stderr)
+		case "explain":
+			err = policyExplain(args[2:], stdout, stderr)
+		default:
+			fmt.Fprintf(stderr, "unknown policy command %q\n\n%s", args[1], usage)
+			return 2
+		}
 	case "generate-registration":
 		err = generateRegistration(args[1:], stdout, stderr)
 	case "run":
@@ -252,4 +273,46 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("could not record this export in the audit trail: %w", aerr)
 	}
 	return err
+}
+
+func policyValidate(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: matrix-hipaa policy validate FILE")
+		return 2
+	}
+	p, err := policy.Load(args[0])
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: valid (version %d, %d room overrides, hash %s)\n", args[0], p.Version, len(p.Rooms), p.Hash)
+	return 0
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return fmt.Sprint(*l) }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func policyExplain(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("policy explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("policy", "policy.yaml", "policy file")
+	room := fs.String("room", "", "room ID")
+	var aliases, spaces listFlag
+	fs.Var(&aliases, "alias", "an alias of the room (repeatable)")
+	fs.Var(&spaces, "space", "the ID of a space the room is in (repeatable)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *room == "" {
+		return errUsage{"policy explain needs -room"}
+	}
+	p, err := policy.Load(*file)
+	if err != nil {
+		return err
+	}
+	e := p.For(policy.Room{ID: *room, Aliases: aliases, Spaces: spaces})
+	fmt.Fprintf(stdout, "room %s under policy %s (hash %s):\n%s", *room, *file, p.Hash, e.Explain())
+	return nil
 }

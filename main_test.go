@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func runCLI(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestPolicyCommands(t *testing.T) {
+	code, out, errOut := runCLI("policy", "validate", "policy/testdata/broken.yaml")
+	if code != 1 || out != "" {
+		t.Fatalf("validate broken: exit %d, stdout %q", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) != 11 {
+		t.Fatalf("%d error lines, want 11:\n%s", len(lines), errOut)
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "policy/testdata/broken.yaml:") {
+			t.Errorf("line without file:line:col: %q", l)
+		}
+	}
+	if code, out, _ := runCLI("policy", "validate", "policy/example-policy.yaml"); code != 0 || !strings.Contains(out, "valid (version 1, 2 room overrides") {
+		t.Fatalf("validate example: %d %q", code, out)
+	}
+	code, out, errOut = runCLI("policy", "explain", "-policy", "policy/example-policy.yaml", "-room", "!r:hospital.example", "-alias", "#icu-3:hospital.example")
+	if code != 0 || !strings.Contains(out, "retention     72h0m0s            from rooms[0] (alias #icu-*:hospital.example)") {
+		t.Fatalf("explain: %d\n%s%s", code, out, errOut)
+	}
+	if code, _, _ := runCLI("policy", "explain", "-policy", "policy/example-policy.yaml"); code != 2 {
+		t.Fatalf("explain without -room exited %d, want 2", code)
+	}
+	if code, out, _ := runCLI("example-policy"); code != 0 || !strings.HasPrefix(out, "# matrix-hipaa policy") {
+		t.Fatalf("example-policy: %d", code)
+	}
+}
+
+func TestConfigErrorsPrintOnePerLine(t *testing.T) {
+	code, _, errOut := runCLI("run", "-config", "config/testdata/broken.yaml")
+	if code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(errOut), "\n") {
+		if !strings.HasPrefix(l, "config/testdata/broken.yaml:") {
+			t.Errorf("line %q is not file:line:col: message", l)
+		}
+	}
+	if code, _, _ := runCLI("frobnicate"); code != 2 {
+		t.Fatalf("unknown command exited %d", code)
+	}
+}

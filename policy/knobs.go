@@ -1,0 +1,60 @@
+package policy
+
+import "gopkg.in/yaml.v3"
+
+// Encryption says whether rooms must be end-to-end encrypted.
+type Encryption string
+
+const (
+	EncryptionRequired Encryption = "required"
+	EncryptionOptional Encryption = "optional"
+)
+
+func (v *Encryption) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(EncryptionRequired), string(EncryptionOptional))
+	*v = Encryption(s)
+	return err
+}
+
+// Plaintext says what happens to an unencrypted message in an enforced room.
+type Plaintext string
+
+const (
+	PlaintextRedact Plaintext = "redact"
+	PlaintextWarn   Plaintext = "warn"
+	PlaintextAllow  Plaintext = "allow"
+)
+
+func (v *Plaintext) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(PlaintextRedact), string(PlaintextWarn), string(PlaintextAllow))
+	*v = Plaintext(s)
+	return err
+}
+
+// Attachments says whether unencrypted media (a plain url) is allowed.
+type Attachments string
+
+const (
+	AttachmentsEncryptedOnly Attachments = "encrypted_only"
+	AttachmentsAllow         Attachments = "allow"
+)
+
+func (v *Attachments) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(AttachmentsEncryptedOnly), string(AttachmentsAllow))
+	*v = Attachments(s)
+	return err
+}
+
+// Permission is forbid or allow, for public rooms and guest access.
+type Permission string
+
+const (
+	Forbid Permission = "forbid"
+	Allow  Permission = "allow"
+)
+
+func (v *Permission) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(Forbid), string(Allow))
+	*v = Permission(s)
+	return err
+}

@@ -1,0 +1,263 @@
+// Package policy is the hospital's policy: the policy.yaml schema, its
+// validation, and which settings apply to a room and why. It does no I/O
+// beyond reading the file it is given and knows nothing of Matrix clients.
+package policy
+
+import (
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
+)
+
+// Policy is a loaded, valid policy.yaml.
+type Policy struct {
+	Version  int        `yaml:"version"`
+	Defaults Settings   `yaml:"defaults"`
+	Rooms    []Override `yaml:"rooms"`
+
+	// Hash identifies this policy in audit records without revealing its text.
+	Hash string `yaml:"-"`
+}
+
+// Settings are the knobs. A nil field is "not set here": an override inherits
+// it from the defaults, and the defaults from Builtin.
+type Settings struct {
+	Encryption  *Encryption      `yaml:"encryption"`
+	Plaintext   *Plaintext       `yaml:"plaintext"`
+	Attachments *Attachments     `yaml:"attachments"`
+	PublicRooms *Permission      `yaml:"public_rooms"`
+	GuestAccess *Permission      `yaml:"guest_access"`
+	Retention   *config.Duration `yaml:"retention"`
+	DryRun      *bool            `yaml:"dry_run"`
+}
+
+// Override applies its settings to rooms it matches: by room ID, by alias
+// (a glob such as "#icu-*:hospital.org") or by the space the room is in.
+type Override struct {
+	RoomID   string `yaml:"room_id"`
+	Alias    string `yaml:"alias"`
+	Space    string `yaml:"space"`
+	Settings `yaml:",inline"`
+}
+
+// Builtin is what applies when policy.yaml says nothing: the strict choice
+// for every knob, so forgetting a setting never weakens protection.
+func Builtin() Effective {
+	return Effective{
+		Encryption: EncryptionRequired, Plaintext: PlaintextRedact, Attachments: AttachmentsEncryptedOnly,
+		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
+		Source: map[string]string{},
+	}
+}
+
+// Load reads and validates a policy file.
+func Load(file string) (*Policy, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(file, data)
+}
+
+// Parse validates policy YAML. Errors list every problem as file:line:col.
+func Parse(file string, data []byte) (*Policy, error) {
+	p := &Policy{}
+	doc := strictyaml.Decode(file, data, p)
+	if doc.Root != nil {
+		p.validate(doc)
+	}
+	if err := doc.Err(); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	p.Hash = hex.EncodeToString(sum[:8])
+	return p, nil
+}
+
+func (p *Policy) validate(d *strictyaml.Doc) {
+	if _, set := d.Paths["version"]; !set {
+		d.Errorf("version", "version is required (version: 1)")
+	} else if p.Version != 1 {
+		d.Errorf("version", "version %d is not supported (this build knows version 1)", p.Version)
+	}
+	for i, o := range p.Rooms {
+		at := fmt.Sprintf("rooms[%d]", i)
+		n := 0
+		for _, m := range []string{o.RoomID, o.Alias, o.Space} {
+			if m != "" {
+				n++
+			}
+		}
+		switch {
+		case n == 0:
+			d.Errorf(at, "%s: say which rooms it is for: room_id, alias or space", at)
+		case n > 1:
+			d.Errorf(at, "%s: use one of room_id, alias or space, not several", at)
+		}
+		if o.RoomID != "" && !validRoomID(o.RoomID) {
+			d.Errorf(at+".room_id", "%s.room_id %q is not a room ID (!opaque:server)", at, o.RoomID)
+		}
+		if o.Space != "" && !validRoomID(o.Space) {
+			d.Errorf(at+".space", "%s.space %q is not a room ID (!opaque:server); name the space by its ID", at, o.Space)
+		}
+		if o.Alias != "" {
+			if !strings.HasPrefix(o.Alias, "#") || !strings.Contains(o.Alias, ":") {
+				d.Errorf(at+".alias", "%s.alias %q is not an alias pattern (#name:server, * and ? allowed)", at, o.Alias)
+			} else if _, err := path.Match(o.Alias, "#x:y"); err != nil {
+				d.Errorf(at+".alias", "%s.alias %q is not a valid pattern", at, o.Alias)
+			}
+		}
+	}
+}
+
+func validRoomID(s string) bool {
+	return strings.HasPrefix(s, "!") && strings.Index(s, ":") > 1 && !strings.ContainsAny(s, " \t\n")
+}
+
+// Room is what policy needs to know about a room to match overrides.
+type Room struct {
+	ID      string
+	Aliases []string // canonical and alternative aliases
+	Spaces  []string // IDs of the spaces the room is in (m.space.parent / m.space.child)
+}
+
+// Effective is the resolved setting of every knob for one room, with where
+// each came from, for `policy explain` and audit.
+type Effective struct {
+	Encryption  Encryption
+	Plaintext   Plaintext
+	Attachments Attachments
+	PublicRooms Permission
+	GuestAccess Permission
+	Retention   config.Duration
+	DryRun      bool
+	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
+	Source map[string]string
+}
+
+// matches reports whether o applies to r.
+func (o *Override) matches(r Room) bool {
+	switch {
+	case o.RoomID != "":
+		return o.RoomID == r.ID
+	case o.Alias != "":
+		for _, a := range r.Aliases {
+			if ok, _ := path.Match(o.Alias, a); ok {
+				return true
+			}
+		}
+	case o.Space != "":
+		for _, s := range r.Spaces {
+			if s == o.Space {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (o *Override) describe(i int) string {
+	switch {
+	case o.RoomID != "":
+		return fmt.Sprintf("rooms[%d] (room_id %s)", i, o.RoomID)
+	case o.Alias != "":
+		return fmt.Sprintf("rooms[%d] (alias %s)", i, o.Alias)
+	}
+	return fmt.Sprintf("rooms[%d] (space %s)", i, o.Space)
+}
+
+// For resolves the settings for a room: built-in values, then the defaults,
+// then every matching override in file order (a later match wins).
+func (p *Policy) For(r Room) Effective {
+	e := Builtin()
+	for k := range knobs {
+		e.Source[k] = "builtin"
+	}
+	e.apply(&p.Defaults, "defaults")
+	for i := range p.Rooms {
+		if p.Rooms[i].matches(r) {
+			e.apply(&p.Rooms[i].Settings, p.Rooms[i].describe(i))
+		}
+	}
+	return e
+}
+
+var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true, "dry_run": true}
+
+func (e *Effective) apply(s *Settings, source string) {
+	set := func(knob string) { e.Source[knob] = source }
+	if s.Encryption != nil {
+		e.Encryption = *s.Encryption
+		set("encryption")
+	}
+	if s.Plaintext != nil {
+		e.Plaintext = *s.Plaintext
+		set("plaintext")
+	}
+	if s.Attachments != nil {
+		e.Attachments = *s.Attachments
+		set("attachments")
+	}
+	if s.PublicRooms != nil {
+		e.PublicRooms = *s.PublicRooms
+		set("public_rooms")
+	}
+	if s.GuestAccess != nil {
+		e.GuestAccess = *s.GuestAccess
+		set("guest_access")
+	}
+	if s.Retention != nil {
+		e.Retention = *s.Retention
+		set("retention")
+	}
+	if s.DryRun != nil {
+		e.DryRun = *s.DryRun
+		set("dry_run")
+	}
+}
+
+// Explain renders e as the lines `policy explain` prints.
+func (e Effective) Explain() string {
+	retention := "keep (no expiry)"
+	if e.Retention > 0 {
+		retention = e.Retention.D().String()
+	}
+	rows := [][2]string{
+		{"encryption", string(e.Encryption)}, {"plaintext", string(e.Plaintext)}, {"attachments", string(e.Attachments)},
+		{"public_rooms", string(e.PublicRooms)}, {"guest_access", string(e.GuestAccess)}, {"retention", retention},
+		{"dry_run", fmt.Sprint(e.DryRun)},
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%-13s %-18s from %s\n", r[0], r[1], e.Source[r[0]])
+	}
+	return b.String()
+}
+
+// enum decodes a scalar that must be one of a closed set of words.
+func enum(n *yaml.Node, allowed ...string) (string, error) {
+	if n.Kind != yaml.ScalarNode {
+		return "", fmt.Errorf("expected one of %s", strings.Join(allowed, ", "))
+	}
+	for _, a := range allowed {
+		if n.Value == a {
+			return a, nil
+		}
+	}
+	return "", fmt.Errorf("%q is not one of %s", n.Value, strings.Join(allowed, ", "))
+}
+
+//go:embed example-policy.yaml
+var examplePolicy []byte
+
+// Example returns the commented example policy.
+func Example() []byte { return append([]byte(nil), examplePolicy...) }

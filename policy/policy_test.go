@@ -1,0 +1,208 @@
+package policy
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+)
+
+func TestExamplePolicyLoads(t *testing.T) {
+	p, err := Load("example-policy.yaml")
+	if err != nil {
+		t.Fatalf("the shipped example does not load:\n%v", err)
+	}
+	if len(p.Rooms) != 2 || p.Hash == "" {
+		t.Fatalf("%+v", p)
+	}
+}
+
+// validate output, checked line by line, for a file with many mistakes.
+func TestBrokenPolicyReportsEveryProblem(t *testing.T) {
+	_, err := Load("testdata/broken.yaml")
+	if err == nil {
+		t.Fatal("broken policy loaded")
+	}
+	want := []string{
+		`testdata/broken.yaml:1:10: version 2 is not supported (this build knows version 1)`,
+		`testdata/broken.yaml:3:15: defaults.encryption: "mandatory" is not one of required, optional`,
+		`testdata/broken.yaml:4:14: defaults.plaintext: expected a single value, not a list`,
+		`testdata/broken.yaml:5:14: defaults.retention: "3 days" is not a duration (use e.g. 30s, 15m, 72h, 30d)`,
+		`testdata/broken.yaml:6:12: defaults.dry_run: "maybe" is not a valid value here`,
+		`testdata/broken.yaml:7:3: unknown key "colour" in defaults`,
+		`testdata/broken.yaml:9:12: rooms[0].alias "icu-*:hospital.example" is not an alias pattern (#name:server, * and ? allowed)`,
+		`testdata/broken.yaml:11:5: rooms[1]: use one of room_id, alias or space, not several`,
+		`testdata/broken.yaml:13:5: rooms[2]: say which rooms it is for: room_id, alias or space`,
+		`testdata/broken.yaml:14:12: rooms[3].space "nope" is not a room ID (!opaque:server); name the space by its ID`,
+		`testdata/broken.yaml:15:19: rooms[3].public_rooms: "sometimes" is not one of forbid, allow`,
+	}
+	got := strings.Split(err.Error(), "\n")
+	for i := 0; i < max(len(got), len(want)); i++ {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			t.Errorf("line %d\n got %s\nwant %s", i+1, g, w)
+		}
+	}
+}
+
+func TestValidationTable(t *testing.T) {
+	cases := []struct{ name, src, want string }{
+		{"missing version", "defaults: {}\n", "version is required"},
+		{"empty file", "", "file is empty"},
+		{"syntax", "version: 1\nrooms: [\n", "p.yaml:"},
+		{"bad room id", "version: 1\nrooms:\n  - room_id: abc\n", `rooms[0].room_id "abc" is not a room ID`},
+		{"bad glob", "version: 1\nrooms:\n  - alias: \"#[:x\"\n", `is not a valid pattern`},
+		{"rooms not a list", "version: 1\nrooms: {a: 1}\n", "rooms: expected a list"},
+		{"negative retention", "version: 1\ndefaults:\n  retention: -1h\n", "is negative"},
+		{"unknown knob in override", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    encrytion: required\n", `unknown key "encrytion" in rooms[0] (did you mean "encryption"?)`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tc.src))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func dur(d time.Duration) *config.Duration { v := config.Duration(d); return &v }
+
+// Which settings apply to a room, and why, for every knob and every way of matching.
+func TestResolution(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: 1
+defaults:
+  retention: 30d
+  plaintext: warn
+rooms:
+  - alias: "#icu-*:h.org"
+    retention: 72h
+    attachments: allow
+  - space: "!cafe:h.org"
+    encryption: optional
+    plaintext: allow
+    public_rooms: allow
+    guest_access: allow
+  - room_id: "!trial:h.org"
+    dry_run: true
+    retention: 10s
+  - alias: "#icu-north:h.org"
+    retention: 24h
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		room    Room
+		want    Effective
+		sources map[string]string
+	}{
+		{"no match: defaults over builtin", Room{ID: "!x:h.org"},
+			Effective{Encryption: EncryptionRequired, Plaintext: PlaintextWarn, Attachments: AttachmentsEncryptedOnly, PublicRooms: Forbid, GuestAccess: Forbid, Retention: *dur(30 * 24 * time.Hour)},
+			map[string]string{"encryption": "builtin", "plaintext": "defaults", "retention": "defaults"}},
+		{"alias glob", Room{ID: "!a:h.org", Aliases: []string{"#icu-south:h.org"}},
+			Effective{Encryption: EncryptionRequired, Plaintext: PlaintextWarn, Attachments: AttachmentsAllow, PublicRooms: Forbid, GuestAccess: Forbid, Retention: *dur(72 * time.Hour)},
+			map[string]string{"retention": "rooms[0] (alias #icu-*:h.org)", "attachments": "rooms[0] (alias #icu-*:h.org)"}},
+		{"later match wins", Room{ID: "!a:h.org", Aliases: []string{"#icu-north:h.org"}},
+			Effective{Encryption: EncryptionRequired, Plaintext: PlaintextWarn, Attachments: AttachmentsAllow, PublicRooms: Forbid, GuestAccess: Forbid, Retention: *dur(24 * time.Hour)},
+			map[string]string{"retention": "rooms[3] (alias #icu-north:h.org)", "attachments": "rooms[0] (alias #icu-*:h.org)"}},
+		{"alias on another server does not match", Room{ID: "!a:h.org", Aliases: []string{"#icu-north:evil.org"}},
+			Effective{Encryption: EncryptionRequired, Plaintext: PlaintextWarn, Attachments: AttachmentsEncryptedOnly, PublicRooms: Forbid, GuestAccess: Forbid, Retention: *dur(30 * 24 * time.Hour)},
+			nil},
+		{"space", Room{ID: "!b:h.org", Spaces: []string{"!cafe:h.org"}},
+			Effective{Encryption: EncryptionOptional, Plaintext: PlaintextAllow, Attachments: AttachmentsEncryptedOnly, PublicRooms: Allow, GuestAccess: Allow, Retention: *dur(30 * 24 * time.Hour)},
+			map[string]string{"guest_access": "rooms[1] (space !cafe:h.org)"}},
+		{"room id", Room{ID: "!trial:h.org"},
+			Effective{Encryption: EncryptionRequired, Plaintext: PlaintextWarn, Attachments: AttachmentsEncryptedOnly, PublicRooms: Forbid, GuestAccess: Forbid, Retention: *dur(10 * time.Second), DryRun: true},
+			map[string]string{"dry_run": "rooms[2] (room_id !trial:h.org)"}},
+		{"space and alias both apply", Room{ID: "!c:h.org", Spaces: []string{"!cafe:h.org"}, Aliases: []string{"#icu-x:h.org"}},
+			Effective{Encryption: EncryptionOptional, Plaintext: PlaintextAllow, Attachments: AttachmentsAllow, PublicRooms: Allow, GuestAccess: Allow, Retention: *dur(72 * time.Hour)},
+			nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := p.For(tc.room)
+			src := got.Source
+			got.Source, tc.want.Source = nil, nil
+			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
+				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
+			}
+			for k, v := range tc.sources {
+				if src[k] != v {
+					t.Errorf("source of %s = %q, want %q", k, src[k], v)
+				}
+			}
+			if len(src) != len(knobs) {
+				t.Errorf("sources for %d knobs, want %d", len(src), len(knobs))
+			}
+		})
+	}
+}
+
+func TestEmptyPolicyIsStrict(t *testing.T) {
+	p, err := Parse("p.yaml", []byte("version: 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := p.For(Room{ID: "!a:b"})
+	if e.Encryption != EncryptionRequired || e.Plaintext != PlaintextRedact || e.Attachments != AttachmentsEncryptedOnly ||
+		e.PublicRooms != Forbid || e.GuestAccess != Forbid || e.Retention != 0 || e.DryRun {
+		t.Fatalf("empty policy resolved to %+v", e)
+	}
+	out := e.Explain()
+	for _, want := range []string{"encryption    required           from builtin", "retention     keep (no expiry)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestHashChangesWithContent(t *testing.T) {
+	a, _ := Parse("p.yaml", []byte("version: 1\n"))
+	b, _ := Parse("p.yaml", []byte("version: 1\ndefaults: {retention: 1h}\n"))
+	if a.Hash == b.Hash || len(a.Hash) != 16 {
+		t.Fatalf("hashes %s %s", a.Hash, b.Hash)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, file := range []string{"example-policy.yaml", "testdata/broken.yaml"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("version: 1\nrooms:\n  - alias: \"#a*:b\"\n    retention: 1d12h\n"))
+	f.Add([]byte("version: 1\ndefaults: &d {dry_run: true}\nrooms: [{space: \"!s:x\", <<: *d}]\n"))
+	f.Add([]byte("version: 1\nrooms:\n  - alias: \"#[\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("f.yaml", data)
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "f.yaml:") {
+					t.Fatalf("error without position: %q", line)
+				}
+			}
+			return
+		}
+		if p.Version != 1 {
+			t.Fatal("accepted a policy without version 1")
+		}
+		e := p.For(Room{ID: "!r:x", Aliases: []string{"#a:x"}, Spaces: []string{"!s:x"}})
+		if e.Encryption == "" || e.Plaintext == "" || e.Attachments == "" || e.PublicRooms == "" || e.GuestAccess == "" {
+			t.Fatalf("a knob resolved to nothing: %+v", e)
+		}
+		_ = e.Explain()
+	})
+}
