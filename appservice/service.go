@@ -62,6 +62,7 @@ type Service struct {
 	Server     *Server
 	Dispatcher *Dispatcher
 	Runner     *Runner
+	Policy     *PolicyHolder
 	Log        zerolog.Logger
 }
 
@@ -86,6 +87,10 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		Backoff: cfg.Jobs.Backoff.D(), MaxBackoff: cfg.Jobs.MaxBackoff.D(),
 	})
 	s.Dispatcher = NewDispatcher(db, chain, NoPolicy{}, m, log, s.Runner.Wake)
+	if s.Policy, err = NewPolicyHolder(ctx, cfg.Resolve(cfg.Policy), db, chain, log); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -122,6 +127,7 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
 	go s.refreshGauges(workCtx, 5*time.Second)
+	go s.Policy.Watch(workCtx, 2*time.Second)
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
 
 	var runErr error

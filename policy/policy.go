@@ -78,9 +78,14 @@ func Parse(file string, data []byte) (*Policy, error) {
 	if err := doc.Err(); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(data)
-	p.Hash = hex.EncodeToString(sum[:8])
+	p.Hash = HashOf(data)
 	return p, nil
+}
+
+// HashOf identifies a policy file's content: the first 8 bytes of its SHA-256, hex.
+func HashOf(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:8])
 }
 
 func (p *Policy) validate(d *strictyaml.Doc) {

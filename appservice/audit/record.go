@@ -16,6 +16,9 @@ const (
 	TypeJobApplied    = "job.applied"
 	TypeJobFailed     = "job.failed"
 	TypeAuditRead     = "audit.read"
+	// TypePolicyLoad: a policy file was put in force (success) or refused
+	// (failure); policy_version is the file's hash.
+	TypePolicyLoad = "policy.load"
 )
 
 // Outcomes.

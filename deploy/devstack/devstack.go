@@ -26,6 +26,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // DendriteVersion is the homeserver the dev stack and tests run.
@@ -197,6 +198,9 @@ func (s *Stack) writeServiceConfig() error {
 		return err
 	}
 	if err := config.WriteFileAtomic(s.ServiceConfig, data, 0o600); err != nil {
+		return err
+	}
+	if err := config.WriteFileAtomic(filepath.Join(filepath.Dir(s.ServiceConfig), "policy.yaml"), policy.Example(), 0o600); err != nil {
 		return err
 	}
 	return s.register()
