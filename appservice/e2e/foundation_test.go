@@ -122,6 +122,24 @@ func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
 		}
 	}
 	t.Logf("canary scan: %d sources, %d canaries, %d hits", len(sources), len(canaries), hits)
+
+	// Tampering with the service's own database is caught by the CLI.
+	st.StopService()
+	db, err := sql.Open("sqlite3", filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE audit SET rec = replace(rec, 'm.room.message', 'm.room.messagX') WHERE seq = (SELECT MIN(seq) FROM audit WHERE rec LIKE '%m.room.message%')`); err != nil {
+		t.Fatal(err)
+	}
+	var tampered int64
+	db.QueryRow(`SELECT MIN(seq) FROM audit WHERE rec LIKE '%messagX%'`).Scan(&tampered)
+	db.Close()
+	out2, _, err := st.Service("audit", "verify")
+	if err == nil || !strings.Contains(string(out2), fmt.Sprintf("BROKEN: audit record %d:", tampered)) {
+		t.Fatalf("verify after tampering with record %d: err=%v, output %q", tampered, err, out2)
+	}
+	t.Logf("after tampering: %s", strings.TrimSpace(string(out2)))
 }
 
 func tokensIn(cfg string) []string {
