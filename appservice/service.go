@@ -122,7 +122,9 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() { errc <- msrv.Serve(mln) }()
 	}
 	workCtx, stopWork := context.WithCancel(context.Background())
-	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond)
+	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {
+		s.Log.Error().Err(err).Msg("WAL checkpoint failed; the WAL will grow until checkpoints succeed")
+	})
 	done := make(chan struct{}, 2)
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()

@@ -380,9 +380,10 @@ func (db *DB) QueryRow(ctx context.Context, tx *sql.Tx, query string, args ...an
 }
 
 // StartCheckpointer copies the SQLite WAL back into the database file in the
-// background until ctx ends (PASSIVE: it never blocks the writer or readers).
-// It does nothing for PostgreSQL.
-func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration) {
+// background until ctx ends (PASSIVE: it never blocks the writer or readers),
+// reporting the first failure of a run of them, and every minute while they
+// last, to onError. It does nothing for PostgreSQL.
+func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration, onError func(error)) {
 	if db.Dialect != SQLite {
 		return
 	}
@@ -395,6 +396,7 @@ func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration) {
 		defer c.Close()
 		t := time.NewTicker(every)
 		defer t.Stop()
+		failures := 0
 		for {
 			select {
 			case <-ctx.Done():
@@ -402,7 +404,14 @@ func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration) {
 			case <-t.C:
 			}
 			var busy, logFrames, done int
-			c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done)
+			if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil && ctx.Err() == nil {
+				failures++
+				if failures == 1 || failures%600 == 0 {
+					onError(err)
+				}
+			} else {
+				failures = 0
+			}
 		}
 	}()
 }
