@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tidwall/gjson"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -19,16 +20,17 @@ type Decision struct {
 	Records []*audit.Record
 }
 
-// Decider turns a stored event into a decision. It must be pure: no I/O, so a
-// crash between deciding and committing simply decides again.
+// Decider turns a stored event into a decision, given the state of its room
+// as of that event. It must be pure: no I/O, so a crash between deciding and
+// committing simply decides again.
 type Decider interface {
-	Decide(ev *Event) Decision
+	Decide(ev *Event, room *RoomInfo) Decision
 }
 
 // NoPolicy decides nothing; events are only audited on receipt.
 type NoPolicy struct{}
 
-func (NoPolicy) Decide(*Event) Decision { return Decision{} }
+func (NoPolicy) Decide(*Event, *RoomInfo) Decision { return Decision{} }
 
 // Dispatcher walks the inbox in order, asks the Decider about each event and
 // commits the resulting jobs, audit records and its own cursor together.
@@ -108,6 +110,12 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 			return 0, err
 		}
 		e.Raw = raw
+		if len(raw) > 0 {
+			// The stored JSON has the fields not kept in columns (state key, membership).
+			if full, err := parseEvent(gjson.ParseBytes(raw), 0); err == nil {
+				e.StateKey, e.Content = full.StateKey, full.Content
+			}
+		}
 		events = append(events, e)
 	}
 	rows.Close()
@@ -118,14 +126,27 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		d.metrics.InboxLag.Set(0)
 		return 0, nil
 	}
+	roomIDs := make([]string, len(events))
+	for i, e := range events {
+		roomIDs[i] = e.RoomID
+	}
+	rooms, err := loadRooms(ctx, d.db, roomIDs)
+	if err != nil {
+		return 0, fmt.Errorf("load room state: %w", err)
+	}
 	var jobs []JobSpec
 	var recs []*audit.Record
 	for _, e := range events {
-		dec := d.decider.Decide(e)
+		room := rooms[e.RoomID]
+		room.Apply(e)
+		dec := d.decider.Decide(e, room)
 		jobs = append(jobs, dec.Jobs...)
 		recs = append(recs, dec.Records...)
 	}
 	err = d.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		if err := saveRooms(ctx, d.db, tx, rooms, d.chain.Now()); err != nil {
+			return fmt.Errorf("save room state: %w", err)
+		}
 		if err := Enqueue(ctx, tx, d.chain.Now(), jobs...); err != nil {
 			return err
 		}

@@ -83,7 +83,7 @@ func TestDispatcherWalksInboxInOrderAndClearsBodies(t *testing.T) {
 		t.Run(dbType, func(t *testing.T) {
 			p := newPipeline(t, dbType)
 			var seen []string
-			p.disp.decider = deciderFunc(func(e *Event) Decision {
+			p.disp.decider = deciderFunc(func(e *Event, _ *RoomInfo) Decision {
 				seen = append(seen, e.ID)
 				if len(e.Raw) == 0 {
 					t.Errorf("%s dispatched without its content", e.ID)
@@ -130,6 +130,6 @@ func TestDispatcherWalksInboxInOrderAndClearsBodies(t *testing.T) {
 	}
 }
 
-type deciderFunc func(*Event) Decision
+type deciderFunc func(*Event, *RoomInfo) Decision
 
-func (f deciderFunc) Decide(e *Event) Decision { return f(e) }
+func (f deciderFunc) Decide(e *Event, r *RoomInfo) Decision { return f(e, r) }

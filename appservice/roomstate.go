@@ -1,0 +1,116 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// RoomInfo is the tracked state of one room.
+type RoomInfo struct {
+	ID      string
+	State   policy.RoomState
+	Aliases []string // canonical alias first, then alternatives
+	Spaces  []string // parent spaces (m.space.parent)
+	dirty   bool
+}
+
+// PolicyRoom is the room as policy matches it.
+func (r *RoomInfo) PolicyRoom() policy.Room {
+	return policy.Room{ID: r.ID, Aliases: r.Aliases, Spaces: r.Spaces}
+}
+
+// Apply updates the room from one event, if it is a state event that matters.
+func (r *RoomInfo) Apply(e *Event) {
+	if e.StateKey == nil {
+		return
+	}
+	c := gjson.ParseBytes(e.Raw).Get("content")
+	switch e.Type {
+	case "m.room.create":
+		// Room versions up to 10 name the creator in content; from 11 it is the sender.
+		r.State.Creator = e.Sender
+		if v := c.Get("creator"); v.Type == gjson.String {
+			r.State.Creator = v.String()
+		}
+	case "m.room.encryption":
+		r.State.Encrypted = c.Get("algorithm").String() != ""
+	case "m.room.join_rules":
+		r.State.JoinRule = c.Get("join_rule").String()
+	case "m.room.guest_access":
+		r.State.GuestAccess = c.Get("guest_access").String()
+	case "m.room.canonical_alias":
+		r.Aliases = r.Aliases[:0]
+		if a := c.Get("alias").String(); a != "" {
+			r.Aliases = append(r.Aliases, a)
+		}
+		for _, a := range c.Get("alt_aliases").Array() {
+			if s := a.String(); s != "" && !slices.Contains(r.Aliases, s) {
+				r.Aliases = append(r.Aliases, s)
+			}
+		}
+	case "m.space.parent":
+		parent := *e.StateKey
+		r.Spaces = slices.DeleteFunc(r.Spaces, func(s string) bool { return s == parent })
+		// An empty content removes the parent link.
+		if c.IsObject() && len(c.Map()) > 0 {
+			r.Spaces = append(r.Spaces, parent)
+		}
+	default:
+		return
+	}
+	r.dirty = true
+}
+
+// rooms loads the tracked state of the given rooms (unknown rooms start empty).
+func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*RoomInfo, error) {
+	out := make(map[string]*RoomInfo, len(ids))
+	for _, id := range ids {
+		if _, ok := out[id]; ok {
+			continue
+		}
+		r := &RoomInfo{ID: id}
+		var aliases, spaces string
+		err := db.R.QueryRowContext(ctx, `SELECT creator, encrypted, join_rule, guest_access, aliases, spaces FROM room_state WHERE room_id = $1`, id).
+			Scan(&r.State.Creator, &r.State.Encrypted, &r.State.JoinRule, &r.State.GuestAccess, &aliases, &spaces)
+		if err != nil && err != sql.ErrNoRows {
+			return nil, err
+		}
+		r.Aliases, r.Spaces = splitList(aliases), splitList(spaces)
+		out[id] = r
+	}
+	return out, nil
+}
+
+// saveRooms writes back the rooms that changed, inside tx.
+func saveRooms(ctx context.Context, db *store.DB, tx *sql.Tx, rooms map[string]*RoomInfo, now time.Time) error {
+	for _, r := range rooms {
+		if !r.dirty {
+			continue
+		}
+		if _, err := db.Exec(ctx, tx, `INSERT INTO room_state (room_id, creator, encrypted, join_rule, guest_access, aliases, spaces, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			ON CONFLICT (room_id) DO UPDATE SET creator = excluded.creator, encrypted = excluded.encrypted, join_rule = excluded.join_rule,
+				guest_access = excluded.guest_access, aliases = excluded.aliases, spaces = excluded.spaces, updated_at = excluded.updated_at`,
+			r.ID, r.State.Creator, r.State.Encrypted, r.State.JoinRule, r.State.GuestAccess,
+			strings.Join(r.Aliases, "\n"), strings.Join(r.Spaces, "\n"), now.UnixMilli()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
