@@ -69,7 +69,7 @@ func (r *RoomInfo) Apply(e *Event) {
 	r.dirty = true
 }
 
-// rooms loads the tracked state of the given rooms (unknown rooms start empty).
+// loadRooms loads the tracked state of the given rooms (unknown rooms start empty).
 func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*RoomInfo, error) {
 	out := make(map[string]*RoomInfo, len(ids))
 	for _, id := range ids {
@@ -113,4 +113,3 @@ func splitList(s string) []string {
 	}
 	return strings.Split(s, "\n")
 }
-
