@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 )
@@ -86,11 +87,12 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		Workers: cfg.Jobs.Workers, MaxAttempts: cfg.Jobs.MaxAttempts,
 		Backoff: cfg.Jobs.Backoff.D(), MaxBackoff: cfg.Jobs.MaxBackoff.D(),
 	})
-	s.Dispatcher = NewDispatcher(db, chain, NoPolicy{}, m, log, s.Runner.Wake)
 	if s.Policy, err = NewPolicyHolder(ctx, cfg.Resolve(cfg.Policy), db, chain, log); err != nil {
 		db.Close()
 		return nil, err
 	}
+	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys()}, m, log, s.Runner.Wake)
+	RegisterEnforcement(s.Runner, homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal()))
 	return s, nil
 }
 

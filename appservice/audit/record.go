@@ -19,6 +19,9 @@ const (
 	// TypePolicyLoad: a policy file was put in force (success) or refused
 	// (failure); policy_version is the file's hash.
 	TypePolicyLoad = "policy.load"
+	// TypePolicyDecision: a rule decided an action on an event (outcome
+	// success, or would in dry-run); action and detail name it and the rule.
+	TypePolicyDecision = "policy.decision"
 )
 
 // Outcomes.

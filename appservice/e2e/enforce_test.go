@@ -1,0 +1,79 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+)
+
+// Under the example (strict) policy, a room created without encryption
+// becomes encrypted, and a plaintext message is redacted for everyone; each
+// decision and its outcome is in the audit trail.
+func TestEncryptionEnforced(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newUser(t, st, "alice")
+	bob := newUser(t, st, "bob")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var enc event.EncryptionEventContent
+	for alice.StateEvent(ctx, room.RoomID, event.StateEncryption, "", &enc) != nil || enc.Algorithm == "" {
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("the room was not encrypted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("room encrypted %s after creation (%s)", time.Since(start).Round(time.Millisecond), enc.Algorithm)
+
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	sent, err := bob.SendText(ctx, room.RoomID, "plaintext that must not stay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for {
+		ev, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+		if err == nil && ev.Unsigned.RedactedBecause != nil {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("plaintext was not redacted (last error %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("plaintext redacted %s after it was sent", time.Since(start).Round(time.Millisecond))
+
+	// Decisions and outcomes are audited.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lines, _ := export(t, st)
+		var decided, applied int
+		for _, l := range lines {
+			if l.Type == "policy.decision" && (l.Action == "enable_encryption" || (l.Action == "redact" && l.EventID == string(sent.EventID))) {
+				decided++
+			}
+			if l.Type == "job.applied" && l.Outcome == "success" && (l.Action == "enable_encryption" || l.Action == "redact") {
+				applied++
+			}
+		}
+		if decided >= 2 && applied >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit trail: %d decisions, %d applied jobs", decided, applied)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	verify(t, st)
+}

@@ -1,0 +1,58 @@
+// Package homeserver is what the service can do to a homeserver, through the
+// standard client-server API with the application service's token, acting as
+// any user in its namespace.
+package homeserver
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// Client acts on the homeserver.
+type Client struct {
+	address string
+	asToken string
+	http    *http.Client
+}
+
+func New(address, asToken string) *Client {
+	return &Client{address: address, asToken: asToken, http: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// as returns a client that acts as user (the ?user_id= of the AS API).
+func (c *Client) as(user string) (*mautrix.Client, error) {
+	cli, err := mautrix.NewClient(c.address, id.UserID(user), c.asToken)
+	if err != nil {
+		return nil, err
+	}
+	cli.SetAppServiceUserID = true
+	cli.Client = c.http
+	cli.DefaultHTTPRetries = 0 // the job runner retries, durably
+	return cli, nil
+}
+
+// Redact redacts eventID as user. A user may always redact their own events,
+// so acting as the sender needs no power level. txnID makes a retry a no-op.
+func (c *Client) Redact(ctx context.Context, user, room, eventID, reason, txnID string) error {
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.RedactEvent(ctx, id.RoomID(room), id.EventID(eventID), mautrix.ReqRedact{Reason: reason, TxnID: txnID})
+	return err
+}
+
+// SendState sets a state event as user.
+func (c *Client) SendState(ctx context.Context, user, room, eventType, stateKey string, content any) error {
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.SendStateEvent(ctx, id.RoomID(room), event.Type{Type: eventType, Class: event.StateEventType}, stateKey, content)
+	return err
+}
