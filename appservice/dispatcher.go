@@ -42,6 +42,7 @@ type Dispatcher struct {
 	log     zerolog.Logger
 	wakeJob func()
 	batch   int
+	rooms   roomCache
 }
 
 func NewDispatcher(db *store.DB, chain *audit.Chain, d Decider, m *Metrics, log zerolog.Logger, wakeJobs func()) *Dispatcher {
@@ -130,7 +131,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	for i, e := range events {
 		roomIDs[i] = e.RoomID
 	}
-	rooms, err := loadRooms(ctx, d.db, roomIDs)
+	rooms, err := d.rooms.load(ctx, d.db, roomIDs)
 	if err != nil {
 		return 0, fmt.Errorf("load room state: %w", err)
 	}
@@ -145,6 +146,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	}
 	err = d.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 		if err := saveRooms(ctx, d.db, tx, rooms, d.chain.Now()); err != nil {
+			d.rooms.forget()
 			return fmt.Errorf("save room state: %w", err)
 		}
 		if err := Enqueue(ctx, tx, d.chain.Now(), jobs...); err != nil {
@@ -167,6 +169,8 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		return err
 	})
 	if err != nil {
+		// What was applied to the cached rooms did not commit.
+		d.rooms.forget()
 		return 0, err
 	}
 	d.metrics.AuditRecords.Add(float64(len(recs)))

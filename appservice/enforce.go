@@ -30,6 +30,10 @@ type actionPayload struct {
 }
 
 func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
+	// Most traffic is ciphertext, which no rule ever acts on.
+	if ev.Type == "m.room.encrypted" && ev.StateKey == nil {
+		return Decision{}
+	}
 	pol := d.Policy.Current()
 	settings := pol.For(room.PolicyRoom())
 	actions := policy.Decide(&policy.Context{

@@ -69,6 +69,45 @@ func (r *RoomInfo) Apply(e *Event) {
 	r.dirty = true
 }
 
+// roomCache keeps rooms' tracked state in memory between batches. The
+// dispatcher is the only writer of room_state, so the cache cannot go stale;
+// it is dropped when a batch fails to commit, and when it grows large.
+type roomCache struct {
+	m map[string]*RoomInfo
+}
+
+const roomCacheMax = 20000
+
+func (c *roomCache) forget() { c.m = nil }
+
+func (c *roomCache) load(ctx context.Context, db *store.DB, ids []string) (map[string]*RoomInfo, error) {
+	if c.m == nil || len(c.m) > roomCacheMax {
+		c.m = map[string]*RoomInfo{}
+	}
+	var missing []string
+	for _, id := range ids {
+		if _, ok := c.m[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		loaded, err := loadRooms(ctx, db, missing)
+		if err != nil {
+			return nil, err
+		}
+		for id, r := range loaded {
+			c.m[id] = r
+		}
+	}
+	out := make(map[string]*RoomInfo, len(ids))
+	for _, id := range ids {
+		r := c.m[id]
+		r.dirty = false
+		out[id] = r
+	}
+	return out, nil
+}
+
 // loadRooms loads the tracked state of the given rooms (unknown rooms start empty).
 func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*RoomInfo, error) {
 	out := make(map[string]*RoomInfo, len(ids))
