@@ -199,34 +199,20 @@ func (p *Policy) For(r Room) Effective {
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true, "dry_run": true}
 
 func (e *Effective) apply(s *Settings, source string) {
-	set := func(knob string) { e.Source[knob] = source }
-	if s.Encryption != nil {
-		e.Encryption = *s.Encryption
-		set("encryption")
-	}
-	if s.Plaintext != nil {
-		e.Plaintext = *s.Plaintext
-		set("plaintext")
-	}
-	if s.Attachments != nil {
-		e.Attachments = *s.Attachments
-		set("attachments")
-	}
-	if s.PublicRooms != nil {
-		e.PublicRooms = *s.PublicRooms
-		set("public_rooms")
-	}
-	if s.GuestAccess != nil {
-		e.GuestAccess = *s.GuestAccess
-		set("guest_access")
-	}
-	if s.Retention != nil {
-		e.Retention = *s.Retention
-		set("retention")
-	}
-	if s.DryRun != nil {
-		e.DryRun = *s.DryRun
-		set("dry_run")
+	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
+	override(&e.Plaintext, s.Plaintext, "plaintext", source, e.Source)
+	override(&e.Attachments, s.Attachments, "attachments", source, e.Source)
+	override(&e.PublicRooms, s.PublicRooms, "public_rooms", source, e.Source)
+	override(&e.GuestAccess, s.GuestAccess, "guest_access", source, e.Source)
+	override(&e.Retention, s.Retention, "retention", source, e.Source)
+	override(&e.DryRun, s.DryRun, "dry_run", source, e.Source)
+}
+
+// override sets *dst from a knob that is set here, noting where it came from.
+func override[T any](dst *T, val *T, knob, source string, sources map[string]string) {
+	if val != nil {
+		*dst = *val
+		sources[knob] = source
 	}
 }
 

@@ -72,8 +72,8 @@ var Rules = []Rule{
 	plaintextRule{},
 	attachmentsRule{},
 	encryptionRule{},
-	joinRuleRule{},
-	guestAccessRule{},
+	joinRuleRule,
+	guestAccessRule,
 }
 
 // Decide runs every rule on one event.
