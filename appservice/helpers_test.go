@@ -72,7 +72,7 @@ func newPipelineOn(t testing.TB, db *store.DB) *pipeline {
 	m := NewMetrics(prometheus.NewRegistry())
 	logs := &bytes.Buffer{}
 	log := zerolog.New(&lockedWriter{w: logs})
-	inbox := NewInbox(db, chain, m)
+	inbox := NewInbox(db, chain, m, "@hipaa:hs")
 	runner := NewRunner(db, chain, m, log, clock.Now, RunnerOptions{Workers: 2, MaxAttempts: 4, Backoff: time.Second, MaxBackoff: 10 * time.Second})
 	return &pipeline{
 		db: db, chain: chain, m: m, inbox: inbox, clock: clock, logs: logs,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -80,10 +81,14 @@ type Inbox struct {
 	// walks seq and must never pass a row that commits later.
 	mu     sync.Mutex
 	notify chan struct{}
+	// bot is the service's own user; its keep-alive posts are dropped.
+	bot string
+	// lastSeen is when a transaction last brought events (unix ms).
+	lastSeen atomic.Int64
 }
 
-func NewInbox(db *store.DB, chain *audit.Chain, m *Metrics) *Inbox {
-	return &Inbox{db: db, chain: chain, metrics: m, notify: make(chan struct{}, 1)}
+func NewInbox(db *store.DB, chain *audit.Chain, m *Metrics, bot string) *Inbox {
+	return &Inbox{db: db, chain: chain, metrics: m, notify: make(chan struct{}, 1), bot: bot}
 }
 
 // Notify fires after each commit that stored new events.
@@ -93,10 +98,19 @@ func (in *Inbox) Notify() <-chan struct{} { return in.notify }
 // already stored (a re-sent transaction, perhaps with more events appended)
 // are skipped, so each event is stored and audited once.
 func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int, error) {
-	// Drop repeats inside the transaction itself before touching the database.
+	if len(events) > 0 {
+		in.lastSeen.Store(time.Now().UnixMilli())
+	}
+	// Drop repeats inside the transaction itself, and the bot's keep-alive
+	// posts, before touching the database.
 	seen := make(map[string]struct{}, len(events))
 	uniq := events[:0:0]
 	for _, e := range events {
+		if e.Type == KeepAliveType && e.Sender == in.bot {
+			seen[e.ID] = struct{}{}
+			in.metrics.Events.WithLabelValues("keepalive", "dropped").Inc()
+			continue
+		}
 		if _, dup := seen[e.ID]; !dup {
 			seen[e.ID] = struct{}{}
 			uniq = append(uniq, e)
@@ -139,6 +153,9 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 	}
 	in.metrics.AuditRecords.Add(float64(len(recs)))
 	for _, e := range events {
+		if e.Type == KeepAliveType && e.Sender == in.bot {
+			continue
+		}
 		delivery := "duplicate"
 		if _, ok := inserted[e.ID]; ok {
 			delivery = "new"

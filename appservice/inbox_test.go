@@ -133,3 +133,23 @@ func TestDispatcherWalksInboxInOrderAndClearsBodies(t *testing.T) {
 type deciderFunc func(*Event, *RoomInfo) Decision
 
 func (f deciderFunc) Decide(e *Event, r *RoomInfo) Decision { return f(e, r) }
+
+// The bot's keep-alive posts are the service talking to itself: not stored,
+// not audited. The same event type from anyone else is an ordinary event.
+func TestKeepAliveEchoIsDropped(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	ka := map[string]any{"event_id": "$ka", "room_id": "!k:hs", "sender": "@hipaa:hs", "type": KeepAliveType, "content": map[string]any{}}
+	other := map[string]any{"event_id": "$o", "room_id": "!k:hs", "sender": "@mallory:hs", "type": KeepAliveType, "content": map[string]any{}}
+	if rec := p.put(t, "t1", txnBodyOf(ka, other, msgEvent("$m", "!r:hs", "@u:hs", "x"))); rec.Code != 200 {
+		t.Fatal(rec.Code)
+	}
+	if n := p.count(t, `SELECT COUNT(*) FROM inbox WHERE event_id = '$ka'`); n != 0 {
+		t.Fatal("keep-alive echo was stored")
+	}
+	if n := p.count(t, `SELECT COUNT(*) FROM inbox`); n != 2 {
+		t.Fatalf("%d events stored, want 2", n)
+	}
+	if p.inbox.lastSeen.Load() == 0 {
+		t.Fatal("arrival time not noted")
+	}
+}

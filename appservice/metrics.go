@@ -17,6 +17,7 @@ type Metrics struct {
 	AuditRecords   prometheus.Counter
 	AuditFailures  prometheus.Counter
 	LastDispatched prometheus.Gauge
+	KeepAlives     prometheus.Counter
 }
 
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -62,8 +63,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hipaa_inbox_last_dispatch_timestamp_seconds",
 			Help: "When the dispatcher last finished a batch.",
 		}),
+		KeepAlives: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hipaa_keepalive_sent_total",
+			Help: "Keep-alive posts the bot made to keep the homeserver's delivery prompt.",
+		}),
 	}
-	reg.MustRegister(m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	reg.MustRegister(m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

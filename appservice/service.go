@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
@@ -81,7 +83,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := NewMetrics(reg)
 	s := &Service{Config: cfg, DB: db, Chain: chain, Metrics: m, Registry: reg, Log: log}
-	s.Inbox = NewInbox(db, chain, m)
+	s.Inbox = NewInbox(db, chain, m, cfg.BotMXID())
 	s.Server = NewServer(s.Inbox, cfg.AppService.HSToken.Reveal(), cfg.AppService.MaxBodyBytes, m, log)
 	s.Runner = NewRunner(db, chain, m, log, now, RunnerOptions{
 		Workers: cfg.Jobs.Workers, MaxAttempts: cfg.Jobs.MaxAttempts,
@@ -132,6 +134,15 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
 	go s.refreshGauges(workCtx, 5*time.Second)
 	go s.Policy.Watch(workCtx, 2*time.Second)
+	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {
+		cli, err := mautrix.NewClient(s.Config.Homeserver.Address, id.UserID(s.Config.BotMXID()), s.Config.AppService.ASToken.Reveal())
+		if err == nil {
+			cli.SetAppServiceUserID = true
+			ka := &KeepAlive{cli: cli, domain: s.Config.Homeserver.Domain, interval: every, lastSeen: &s.Inbox.lastSeen, log: s.Log,
+				sent: s.Metrics.KeepAlives.Inc}
+			go ka.Run(workCtx)
+		}
+	}
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
 
 	var runErr error

@@ -42,6 +42,11 @@ type Homeserver struct {
 	Address  string `yaml:"address"`
 	Domain   string `yaml:"domain"`
 	Software string `yaml:"software"`
+	// KeepAlive, if set, has the bot post a tiny event of its own in a private
+	// room whenever nothing has arrived for this long. Dendrite can hold an
+	// event back from the AS for up to ~5 s after an idle spell; steady traffic
+	// avoids that. 0 turns it off.
+	KeepAlive Duration `yaml:"keepalive"`
 }
 
 type AppService struct {
@@ -187,6 +192,9 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		d.Errorf("homeserver.domain", "homeserver.domain is required (the server name in user IDs)")
 	case !domainRE.MatchString(c.Homeserver.Domain):
 		d.Errorf("homeserver.domain", "homeserver.domain %q is not a valid server name", c.Homeserver.Domain)
+	}
+	if c.Homeserver.KeepAlive != 0 && c.Homeserver.KeepAlive.D() < 500*time.Millisecond {
+		d.Errorf("homeserver.keepalive", "homeserver.keepalive must be 0 (off) or at least 500ms")
 	}
 	switch c.Homeserver.Software {
 	case "synapse", "dendrite", "generic":

@@ -109,6 +109,8 @@ type Options struct {
 	// PersistentJetStream keeps Dendrite's queues on disk (dev stack); tests
 	// run them in memory.
 	PersistentJetStream bool
+	// KeepAlive sets homeserver.keepalive (e.g. "2s"); empty leaves it off.
+	KeepAlive string
 	// Database overrides the service's database (type, uri); default SQLite.
 	DatabaseType, DatabaseURI string
 	Log                       io.Writer // process output; default discarded
@@ -184,7 +186,11 @@ func (s *Stack) writeServiceConfig() error {
 		return err
 	}
 	o := s.Opts
-	cfg["homeserver"] = map[string]any{"address": s.HSURL, "domain": o.ServerName, "software": "dendrite"}
+	hs := map[string]any{"address": s.HSURL, "domain": o.ServerName, "software": "dendrite"}
+	if o.KeepAlive != "" {
+		hs["keepalive"] = o.KeepAlive
+	}
+	cfg["homeserver"] = hs
 	as := cfg["appservice"].(map[string]any)
 	as["listen"] = fmt.Sprintf("127.0.0.1:%d", o.ASPort)
 	as["url"] = fmt.Sprintf("http://127.0.0.1:%d", o.ASPort)
