@@ -28,6 +28,8 @@ type PolicyHolder struct {
 	current atomic.Pointer[policy.Policy]
 	// stamp is what the file looked like when last read, to notice edits.
 	stamp fileStamp
+	// OnChange, if set, runs after a new policy comes into force.
+	OnChange func(context.Context, *policy.Policy)
 }
 
 type fileStamp struct {
@@ -93,6 +95,9 @@ func (h *PolicyHolder) Reload(ctx context.Context, why string) (bool, error) {
 	}
 	h.current.Store(p)
 	h.log.Info().Str("policy_version", p.Hash).Str("trigger", why).Msg("new policy in force")
+	if h.OnChange != nil {
+		h.OnChange(ctx, p)
+	}
 	return true, nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // NewLogger builds the service logger from config.
@@ -125,6 +126,19 @@ func (s *Service) Run(ctx context.Context) error {
 		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(mln) }()
 	}
+	sweep := func(ctx context.Context, p *policy.Policy) {
+		n, err := SweepRooms(ctx, s.DB, s.Chain, p)
+		if err != nil {
+			s.Log.Error().Err(err).Msg("could not check known rooms against the policy")
+			return
+		}
+		if n > 0 {
+			s.Log.Info().Int("rooms", n).Msg("enrolling known rooms that policy requires to be encrypted")
+			s.Runner.Wake()
+		}
+	}
+	s.Policy.OnChange = sweep
+	sweep(ctx, s.Policy.Current())
 	workCtx, stopWork := context.WithCancel(context.Background())
 	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {
 		s.Log.Error().Err(err).Msg("WAL checkpoint failed; the WAL will grow until checkpoints succeed")

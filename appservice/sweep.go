@@ -1,0 +1,81 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// SweepRooms enrols rooms the service already knows (from earlier events)
+// that the policy in force wants encrypted but are not: at start-up, and
+// whenever a new policy comes into force. Each gets an enable_encryption job
+// as its creator and a policy.decision record. It returns how many it enrolled.
+func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *policy.Policy) (int, error) {
+	rows, err := db.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces FROM room_state WHERE NOT encrypted AND creator <> ''`)
+	if err != nil {
+		return 0, err
+	}
+	type candidate struct {
+		room, creator string
+		eff           policy.Effective
+	}
+	var todo []candidate
+	for rows.Next() {
+		var id, creator, aliases, spaces string
+		if err := rows.Scan(&id, &creator, &aliases, &spaces); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		eff := pol.For(policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)})
+		if eff.Encryption == policy.EncryptionRequired {
+			todo = append(todo, candidate{id, creator, eff})
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if len(todo) == 0 {
+		return 0, nil
+	}
+	keys := chain.Keys()
+	enrolled := 0
+	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		var jobs []JobSpec
+		var recs []*audit.Record
+		for _, c := range todo {
+			eff := c.eff
+			key := fmt.Sprintf("enable_encryption:sweep:%s:%s", c.room, pol.Hash)
+			var exists int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM job WHERE dedupe_key = $1`, key).Scan(&exists); err != nil {
+				return err
+			}
+			if exists > 0 {
+				continue // already swept under this policy
+			}
+			payload, _ := json.Marshal(actionPayload{Room: c.room, ActAs: c.creator, Reason: "This room is required to be end-to-end encrypted."})
+			jobs = append(jobs, JobSpec{Kind: string(policy.ActEnableEncryption), DedupeKey: key,
+				Payload: payload, DryRun: eff.DryRun, Room: c.room})
+			outcome := audit.OutcomeSuccess
+			if eff.DryRun {
+				outcome = audit.OutcomeWould
+			}
+			recs = append(recs, &audit.Record{Type: audit.TypePolicyDecision, Outcome: outcome, Actor: keys.User(c.creator), Room: keys.Room(c.room),
+				Action: string(policy.ActEnableEncryption), Detail: "encryption-sweep", PolicyVersion: pol.Hash})
+		}
+		if err := Enqueue(ctx, tx, chain.Now(), jobs...); err != nil {
+			return err
+		}
+		enrolled = len(jobs)
+		return chain.Append(ctx, tx, recs...)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return enrolled, nil
+}

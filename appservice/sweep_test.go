@@ -1,0 +1,63 @@
+package appservice
+
+import (
+	"context"
+	"testing"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// Rooms known from earlier events that policy wants encrypted are enrolled at
+// start-up and on policy change, once per policy, in dry-run only on paper.
+func TestSweepRooms(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			for _, r := range []struct {
+				id, creator, spaces string
+				encrypted           bool
+			}{
+				{"!a:h", "@alice:h", "", false},
+				{"!b:h", "@alice:h", "", true},
+				{"!cafe:h", "@bob:h", "!cafeteria:h", false},
+				{"!nocreator:h", "", "", false},
+			} {
+				if _, err := p.db.W.Exec(`INSERT INTO room_state (room_id, creator, encrypted, spaces, updated_at) VALUES ($1, $2, $3, $4, 0)`, r.id, r.creator, r.encrypted, r.spaces); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pol, err := policy.Parse("p.yaml", []byte("version: 1\nrooms:\n  - space: \"!cafeteria:h\"\n    encryption: optional\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := SweepRooms(ctx, p.db, p.chain, pol)
+			if err != nil || n != 1 {
+				t.Fatalf("first sweep enrolled %d (%v), want 1", n, err)
+			}
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'enable_encryption' AND payload LIKE '%!a:h%' AND payload LIKE '%@alice:h%'`); c != 1 {
+				t.Fatalf("%d jobs for !a:h as its creator", c)
+			}
+			if n, _ := SweepRooms(ctx, p.db, p.chain, pol); n != 0 {
+				t.Fatalf("second sweep under the same policy enrolled %d", n)
+			}
+			dry, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  dry_run: true\n"))
+			if n, _ := SweepRooms(ctx, p.db, p.chain, dry); n != 2 {
+				t.Fatalf("sweep under a new policy enrolled %d, want 2 (!a:h and now !cafe:h)", n)
+			}
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE dry_run`); c != 2 {
+				t.Fatalf("%d dry-run jobs, want 2", c)
+			}
+			decisions := 0
+			for _, r := range p.exported(t) {
+				if r["type"] == "policy.decision" && r["detail"] == "encryption-sweep" {
+					decisions++
+				}
+			}
+			if decisions != 3 {
+				t.Fatalf("%d sweep decisions audited, want 3", decisions)
+			}
+		})
+	}
+}
