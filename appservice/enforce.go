@@ -49,21 +49,26 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 			// release yet; the redaction itself still happens.
 			continue
 		}
-		payload, _ := json.Marshal(actionPayload{Room: ev.RoomID, EventID: a.EventID, ActAs: a.ActAs, Value: a.Value, Reason: a.Reason})
-		dec.Jobs = append(dec.Jobs, JobSpec{
-			Kind: string(a.Kind), DedupeKey: fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID),
-			Payload: payload, DryRun: settings.DryRun, Room: ev.RoomID, EventID: a.EventID,
-		})
-		outcome := audit.OutcomeSuccess
-		if settings.DryRun {
-			outcome = audit.OutcomeWould
-		}
-		dec.Records = append(dec.Records, &audit.Record{
-			Type: audit.TypePolicyDecision, Outcome: outcome, Actor: d.Keys.User(a.ActAs), Room: d.Keys.Room(ev.RoomID),
-			EventID: a.EventID, EventType: ev.Type, Action: string(a.Kind), Detail: a.Rule, PolicyVersion: pol.Hash,
-		})
+		job, rec := jobFor(a, ev.RoomID, fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID), ev.Type, settings.DryRun, pol.Hash, d.Keys)
+		dec.Jobs = append(dec.Jobs, job)
+		dec.Records = append(dec.Records, rec)
 	}
 	return dec
+}
+
+// jobFor turns a policy action in a room into its durable job and the
+// policy.decision record that goes with it (outcome "would" in dry-run).
+func jobFor(a policy.Action, room, dedupeKey, eventType string, dryRun bool, policyHash string, keys *audit.Keys) (JobSpec, *audit.Record) {
+	payload, _ := json.Marshal(actionPayload{Room: room, EventID: a.EventID, ActAs: a.ActAs, Value: a.Value, Reason: a.Reason})
+	outcome := audit.OutcomeSuccess
+	if dryRun {
+		outcome = audit.OutcomeWould
+	}
+	return JobSpec{Kind: string(a.Kind), DedupeKey: dedupeKey, Payload: payload, DryRun: dryRun},
+		&audit.Record{
+			Type: audit.TypePolicyDecision, Outcome: outcome, Actor: keys.User(a.ActAs), Room: keys.Room(room),
+			EventID: a.EventID, EventType: eventType, Action: string(a.Kind), Detail: a.Rule, PolicyVersion: policyHash,
+		}
 }
 
 // eventContent is the content object of the stored event JSON.

@@ -26,9 +26,6 @@ type JobSpec struct {
 	Payload   json.RawMessage
 	DueAt     time.Time
 	DryRun    bool
-	// Audit fields, copied into the job's outcome record.
-	Room    string
-	EventID string
 }
 
 // Job is a stored job as a handler sees it.

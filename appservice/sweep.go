@@ -3,7 +3,6 @@ package appservice
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -49,7 +48,6 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 		var jobs []JobSpec
 		var recs []*audit.Record
 		for _, c := range todo {
-			eff := c.eff
 			key := fmt.Sprintf("enable_encryption:sweep:%s:%s", c.room, pol.Hash)
 			var exists int
 			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM job WHERE dedupe_key = $1`, key).Scan(&exists); err != nil {
@@ -58,15 +56,10 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			if exists > 0 {
 				continue // already swept under this policy
 			}
-			payload, _ := json.Marshal(actionPayload{Room: c.room, ActAs: c.creator, Reason: "This room is required to be end-to-end encrypted."})
-			jobs = append(jobs, JobSpec{Kind: string(policy.ActEnableEncryption), DedupeKey: key,
-				Payload: payload, DryRun: eff.DryRun, Room: c.room})
-			outcome := audit.OutcomeSuccess
-			if eff.DryRun {
-				outcome = audit.OutcomeWould
-			}
-			recs = append(recs, &audit.Record{Type: audit.TypePolicyDecision, Outcome: outcome, Actor: keys.User(c.creator), Room: keys.Room(c.room),
-				Action: string(policy.ActEnableEncryption), Detail: "encryption-sweep", PolicyVersion: pol.Hash})
+			a := policy.Action{Kind: policy.ActEnableEncryption, Rule: "encryption-sweep", ActAs: c.creator, Reason: policy.ReasonEncryptionRequired}
+			job, rec := jobFor(a, c.room, key, "", c.eff.DryRun, pol.Hash, keys)
+			jobs = append(jobs, job)
+			recs = append(recs, rec)
 		}
 		if err := Enqueue(ctx, tx, chain.Now(), jobs...); err != nil {
 			return err

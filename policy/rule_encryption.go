@@ -5,6 +5,9 @@ package policy
 // it unencrypted), sent as the room's creator, who has the power to.
 type encryptionRule struct{}
 
+// ReasonEncryptionRequired is what people are told when a room is encrypted by policy.
+const ReasonEncryptionRequired = "This room is required to be end-to-end encrypted."
+
 func (encryptionRule) Name() string { return "encryption" }
 
 func (r encryptionRule) Check(c *Context) []Action {
@@ -15,5 +18,5 @@ func (r encryptionRule) Check(c *Context) []Action {
 		return nil
 	}
 	return []Action{{Kind: ActEnableEncryption, Rule: r.Name(), EventID: c.Event.ID, ActAs: c.Event.Sender,
-		Reason: "This room is required to be end-to-end encrypted."}}
+		Reason: ReasonEncryptionRequired}}
 }

@@ -125,11 +125,10 @@ type Stack struct {
 	ServiceLog    string // path of the service's log file
 	DendriteLog   string
 
-	mu       sync.Mutex
-	hs       *exec.Cmd
-	svc      *exec.Cmd
-	svcExit  chan struct{}
-	svcStart int
+	mu      sync.Mutex
+	hs      *exec.Cmd
+	svc     *exec.Cmd
+	svcExit chan struct{}
 }
 
 // Prepare writes every config, key and registration under StateDir.
@@ -314,7 +313,6 @@ func (s *Stack) StartService(ctx context.Context) error {
 	go func() { cmd.Wait(); logf.Close(); close(exit) }()
 	s.mu.Lock()
 	s.svc, s.svcExit = cmd, exit
-	s.svcStart++
 	s.mu.Unlock()
 	addr := fmt.Sprintf("127.0.0.1:%d", s.Opts.ASPort)
 	deadline := time.Now().Add(30 * time.Second)

@@ -217,34 +217,29 @@ func auditTimes(st *devstack.Stack, eventID string) (time.Time, time.Time, bool)
 		return time.Time{}, time.Time{}, false
 	}
 	var recv, applied time.Time
-	var jobID int64
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var decisions []map[string]any
+	var records []map[string]any
 	for sc.Scan() {
 		var m map[string]any
 		if json.Unmarshal(sc.Bytes(), &m) != nil {
 			continue
 		}
-		decisions = append(decisions, m)
+		records = append(records, m)
 	}
-	for _, m := range decisions {
+	for _, m := range records {
 		ts, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(m["time"]))
 		if m["type"] == "event.received" && m["event_id"] == eventID {
 			recv = ts
 		}
 	}
 	// The redact job for this event is the last job.applied for a redact after recv.
-	for _, m := range decisions {
+	for _, m := range records {
 		ts, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(m["time"]))
 		if m["type"] == "job.applied" && m["action"] == "redact" && !recv.IsZero() && !ts.Before(recv) && applied.IsZero() {
 			applied = ts
-			if v, ok := m["job_id"].(float64); ok {
-				jobID = int64(v)
-			}
 		}
 	}
-	_ = jobID
 	return recv, applied, !recv.IsZero() && !applied.IsZero()
 }
 
