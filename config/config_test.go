@@ -74,12 +74,7 @@ func TestConfigErrorsTable(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want it to contain %q", err, tc.want)
 			}
-			for _, line := range strings.Split(err.Error(), "\n") {
-				var l, c int
-				if _, serr := fmt.Sscanf(line, "config.yaml:%d:%d:", &l, &c); serr != nil || l < 1 || c < 1 {
-					t.Errorf("line %q is not file:line:col: message", line)
-				}
-			}
+			strictyamltest.ExpectPositions(t, err, "config.yaml")
 		})
 	}
 	if _, err := Parse("empty.yaml", nil); err == nil || !strings.Contains(err.Error(), "empty.yaml:1:1: file is empty") {
@@ -190,11 +185,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.yaml", data)
 		if err != nil {
-			for _, line := range strings.Split(err.Error(), "\n") {
-				if !strings.HasPrefix(line, "fuzz.yaml:") {
-					t.Fatalf("error line without position: %q", line)
-				}
-			}
+			strictyamltest.ExpectPositions(t, err, "fuzz.yaml")
 			return
 		}
 		if cfg.AppService.Listen == "" || cfg.Homeserver.Domain == "" {

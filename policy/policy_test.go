@@ -175,11 +175,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("f.yaml", data)
 		if err != nil {
-			for _, line := range strings.Split(err.Error(), "\n") {
-				if !strings.HasPrefix(line, "f.yaml:") {
-					t.Fatalf("error without position: %q", line)
-				}
-			}
+			strictyamltest.ExpectPositions(t, err, "f.yaml")
 			return
 		}
 		if p.Version != 1 {

@@ -3,6 +3,7 @@
 package strictyamltest
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -24,6 +25,22 @@ func ExpectLines(t testing.TB, err error, want []string) {
 		}
 		if g != w {
 			t.Errorf("line %d\n got %s\nwant %s", i+1, g, w)
+		}
+	}
+}
+
+// ExpectPositions fails t unless every line of err reads "file:line:col: …"
+// with a real line and column.
+func ExpectPositions(t testing.TB, err error, file string) {
+	t.Helper()
+	for _, line := range strings.Split(err.Error(), "\n") {
+		var l, c int
+		rest, ok := strings.CutPrefix(line, file+":")
+		if !ok {
+			t.Fatalf("error line without position: %q", line)
+		}
+		if _, serr := fmt.Sscanf(rest, "%d:%d:", &l, &c); serr != nil || l < 1 || c < 1 {
+			t.Fatalf("line %q is not %s:line:col: message", line, file)
 		}
 	}
 }
