@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -34,6 +36,9 @@ Commands:
   policy validate FILE                   check a policy file (every error as file:line:col)
   policy explain -policy FILE -room ID [-alias A]... [-space ID]...
                                          which settings apply to a room, and why
+  rooms -config FILE [-problems]         rooms the service knows: encryption, policy, the
+                                         bot's power, and actions that failed for good
+                                         (-problems: only rooms needing attention; exit 1 if any)
   audit verify -config FILE              check the audit chain (exit 0 intact)
   audit export -config FILE -format jsonl [-since T] [-until T]
                                          print audit records
@@ -86,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "unknown audit command %q\n\n%s", args[1], usage)
 			return 2
 		}
+	case "rooms":
+		return listRooms(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -315,4 +322,87 @@ func policyExplain(args []string, stdout, stderr io.Writer) error {
 	e := p.For(policy.Room{ID: *room, Aliases: aliases, Spaces: spaces})
 	fmt.Fprintf(stdout, "room %s under policy %s (hash %s):\n%s", *room, *file, p.Hash, e.Explain())
 	return nil
+}
+
+func listRooms(args []string, stdout, stderr io.Writer) int {
+	fs, cfgPath := flags("rooms", stderr)
+	onlyProblems := fs.Bool("problems", false, "only rooms needing attention; exit 1 if there are any")
+	if err := parse(fs, args); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	fail := func(err error) int { fmt.Fprintln(stderr, "matrix-hipaa:", err); return 2 }
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return fail(err)
+	}
+	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
+	if err != nil {
+		return fail(err)
+	}
+	ctx := context.Background()
+	db, _, err := appservice.OpenStore(ctx, cfg, time.Now)
+	if err != nil {
+		return fail(err)
+	}
+	defer db.Close()
+	rooms, err := appservice.ListRooms(ctx, db, pol)
+	if err != nil {
+		return fail(err)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROOM\tENCRYPTED\tPOLICY\tJOIN RULE\tGUESTS\tBOT POWER\tATTENTION")
+	attention := 0
+	for i := range rooms {
+		r := &rooms[i]
+		var notes []string
+		if r.Unenforced() {
+			notes = append(notes, "not encrypted yet")
+		}
+		if r.Underpowered() {
+			notes = append(notes, fmt.Sprintf("bot needs power %d to fix settings itself", r.Needed))
+		}
+		for _, p := range r.Problems {
+			notes = append(notes, fmt.Sprintf("%s failed since %s: %s", p.Action, time.UnixMilli(p.Since).UTC().Format(time.RFC3339), p.Detail))
+		}
+		// Only failures need someone; the others resolve or are informational.
+		if len(r.Problems) > 0 {
+			attention++
+		} else if *onlyProblems {
+			continue
+		}
+		pol := "optional"
+		if r.EncryptionRequired {
+			pol = "required"
+		}
+		bot := "-"
+		if r.BotJoined {
+			bot = fmt.Sprintf("%d/%d", r.BotPower, r.Needed)
+		}
+		note := strings.Join(notes, "; ")
+		if note == "" {
+			note = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, yesNo(r.Encrypted), pol, orDash(r.JoinRule), orDash(r.GuestAccess), bot, note)
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "%d rooms, %d needing attention\n", len(rooms), attention)
+	if *onlyProblems && attention > 0 {
+		return 1
+	}
+	return 0
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

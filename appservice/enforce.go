@@ -2,11 +2,19 @@ package appservice
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
+
+	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
@@ -25,9 +33,15 @@ type actionPayload struct {
 	Room    string `json:"room"`
 	EventID string `json:"event_id"`
 	ActAs   string `json:"act_as,omitempty"`
+	Target  string `json:"target,omitempty"`
 	Value   string `json:"value,omitempty"`
 	Reason  string `json:"reason"`
 }
+
+// noticeWindow is how often one person is told the same thing in one room:
+// a client that keeps sending plaintext has every message redacted, but its
+// user gets one notice per window, not one per message.
+const noticeWindow = 10 * time.Minute
 
 func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	// Most traffic is ciphertext, which no rule ever acts on.
@@ -44,12 +58,14 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	})
 	var dec Decision
 	for _, a := range actions {
+		key := fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID)
 		if a.Kind == policy.ActNotice {
-			// Notices go out through the E2EE bot, which is not part of this
-			// release yet; the redaction itself still happens.
-			continue
+			// The window comes from the event's own timestamp, so a replayed
+			// decision lands on the same key.
+			bucket := gjson.GetBytes(ev.Raw, "origin_server_ts").Int() / noticeWindow.Milliseconds()
+			key = fmt.Sprintf("%s:%s:%s:%s:%d", a.Kind, a.Rule, ev.RoomID, a.Target, bucket)
 		}
-		job, rec := jobFor(a, ev.RoomID, fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID), ev.Type, settings.DryRun, pol.Hash, d.Keys)
+		job, rec := jobFor(a, ev.RoomID, key, ev.Type, settings.DryRun, pol.Hash, d.Keys)
 		dec.Jobs = append(dec.Jobs, job)
 		dec.Records = append(dec.Records, rec)
 	}
@@ -59,7 +75,7 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 // jobFor turns a policy action in a room into its durable job and the
 // policy.decision record that goes with it (outcome "would" in dry-run).
 func jobFor(a policy.Action, room, dedupeKey, eventType string, dryRun bool, policyHash string, keys *audit.Keys) (JobSpec, *audit.Record) {
-	payload, _ := json.Marshal(actionPayload{Room: room, EventID: a.EventID, ActAs: a.ActAs, Value: a.Value, Reason: a.Reason})
+	payload, _ := json.Marshal(actionPayload{Room: room, EventID: a.EventID, ActAs: a.ActAs, Target: a.Target, Value: a.Value, Reason: a.Reason})
 	outcome := audit.OutcomeSuccess
 	if dryRun {
 		outcome = audit.OutcomeWould
@@ -82,14 +98,22 @@ func eventContent(ev *Event) json.RawMessage {
 	return e.Content
 }
 
-// RegisterEnforcement gives the runner a handler for every action kind.
-func RegisterEnforcement(r *Runner, hs *homeserver.Client) {
+// RegisterEnforcement gives the runner a handler for every action kind, and
+// keeps the room_problem and room_bot tables in step with what happened.
+// b may be nil, in which case bot_join and notice jobs fail for good.
+func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot) {
 	decode := func(j *Job) (actionPayload, error) {
 		var p actionPayload
 		if err := json.Unmarshal(j.Payload, &p); err != nil {
 			return p, Permanent(fmt.Errorf("bad job payload: %w", err))
 		}
 		return p, nil
+	}
+	needBot := func() error {
+		if b == nil {
+			return Permanent(errors.New("no E2EE bot configured"))
+		}
+		return nil
 	}
 	r.Handle(string(policy.ActRedact), func(ctx context.Context, j *Job) error {
 		p, err := decode(j)
@@ -99,25 +123,88 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client) {
 		// A fixed transaction ID per job makes a retried redaction a no-op.
 		return hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
 	})
-	r.Handle(string(policy.ActEnableEncryption), func(ctx context.Context, j *Job) error {
+	// Room settings are set as the creator (who has the power in rooms
+	// people create); if the creator may not (left, or demoted), as the bot,
+	// which may have been given the power.
+	setState := func(eventType, key string, content func(p actionPayload) map[string]any) Handler {
+		return func(ctx context.Context, j *Job) error {
+			p, err := decode(j)
+			if err != nil {
+				return err
+			}
+			err = hs.SendState(ctx, p.ActAs, p.Room, eventType, key, content(p))
+			if errors.Is(err, mautrix.MForbidden) && b != nil && j.Attempts > 0 {
+				if berr := b.SendState(ctx, p.Room, eventType, key, content(p)); berr == nil {
+					return nil
+				}
+			}
+			return err
+		}
+	}
+	r.Handle(string(policy.ActEnableEncryption), setState("m.room.encryption", "", func(actionPayload) map[string]any {
+		return map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}
+	}))
+	r.Handle(string(policy.ActSetJoinRule), setState("m.room.join_rules", "", func(p actionPayload) map[string]any {
+		return map[string]any{"join_rule": p.Value}
+	}))
+	r.Handle(string(policy.ActSetGuestAccess), setState("m.room.guest_access", "", func(p actionPayload) map[string]any {
+		return map[string]any{"guest_access": p.Value}
+	}))
+	r.Handle(string(policy.ActBotJoin), func(ctx context.Context, j *Job) error {
 		p, err := decode(j)
 		if err != nil {
 			return err
 		}
-		return hs.SendState(ctx, p.ActAs, p.Room, "m.room.encryption", "", map[string]any{"algorithm": "m.megolm.v1.aes-sha2"})
+		if err := needBot(); err != nil {
+			return err
+		}
+		m, err := b.EnsureJoined(ctx, p.Room, p.ActAs)
+		if err != nil {
+			return err
+		}
+		return recordStanding(ctx, r.db, p.Room, m, r.now())
 	})
-	r.Handle(string(policy.ActSetJoinRule), func(ctx context.Context, j *Job) error {
+	r.Handle(string(policy.ActNotice), func(ctx context.Context, j *Job) error {
 		p, err := decode(j)
 		if err != nil {
 			return err
 		}
-		return hs.SendState(ctx, p.ActAs, p.Room, "m.room.join_rules", "", map[string]any{"join_rule": p.Value})
+		if err := needBot(); err != nil {
+			return err
+		}
+		return b.SendNotice(ctx, p.Room, p.ActAs, p.Target, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
 	})
-	r.Handle(string(policy.ActSetGuestAccess), func(ctx context.Context, j *Job) error {
-		p, err := decode(j)
-		if err != nil {
-			return err
+	TrackProblems(r)
+}
+
+// TrackProblems keeps room_problem in step with job outcomes: an action that
+// fails for good in a room is listed until the same action succeeds there.
+func TrackProblems(r *Runner) {
+	r.OnOutcome(func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error {
+		var p actionPayload
+		if json.Unmarshal(j.Payload, &p) != nil || p.Room == "" || j.DryRun {
+			return nil
 		}
-		return hs.SendState(ctx, p.ActAs, p.Room, "m.room.guest_access", "", map[string]any{"guest_access": p.Value})
+		var err error
+		if state == "failed" {
+			_, err = r.db.Exec(ctx, tx, upsertProblem, p.Room, j.Kind, errText, now.UnixMilli())
+		} else {
+			_, err = r.db.Exec(ctx, tx, `DELETE FROM room_problem WHERE room_id = $1 AND action = $2`, p.Room, j.Kind)
+		}
+		return err
+	})
+}
+
+const upsertProblem = `INSERT INTO room_problem (room_id, action, detail, since) VALUES ($1, $2, $3, $4)
+ON CONFLICT (room_id, action) DO UPDATE SET detail = excluded.detail`
+
+// recordStanding keeps the bot's power in a room, and what the room's
+// settings need, for the rooms listing and the metric.
+func recordStanding(ctx context.Context, db *store.DB, room string, m bot.Membership, now time.Time) error {
+	return db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		_, err := db.Exec(ctx, tx, `INSERT INTO room_bot (room_id, power, needed, encrypted, updated_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (room_id) DO UPDATE SET power = excluded.power, needed = excluded.needed, encrypted = excluded.encrypted, updated_at = excluded.updated_at`,
+			room, m.Power, m.Needed, m.Encrypted, now.UnixMilli())
+		return err
 	})
 }

@@ -89,6 +89,17 @@ type Runner struct {
 	wake     chan struct{}
 	mu       sync.Mutex
 	inFlight map[int64]bool
+
+	// onOutcome, if set, runs inside the transaction that records a job as
+	// done or failed for good, so what it keeps can never disagree with the
+	// job table.
+	onOutcome func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error
+}
+
+// OnOutcome sets a hook that runs in the transaction recording each job's
+// final state ("done" or "failed").
+func (r *Runner) OnOutcome(f func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error) {
+	r.onOutcome = f
 }
 
 type RunnerOptions struct {
@@ -288,6 +299,11 @@ func (r *Runner) finish(ctx context.Context, log zerolog.Logger, j *Job, state s
 		if _, err := tx.ExecContext(ctx, `UPDATE job SET state = $1, attempts = $2, updated_at = $3, last_error = $4 WHERE id = $5 AND state = 'pending'`,
 			state, attempts, now.UnixMilli(), errText, j.ID); err != nil {
 			return err
+		}
+		if r.onOutcome != nil {
+			if err := r.onOutcome(ctx, tx, j, state, errText, now); err != nil {
+				return err
+			}
 		}
 		rec := &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)}
 		if err := r.chain.Append(ctx, tx, rec); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 func (p *pipeline) enqueue(t testing.TB, specs ...JobSpec) {
@@ -201,5 +202,61 @@ func TestSafeErrorKeepsHomeserverTextOut(t *testing.T) {
 	}
 	if _, ok := RetryAfter(errors.New("x")); ok {
 		t.Fatal("RetryAfter on a plain error")
+	}
+}
+
+// An action that fails for good in a room is listed as that room's problem
+// (with the homeserver's status, not its text) until the same action later
+// succeeds there; dry-run and other rooms leave the list alone.
+func TestProblemsFollowJobOutcomes(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			TrackProblems(p.runner)
+			ctx := context.Background()
+			fail := atomic.Bool{}
+			fail.Store(true)
+			p.runner.Handle("set_join_rule", func(ctx context.Context, j *Job) error {
+				if fail.Load() {
+					return Permanent(&mautrix.HTTPError{Response: &http.Response{StatusCode: 403},
+						RespError: &mautrix.RespError{ErrCode: "M_FORBIDDEN", Err: "Ward 7 name leaks here"}})
+				}
+				return nil
+			})
+			payload := func(room string) json.RawMessage {
+				return json.RawMessage(`{"room":"` + room + `","event_id":"$e","reason":"r"}`)
+			}
+			problems := func() []RoomReport {
+				var out []RoomReport
+				pol, err := policy.Parse("p.yaml", []byte("version: 1\n"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rooms, err := ListRooms(ctx, p.db, pol)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range rooms {
+					if len(r.Problems) > 0 {
+						out = append(out, r)
+					}
+				}
+				return out
+			}
+			p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "a1", Payload: payload("!a:h")})
+			p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "b1", Payload: payload("!b:h"), DryRun: true})
+			p.runDue(t)
+			got := problems()
+			if len(got) != 1 || got[0].ID != "!a:h" || got[0].Problems[0].Action != "set_join_rule" ||
+				got[0].Problems[0].Detail != "homeserver answered HTTP 403 M_FORBIDDEN" {
+				t.Fatalf("problems after a failure: %+v", got)
+			}
+			fail.Store(false)
+			p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "a2", Payload: payload("!a:h")})
+			p.runDue(t)
+			if got := problems(); len(got) != 0 {
+				t.Fatalf("problem not cleared by a later success: %+v", got)
+			}
+		})
 	}
 }

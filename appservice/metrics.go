@@ -18,6 +18,7 @@ type Metrics struct {
 	AuditFailures  prometheus.Counter
 	LastDispatched prometheus.Gauge
 	KeepAlives     prometheus.Counter
+	Rooms          *prometheus.GaugeVec
 }
 
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -67,8 +68,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hipaa_keepalive_sent_total",
 			Help: "Keep-alive posts the bot made to keep the homeserver's delivery prompt.",
 		}),
+		Rooms: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hipaa_rooms",
+			Help: "Known rooms by standing: known, problem (an action failed for good; see `matrix-hipaa rooms`), unencrypted_required (policy wants encryption, room has none), bot_underpowered (bot lacks the power the room's settings need).",
+		}, []string{"standing"}),
 	}
-	reg.MustRegister(m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	reg.MustRegister(m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

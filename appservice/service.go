@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -67,6 +68,7 @@ type Service struct {
 	Dispatcher *Dispatcher
 	Runner     *Runner
 	Policy     *PolicyHolder
+	Bot        *bot.Bot
 	Log        zerolog.Logger
 }
 
@@ -95,7 +97,12 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		return nil, err
 	}
 	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys()}, m, log, s.Runner.Wake)
-	RegisterEnforcement(s.Runner, homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal()))
+	hs := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal())
+	s.Bot = bot.New(bot.Options{
+		Homeserver: cfg.Homeserver.Address, UserID: cfg.BotMXID(), ASToken: cfg.AppService.ASToken.Reveal(),
+		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Log: log,
+	})
+	RegisterEnforcement(s.Runner, hs, s.Bot)
 	return s, nil
 }
 
@@ -146,6 +153,8 @@ func (s *Service) Run(ctx context.Context) error {
 	done := make(chan struct{}, 2)
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
+	botDone := make(chan struct{})
+	go func() { s.Bot.Run(workCtx); close(botDone) }()
 	go s.refreshGauges(workCtx, 5*time.Second)
 	go s.Policy.Watch(workCtx, 2*time.Second)
 	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {
@@ -176,6 +185,7 @@ func (s *Service) Run(ctx context.Context) error {
 	stopWork()
 	<-done
 	<-done
+	<-botDone
 	if err := s.Chain.AppendTx(shutdown, s.DB, &audit.Record{Type: audit.TypeServiceStop, Outcome: audit.OutcomeSuccess}); err != nil {
 		s.Log.Error().Err(err).Msg("could not audit service stop")
 	}
@@ -203,6 +213,25 @@ func (s *Service) refreshGauges(ctx context.Context, every time.Duration) {
 			s.Metrics.JobsByState.WithLabelValues(state).Set(n)
 		}
 		s.Dispatcher.updateLag(ctx)
+		if rooms, err := ListRooms(ctx, s.DB, s.Policy.Current()); err == nil {
+			counts := map[string]float64{"known": 0, "problem": 0, "unencrypted_required": 0, "bot_underpowered": 0}
+			for i := range rooms {
+				r := &rooms[i]
+				counts["known"]++
+				if len(r.Problems) > 0 {
+					counts["problem"]++
+				}
+				if r.Unenforced() {
+					counts["unencrypted_required"]++
+				}
+				if r.Underpowered() {
+					counts["bot_underpowered"]++
+				}
+			}
+			for k, v := range counts {
+				s.Metrics.Rooms.WithLabelValues(k).Set(v)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -48,23 +48,25 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 		var jobs []JobSpec
 		var recs []*audit.Record
 		for _, c := range todo {
-			key := fmt.Sprintf("enable_encryption:sweep:%s:%s", c.room, pol.Hash)
+			key := fmt.Sprintf("sweep:%s:%s", c.room, pol.Hash)
 			var exists int
-			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM job WHERE dedupe_key = $1`, key).Scan(&exists); err != nil {
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM job WHERE dedupe_key = $1`, "enable_encryption:"+key).Scan(&exists); err != nil {
 				return err
 			}
 			if exists > 0 {
 				continue // already swept under this policy
 			}
-			a := policy.Action{Kind: policy.ActEnableEncryption, Rule: "encryption-sweep", ActAs: c.creator, Reason: policy.ReasonEncryptionRequired}
-			job, rec := jobFor(a, c.room, key, "", c.eff.DryRun, pol.Hash, keys)
-			jobs = append(jobs, job)
-			recs = append(recs, rec)
+			for _, kind := range []policy.ActionKind{policy.ActEnableEncryption, policy.ActBotJoin} {
+				a := policy.Action{Kind: kind, Rule: "encryption-sweep", ActAs: c.creator, Reason: policy.ReasonEncryptionRequired}
+				job, rec := jobFor(a, c.room, fmt.Sprintf("%s:%s", kind, key), "", c.eff.DryRun, pol.Hash, keys)
+				jobs = append(jobs, job)
+				recs = append(recs, rec)
+			}
+			enrolled++
 		}
 		if err := Enqueue(ctx, tx, chain.Now(), jobs...); err != nil {
 			return err
 		}
-		enrolled = len(jobs)
 		return chain.Append(ctx, tx, recs...)
 	})
 	if err != nil {

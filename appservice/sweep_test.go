@@ -39,6 +39,9 @@ func TestSweepRooms(t *testing.T) {
 			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'enable_encryption' AND payload LIKE '%!a:h%' AND payload LIKE '%@alice:h%'`); c != 1 {
 				t.Fatalf("%d jobs for !a:h as its creator", c)
 			}
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'bot_join' AND payload LIKE '%!a:h%' AND payload LIKE '%@alice:h%'`); c != 1 {
+				t.Fatalf("%d bot joins for !a:h invited by its creator", c)
+			}
 			if n, _ := SweepRooms(ctx, p.db, p.chain, pol); n != 0 {
 				t.Fatalf("second sweep under the same policy enrolled %d", n)
 			}
@@ -46,8 +49,8 @@ func TestSweepRooms(t *testing.T) {
 			if n, _ := SweepRooms(ctx, p.db, p.chain, dry); n != 2 {
 				t.Fatalf("sweep under a new policy enrolled %d, want 2 (!a:h and now !cafe:h)", n)
 			}
-			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE dry_run`); c != 2 {
-				t.Fatalf("%d dry-run jobs, want 2", c)
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE dry_run`); c != 4 {
+				t.Fatalf("%d dry-run jobs, want 4 (encryption and bot join, two rooms)", c)
 			}
 			decisions := 0
 			for _, r := range p.exported(t) {
@@ -55,8 +58,8 @@ func TestSweepRooms(t *testing.T) {
 					decisions++
 				}
 			}
-			if decisions != 3 {
-				t.Fatalf("%d sweep decisions audited, want 3", decisions)
+			if decisions != 6 {
+				t.Fatalf("%d sweep decisions audited, want 6", decisions)
 			}
 		})
 	}

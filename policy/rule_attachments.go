@@ -27,6 +27,6 @@ func (r attachmentsRule) Check(c *Context) []Action {
 	}
 	return []Action{
 		{Kind: ActRedact, Rule: r.Name(), EventID: e.ID, ActAs: e.Sender, Reason: reasonPlainMedia},
-		{Kind: ActNotice, Rule: r.Name(), EventID: e.ID, Target: e.Sender, Reason: reasonPlainMedia},
+		{Kind: ActNotice, Rule: r.Name(), EventID: e.ID, Target: e.Sender, ActAs: c.Room.Creator, Reason: reasonPlainMedia},
 	}
 }

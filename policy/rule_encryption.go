@@ -17,6 +17,8 @@ func (r encryptionRule) Check(c *Context) []Action {
 	if c.Event.Type != "m.room.create" || c.Event.StateKey == nil || *c.Event.StateKey != "" {
 		return nil
 	}
-	return []Action{{Kind: ActEnableEncryption, Rule: r.Name(), EventID: c.Event.ID, ActAs: c.Event.Sender,
-		Reason: ReasonEncryptionRequired}}
+	return []Action{
+		{Kind: ActEnableEncryption, Rule: r.Name(), EventID: c.Event.ID, ActAs: c.Event.Sender, Reason: ReasonEncryptionRequired},
+		{Kind: ActBotJoin, Rule: r.Name(), EventID: c.Event.ID, ActAs: c.Event.Sender, Reason: ReasonEncryptionRequired},
+	}
 }

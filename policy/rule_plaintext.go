@@ -24,10 +24,10 @@ func (r plaintextRule) Check(c *Context) []Action {
 	case PlaintextRedact:
 		return []Action{
 			{Kind: ActRedact, Rule: r.Name(), EventID: e.ID, ActAs: e.Sender, Reason: reasonPlaintextRedacted},
-			{Kind: ActNotice, Rule: r.Name(), EventID: e.ID, Target: e.Sender, Reason: reasonPlaintextRedacted},
+			{Kind: ActNotice, Rule: r.Name(), EventID: e.ID, Target: e.Sender, ActAs: c.Room.Creator, Reason: reasonPlaintextRedacted},
 		}
 	case PlaintextWarn:
-		return []Action{{Kind: ActNotice, Rule: r.Name(), EventID: e.ID, Target: e.Sender, Reason: reasonPlaintextWarned}}
+		return []Action{{Kind: ActNotice, Rule: r.Name(), EventID: e.ID, Target: e.Sender, ActAs: c.Room.Creator, Reason: reasonPlaintextWarned}}
 	}
 	return nil
 }

@@ -39,9 +39,14 @@ const (
 	// their own events, so no power level is needed).
 	ActRedact ActionKind = "redact"
 	// ActNotice tells the user Target, from the bot, why something was done.
+	// ActAs is who may invite the bot if it is not in the room yet (the
+	// room's creator), or empty.
 	ActNotice ActionKind = "notice"
 	// ActEnableEncryption sends m.room.encryption (m.megolm.v1.aes-sha2) as ActAs.
 	ActEnableEncryption ActionKind = "enable_encryption"
+	// ActBotJoin brings the bot into a room it enrols (invited by ActAs, the
+	// creator), so it can speak there, encrypted, and report its standing.
+	ActBotJoin ActionKind = "bot_join"
 	// ActSetJoinRule sets the join rule to Value as ActAs.
 	ActSetJoinRule ActionKind = "set_join_rule"
 	// ActSetGuestAccess sets guest access to Value as ActAs.

@@ -38,6 +38,8 @@ func TestDecide(t *testing.T) {
 	}{
 		{"plain text, strict: redact as sender and tell them", text, RoomState{Encrypted: true}, strict(),
 			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
+		{"notice names the creator, who can invite the bot", text, RoomState{Encrypted: true, Creator: "@boss:h"}, strict(),
+			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h<@boss:h/"}},
 		{"plain text, warn: notice only", text, RoomState{Encrypted: true}, with(func(e *Effective) { e.Plaintext = PlaintextWarn }),
 			[]string{"notice/plaintext/@doc:h/"}},
 		{"plain text, allow", text, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow }), nil},
@@ -57,7 +59,7 @@ func TestDecide(t *testing.T) {
 			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
 		{"plain image, attachments allowed, text allowed", image, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow; e.Attachments = AttachmentsAllow }), nil},
 		{"encrypted attachment (file, no url) is fine", encImage, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow }), nil},
-		{"new room: enable encryption as its creator", create, RoomState{}, strict(), []string{"enable_encryption/encryption/@doc:h/"}},
+		{"new room: enable encryption as its creator", create, RoomState{}, strict(), []string{"enable_encryption/encryption/@doc:h/", "bot_join/encryption/@doc:h/"}},
 		{"new room already encrypted", create, RoomState{Encrypted: true}, strict(), nil},
 		{"new room, encryption optional", create, RoomState{}, with(func(e *Effective) { e.Encryption = EncryptionOptional }), nil},
 		{"made public: back to invite", public, RoomState{}, strict(), []string{"set_join_rule/public_rooms/@doc:h/invite"}},
@@ -75,6 +77,9 @@ func TestDecide(t *testing.T) {
 				who := a.ActAs
 				if a.Kind == ActNotice {
 					who = a.Target
+					if a.ActAs != "" {
+						who += "<" + a.ActAs // who may invite the bot
+					}
 				}
 				got = append(got, fmt.Sprintf("%s/%s/%s/%s", a.Kind, a.Rule, who, a.Value))
 				if a.EventID != tc.ev.ID || a.Reason == "" {

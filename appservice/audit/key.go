@@ -13,10 +13,12 @@ import (
 )
 
 // Keys are derived from one 32-byte master key kept in audit.key_file: one for
-// the chain MAC, one for pseudonyms, so neither use can be turned against the other.
+// the chain MAC, one for pseudonyms and one that pickles the bot's encryption
+// keys at rest, so no use can be turned against another.
 type Keys struct {
 	chain  []byte
 	pseudo []byte
+	pickle []byte
 }
 
 // NewKeys derives the working keys from a master key.
@@ -27,8 +29,12 @@ func NewKeys(master []byte) (*Keys, error) {
 	return &Keys{
 		chain:  derive(master, "matrix-hipaa audit chain v1"),
 		pseudo: derive(master, "matrix-hipaa pseudonym v1"),
+		pickle: derive(master, "matrix-hipaa bot crypto pickle v1"),
 	}, nil
 }
+
+// PickleKey encrypts the bot's Olm and Megolm state in the database.
+func (k *Keys) PickleKey() []byte { return k.pickle }
 
 func derive(master []byte, label string) []byte {
 	m := hmac.New(sha256.New, master)

@@ -92,19 +92,26 @@ func dumpTail(t *testing.T, name, path string) {
 	t.Logf("--- %s (tail) ---\n%s", name, data)
 }
 
-// newUser creates an account and logs in with its password, as Element would.
-func newUser(t *testing.T, st *devstack.Stack, localpart string) *mautrix.Client {
+// newAccount creates an account and returns a client not yet logged in.
+func newAccount(t *testing.T, st *devstack.Stack, localpart string) (*mautrix.Client, string) {
 	t.Helper()
-	ctx := context.Background()
 	password := "pw-" + localpart + "-0123456789"
-	if _, err := st.CreateUser(ctx, localpart, password, false); err != nil {
+	if _, err := st.CreateUser(context.Background(), localpart, password, false); err != nil {
 		t.Fatal(err)
 	}
 	cli, err := mautrix.NewClient(st.HSURL, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = cli.Login(ctx, &mautrix.ReqLogin{
+	return cli, password
+}
+
+// newUser creates an account and logs in with its password, as Element would.
+func newUser(t *testing.T, st *devstack.Stack, localpart string) *mautrix.Client {
+	t.Helper()
+	ctx := context.Background()
+	cli, password := newAccount(t, st, localpart)
+	_, err := cli.Login(ctx, &mautrix.ReqLogin{
 		Type:             mautrix.AuthTypePassword,
 		Identifier:       mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
 		Password:         password,

@@ -56,3 +56,13 @@ func (c *Client) SendState(ctx context.Context, user, room, eventType, stateKey 
 	_, err = cli.SendStateEvent(ctx, id.RoomID(room), event.Type{Type: eventType, Class: event.StateEventType}, stateKey, content)
 	return err
 }
+
+// Invite invites invitee to room as user (a member who may invite).
+func (c *Client) Invite(ctx context.Context, user, room, invitee string) error {
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.InviteUser(ctx, id.RoomID(room), &mautrix.ReqInviteUser{UserID: id.UserID(invitee)})
+	return err
+}

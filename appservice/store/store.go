@@ -450,3 +450,29 @@ func ValuesQuery(head string, cols, rows int, tail string) string {
 	valuesQueries.Store(k, q)
 	return q
 }
+
+// OpenSide opens a separate pool on the same database for a library that
+// keeps its own tables and runs its own migrations (mautrix's crypto and
+// state stores), and names its dialect as go.mau.fi/util/dbutil spells it.
+// For SQLite it is a small pool with the same durability settings (writes
+// queue behind ours through the busy timeout; more than one connection so a
+// read inside the library's own transaction cannot wait on itself); for PostgreSQL
+// it is a new pool on the same URI (and so the same search_path).
+func (db *DB) OpenSide(uri string) (*sql.DB, string, error) {
+	switch db.Dialect {
+	case SQLite:
+		c, err := sql.Open(writerDriver, db.dsn)
+		if err != nil {
+			return nil, "", err
+		}
+		c.SetMaxOpenConns(4)
+		return c, "sqlite3", nil
+	default:
+		p, err := sql.Open("pgx", uri)
+		if err != nil {
+			return nil, "", err
+		}
+		p.SetMaxOpenConns(4)
+		return p, "postgres", nil
+	}
+}

@@ -111,6 +111,9 @@ type Options struct {
 	PersistentJetStream bool
 	// KeepAlive sets homeserver.keepalive (e.g. "2s"); empty leaves it off.
 	KeepAlive string
+	// JobMaxAttempts, if set, caps job attempts (with a short backoff), so a
+	// test can see an action fail for good in seconds.
+	JobMaxAttempts int
 	// Database overrides the service's database (type, uri); default SQLite.
 	DatabaseType, DatabaseURI string
 	Log                       io.Writer // process output; default discarded
@@ -195,6 +198,9 @@ func (s *Stack) writeServiceConfig() error {
 	as["url"] = fmt.Sprintf("http://127.0.0.1:%d", o.ASPort)
 	cfg["metrics"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.MetricsPort)}
 	cfg["logging"] = map[string]any{"level": "debug", "format": "json"}
+	if o.JobMaxAttempts > 0 {
+		cfg["jobs"] = map[string]any{"workers": 4, "max_attempts": o.JobMaxAttempts, "backoff": "100ms", "max_backoff": "400ms"}
+	}
 	if o.DatabaseType != "" {
 		cfg["database"] = map[string]any{"type": o.DatabaseType, "uri": o.DatabaseURI}
 	}

@@ -1,0 +1,283 @@
+// Package bot is the service's own Matrix user as an end-to-end encryption
+// capable member. It logs in as one device of the appservice bot, keeps its
+// Olm/Megolm state in the service's database (mautrix crypto, pure-Go goolm
+// backend, pickled under a key derived from the service's master key),
+// follows its rooms through its own /sync, joins the rooms it enrols and sends
+// notices, encrypted wherever the room is.
+//
+// The bot never decrypts what people write: its sync filter leaves message
+// and ciphertext events out, and no decryption handler is registered.
+package bot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto/cryptohelper"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// ErrNotReady is returned while the bot has not logged in yet (the
+// homeserver may still be starting); jobs that need it retry.
+var ErrNotReady = errors.New("the E2EE bot is not logged in yet")
+
+// DeviceName is the bot's device display name, as people see it in their
+// clients' member device lists.
+const DeviceName = "matrix-hipaa compliance bot"
+
+// Inviter invites the bot into a room acting as a member who may (the
+// appservice can act as any user in its namespace).
+type Inviter interface {
+	Invite(ctx context.Context, actAs, room, invitee string) error
+}
+
+// Options configure a Bot.
+type Options struct {
+	Homeserver string
+	UserID     string
+	ASToken    string
+	DB         *store.DB
+	URI        string // the database URI (PostgreSQL: for the side pool)
+	PickleKey  []byte
+	Inviter    Inviter
+	Log        zerolog.Logger
+}
+
+// Bot is the E2EE bot. Its methods are safe for concurrent use.
+type Bot struct {
+	opts Options
+	log  zerolog.Logger
+
+	mu     sync.RWMutex
+	cli    *mautrix.Client
+	helper *cryptohelper.CryptoHelper
+	db     *dbutil.Database
+	ready  chan struct{}
+}
+
+// New returns a bot that does nothing until Run logs it in.
+func New(o Options) *Bot {
+	return &Bot{opts: o, log: o.Log.With().Str("component", "bot").Logger(), ready: make(chan struct{})}
+}
+
+// Ready is closed once the bot is logged in with its crypto loaded.
+func (b *Bot) Ready() <-chan struct{} { return b.ready }
+
+// Run logs in (retrying with backoff while the homeserver is unreachable),
+// then syncs until ctx ends.
+func (b *Bot) Run(ctx context.Context) {
+	delay := time.Second
+	for {
+		err := b.start(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Warn().Err(err).Dur("retry_in", delay).Msg("E2EE bot could not start; notices wait until it can")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, time.Minute)
+	}
+	close(b.ready)
+	b.log.Info().Str("device_id", string(b.cli.DeviceID)).Msg("E2EE bot logged in")
+	defer b.close()
+	for ctx.Err() == nil {
+		if err := b.cli.SyncWithContext(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn().Err(err).Msg("bot sync stopped; restarting")
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+}
+
+func (b *Bot) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.helper != nil {
+		b.helper.Close()
+	}
+}
+
+func (b *Bot) start(ctx context.Context) error {
+	raw, dialect, err := b.opts.DB.OpenSide(b.opts.URI)
+	if err != nil {
+		return err
+	}
+	db, err := dbutil.NewWithDB(raw, dialect)
+	if err != nil {
+		raw.Close()
+		return err
+	}
+	db.Log = dbutil.ZeroLogger(b.log.With().Str("db_section", "bot").Logger())
+	cli, err := mautrix.NewClient(b.opts.Homeserver, id.UserID(b.opts.UserID), b.opts.ASToken)
+	if err != nil {
+		db.Close()
+		return err
+	}
+	cli.Log = b.log
+	cli.Syncer = newSyncer(cli, b.log)
+	helper, err := cryptohelper.NewCryptoHelper(cli, b.opts.PickleKey, db)
+	if err != nil {
+		db.Close()
+		return err
+	}
+	localpart, _, _ := id.UserID(b.opts.UserID).Parse()
+	helper.LoginAs = &mautrix.ReqLogin{
+		Type:                     mautrix.AuthTypeAppservice,
+		Identifier:               mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
+		InitialDeviceDisplayName: DeviceName,
+	}
+	if err := helper.Init(ctx); err != nil {
+		db.Close()
+		return fmt.Errorf("bot crypto: %w", err)
+	}
+	cli.Crypto = helper
+	// A room the bot is invited to by a person (an admin giving it a seat,
+	// say) is joined, so it can serve that room too.
+	cli.Syncer.(*syncer).OnEventType(event.StateMember, func(ctx context.Context, evt *event.Event) {
+		if evt.GetStateKey() == b.opts.UserID && evt.Content.AsMember().Membership == event.MembershipInvite {
+			if _, err := cli.JoinRoomByID(ctx, evt.RoomID); err != nil {
+				b.log.Warn().Str("error", err.Error()).Str("room_id", string(evt.RoomID)).Msg("could not accept an invite")
+			}
+		}
+	})
+	b.mu.Lock()
+	b.cli, b.helper, b.db = cli, helper, db
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *Bot) client() (*mautrix.Client, error) {
+	select {
+	case <-b.ready:
+		return b.cli, nil
+	default:
+		return nil, ErrNotReady
+	}
+}
+
+// Membership is the bot's standing in a room after EnsureJoined.
+type Membership struct {
+	Encrypted bool
+	Power     int // the bot's power level
+	Needed    int // the level the room's settings events need
+}
+
+// settingsEvents are the state events the service may have to set.
+var settingsEvents = []event.Type{event.StateEncryption, event.StateJoinRules, event.StateGuestAccess}
+
+// EnsureJoined makes the bot a member of room: it joins, and if it may not,
+// it is invited by inviter (a member who may invite, usually the creator)
+// and joins then. The room's state is then loaded into the bot's store so
+// that what it sends is encrypted for the right devices.
+func (b *Bot) EnsureJoined(ctx context.Context, room, inviter string) (Membership, error) {
+	cli, err := b.client()
+	if err != nil {
+		return Membership{}, err
+	}
+	rid := id.RoomID(room)
+	if !cli.StateStore.IsInRoom(ctx, rid, cli.UserID) {
+		if _, err := cli.JoinRoomByID(ctx, rid); err != nil {
+			if inviter == "" || !errors.Is(err, mautrix.MForbidden) {
+				return Membership{}, err
+			}
+			if err := b.opts.Inviter.Invite(ctx, inviter, room, b.opts.UserID); err != nil {
+				return Membership{}, fmt.Errorf("invite the bot: %w", err)
+			}
+			if _, err := cli.JoinRoomByID(ctx, rid); err != nil {
+				return Membership{}, err
+			}
+		}
+		if _, err := cli.State(ctx, rid); err != nil {
+			return Membership{}, fmt.Errorf("load room state: %w", err)
+		}
+	}
+	return b.standing(ctx, cli, rid)
+}
+
+func (b *Bot) standing(ctx context.Context, cli *mautrix.Client, room id.RoomID) (Membership, error) {
+	var m Membership
+	var err error
+	if m.Encrypted, err = cli.StateStore.IsEncrypted(ctx, room); err != nil {
+		return m, err
+	}
+	pl, err := cli.StateStore.GetPowerLevels(ctx, room)
+	if err != nil || pl == nil {
+		return m, err
+	}
+	m.Power = pl.GetUserLevel(cli.UserID)
+	for _, t := range settingsEvents {
+		m.Needed = max(m.Needed, pl.GetEventLevel(t))
+	}
+	return m, nil
+}
+
+// SendNotice posts a notice to target in room, mentioning them, encrypted
+// if the room is. txnID makes a retry of the same notice a no-op.
+func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error {
+	if _, err := b.EnsureJoined(ctx, room, inviter); err != nil {
+		return err
+	}
+	cli, _ := b.client()
+	rid, uid := id.RoomID(room), id.UserID(target)
+	// The target just wrote in the room. If the bot's view does not have
+	// them as a member yet, its sync is behind: reload the members and start
+	// a new Megolm session, so theirs is among the devices it is shared with.
+	if !cli.StateStore.IsInRoom(ctx, rid, uid) {
+		if _, err := cli.State(ctx, rid); err != nil {
+			return fmt.Errorf("load room state: %w", err)
+		}
+		if err := b.helper.Machine().CryptoStore.RemoveOutboundGroupSession(ctx, rid); err != nil {
+			return err
+		}
+	}
+	content := &event.MessageEventContent{
+		MsgType:       event.MsgNotice,
+		Body:          target + ": " + text,
+		Format:        event.FormatHTML,
+		FormattedBody: fmt.Sprintf(`<a href="https://matrix.to/#/%s">%s</a>: %s`, target, target, htmlEscape(text)),
+		Mentions:      &event.Mentions{UserIDs: []id.UserID{uid}},
+	}
+	_, err := cli.SendMessageEvent(ctx, rid, event.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txnID})
+	return err
+}
+
+// DeviceID is the bot's device, once logged in.
+func (b *Bot) DeviceID() string {
+	if cli, err := b.client(); err == nil {
+		return string(cli.DeviceID)
+	}
+	return ""
+}
+
+var htmlEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;")
+
+func htmlEscape(s string) string { return htmlEscaper.Replace(s) }
+
+// SendState sets a state event as the bot itself (when it has the power and
+// the room's creator no longer does).
+func (b *Bot) SendState(ctx context.Context, room, eventType, stateKey string, content any) error {
+	cli, err := b.client()
+	if err != nil {
+		return err
+	}
+	_, err = cli.SendStateEvent(ctx, id.RoomID(room), event.Type{Type: eventType, Class: event.StateEventType}, stateKey, content)
+	return err
+}
