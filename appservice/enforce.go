@@ -59,6 +59,9 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	var dec Decision
 	for _, a := range actions {
 		key := fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID)
+		if a.Kind == policy.ActQuarantineMedia {
+			key += ":" + a.Value // a file and its thumbnail
+		}
 		if a.Kind == policy.ActNotice {
 			// The window comes from the event's own timestamp, so a replayed
 			// decision lands on the same key.
@@ -101,7 +104,8 @@ func eventContent(ev *Event) json.RawMessage {
 // RegisterEnforcement gives the runner a handler for every action kind, and
 // keeps the room_problem and room_bot tables in step with what happened.
 // b may be nil, in which case bot_join and notice jobs fail for good.
-func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot) {
+// software (homeserver.software) decides which admin APIs exist.
+func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software, botUser string) {
 	decode := func(j *Job) (actionPayload, error) {
 		var p actionPayload
 		if err := json.Unmarshal(j.Payload, &p); err != nil {
@@ -150,6 +154,17 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot) {
 	r.Handle(string(policy.ActSetGuestAccess), setState("m.room.guest_access", "", func(p actionPayload) map[string]any {
 		return map[string]any{"guest_access": p.Value}
 	}))
+	r.Handle(string(policy.ActQuarantineMedia), func(ctx context.Context, j *Job) error {
+		p, err := decode(j)
+		if err != nil {
+			return err
+		}
+		err = hs.QuarantineMedia(ctx, software, botUser, p.Value)
+		if errors.Is(err, homeserver.ErrNoQuarantine) {
+			return Permanent(err)
+		}
+		return err
+	})
 	r.Handle(string(policy.ActBotJoin), func(ctx context.Context, j *Job) error {
 		p, err := decode(j)
 		if err != nil {

@@ -102,7 +102,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		Homeserver: cfg.Homeserver.Address, UserID: cfg.BotMXID(), ASToken: cfg.AppService.ASToken.Reveal(),
 		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Log: log,
 	})
-	RegisterEnforcement(s.Runner, hs, s.Bot)
+	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	return s, nil
 }
 

@@ -47,6 +47,10 @@ const (
 	// ActBotJoin brings the bot into a room it enrols (invited by ActAs, the
 	// creator), so it can speak there, encrypted, and report its standing.
 	ActBotJoin ActionKind = "bot_join"
+	// ActQuarantineMedia quarantines the media at Value (an mxc:// URI) on
+	// the homeserver, where it offers that (Synapse's admin API); elsewhere
+	// the job fails and the room lists the file as a problem.
+	ActQuarantineMedia ActionKind = "quarantine_media"
 	// ActSetJoinRule sets the join rule to Value as ActAs.
 	ActSetJoinRule ActionKind = "set_join_rule"
 	// ActSetGuestAccess sets guest access to Value as ActAs.
@@ -76,6 +80,7 @@ type Rule interface {
 var Rules = []Rule{
 	plaintextRule{},
 	attachmentsRule{},
+	quarantineRule{},
 	encryptionRule{},
 	joinRuleRule,
 	guestAccessRule,

@@ -16,6 +16,8 @@ func with(f func(*Effective)) Effective { e := Builtin(); f(&e); return e }
 func TestDecide(t *testing.T) {
 	text := Event{ID: "$t", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.text","body":"BP 120/80"}`)}
 	image := Event{ID: "$i", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.image","body":"x.png","url":"mxc://h/abc"}`)}
+	video := Event{ID: "$v", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.video","body":"v.mp4","url":"mxc://h/vid","info":{"thumbnail_url":"mxc://h/thumb"}}`)}
+	httpImage := Event{ID: "$hi", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.image","body":"x.png","url":"https://h/x.png"}`)}
 	sticker := Event{ID: "$s", Type: "m.sticker", Sender: "@doc:h", Content: json.RawMessage(`{"body":"s","url":"mxc://h/st"}`)}
 	encImage := Event{ID: "$ei", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.image","body":"x.png","file":{"url":"mxc://h/enc"}}`)}
 	encrypted := Event{ID: "$e", Type: "m.room.encrypted", Sender: "@doc:h", Content: json.RawMessage(`{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":"AAA"}`)}
@@ -52,11 +54,20 @@ func TestDecide(t *testing.T) {
 		{"state event with a message type is exempt", stateMsg, RoomState{Encrypted: true}, strict(), nil},
 		{"unparseable content is not acted on by content rules", garbage, RoomState{Encrypted: true}, with(func(e *Effective) { e.Plaintext = PlaintextAllow }), nil},
 		{"plain image where text is allowed: attachments rule", image, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow }),
-			[]string{"redact/attachments/@doc:h/", "notice/attachments/@doc:h/"}},
+			[]string{"redact/attachments/@doc:h/", "notice/attachments/@doc:h/", "quarantine_media/quarantine/@doc:h/mxc://h/abc"}},
 		{"plain sticker where text is allowed", sticker, RoomState{}, with(func(e *Effective) { e.Encryption = EncryptionOptional }),
 			[]string{"redact/attachments/@doc:h/", "notice/attachments/@doc:h/"}},
 		{"plain image, strict: one redaction, not two", image, RoomState{Encrypted: true}, strict(),
-			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
+			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/", "quarantine_media/quarantine/@doc:h/mxc://h/abc"}},
+		{"plain video with thumbnail: both files quarantined", video, RoomState{Encrypted: true}, strict(),
+			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/", "quarantine_media/quarantine/@doc:h/mxc://h/vid", "quarantine_media/quarantine/@doc:h/mxc://h/thumb"}},
+		{"plain image, plaintext only warned, attachments allowed: kept", image, RoomState{Encrypted: true},
+			with(func(e *Effective) { e.Plaintext = PlaintextWarn; e.Attachments = AttachmentsAllow }), []string{"notice/plaintext/@doc:h/"}},
+		{"plain image, text redacted though attachments allowed: quarantined with it", image, RoomState{Encrypted: true},
+			with(func(e *Effective) { e.Attachments = AttachmentsAllow }),
+			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/", "quarantine_media/quarantine/@doc:h/mxc://h/abc"}},
+		{"non-mxc url is not quarantined", httpImage, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow }),
+			[]string{"redact/attachments/@doc:h/", "notice/attachments/@doc:h/"}},
 		{"plain image, attachments allowed, text allowed", image, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow; e.Attachments = AttachmentsAllow }), nil},
 		{"encrypted attachment (file, no url) is fine", encImage, RoomState{}, with(func(e *Effective) { e.Plaintext = PlaintextAllow }), nil},
 		{"new room: enable encryption as its creator", create, RoomState{}, strict(), []string{"enable_encryption/encryption/@doc:h/", "bot_join/encryption/@doc:h/"}},
@@ -95,7 +106,7 @@ func TestDecide(t *testing.T) {
 
 // Reasons are fixed sentences: nothing from the event may leak into them.
 func TestReasonsCarryNoEventText(t *testing.T) {
-	ev := Event{ID: "$t", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.image","body":"CANARY","url":"mxc://h/CANARY"}`)}
+	ev := Event{ID: "$t", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`{"msgtype":"m.image","body":"CANARY","url":"mxc://h/media1"}`)}
 	for _, s := range []Effective{Builtin(), with(func(e *Effective) { e.Plaintext = PlaintextAllow })} {
 		for _, a := range Decide(&Context{Event: ev, Settings: s}) {
 			if strings.Contains(fmt.Sprintf("%+v", a), "CANARY") {
@@ -113,7 +124,7 @@ func TestEveryRuleIsListedOnce(t *testing.T) {
 		}
 		seen[r.Name()] = true
 	}
-	if len(seen) != 5 {
+	if len(seen) != 6 {
 		t.Fatalf("%d rules", len(seen))
 	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,4 +77,42 @@ func TestEncryptionEnforced(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	verify(t, st)
+}
+
+// A plaintext image in an enforced room is redacted, and its file, which
+// redaction leaves downloadable, is quarantined where the homeserver can
+// (Synapse); Dendrite cannot, so the failure is audited and the room listed.
+func TestPlainMediaRedactedAndReported(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newUser(t, st, "alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := alice.UploadBytes(ctx, []byte("\x89PNG not really a scan"), "image/png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{
+		MsgType: event.MsgImage, Body: "scan.png", URL: up.ContentURI.CUString(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the plain image to be redacted", func() bool {
+		ev, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+		return err == nil && ev.Unsigned.RedactedBecause != nil
+	})
+	waitAudit(t, st, "the quarantine's failure", func(l auditLine) bool {
+		return l.Type == "job.failed" && l.Action == "quarantine_media"
+	})
+	out, _, err := st.Service("rooms", "-problems")
+	if err == nil || !strings.Contains(string(out), string(room.RoomID)) || !strings.Contains(string(out), "quarantine_media failed") ||
+		!strings.Contains(string(out), "no media quarantine API") {
+		t.Fatalf("rooms -problems (err %v) does not report the unquarantined file:\n%s", err, out)
+	}
+	if strings.Contains(string(out), up.ContentURI.FileID) || strings.Contains(string(out), "scan.png") {
+		t.Fatalf("listing shows the file's name or ID:\n%s", out)
+	}
 }

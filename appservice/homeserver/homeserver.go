@@ -5,6 +5,8 @@ package homeserver
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -64,5 +66,28 @@ func (c *Client) Invite(ctx context.Context, user, room, invitee string) error {
 		return err
 	}
 	_, err = cli.InviteUser(ctx, id.RoomID(room), &mautrix.ReqInviteUser{UserID: id.UserID(invitee)})
+	return err
+}
+
+// ErrNoQuarantine is returned where the homeserver offers no way to
+// quarantine media.
+var ErrNoQuarantine = errors.New("this homeserver offers no media quarantine API; the file stays downloadable by its mxc:// link")
+
+// QuarantineMedia quarantines an mxc:// URI through Synapse's admin API,
+// acting as user (who must be a server admin: make the bot one). On other
+// homeservers it returns ErrNoQuarantine.
+func (c *Client) QuarantineMedia(ctx context.Context, software, user, mxc string) error {
+	if software != "synapse" {
+		return ErrNoQuarantine
+	}
+	uri, err := id.ParseContentURI(mxc)
+	if err != nil {
+		return fmt.Errorf("not an mxc URI: %w", err)
+	}
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "media", "quarantine", uri.Homeserver, uri.FileID}), struct{}{}, nil)
 	return err
 }

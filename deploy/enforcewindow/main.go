@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,8 +38,16 @@ func check(err error) {
 
 func main() {
 	trials := flag.Int("trials", 200, "trials per window under steady traffic")
-	idleTrials := flag.Int("idle-trials", 20, "trials per window after a 6 s idle spell")
+	idleTrials := flag.Int("idle-trials", 20, "trials per window after each idle spell")
+	gapList := flag.String("idle-gaps", "6s", "comma-separated idle spells to measure after")
+	kaList := flag.String("keepalive", "off,2s", "comma-separated keep-alive settings to run (off or a duration)")
 	flag.Parse()
+	var gaps []time.Duration
+	for _, g := range strings.Split(*gapList, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(g))
+		check(err)
+		gaps = append(gaps, d)
+	}
 	ctx := context.Background()
 	root, err := devstack.RepoRoot()
 	check(err)
@@ -49,12 +58,12 @@ func main() {
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "matrix-hipaa")
 	check(devstack.BuildService(ctx, root, bin, os.Stderr))
-	for _, keepalive := range []string{"", "2s"} {
-		label := "keep-alive off"
-		if keepalive != "" {
-			label = "keep-alive " + keepalive
+	for _, keepalive := range strings.Split(*kaList, ",") {
+		label := "keep-alive " + keepalive
+		if keepalive == "off" {
+			keepalive = ""
 		}
-		run(ctx, dendrite, bin, filepath.Join(dir, "ka"+keepalive), keepalive, label, *trials, *idleTrials)
+		run(ctx, dendrite, bin, filepath.Join(dir, "ka"+keepalive), keepalive, label, *trials, *idleTrials, gaps)
 	}
 }
 
@@ -131,7 +140,7 @@ func (o *observer) loop(ctx context.Context) {
 
 type sample struct{ total, delivery, processing, back time.Duration }
 
-func run(ctx context.Context, dendrite, bin, state, keepalive, label string, trials, idleTrials int) {
+func run(ctx context.Context, dendrite, bin, state, keepalive, label string, trials, idleTrials int, gaps []time.Duration) {
 	st, err := devstack.Prepare(devstack.Options{StateDir: state, DendriteBin: dendrite, ServiceBin: bin, KeepAlive: keepalive})
 	check(err)
 	defer st.Stop()
@@ -173,11 +182,12 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 	}
 	time.Sleep(time.Second)
 
-	measure := func(n int, idle bool) (create, redact []sample) {
+	measure := func(n int, gap time.Duration) (create, redact []sample) {
+		idle := gap > 0
 		for i := 0; i < n; i++ {
 			if idle {
 				stopBg()
-				time.Sleep(6 * time.Second)
+				time.Sleep(gap)
 			}
 			r, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
 			check(err)
@@ -186,7 +196,7 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 				create = append(create, sample{total: max(t1.Sub(t0), 0)})
 			}
 			if idle {
-				time.Sleep(6 * time.Second)
+				time.Sleep(gap)
 			}
 			t0 = time.Now()
 			sent, err := alice.SendText(ctx, room.RoomID, "plaintext trial")
@@ -201,13 +211,17 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 		}
 		return
 	}
-	create, redact := measure(trials, false)
-	report(label+", steady traffic", "room created → encrypted", create, trials)
-	report(label+", steady traffic", "plaintext sent → redacted", redact, trials)
-	create, redact = measure(idleTrials, true)
+	if trials > 0 {
+		create, redact := measure(trials, 0)
+		report(label+", steady traffic", "room created → encrypted", create, trials)
+		report(label+", steady traffic", "plaintext sent → redacted", redact, trials)
+	}
 	stopBg()
-	report(label+", after 6 s idle", "room created → encrypted", create, idleTrials)
-	report(label+", after 6 s idle", "plaintext sent → redacted", redact, idleTrials)
+	for _, gap := range gaps {
+		create, redact := measure(idleTrials, gap)
+		report(fmt.Sprintf("%s, after %s idle", label, gap), "room created → encrypted", create, idleTrials)
+		report(fmt.Sprintf("%s, after %s idle", label, gap), "plaintext sent → redacted", redact, idleTrials)
+	}
 }
 
 // auditTimes finds when the service received the event and when its redaction job was applied.

@@ -1,0 +1,43 @@
+package homeserver
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// The request Synapse's quarantine admin API expects: POST
+// /_synapse/admin/v1/media/quarantine/{server}/{media_id}, with the
+// appservice token, acting as the bot. (No Synapse runs here; this pins the
+// request's shape, Synapse's own docs give the contract.)
+func TestQuarantineMediaRequest(t *testing.T) {
+	var gotMethod, gotPath, gotAuth, gotUser string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotMethod, gotPath, gotAuth, gotUser = r.Method, r.URL.Path, r.Header.Get("Authorization"), r.URL.Query().Get("user_id")
+		w.Write([]byte(`{}`))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "as-token")
+	ctx := context.Background()
+	if err := c.QuarantineMedia(ctx, "synapse", "@hipaa:h", "mxc://h.example/AbCdEf"); err != nil {
+		t.Fatal(err)
+	}
+	if gotMethod != http.MethodPost || gotPath != "/_synapse/admin/v1/media/quarantine/h.example/AbCdEf" ||
+		gotAuth != "Bearer as-token" || gotUser != "@hipaa:h" {
+		t.Fatalf("request %s %s auth=%q user_id=%q", gotMethod, gotPath, gotAuth, gotUser)
+	}
+	gotPath = ""
+	for _, sw := range []string{"dendrite", "generic"} {
+		if err := c.QuarantineMedia(ctx, sw, "@hipaa:h", "mxc://h/x"); !errors.Is(err, ErrNoQuarantine) {
+			t.Fatalf("%s: %v, want ErrNoQuarantine", sw, err)
+		}
+	}
+	if gotPath != "" {
+		t.Fatal("a request was made to a homeserver without the API")
+	}
+	if err := c.QuarantineMedia(ctx, "synapse", "@hipaa:h", "https://not/mxc"); err == nil {
+		t.Fatal("a non-mxc URI was accepted")
+	}
+}
