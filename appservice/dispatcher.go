@@ -20,6 +20,11 @@ type Decision struct {
 	Records []*audit.Record
 }
 
+func (d *Decision) add(job JobSpec, rec *audit.Record) {
+	d.Jobs = append(d.Jobs, job)
+	d.Records = append(d.Records, rec)
+}
+
 // Decider turns a stored event into a decision, given the state of its room
 // as of that event. It must be pure: no I/O, so a crash between deciding and
 // committing simply decides again.
@@ -141,6 +146,9 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		room := rooms[e.RoomID]
 		room.Apply(e)
 		dec := d.decider.Decide(e, room)
+		if room.fresh {
+			room.fresh, room.dirty = false, true // known from now on
+		}
 		jobs = append(jobs, dec.Jobs...)
 		recs = append(recs, dec.Records...)
 	}

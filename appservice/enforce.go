@@ -44,9 +44,15 @@ type actionPayload struct {
 const noticeWindow = 10 * time.Minute
 
 func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
+	var dec Decision
+	if room.Fresh() && !(ev.Type == "m.room.create" && ev.StateKey != nil) {
+		// A room that existed before the service (or that it missed): learn
+		// its state, as a member, so policy can enrol it.
+		dec.add(discoveryJob(ev, d.Keys))
+	}
 	// Most traffic is ciphertext, which no rule ever acts on.
 	if ev.Type == "m.room.encrypted" && ev.StateKey == nil {
-		return Decision{}
+		return dec
 	}
 	pol := d.Policy.Current()
 	settings := pol.For(room.PolicyRoom())
@@ -56,7 +62,6 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		Settings: settings,
 		Bot:      d.Bot,
 	})
-	var dec Decision
 	for _, a := range actions {
 		key := fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID)
 		if a.Kind == policy.ActQuarantineMedia {
@@ -68,9 +73,7 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 			bucket := gjson.GetBytes(ev.Raw, "origin_server_ts").Int() / noticeWindow.Milliseconds()
 			key = fmt.Sprintf("%s:%s:%s:%s:%d", a.Kind, a.Rule, ev.RoomID, a.Target, bucket)
 		}
-		job, rec := jobFor(a, ev.RoomID, key, ev.Type, settings.DryRun, pol.Hash, d.Keys)
-		dec.Jobs = append(dec.Jobs, job)
-		dec.Records = append(dec.Records, rec)
+		dec.add(jobFor(a, ev.RoomID, key, ev.Type, settings.DryRun, pol.Hash, d.Keys))
 	}
 	return dec
 }

@@ -20,7 +20,14 @@ type RoomInfo struct {
 	Aliases []string // canonical alias first, then alternatives
 	Spaces  []string // parent spaces (m.space.parent)
 	dirty   bool
+	// fresh: the service has no record of this room; the event being
+	// decided is the first it sees there.
+	fresh bool
 }
+
+// Fresh reports whether the event being decided is the first the service
+// has seen in this room.
+func (r *RoomInfo) Fresh() bool { return r.fresh }
 
 // PolicyRoom is the room as policy matches it.
 func (r *RoomInfo) PolicyRoom() policy.Room {
@@ -119,7 +126,9 @@ func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*Roo
 		var aliases, spaces string
 		err := db.R.QueryRowContext(ctx, `SELECT creator, encrypted, join_rule, guest_access, aliases, spaces FROM room_state WHERE room_id = $1`, id).
 			Scan(&r.State.Creator, &r.State.Encrypted, &r.State.JoinRule, &r.State.GuestAccess, &aliases, &spaces)
-		if err != nil && err != sql.ErrNoRows {
+		if err == sql.ErrNoRows {
+			r.fresh = true
+		} else if err != nil {
 			return nil, err
 		}
 		r.Aliases, r.Spaces = splitList(aliases), splitList(spaces)

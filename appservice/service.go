@@ -103,6 +103,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Log: log,
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
+	RegisterDiscovery(s.Runner, hs, s.Inbox)
 	return s, nil
 }
 

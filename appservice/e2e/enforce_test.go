@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // Under the example (strict) policy, a room created without encryption
@@ -115,4 +118,61 @@ func TestPlainMediaRedactedAndReported(t *testing.T) {
 	if strings.Contains(string(out), up.ContentURI.FileID) || strings.Contains(string(out), "scan.png") {
 		t.Fatalf("listing shows the file's name or ID:\n%s", out)
 	}
+}
+
+// A room the service never saw created (here: the service starts over on an
+// empty database, as on a new installation) is discovered on its first
+// activity: its state is read as the member who spoke, and policy enrols it.
+func TestExistingRoomDiscoveredAndEnrolled(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	dir := filepath.Dir(st.ServiceConfig)
+	policyFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte("version: 1\ndefaults:\n  encryption: optional\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitAudit(t, st, "policy.load of the lenient policy", func(l auditLine) bool {
+		return l.Type == "policy.load" && l.Outcome == "success" && l.Detail == "file-changed"
+	})
+	alice := newUser(t, st, "alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAudited(t, st, []id.EventID{mustCreateEvent(t, alice, room.RoomID)}, 30*time.Second)
+
+	// A new installation: empty database, strict policy.
+	st.StopService()
+	for _, f := range []string{"matrix-hipaa.db", "matrix-hipaa.db-wal", "matrix-hipaa.db-shm"} {
+		os.Remove(filepath.Join(dir, f))
+	}
+	if err := os.WriteFile(policyFile, policy.Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartService(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendMessageEvent(ctx, room.RoomID, event.Type{Type: "org.example.ping", Class: event.MessageEventType}, map[string]any{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the pre-existing room to be encrypted", func() bool {
+		var enc event.EncryptionEventContent
+		return alice.StateEvent(ctx, room.RoomID, event.StateEncryption, "", &enc) == nil && enc.Algorithm != ""
+	})
+	waitAudit(t, st, "the discovery", func(l auditLine) bool {
+		return l.Type == "job.applied" && l.Action == "discover_room" && l.Outcome == "success"
+	})
+	waitAudit(t, st, "the enrolment decision", func(l auditLine) bool {
+		return l.Type == "policy.decision" && l.Action == "enable_encryption"
+	})
+	verify(t, st)
+}
+
+func mustCreateEvent(t *testing.T, cli *mautrix.Client, room id.RoomID) id.EventID {
+	t.Helper()
+	evs, err := cli.State(context.Background(), room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs[event.StateCreate][""].ID
 }

@@ -5,6 +5,7 @@ package homeserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -90,4 +91,15 @@ func (c *Client) QuarantineMedia(ctx context.Context, software, user, mxc string
 	}
 	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "media", "quarantine", uri.Homeserver, uri.FileID}), struct{}{}, nil)
 	return err
+}
+
+// RoomState returns a room's current state events as user (a member).
+func (c *Client) RoomState(ctx context.Context, user, room string) ([]json.RawMessage, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	var out []json.RawMessage
+	_, err = cli.MakeRequest(ctx, http.MethodGet, cli.BuildClientURL("v3", "rooms", room, "state"), nil, &out)
+	return out, err
 }
