@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,7 +40,9 @@ Commands:
   rooms -config FILE [-problems]         rooms the service knows: encryption, policy, the
                                          bot's power, and actions that failed for good
                                          (-problems: only rooms needing attention; exit 1 if any)
-  audit verify -config FILE              check the audit chain (exit 0 intact)
+  audit verify -config FILE              check the audit chain and its signed checkpoints
+        [-public-key K] [-checkpoints F]  (exit 0 intact)
+  audit public-key -config FILE          print the checkpoint signing key's public half
   audit export -config FILE -format jsonl [-since T] [-until T]
                                          print audit records
 `
@@ -83,6 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		switch args[1] {
+		case "public-key":
+			err = auditPublicKey(args[2:], stdout, stderr)
 		case "verify":
 			return auditVerify(args[2:], stdout, stderr)
 		case "export":
@@ -189,6 +194,8 @@ func operator() string {
 
 func auditVerify(args []string, stdout, stderr io.Writer) int {
 	fs, cfgPath := flags("audit verify", stderr)
+	pubFlag := fs.String("public-key", "", "checkpoint public key (ed25519:<base64>); default: the service's signing key")
+	cpFlag := fs.String("checkpoints", "", "checkpoint file; default: audit.checkpoint_file")
 	if err := parse(fs, args); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2
@@ -197,6 +204,20 @@ func auditVerify(args []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	pub, err := checkpointKey(cfg, *pubFlag)
+	if err != nil {
+		fmt.Fprintln(stderr, "matrix-hipaa:", err)
+		return 1
+	}
+	cpFile := *cpFlag
+	if cpFile == "" {
+		cpFile = cfg.Resolve(cfg.Audit.CheckpointFile)
+	}
+	fromFile, err := audit.ReadCheckpointFile(cpFile)
+	if err != nil {
+		fmt.Fprintln(stderr, "matrix-hipaa:", err)
 		return 1
 	}
 	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
@@ -211,20 +232,64 @@ func auditVerify(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "matrix-hipaa: verify:", err)
 		return 1
 	}
+	cps, err := audit.VerifyCheckpoints(ctx, db, pub, fromFile)
+	if err != nil {
+		fmt.Fprintln(stderr, "matrix-hipaa: verify checkpoints:", err)
+		return 1
+	}
+	bad := res.Bad
+	if cps.Bad != nil && (bad == nil || cps.Bad.Seq < bad.Seq) {
+		bad = cps.Bad
+	}
 	outcome := audit.OutcomeSuccess
-	if res.Bad != nil {
+	if bad != nil {
 		outcome = audit.OutcomeFailure
 	}
 	if err := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAuditRead, Outcome: outcome, Actor: operator(), Action: "verify", Count: res.Records}); err != nil {
 		fmt.Fprintln(stderr, "matrix-hipaa: could not record this verification in the audit trail:", err)
 		return 1
 	}
-	if res.Bad != nil {
-		fmt.Fprintf(stdout, "BROKEN: %s (%d records intact before it)\n", res.Bad.Error(), res.Records)
+	if bad != nil {
+		fmt.Fprintf(stdout, "BROKEN: %s (%d records intact before it)\n", bad.Error(), min(res.Records, bad.Seq-1))
 		return 1
 	}
-	fmt.Fprintf(stdout, "OK: %d records intact, chain head %d (%s)\n", res.Records, res.HeadSeq, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "OK: %d records intact, chain head %d, %d signed checkpoints check out (latest vouches for record %d) (%s)\n",
+		res.Records, res.HeadSeq, cps.Checked, cps.Latest, time.Since(start).Round(time.Millisecond))
 	return 0
+}
+
+// checkpointKey is the public key checkpoints are checked against: the one
+// given, else the service's own signing key's (which must exist).
+func checkpointKey(cfg *config.Config, given string) (ed25519.PublicKey, error) {
+	if given != "" {
+		return audit.ParsePublicKey(given)
+	}
+	path := cfg.Resolve(cfg.Audit.SigningKeyFile)
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("no signing key at %s: pass -public-key to check checkpoints with an auditor's copy", path)
+	}
+	k, err := audit.LoadOrCreateSigningKey(path)
+	if err != nil {
+		return nil, err
+	}
+	return k.Pub, nil
+}
+
+func auditPublicKey(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("audit public-key", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	k, err := audit.LoadOrCreateSigningKey(cfg.Resolve(cfg.Audit.SigningKeyFile))
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\t%s\n", audit.FormatPublicKey(k.Pub), k.ID())
+	return err
 }
 
 func parseTime(s string) (time.Time, error) {

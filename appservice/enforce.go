@@ -139,13 +139,30 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 			if err != nil {
 				return err
 			}
-			err = hs.SendState(ctx, p.ActAs, p.Room, eventType, key, content(p))
+			want := content(p)
+			actor := p.ActAs
+			err = hs.SendState(ctx, actor, p.Room, eventType, key, want)
 			if errors.Is(err, mautrix.MForbidden) && b != nil && j.Attempts > 0 {
-				if berr := b.SendState(ctx, p.Room, eventType, key, content(p)); berr == nil {
-					return nil
+				if berr := b.SendState(ctx, p.Room, eventType, key, want); berr == nil {
+					actor, err = botUser, nil
 				}
 			}
-			return err
+			if err != nil {
+				return err
+			}
+			// A homeserver may accept an event and then soft-fail it (Dendrite
+			// does when the sender's power changed in between): only the
+			// room's state says whether the change took.
+			got, err := hs.StateContent(ctx, actor, p.Room, eventType, key)
+			if err != nil && !errors.Is(err, mautrix.MNotFound) {
+				return err
+			}
+			for k, v := range want {
+				if got[k] != v {
+					return fmt.Errorf("the homeserver accepted %s but the room's state does not have it (soft-failed)", eventType)
+				}
+			}
+			return nil
 		}
 	}
 	r.Handle(string(policy.ActEnableEncryption), setState("m.room.encryption", "", func(actionPayload) map[string]any {
@@ -178,7 +195,7 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 		}
 		m, err := b.EnsureJoined(ctx, p.Room, p.ActAs)
 		if err != nil {
-			return err
+			return waitForBot(err)
 		}
 		return recordStanding(ctx, r.db, p.Room, m, r.now())
 	})
@@ -190,7 +207,7 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 		if err := needBot(); err != nil {
 			return err
 		}
-		return b.SendNotice(ctx, p.Room, p.ActAs, p.Target, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
+		return waitForBot(b.SendNotice(ctx, p.Room, p.ActAs, p.Target, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID)))
 	})
 	TrackProblems(r)
 }
@@ -211,6 +228,14 @@ func TrackProblems(r *Runner) {
 		}
 		return err
 	})
+}
+
+// waitForBot turns "the bot is still logging in" into a wait, not a failed attempt.
+func waitForBot(err error) error {
+	if errors.Is(err, bot.ErrNotReady) {
+		return RetryLater(time.Second, err)
+	}
+	return err
 }
 
 const upsertProblem = `INSERT INTO room_problem (room_id, action, detail, since) VALUES ($1, $2, $3, $4)

@@ -51,6 +51,19 @@ func (p permanentError) Unwrap() error { return p.err }
 // Permanent marks an error as not worth retrying.
 func Permanent(err error) error { return permanentError{err} }
 
+type laterError struct {
+	err   error
+	after time.Duration
+}
+
+func (l laterError) Error() string { return l.err.Error() }
+func (l laterError) Unwrap() error { return l.err }
+
+// RetryLater asks for the job to run again after d without counting an
+// attempt: for waiting on something that is on its way (the E2EE bot
+// logging in), not for failures.
+func RetryLater(d time.Duration, err error) error { return laterError{err, d} }
+
 // Enqueue inserts jobs inside tx; a job whose dedupe key exists is skipped.
 func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) error {
 	for _, j := range jobs {
@@ -260,11 +273,19 @@ func (r *Runner) apply(ctx context.Context, j *Job) {
 		return // shutting down: the job stays pending and runs after restart
 	}
 	attempts := j.Attempts + 1
+	var delay time.Duration
 	now := r.now()
 	if err == nil {
 		r.finish(ctx, log, j, "done", attempts, now, "", audit.TypeJobApplied, outcome)
 		r.metrics.JobRuns.WithLabelValues(j.Kind, outcome).Inc()
 		return
+	}
+	var later laterError
+	if errors.As(err, &later) {
+		log.Debug().Str("error", SafeError(err)).Dur("retry_in", later.after).Msg("job waits")
+		attempts, delay = j.Attempts, later.after
+	} else {
+		delay = r.delay(attempts, err)
 	}
 	var perm permanentError
 	if errors.As(err, &perm) || attempts >= r.maxAttempts {
@@ -273,9 +294,10 @@ func (r *Runner) apply(ctx context.Context, j *Job) {
 		r.metrics.JobRuns.WithLabelValues(j.Kind, "failure").Inc()
 		return
 	}
-	delay := r.delay(attempts, err)
-	log.Warn().Str("error", SafeError(err)).Dur("retry_in", delay).Msg("job failed; will retry")
-	r.metrics.JobRuns.WithLabelValues(j.Kind, "retry").Inc()
+	if later.err == nil {
+		log.Warn().Str("error", SafeError(err)).Dur("retry_in", delay).Msg("job failed; will retry")
+		r.metrics.JobRuns.WithLabelValues(j.Kind, "retry").Inc()
+	}
 	if dbErr := r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `UPDATE job SET attempts = $1, due_at = $2, updated_at = $3, last_error = $4 WHERE id = $5`,
 			attempts, now.Add(delay).UnixMilli(), now.UnixMilli(), SafeError(err), j.ID)

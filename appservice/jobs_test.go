@@ -86,6 +86,9 @@ func TestRunnerOutcomes(t *testing.T) {
 			wantAudit: audit.TypeJobFailed, wantOutcome: audit.OutcomeFailure},
 		{name: "gives up after max attempts", failures: []error{errTransient, errTransient, errTransient, errTransient, errTransient}, wantState: "failed", wantRuns: 4,
 			wantDelays: []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}, wantAudit: audit.TypeJobFailed, wantOutcome: audit.OutcomeFailure},
+		{name: "waiting does not count as an attempt", failures: []error{RetryLater(time.Second, errTransient), RetryLater(time.Second, errTransient),
+			RetryLater(time.Second, errTransient), RetryLater(time.Second, errTransient), RetryLater(time.Second, errTransient)}, wantState: "done", wantRuns: 6,
+			wantDelays: []time.Duration{time.Second, time.Second, time.Second, time.Second, time.Second}, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
 		{name: "dry run is audited, not applied", dryRun: true, wantState: "done", wantRuns: 0, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeWould},
 	}
 	for _, dbType := range storetest.Dialects {

@@ -69,6 +69,7 @@ type Service struct {
 	Runner     *Runner
 	Policy     *PolicyHolder
 	Bot        *bot.Bot
+	Checkpoint *audit.Checkpointer
 	Log        zerolog.Logger
 }
 
@@ -86,6 +87,13 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := NewMetrics(reg)
 	s := &Service{Config: cfg, DB: db, Chain: chain, Metrics: m, Registry: reg, Log: log}
+	signer, err := audit.LoadOrCreateSigningKey(cfg.Resolve(cfg.Audit.SigningKeyFile))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.Checkpoint = &audit.Checkpointer{Chain: chain, DB: db, Key: signer, File: cfg.Resolve(cfg.Audit.CheckpointFile),
+		Every: cfg.Audit.CheckpointEvery, Interval: cfg.Audit.CheckpointInterval.D()}
 	s.Inbox = NewInbox(db, chain, m, cfg.BotMXID())
 	s.Server = NewServer(s.Inbox, cfg.AppService.HSToken.Reveal(), cfg.AppService.MaxBodyBytes, m, log)
 	s.Runner = NewRunner(db, chain, m, log, now, RunnerOptions{
@@ -154,6 +162,9 @@ func (s *Service) Run(ctx context.Context) error {
 	done := make(chan struct{}, 2)
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
+	go s.Checkpoint.Run(workCtx, func(err error) {
+		s.Log.Error().Err(err).Msg("could not write an audit checkpoint")
+	})
 	botDone := make(chan struct{})
 	go func() { s.Bot.Run(workCtx); close(botDone) }()
 	go s.refreshGauges(workCtx, 5*time.Second)
@@ -189,6 +200,10 @@ func (s *Service) Run(ctx context.Context) error {
 	<-botDone
 	if err := s.Chain.AppendTx(shutdown, s.DB, &audit.Record{Type: audit.TypeServiceStop, Outcome: audit.OutcomeSuccess}); err != nil {
 		s.Log.Error().Err(err).Msg("could not audit service stop")
+	}
+	// The last word is signed, so the trail's end as the service left it is on record.
+	if _, err := s.Checkpoint.Once(shutdown, true); err != nil {
+		s.Log.Error().Err(err).Msg("could not write the final audit checkpoint")
 	}
 	s.Log.Info().Msg("matrix-hipaa stopped")
 	return runErr

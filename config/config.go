@@ -67,7 +67,11 @@ type Database struct {
 }
 
 type Audit struct {
-	KeyFile string `yaml:"key_file"`
+	KeyFile            string   `yaml:"key_file"`
+	SigningKeyFile     string   `yaml:"signing_key_file"`
+	CheckpointFile     string   `yaml:"checkpoint_file"`
+	CheckpointEvery    int64    `yaml:"checkpoint_every"`
+	CheckpointInterval Duration `yaml:"checkpoint_interval"`
 }
 
 type Metrics struct {
@@ -160,6 +164,18 @@ func (c *Config) applyDefaults() {
 	if c.Audit.KeyFile == "" {
 		c.Audit.KeyFile = "audit.key"
 	}
+	if c.Audit.SigningKeyFile == "" {
+		c.Audit.SigningKeyFile = "audit-signing.key"
+	}
+	if c.Audit.CheckpointFile == "" {
+		c.Audit.CheckpointFile = "audit-checkpoints.jsonl"
+	}
+	if c.Audit.CheckpointEvery == 0 {
+		c.Audit.CheckpointEvery = 10000
+	}
+	if c.Audit.CheckpointInterval == 0 {
+		c.Audit.CheckpointInterval = Duration(time.Minute)
+	}
 	if c.Logging.Level == "" {
 		c.Logging.Level = "info"
 	}
@@ -195,6 +211,12 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	}
 	if c.Homeserver.KeepAlive != 0 && c.Homeserver.KeepAlive.D() < 500*time.Millisecond {
 		d.Errorf("homeserver.keepalive", "homeserver.keepalive must be 0 (off) or at least 500ms")
+	}
+	if c.Audit.CheckpointEvery < 1 {
+		d.Errorf("audit.checkpoint_every", "audit.checkpoint_every must be at least 1 record")
+	}
+	if c.Audit.CheckpointInterval.D() < time.Second {
+		d.Errorf("audit.checkpoint_interval", "audit.checkpoint_interval must be at least 1s")
 	}
 	switch c.Homeserver.Software {
 	case "synapse", "dendrite", "generic":

@@ -46,20 +46,31 @@ func derive(master []byte, label string) []byte {
 // never overwriting) if it does not exist. A key file others can read is
 // refused: with it anyone could forge the chain or match pseudonyms.
 func LoadOrCreateKey(path string) (*Keys, error) {
+	master, err := loadOrCreateSecret(path, "audit key", 32)
+	if err != nil {
+		return nil, err
+	}
+	return NewKeys(master)
+}
+
+// loadOrCreateSecret reads n or more random bytes kept hex-encoded in path,
+// creating the file (mode 0600, never overwriting) if it does not exist, and
+// refusing one that other users can read.
+func loadOrCreateSecret(path, what string, n int) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		master := make([]byte, 32)
-		if _, err := rand.Read(master); err != nil {
+		secret := make([]byte, n)
+		if _, err := rand.Read(secret); err != nil {
 			return nil, err
 		}
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
-			return LoadOrCreateKey(path) // another process made it first
+			return loadOrCreateSecret(path, what, n) // another process made it first
 		}
 		if err != nil {
-			return nil, fmt.Errorf("create audit key: %w", err)
+			return nil, fmt.Errorf("create %s: %w", what, err)
 		}
-		_, err = f.WriteString(hex.EncodeToString(master) + "\n")
+		_, err = f.WriteString(hex.EncodeToString(secret) + "\n")
 		if err == nil {
 			err = f.Sync()
 		}
@@ -68,21 +79,24 @@ func LoadOrCreateKey(path string) (*Keys, error) {
 		}
 		if err != nil {
 			os.Remove(path)
-			return nil, fmt.Errorf("write audit key: %w", err)
+			return nil, fmt.Errorf("write %s: %w", what, err)
 		}
-		return NewKeys(master)
+		return secret, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read audit key: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("audit key %s is readable by other users (mode %04o): run chmod 600 on it", path, st.Mode().Perm())
+		return nil, fmt.Errorf("%s %s is readable by other users (mode %04o): run chmod 600 on it", what, path, st.Mode().Perm())
 	}
-	master, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	secret, err := hex.DecodeString(strings.TrimSpace(string(data)))
 	if err != nil {
-		return nil, fmt.Errorf("audit key %s is not hex", path)
+		return nil, fmt.Errorf("%s %s is not hex", what, path)
 	}
-	return NewKeys(master)
+	if len(secret) < n {
+		return nil, fmt.Errorf("%s %s holds %d bytes, want %d", what, path, len(secret), n)
+	}
+	return secret, nil
 }
 
 // User is the pseudonym of a Matrix user ID: stable for one deployment, not

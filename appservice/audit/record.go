@@ -22,6 +22,10 @@ const (
 	// TypePolicyDecision: a rule decided an action on an event (outcome
 	// success, or would in dry-run); action and detail name it and the rule.
 	TypePolicyDecision = "policy.decision"
+	// TypeCheckpoint: the chain head (signed_seq, signed_mac) as it stood,
+	// signed with the service's Ed25519 key. Kept in the chain so that every
+	// exporter carries it; see checkpoint.go.
+	TypeCheckpoint = "audit.checkpoint"
 )
 
 // Outcomes.
@@ -52,6 +56,12 @@ type Record struct {
 	JobID         int64
 	PolicyVersion string
 	Count         int64
+
+	// Checkpoint records only.
+	SignedSeq int64
+	SignedMAC string // hex
+	Signature string // base64 (standard), Ed25519
+	KeyID     string // names the signing key (see SigningKey.ID)
 }
 
 // encode writes the record's body as canonical JSON: fixed field order, empty
@@ -76,6 +86,13 @@ func (r *Record) encode(buf []byte) []byte {
 		buf = append(buf, `,"count":`...)
 		buf = strconv.AppendInt(buf, r.Count, 10)
 	}
+	if r.SignedSeq != 0 {
+		buf = append(buf, `,"signed_seq":`...)
+		buf = strconv.AppendInt(buf, r.SignedSeq, 10)
+	}
+	buf = appendField(buf, "signed_mac", r.SignedMAC, false)
+	buf = appendField(buf, "signature", r.Signature, false)
+	buf = appendField(buf, "key_id", r.KeyID, false)
 	return append(buf, '}')
 }
 

@@ -235,6 +235,9 @@ func TestUnfixableRoomIsReported(t *testing.T) {
 	waitAudit(t, st, "the failed enrolment", func(l auditLine) bool {
 		return l.Type == "job.failed" && l.Action == "enable_encryption"
 	})
+	waitAudit(t, st, "the bot's join", func(l auditLine) bool {
+		return l.Type == "job.applied" && l.Action == "bot_join"
+	})
 	out, _, err := st.Service("rooms", "-problems")
 	if err == nil {
 		t.Fatalf("rooms -problems exited 0 with an unfixable room:\n%s", out)

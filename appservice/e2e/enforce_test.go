@@ -143,7 +143,7 @@ func TestExistingRoomDiscoveredAndEnrolled(t *testing.T) {
 
 	// A new installation: empty database, strict policy.
 	st.StopService()
-	for _, f := range []string{"matrix-hipaa.db", "matrix-hipaa.db-wal", "matrix-hipaa.db-shm"} {
+	for _, f := range []string{"matrix-hipaa.db", "matrix-hipaa.db-wal", "matrix-hipaa.db-shm", "audit-checkpoints.jsonl"} {
 		os.Remove(filepath.Join(dir, f))
 	}
 	if err := os.WriteFile(policyFile, policy.Example(), 0o600); err != nil {

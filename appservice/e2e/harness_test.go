@@ -86,8 +86,8 @@ func dumpTail(t *testing.T, name, path string) {
 	if err != nil {
 		return
 	}
-	if len(data) > 6000 {
-		data = data[len(data)-6000:]
+	if len(data) > 20000 {
+		data = data[len(data)-20000:]
 	}
 	t.Logf("--- %s (tail) ---\n%s", name, data)
 }

@@ -103,3 +103,15 @@ func (c *Client) RoomState(ctx context.Context, user, room string) ([]json.RawMe
 	_, err = cli.MakeRequest(ctx, http.MethodGet, cli.BuildClientURL("v3", "rooms", room, "state"), nil, &out)
 	return out, err
 }
+
+// StateContent reads one state event's content as user (a member); a
+// missing event is mautrix.MNotFound.
+func (c *Client) StateContent(ctx context.Context, user, room, eventType, stateKey string) (map[string]any, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	var out map[string]any
+	err = cli.StateEvent(ctx, id.RoomID(room), event.Type{Type: eventType, Class: event.StateEventType}, stateKey, &out)
+	return out, err
+}
