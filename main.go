@@ -43,7 +43,7 @@ Commands:
   audit verify -config FILE              check the audit chain and its signed checkpoints
         [-public-key K] [-checkpoints F]  (exit 0 intact)
   audit public-key -config FILE          print the checkpoint signing key's public half
-  audit export -config FILE -format jsonl [-since T] [-until T]
+  audit export -config FILE -format jsonl|syslog [-since T] [-until T]
                                          print audit records
 `
 
@@ -309,14 +309,14 @@ func parseTime(s string) (time.Time, error) {
 
 func auditExport(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("audit export", stderr)
-	format := fs.String("format", "jsonl", "jsonl")
+	format := fs.String("format", "jsonl", "jsonl or syslog (RFC 5424, one message per line)")
 	since := fs.String("since", "", "only records at or after this time (RFC 3339, date, or duration ago)")
 	until := fs.String("until", "", "only records before this time")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *format != "jsonl" {
-		return errUsage{fmt.Sprintf("unknown format %q (supported: jsonl)", *format)}
+	if *format != "jsonl" && *format != "syslog" {
+		return errUsage{fmt.Sprintf("unknown format %q (supported: jsonl, syslog)", *format)}
 	}
 	var r audit.Range
 	var err error
@@ -336,7 +336,12 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	n, err := audit.ExportJSONL(ctx, db, r, stdout)
+	var n int64
+	if *format == "syslog" {
+		n, err = audit.ExportSyslog(ctx, db, r, stdout, &audit.SyslogFormat{})
+	} else {
+		n, err = audit.ExportJSONL(ctx, db, r, stdout)
+	}
 	outcome := audit.OutcomeSuccess
 	if err != nil {
 		outcome = audit.OutcomeFailure

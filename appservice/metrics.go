@@ -19,7 +19,16 @@ type Metrics struct {
 	LastDispatched prometheus.Gauge
 	KeepAlives     prometheus.Counter
 	Rooms          *prometheus.GaugeVec
+	ExportDone     *prometheus.CounterVec
+	ExportFailures *prometheus.CounterVec
+	ExportLag      *prometheus.GaugeVec
 }
+
+// Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
+// names come from the config, a small closed set.
+func (m *Metrics) Delivered(name string, n int) { m.ExportDone.WithLabelValues(name).Add(float64(n)) }
+func (m *Metrics) Failed(name string)           { m.ExportFailures.WithLabelValues(name).Inc() }
+func (m *Metrics) Lag(name string, n int64)     { m.ExportLag.WithLabelValues(name).Set(float64(n)) }
 
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
@@ -73,7 +82,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Known rooms by standing: known, problem (an action failed for good; see `matrix-hipaa rooms`), unencrypted_required (policy wants encryption, room has none), bot_underpowered (bot lacks the power the room's settings need).",
 		}, []string{"standing"}),
 	}
-	reg.MustRegister(m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	m.ExportDone = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_audit_export_records_total",
+		Help: "Audit records delivered by each exporter (a record sent again after an outage counts again).",
+	}, []string{"exporter"})
+	m.ExportFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_audit_export_failures_total",
+		Help: "Failed deliveries by each exporter; it retries with backoff and skips nothing.",
+	}, []string{"exporter"})
+	m.ExportLag = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "hipaa_audit_export_lag_records",
+		Help: "Audit records not yet delivered by each exporter.",
+	}, []string{"exporter"})
+	reg.MustRegister(m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

@@ -71,6 +71,7 @@ type Service struct {
 	Bot        *bot.Bot
 	Checkpoint *audit.Checkpointer
 	Log        zerolog.Logger
+	exporters  []*audit.Exporter
 }
 
 // New assembles a service from config. Callers register job handlers on
@@ -112,6 +113,10 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
+	if s.exporters, err = s.Exporters(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -162,6 +167,8 @@ func (s *Service) Run(ctx context.Context) error {
 	done := make(chan struct{}, 2)
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
+	exportDone := make(chan struct{})
+	go func() { audit.RunExporters(workCtx, s.exporters); close(exportDone) }()
 	go s.Checkpoint.Run(workCtx, func(err error) {
 		s.Log.Error().Err(err).Msg("could not write an audit checkpoint")
 	})
@@ -198,6 +205,7 @@ func (s *Service) Run(ctx context.Context) error {
 	<-done
 	<-done
 	<-botDone
+	<-exportDone
 	if err := s.Chain.AppendTx(shutdown, s.DB, &audit.Record{Type: audit.TypeServiceStop, Outcome: audit.OutcomeSuccess}); err != nil {
 		s.Log.Error().Err(err).Msg("could not audit service stop")
 	}

@@ -67,11 +67,32 @@ type Database struct {
 }
 
 type Audit struct {
-	KeyFile            string   `yaml:"key_file"`
-	SigningKeyFile     string   `yaml:"signing_key_file"`
-	CheckpointFile     string   `yaml:"checkpoint_file"`
-	CheckpointEvery    int64    `yaml:"checkpoint_every"`
-	CheckpointInterval Duration `yaml:"checkpoint_interval"`
+	KeyFile            string     `yaml:"key_file"`
+	SigningKeyFile     string     `yaml:"signing_key_file"`
+	CheckpointFile     string     `yaml:"checkpoint_file"`
+	CheckpointEvery    int64      `yaml:"checkpoint_every"`
+	CheckpointInterval Duration   `yaml:"checkpoint_interval"`
+	Exporters          []Exporter `yaml:"exporters"`
+}
+
+// Exporter is one destination the audit trail is copied to, continuously.
+type Exporter struct {
+	Name string `yaml:"name"`
+	Type string `yaml:"type"` // jsonl or syslog
+
+	// jsonl
+	Path      string   `yaml:"path"`
+	MaxSizeMB int64    `yaml:"max_size_mb"`
+	MaxAge    Duration `yaml:"max_age"`
+
+	// syslog (RFC 5424 over TLS, RFC 5425)
+	Address    string `yaml:"address"`
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+	Hostname   string `yaml:"hostname"`
+	SDID       string `yaml:"sd_id"`
 }
 
 type Metrics struct {
@@ -199,6 +220,10 @@ func (c *Config) applyDefaults() {
 var (
 	domainRE    = regexp.MustCompile(`^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$`)
 	localpartRE = regexp.MustCompile(`^[a-z0-9._=/+-]+$`)
+	// An exporter's name keys its cursor and labels its metrics.
+	exporterNameRE = regexp.MustCompile(`^[a-z0-9_-]{1,40}$`)
+	// RFC 5424 SD-ID: name@<private enterprise number>.
+	sdidRE = regexp.MustCompile(`^[!-~]{1,32}@[0-9]+(\.[0-9]+)*$`)
 )
 
 func (c *Config) validate(d *strictyaml.Doc) {
@@ -217,6 +242,38 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	}
 	if c.Audit.CheckpointInterval.D() < time.Second {
 		d.Errorf("audit.checkpoint_interval", "audit.checkpoint_interval must be at least 1s")
+	}
+	names := map[string]bool{}
+	for i := range c.Audit.Exporters {
+		e := &c.Audit.Exporters[i]
+		at := fmt.Sprintf("audit.exporters[%d]", i)
+		if !exporterNameRE.MatchString(e.Name) {
+			d.Errorf(at+".name", "%s.name %q must be 1-40 lowercase letters, digits, - or _ (it names the exporter's cursor and metrics)", at, e.Name)
+		} else if names[e.Name] {
+			d.Errorf(at+".name", "%s.name %q is used twice", at, e.Name)
+		}
+		names[e.Name] = true
+		switch e.Type {
+		case "jsonl":
+			if e.Path == "" {
+				d.Errorf(at+".path", "%s.path is required for a jsonl exporter", at)
+			}
+			if e.MaxSizeMB < 0 {
+				d.Errorf(at+".max_size_mb", "%s.max_size_mb must not be negative", at)
+			}
+		case "syslog":
+			if e.Address == "" {
+				d.Errorf(at+".address", "%s.address is required for a syslog exporter (host or host:port; port 6514 by default)", at)
+			}
+			if (e.CertFile == "") != (e.KeyFile == "") {
+				d.Errorf(at+".cert_file", "%s.cert_file and key_file go together (the client certificate)", at)
+			}
+			if e.SDID != "" && !sdidRE.MatchString(e.SDID) {
+				d.Errorf(at+".sd_id", "%s.sd_id %q must look like name@<enterprise number>", at, e.SDID)
+			}
+		default:
+			d.Errorf(at+".type", "%s.type must be jsonl or syslog, not %q", at, e.Type)
+		}
 	}
 	switch c.Homeserver.Software {
 	case "synapse", "dendrite", "generic":

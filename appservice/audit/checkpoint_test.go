@@ -78,18 +78,18 @@ func TestCheckpointsCatchTruncationAndRewriting(t *testing.T) {
 		wantInMsg string
 	}{
 		{"tail cut off, head rewound", func(t *testing.T, ctx context.Context, db *store.DB, c *Chain, file string) {
-			exec(t, db, `DELETE FROM audit WHERE seq > 12`)
-			exec(t, db, `UPDATE audit_head SET seq = 12, ts = (SELECT ts FROM audit WHERE seq = 12), mac = (SELECT mac FROM audit WHERE seq = 12)`)
+			execSQL(t, db, `DELETE FROM audit WHERE seq > 12`)
+			execSQL(t, db, `UPDATE audit_head SET seq = 12, ts = (SELECT ts FROM audit WHERE seq = 12), mac = (SELECT mac FROM audit WHERE seq = 12)`)
 		}, true, 13, "tail was cut off"},
 		{"tail cut off, database checkpoints deleted too (the file remembers)", func(t *testing.T, ctx context.Context, db *store.DB, c *Chain, file string) {
-			exec(t, db, `DELETE FROM audit WHERE seq > 12`)
-			exec(t, db, `UPDATE audit_head SET seq = 12, ts = (SELECT ts FROM audit WHERE seq = 12), mac = (SELECT mac FROM audit WHERE seq = 12)`)
-			exec(t, db, `DELETE FROM audit_checkpoint`)
+			execSQL(t, db, `DELETE FROM audit WHERE seq > 12`)
+			execSQL(t, db, `UPDATE audit_head SET seq = 12, ts = (SELECT ts FROM audit WHERE seq = 12), mac = (SELECT mac FROM audit WHERE seq = 12)`)
+			execSQL(t, db, `DELETE FROM audit_checkpoint`)
 		}, true, 13, "tail was cut off"},
 		{"whole chain rewritten with the chain key", func(t *testing.T, ctx context.Context, db *store.DB, c *Chain, file string) {
-			exec(t, db, `DELETE FROM audit`)
-			exec(t, db, `DELETE FROM audit_head`)
-			exec(t, db, `DELETE FROM audit_checkpoint`)
+			execSQL(t, db, `DELETE FROM audit`)
+			execSQL(t, db, `DELETE FROM audit_head`)
+			execSQL(t, db, `DELETE FROM audit_checkpoint`)
 			recs := make([]*Record, 20)
 			for i := range recs {
 				recs[i] = &Record{Type: TypeServiceStart, Outcome: OutcomeSuccess}
@@ -99,14 +99,14 @@ func TestCheckpointsCatchTruncationAndRewriting(t *testing.T) {
 			}
 		}, true, 10, "rewritten"},
 		{"forged checkpoint in the database", func(t *testing.T, ctx context.Context, db *store.DB, c *Chain, file string) {
-			exec(t, db, `UPDATE audit_checkpoint SET mac = (SELECT mac FROM audit WHERE seq = 3), seq = 3 WHERE seq = 10`)
+			execSQL(t, db, `UPDATE audit_checkpoint SET mac = (SELECT mac FROM audit WHERE seq = 3), seq = 3 WHERE seq = 10`)
 		}, true, 3, "not signed"},
 		{"checkpoint file edited", func(t *testing.T, ctx context.Context, db *store.DB, c *Chain, file string) {
 			data, _ := os.ReadFile(file)
 			os.WriteFile(file, []byte(strings.Replace(string(data), `"seq":10`, `"seq":9`, 1)), 0o600)
 		}, true, 9, "not signed"},
 		{"record edited (the chain catches it first)", func(t *testing.T, ctx context.Context, db *store.DB, c *Chain, file string) {
-			exec(t, db, `UPDATE audit SET ts = ts + 1 WHERE seq = 4`)
+			execSQL(t, db, `UPDATE audit SET ts = ts + 1 WHERE seq = 4`)
 		}, false, 4, ""},
 	}
 	for _, dbType := range storetest.Dialects {
@@ -152,7 +152,7 @@ func TestCheckpointsCatchTruncationAndRewriting(t *testing.T) {
 	}
 }
 
-func exec(t *testing.T, db *store.DB, q string) {
+func execSQL(t *testing.T, db *store.DB, q string) {
 	t.Helper()
 	if _, err := db.W.Exec(q); err != nil {
 		t.Fatalf("%s: %v", q, err)

@@ -4,11 +4,8 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
-	"strconv"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -23,6 +20,24 @@ type Range struct {
 // seq, time, prev_mac and mac, so an auditor can re-check the chain offline
 // with the key. It returns how many records it wrote.
 func ExportJSONL(ctx context.Context, db *store.DB, r Range, w io.Writer) (int64, error) {
+	return Export(ctx, db, r, w, AppendJSONLine)
+}
+
+// ExportSyslog writes one RFC 5424 message per line, as the syslog exporter
+// sends them.
+func ExportSyslog(ctx context.Context, db *store.DB, r Range, w io.Writer, f *SyslogFormat) (int64, error) {
+	return Export(ctx, db, r, w, func(out []byte, st *Stored) ([]byte, error) {
+		msg, err := f.Format(st)
+		if err != nil {
+			return out, err
+		}
+		return append(append(out, msg...), '\n'), nil
+	})
+}
+
+// Export writes the records in r, each rendered by render (which appends one
+// line to its first argument).
+func Export(ctx context.Context, db *store.DB, r Range, w io.Writer, render func([]byte, *Stored) ([]byte, error)) (int64, error) {
 	first, last, err := seqRange(ctx, db, r)
 	if err != nil {
 		return 0, err
@@ -48,20 +63,10 @@ func ExportJSONL(ctx context.Context, db *store.DB, r Range, w io.Writer) (int64
 				return n, err
 			}
 		}
-		if len(rec) < 2 || rec[0] != '{' || rec[len(rec)-1] != '}' {
-			return n, fmt.Errorf("audit record %d is not a JSON object: run audit verify", seq)
+		st := Stored{Seq: seq, TS: ts, Rec: rec, PrevMAC: prev, MAC: mac}
+		if line, err = render(line[:0], &st); err != nil {
+			return n, err
 		}
-		line = append(line[:0], `{"seq":`...)
-		line = strconv.AppendInt(line, seq, 10)
-		line = append(line, `,"time":"`...)
-		line = time.UnixMilli(ts).UTC().AppendFormat(line, "2006-01-02T15:04:05.000Z07:00")
-		line = append(line, `",`...)
-		line = append(line, rec[1:len(rec)-1]...)
-		line = append(line, `,"prev_mac":"`...)
-		line = hex.AppendEncode(line, prev)
-		line = append(line, `","mac":"`...)
-		line = hex.AppendEncode(line, mac)
-		line = append(line, "\"}\n"...)
 		if _, err := bw.Write(line); err != nil {
 			return n, err
 		}

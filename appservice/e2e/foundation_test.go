@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit/audittest"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
@@ -25,7 +26,14 @@ import (
 // once, the chain verifies, and no PHI (bodies, room names, topics, display
 // names) appears in logs, metrics, the export or the audit tables.
 func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
-	st := startStack(t, devstack.Options{})
+	// Every exporter runs: the example's jsonl file, and syslog over TLS to a
+	// real rsyslog.
+	pki := audittest.NewPKI(t, t.TempDir())
+	rs := audittest.StartRsyslog(t, pki, audittest.FreePort(t))
+	st := startStack(t, devstack.Options{AuditExporters: []map[string]any{{
+		"name": "siem", "type": "syslog", "address": rs.Address(), "server_name": "localhost",
+		"ca_file": pki.CAFile, "cert_file": pki.ClientCert, "key_file": pki.ClientKey,
+	}}})
 	ctx := context.Background()
 	alice := newUser(t, st, "alice")
 	bob := newUser(t, st, "bob")
@@ -118,7 +126,23 @@ func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
 		t.Fatal(err)
 	}
 	tables := auditTables(t, st)
-	sources := map[string][]byte{"export": raw, "metrics": metrics, "logs": logs, "audit tables": tables}
+	// Both exporters have caught up with the trail as exported above.
+	var lastSeq int64
+	if len(lines) > 0 {
+		lastSeq = lines[len(lines)-1].Seq
+	}
+	jsonlFile := filepath.Join(filepath.Dir(st.ServiceConfig), "audit", "audit.jsonl")
+	var jsonl, syslogged []byte
+	waitFor(t, "the exporters to catch up", func() bool {
+		seqs, _ := rs.Received(t)
+		jsonl, _ = os.ReadFile(jsonlFile)
+		return len(seqs) > 0 && seqs[len(seqs)-1] >= lastSeq && bytes.Contains(jsonl, []byte(fmt.Sprintf(`{"seq":%d,`, lastSeq)))
+	})
+	syslogged, _ = os.ReadFile(rs.Out)
+	seqs, _ := rs.Received(t)
+	t.Logf("exporters: jsonl %d bytes, syslog %d messages", len(jsonl), len(seqs))
+	sources := map[string][]byte{"export": raw, "metrics": metrics, "logs": logs, "audit tables": tables,
+		"jsonl exporter": jsonl, "syslog exporter (rsyslog)": syslogged}
 	hits := 0
 	for name, data := range sources {
 		for _, c := range append(canaries, "pw-alice", st.SharedSecret) {

@@ -111,6 +111,9 @@ type Options struct {
 	PersistentJetStream bool
 	// KeepAlive sets homeserver.keepalive (e.g. "2s"); empty leaves it off.
 	KeepAlive string
+	// AuditExporters are added to audit.exporters (after the example's own
+	// jsonl exporter), each as its YAML map.
+	AuditExporters []map[string]any
 	// JobMaxAttempts, if set, caps job attempts (with a short backoff), so a
 	// test can see an action fail for good in seconds.
 	JobMaxAttempts int
@@ -198,6 +201,14 @@ func (s *Stack) writeServiceConfig() error {
 	as["url"] = fmt.Sprintf("http://127.0.0.1:%d", o.ASPort)
 	cfg["metrics"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.MetricsPort)}
 	cfg["logging"] = map[string]any{"level": "debug", "format": "json"}
+	if len(o.AuditExporters) > 0 {
+		a := cfg["audit"].(map[string]any)
+		list, _ := a["exporters"].([]any)
+		for _, e := range o.AuditExporters {
+			list = append(list, e)
+		}
+		a["exporters"] = list
+	}
 	if o.JobMaxAttempts > 0 {
 		cfg["jobs"] = map[string]any{"workers": 4, "max_attempts": o.JobMaxAttempts, "backoff": "100ms", "max_backoff": "400ms"}
 	}

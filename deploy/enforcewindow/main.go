@@ -41,6 +41,7 @@ func main() {
 	idleTrials := flag.Int("idle-trials", 20, "trials per window after each idle spell")
 	gapList := flag.String("idle-gaps", "6s", "comma-separated idle spells to measure after")
 	kaList := flag.String("keepalive", "off,2s", "comma-separated keep-alive settings to run (off or a duration)")
+	lead := flag.Bool("lead", false, "in idle trials, send a harmless event just before the plaintext, so the plaintext is the second event after the idle spell (the one Dendrite can hold back)")
 	flag.Parse()
 	var gaps []time.Duration
 	for _, g := range strings.Split(*gapList, ",") {
@@ -63,7 +64,7 @@ func main() {
 		if keepalive == "off" {
 			keepalive = ""
 		}
-		run(ctx, dendrite, bin, filepath.Join(dir, "ka"+keepalive), keepalive, label, *trials, *idleTrials, gaps)
+		run(ctx, dendrite, bin, filepath.Join(dir, "ka"+keepalive), keepalive, label, *trials, *idleTrials, gaps, *lead)
 	}
 }
 
@@ -140,7 +141,7 @@ func (o *observer) loop(ctx context.Context) {
 
 type sample struct{ total, delivery, processing, back time.Duration }
 
-func run(ctx context.Context, dendrite, bin, state, keepalive, label string, trials, idleTrials int, gaps []time.Duration) {
+func run(ctx context.Context, dendrite, bin, state, keepalive, label string, trials, idleTrials int, gaps []time.Duration, lead bool) {
 	st, err := devstack.Prepare(devstack.Options{StateDir: state, DendriteBin: dendrite, ServiceBin: bin, KeepAlive: keepalive})
 	check(err)
 	defer st.Stop()
@@ -197,6 +198,10 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 			}
 			if idle {
 				time.Sleep(gap)
+				if lead {
+					_, err := alice.SendMessageEvent(ctx, room.RoomID, event.Type{Type: "org.example.lead", Class: event.MessageEventType}, map[string]any{})
+					check(err)
+				}
 			}
 			t0 = time.Now()
 			sent, err := alice.SendText(ctx, room.RoomID, "plaintext trial")
@@ -220,7 +225,11 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 	for _, gap := range gaps {
 		create, redact := measure(idleTrials, gap)
 		report(fmt.Sprintf("%s, after %s idle", label, gap), "room created → encrypted", create, idleTrials)
-		report(fmt.Sprintf("%s, after %s idle", label, gap), "plaintext sent → redacted", redact, idleTrials)
+		what := "plaintext sent → redacted"
+		if lead {
+			what = "2nd event (plaintext) → redacted"
+		}
+		report(fmt.Sprintf("%s, after %s idle", label, gap), what, redact, idleTrials)
 	}
 }
 
