@@ -38,6 +38,9 @@ type actionPayload struct {
 	Reason  string `json:"reason"`
 }
 
+// botJoinDelay is how long after a room's enrolment the bot joins it.
+const botJoinDelay = 2 * time.Second
+
 // noticeWindow is how often one person is told the same thing in one room:
 // a client that keeps sending plaintext has every message redacted, but its
 // user gets one notice per window, not one per message.
@@ -86,7 +89,13 @@ func jobFor(a policy.Action, room, dedupeKey, eventType string, dryRun bool, pol
 	if dryRun {
 		outcome = audit.OutcomeWould
 	}
-	return JobSpec{Kind: string(a.Kind), DedupeKey: dedupeKey, Payload: payload, DryRun: dryRun},
+	var delay time.Duration
+	if a.Kind == policy.ActBotJoin {
+		// Not urgent, and a room handles one event at a time: the bot's
+		// invite and join wait until the room's own fixes have gone in.
+		delay = botJoinDelay
+	}
+	return JobSpec{Kind: string(a.Kind), DedupeKey: dedupeKey, Payload: payload, DryRun: dryRun, Delay: delay},
 		&audit.Record{
 			Type: audit.TypePolicyDecision, Outcome: outcome, Actor: keys.User(a.ActAs), Room: keys.Room(room),
 			EventID: a.EventID, EventType: eventType, Action: string(a.Kind), Detail: a.Rule, PolicyVersion: policyHash,

@@ -25,7 +25,9 @@ type JobSpec struct {
 	DedupeKey string
 	Payload   json.RawMessage
 	DueAt     time.Time
-	DryRun    bool
+	// Delay, if DueAt is unset, is how long after enqueueing the job is due.
+	Delay  time.Duration
+	DryRun bool
 }
 
 // Job is a stored job as a handler sees it.
@@ -69,7 +71,7 @@ func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) er
 	for _, j := range jobs {
 		due := j.DueAt
 		if due.IsZero() {
-			due = now
+			due = now.Add(j.Delay)
 		}
 		payload := j.Payload
 		if payload == nil {
