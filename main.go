@@ -43,7 +43,7 @@ Commands:
   audit verify -config FILE              check the audit chain and its signed checkpoints
         [-public-key K] [-checkpoints F]  (exit 0 intact)
   audit public-key -config FILE          print the checkpoint signing key's public half
-  audit export -config FILE -format jsonl|syslog [-since T] [-until T]
+  audit export -config FILE -format jsonl|syslog|fhir [-since T] [-until T]
                                          print audit records
 `
 
@@ -309,14 +309,14 @@ func parseTime(s string) (time.Time, error) {
 
 func auditExport(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("audit export", stderr)
-	format := fs.String("format", "jsonl", "jsonl or syslog (RFC 5424, one message per line)")
+	format := fs.String("format", "jsonl", "jsonl, syslog (RFC 5424, one message per line) or fhir (R4 AuditEvent, NDJSON)")
 	since := fs.String("since", "", "only records at or after this time (RFC 3339, date, or duration ago)")
 	until := fs.String("until", "", "only records before this time")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *format != "jsonl" && *format != "syslog" {
-		return errUsage{fmt.Sprintf("unknown format %q (supported: jsonl, syslog)", *format)}
+	if *format != "jsonl" && *format != "syslog" && *format != "fhir" {
+		return errUsage{fmt.Sprintf("unknown format %q (supported: jsonl, syslog, fhir)", *format)}
 	}
 	var r audit.Range
 	var err error
@@ -337,9 +337,15 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 	}
 	defer db.Close()
 	var n int64
-	if *format == "syslog" {
+	switch *format {
+	case "syslog":
 		n, err = audit.ExportSyslog(ctx, db, r, stdout, &audit.SyslogFormat{})
-	} else {
+	case "fhir":
+		host, _ := os.Hostname()
+		n, err = audit.Export(ctx, db, r, stdout, func(b []byte, st *audit.Stored) ([]byte, error) {
+			return audit.AppendFHIRLine(b, st, audit.FHIRSource{Observer: host})
+		})
+	default:
 		n, err = audit.ExportJSONL(ctx, db, r, stdout)
 	}
 	outcome := audit.OutcomeSuccess

@@ -1,6 +1,7 @@
 package appservice
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -63,6 +64,45 @@ func NewSink(cfg *config.Config, e config.Exporter) (audit.Sink, error) {
 			tc.Certificates = []tls.Certificate{cert}
 		}
 		return &audit.Syslog{Address: addr, TLS: tc, SyslogFormat: audit.SyslogFormat{Hostname: e.Hostname, SDID: e.SDID}}, nil
+	case "fhir":
+		host, _ := os.Hostname()
+		src := audit.FHIRSource{Observer: host, Site: e.Site}
+		var sinks multiSink
+		if e.Path != "" {
+			sinks = append(sinks, &audit.JSONLFile{Path: cfg.Resolve(e.Path), MaxSize: e.MaxSizeMB << 20, MaxAge: e.MaxAge.D(),
+				Render: func(b []byte, st *audit.Stored) ([]byte, error) { return audit.AppendFHIRLine(b, st, src) }})
+		}
+		if e.URL != "" {
+			sinks = append(sinks, &audit.FHIRServer{BaseURL: e.URL, Token: e.Token.Reveal(), Source: src})
+		}
+		if len(sinks) == 1 {
+			return sinks[0], nil
+		}
+		return sinks, nil
 	}
 	return nil, fmt.Errorf("unknown exporter type %q", e.Type)
+}
+
+// multiSink delivers to each of its sinks in turn; a batch counts as
+// delivered only when all have it (the ones that had it get it again: at
+// least once).
+type multiSink []audit.Sink
+
+func (m multiSink) Deliver(ctx context.Context, recs []audit.Stored) error {
+	for _, s := range m {
+		if err := s.Deliver(ctx, recs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m multiSink) Close() error {
+	var first error
+	for _, s := range m {
+		if err := s.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }

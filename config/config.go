@@ -78,9 +78,9 @@ type Audit struct {
 // Exporter is one destination the audit trail is copied to, continuously.
 type Exporter struct {
 	Name string `yaml:"name"`
-	Type string `yaml:"type"` // jsonl or syslog
+	Type string `yaml:"type"` // jsonl, syslog or fhir
 
-	// jsonl
+	// jsonl, fhir (NDJSON file)
 	Path      string   `yaml:"path"`
 	MaxSizeMB int64    `yaml:"max_size_mb"`
 	MaxAge    Duration `yaml:"max_age"`
@@ -93,6 +93,12 @@ type Exporter struct {
 	ServerName string `yaml:"server_name"`
 	Hostname   string `yaml:"hostname"`
 	SDID       string `yaml:"sd_id"`
+
+	// fhir (R4 AuditEvent): path for an NDJSON file and/or url of a FHIR
+	// server that takes batch Bundles; site names this deployment.
+	URL   string `yaml:"url"`
+	Token Secret `yaml:"token"`
+	Site  string `yaml:"site"`
 }
 
 type Metrics struct {
@@ -271,8 +277,15 @@ func (c *Config) validate(d *strictyaml.Doc) {
 			if e.SDID != "" && !sdidRE.MatchString(e.SDID) {
 				d.Errorf(at+".sd_id", "%s.sd_id %q must look like name@<enterprise number>", at, e.SDID)
 			}
+		case "fhir":
+			if e.Path == "" && e.URL == "" {
+				d.Errorf(at+".path", "%s needs path (an NDJSON file), url (a FHIR server), or both", at)
+			}
+			if e.URL != "" {
+				checkURL(d, at+".url", e.URL)
+			}
 		default:
-			d.Errorf(at+".type", "%s.type must be jsonl or syslog, not %q", at, e.Type)
+			d.Errorf(at+".type", "%s.type must be jsonl, syslog or fhir, not %q", at, e.Type)
 		}
 	}
 	switch c.Homeserver.Software {

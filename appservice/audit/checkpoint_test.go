@@ -12,7 +12,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
 
-func newCheckpointer(t *testing.T, db *store.DB, c *Chain) *Checkpointer {
+func newCheckpointer(t testing.TB, db *store.DB, c *Chain) *Checkpointer {
 	t.Helper()
 	dir := t.TempDir()
 	key, err := LoadOrCreateSigningKey(filepath.Join(dir, "signing.key"))
@@ -152,7 +152,7 @@ func TestCheckpointsCatchTruncationAndRewriting(t *testing.T) {
 	}
 }
 
-func execSQL(t *testing.T, db *store.DB, q string) {
+func execSQL(t testing.TB, db *store.DB, q string) {
 	t.Helper()
 	if _, err := db.W.Exec(q); err != nil {
 		t.Fatalf("%s: %v", q, err)

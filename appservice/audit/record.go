@@ -141,3 +141,29 @@ func appendJSONString(buf []byte, s string) []byte {
 	}
 	return append(buf, '"')
 }
+
+// field is one named, non-empty value of a record, as exporters list them.
+type field struct{ name, value string }
+
+// fields lists the record's non-empty fields in the canonical order.
+func (r *Record) fields() []field {
+	num := func(n int64) string {
+		if n == 0 {
+			return ""
+		}
+		return strconv.FormatInt(n, 10)
+	}
+	all := []field{
+		{"type", r.Type}, {"outcome", r.Outcome}, {"actor", r.Actor}, {"room", r.Room},
+		{"event_id", r.EventID}, {"event_type", r.EventType}, {"detail", r.Detail}, {"action", r.Action},
+		{"job_id", num(r.JobID)}, {"policy_version", r.PolicyVersion}, {"count", num(r.Count)},
+		{"signed_seq", num(r.SignedSeq)}, {"signed_mac", r.SignedMAC}, {"signature", r.Signature}, {"key_id", r.KeyID},
+	}
+	out := all[:0]
+	for _, f := range all {
+		if f.value != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

@@ -9,14 +9,17 @@ import (
 	"time"
 )
 
-// JSONLFile is an exporter sink writing JSON lines (AppendJSONLine) to a
-// file, fsynced per batch, rotated by size and age. A rotated file is renamed
-// to <name>-<first time>-<first seq>.jsonl beside it and never touched again.
+// JSONLFile is an exporter sink writing one line per record to a file,
+// fsynced per batch, rotated by size and age. A rotated file is renamed to
+// <name>-<first time>-<first seq>.<ext> beside it and never touched again.
 type JSONLFile struct {
 	Path    string
 	MaxSize int64         // bytes; 0 for no limit
 	MaxAge  time.Duration // 0 for no limit
 	Now     func() time.Time
+	// Render appends one record's line; AppendJSONLine if nil (the fhir
+	// exporter writes AuditEvent resources as NDJSON instead).
+	Render func([]byte, *Stored) ([]byte, error)
 
 	f        *os.File
 	size     int64
@@ -88,8 +91,12 @@ func (j *JSONLFile) Deliver(ctx context.Context, recs []Stored) error {
 	}
 	j.buf = j.buf[:0]
 	var err error
+	render := j.Render
+	if render == nil {
+		render = AppendJSONLine
+	}
 	for i := range recs {
-		if j.buf, err = AppendJSONLine(j.buf, &recs[i]); err != nil {
+		if j.buf, err = render(j.buf, &recs[i]); err != nil {
 			return err
 		}
 	}

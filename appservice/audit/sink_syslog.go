@@ -223,28 +223,10 @@ func (s *SyslogFormat) Format(st *Stored) ([]byte, error) {
 		b = appendSDValue(b, val)
 		b = append(b, '"')
 	}
-	num := func(n int64) string {
-		if n == 0 {
-			return ""
-		}
-		return strconv.FormatInt(n, 10)
+	param("seq", strconv.FormatInt(st.Seq, 10))
+	for _, f := range r.fields() {
+		param(f.name, f.value)
 	}
-	param("seq", num(st.Seq))
-	param("type", r.Type)
-	param("outcome", r.Outcome)
-	param("actor", r.Actor)
-	param("room", r.Room)
-	param("event_id", r.EventID)
-	param("event_type", r.EventType)
-	param("detail", r.Detail)
-	param("action", r.Action)
-	param("job_id", num(r.JobID))
-	param("policy_version", r.PolicyVersion)
-	param("count", num(r.Count))
-	param("signed_seq", num(r.SignedSeq))
-	param("signed_mac", r.SignedMAC)
-	param("signature", r.Signature)
-	param("key_id", r.KeyID)
 	param("prev_mac", string(appendHex(nil, st.PrevMAC)))
 	param("mac", string(appendHex(nil, st.MAC)))
 	b = append(b, "] "...)

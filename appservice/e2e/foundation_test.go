@@ -33,6 +33,8 @@ func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
 	st := startStack(t, devstack.Options{AuditExporters: []map[string]any{{
 		"name": "siem", "type": "syslog", "address": rs.Address(), "server_name": "localhost",
 		"ca_file": pki.CAFile, "cert_file": pki.ClientCert, "key_file": pki.ClientKey,
+	}, {
+		"name": "fhir", "type": "fhir", "path": "audit/auditevent.ndjson", "site": "Test Hospital",
 	}}})
 	ctx := context.Background()
 	alice := newUser(t, st, "alice")
@@ -132,17 +134,27 @@ func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
 		lastSeq = lines[len(lines)-1].Seq
 	}
 	jsonlFile := filepath.Join(filepath.Dir(st.ServiceConfig), "audit", "audit.jsonl")
-	var jsonl, syslogged []byte
+	fhirFile := filepath.Join(filepath.Dir(st.ServiceConfig), "audit", "auditevent.ndjson")
+	var jsonl, syslogged, fhir []byte
 	waitFor(t, "the exporters to catch up", func() bool {
 		seqs, _ := rs.Received(t)
 		jsonl, _ = os.ReadFile(jsonlFile)
-		return len(seqs) > 0 && seqs[len(seqs)-1] >= lastSeq && bytes.Contains(jsonl, []byte(fmt.Sprintf(`{"seq":%d,`, lastSeq)))
+		fhir, _ = os.ReadFile(fhirFile)
+		return len(seqs) > 0 && seqs[len(seqs)-1] >= lastSeq && bytes.Contains(jsonl, []byte(fmt.Sprintf(`{"seq":%d,`, lastSeq))) &&
+			bytes.Contains(fhir, []byte(fmt.Sprintf(`"id":"matrix-hipaa-%d"`, lastSeq)))
 	})
 	syslogged, _ = os.ReadFile(rs.Out)
 	seqs, _ := rs.Received(t)
-	t.Logf("exporters: jsonl %d bytes, syslog %d messages", len(jsonl), len(seqs))
+	// Every AuditEvent the real flow produced is valid FHIR R4.
+	resources := bytes.Split(bytes.TrimSpace(fhir), []byte("\n"))
+	for _, r := range resources {
+		if err := audittest.ValidateFHIR(t, r); err != nil {
+			t.Fatalf("an exported AuditEvent is not valid FHIR R4: %v\n%s", err, r)
+		}
+	}
+	t.Logf("exporters: jsonl %d bytes, syslog %d messages, fhir %d AuditEvents (all valid R4)", len(jsonl), len(seqs), len(resources))
 	sources := map[string][]byte{"export": raw, "metrics": metrics, "logs": logs, "audit tables": tables,
-		"jsonl exporter": jsonl, "syslog exporter (rsyslog)": syslogged}
+		"jsonl exporter": jsonl, "syslog exporter (rsyslog)": syslogged, "fhir exporter": fhir}
 	hits := 0
 	for name, data := range sources {
 		for _, c := range append(canaries, "pw-alice", st.SharedSecret) {
