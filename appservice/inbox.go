@@ -59,6 +59,11 @@ var memberships = map[string]bool{"join": true, "leave": true, "invite": true, "
 // auditDetail says what kind of state change an event is, from a closed set.
 func (e *Event) auditDetail() string {
 	if e.Type == "m.room.member" {
+		// Someone else's leave is a kick (or a withdrawn invite); one's own
+		// is leaving. The distinction matters to an investigator.
+		if e.Content.Membership == "leave" && e.StateKey != nil && *e.StateKey != e.Sender {
+			return "kick"
+		}
 		if memberships[e.Content.Membership] {
 			return e.Content.Membership
 		}

@@ -153,3 +153,33 @@ func TestKeepAliveEchoIsDropped(t *testing.T) {
 		t.Fatal("arrival time not noted")
 	}
 }
+
+// The audit detail of an event comes from a closed set: membership changes
+// by kind (a leave by someone else is a kick), other state events as state.
+func TestAuditDetail(t *testing.T) {
+	sk := func(s string) *string { return &s }
+	member := func(sender, target, m string) *Event {
+		e := &Event{Type: "m.room.member", Sender: sender, StateKey: sk(target)}
+		e.Content.Membership = m
+		return e
+	}
+	cases := []struct {
+		ev   *Event
+		want string
+	}{
+		{member("@a:h", "@a:h", "join"), "join"},
+		{member("@a:h", "@a:h", "leave"), "leave"},
+		{member("@mod:h", "@a:h", "leave"), "kick"},
+		{member("@mod:h", "@a:h", "ban"), "ban"},
+		{member("@mod:h", "@a:h", "invite"), "invite"},
+		{member("@a:h", "@a:h", "knock"), "knock"},
+		{member("@a:h", "@a:h", "Patient Jones"), "other"},
+		{&Event{Type: "m.room.topic", StateKey: sk("")}, "state"},
+		{&Event{Type: "m.room.message"}, ""},
+	}
+	for _, c := range cases {
+		if got := c.ev.auditDetail(); got != c.want {
+			t.Errorf("%s %s by %s: %q, want %q", c.ev.Type, c.ev.Content.Membership, c.ev.Sender, got, c.want)
+		}
+	}
+}
