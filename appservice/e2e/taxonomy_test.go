@@ -34,7 +34,9 @@ func TestEveryRecordTypeFromARealFlow(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), append(policy.Example(), []byte("\n# edited\n")...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitAudit(t, st, "a policy reload", func(l auditLine) bool { return l.Type == "policy.load" && l.Detail == "file-changed" && l.Outcome == "success" })
+	waitAudit(t, st, "a policy reload", func(l auditLine) bool {
+		return l.Type == "policy.load" && l.Detail == "file-changed" && l.Outcome == "success"
+	})
 	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte("version: 1\ndefaults:\n  encryption: sometimes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
