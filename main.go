@@ -417,12 +417,19 @@ func listRooms(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	ctx := context.Background()
-	db, _, err := appservice.OpenStore(ctx, cfg, time.Now)
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
 	if err != nil {
 		return fail(err)
 	}
 	defer db.Close()
 	rooms, err := appservice.ListRooms(ctx, db, pol)
+	outcome := audit.OutcomeSuccess
+	if err != nil {
+		outcome = audit.OutcomeFailure
+	}
+	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: outcome, Actor: operator(), Action: "rooms", Count: int64(len(rooms))}); aerr != nil {
+		return fail(fmt.Errorf("could not record this command in the audit trail: %w", aerr))
+	}
 	if err != nil {
 		return fail(err)
 	}

@@ -99,6 +99,7 @@ var eventTypes = map[string]struct {
 	TypePolicyDecision: {"110113", "Security Alert", "E"},
 	TypeJobApplied:     {"110113", "Security Alert", "E"},
 	TypeJobFailed:      {"110113", "Security Alert", "E"},
+	TypeAdminCommand:   {"110100", "Application Activity", "R"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

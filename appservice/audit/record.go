@@ -26,6 +26,9 @@ const (
 	// signed with the service's Ed25519 key. Kept in the chain so that every
 	// exporter carries it; see checkpoint.go.
 	TypeCheckpoint = "audit.checkpoint"
+	// TypeAdminCommand: an administrator ran a command that reads or changes
+	// what the service knows (actor os:<login>, action the command).
+	TypeAdminCommand = "admin.command"
 )
 
 // Outcomes.
