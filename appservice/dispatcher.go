@@ -16,8 +16,9 @@ import (
 // Decision is what policy made of one event: jobs to run and records to add
 // to the audit trail. Both are committed with the dispatcher's progress.
 type Decision struct {
-	Jobs    []JobSpec
-	Records []*audit.Record
+	Jobs     []JobSpec
+	Records  []*audit.Record
+	Expiries []Expiry
 }
 
 func (d *Decision) add(job JobSpec, rec *audit.Record) {
@@ -101,7 +102,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	if err := d.db.R.QueryRowContext(ctx, `SELECT seq FROM dispatch_cursor WHERE id = 1`).Scan(&cursor); err != nil {
 		return 0, fmt.Errorf("read dispatch cursor: %w", err)
 	}
-	rows, err := d.db.R.QueryContext(ctx, `SELECT seq, event_id, room_id, event_type, sender, content FROM inbox
+	rows, err := d.db.R.QueryContext(ctx, `SELECT seq, event_id, room_id, event_type, sender, received_at, content FROM inbox
 		WHERE seq > $1 ORDER BY seq LIMIT $2`, cursor, d.batch)
 	if err != nil {
 		return 0, err
@@ -111,7 +112,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	for rows.Next() {
 		e := &Event{}
 		var raw []byte
-		if err := rows.Scan(&last, &e.ID, &e.RoomID, &e.Type, &e.Sender, &raw); err != nil {
+		if err := rows.Scan(&last, &e.ID, &e.RoomID, &e.Type, &e.Sender, &e.ReceivedAt, &raw); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -142,6 +143,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	}
 	var jobs []JobSpec
 	var recs []*audit.Record
+	var expiries []Expiry
 	for _, e := range events {
 		room := rooms[e.RoomID]
 		room.Apply(e)
@@ -151,6 +153,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		}
 		jobs = append(jobs, dec.Jobs...)
 		recs = append(recs, dec.Records...)
+		expiries = append(expiries, dec.Expiries...)
 	}
 	err = d.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 		if err := saveRooms(ctx, d.db, tx, rooms, d.chain.Now()); err != nil {
@@ -158,6 +161,9 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 			return fmt.Errorf("save room state: %w", err)
 		}
 		if err := Enqueue(ctx, tx, d.chain.Now(), jobs...); err != nil {
+			return err
+		}
+		if err := scheduleExpiries(ctx, d.db, tx, expiries); err != nil {
 			return err
 		}
 		if err := d.chain.Append(ctx, tx, recs...); err != nil {

@@ -53,12 +53,15 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		// its state, as a member, so policy can enrol it.
 		dec.add(discoveryJob(ev, d.Keys))
 	}
+	pol := d.Policy.Current()
+	settings := pol.For(room.PolicyRoom())
+	if exp, ok := expiryFor(ev, settings); ok {
+		dec.Expiries = append(dec.Expiries, exp)
+	}
 	// Most traffic is ciphertext, which no rule ever acts on.
 	if ev.Type == "m.room.encrypted" && ev.StateKey == nil {
 		return dec
 	}
-	pol := d.Policy.Current()
-	settings := pol.For(room.PolicyRoom())
 	actions := policy.Decide(&policy.Context{
 		Event:    policy.Event{ID: ev.ID, Type: ev.Type, Sender: ev.Sender, StateKey: ev.StateKey, Content: eventContent(ev)},
 		Room:     room.State,
@@ -131,14 +134,7 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 		}
 		return nil
 	}
-	r.Handle(string(policy.ActRedact), func(ctx context.Context, j *Job) error {
-		p, err := decode(j)
-		if err != nil {
-			return err
-		}
-		// A fixed transaction ID per job makes a retried redaction a no-op.
-		return hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
-	})
+	r.Handle(string(policy.ActRedact), redactHandler(hs))
 	// Room settings are set as the creator (who has the power in rooms
 	// people create); if the creator may not (left, or demoted), as the bot,
 	// which may have been given the power.
@@ -237,6 +233,19 @@ func TrackProblems(r *Runner) {
 		}
 		return err
 	})
+}
+
+// redactHandler redacts the job's event as ActAs (its sender: anyone may
+// redact their own events). A fixed transaction ID per job makes a retried
+// redaction a no-op.
+func redactHandler(hs *homeserver.Client) Handler {
+	return func(ctx context.Context, j *Job) error {
+		var p actionPayload
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		return hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
+	}
 }
 
 // waitForBot turns "the bot is still logging in" into a wait, not a failed attempt.

@@ -25,6 +25,8 @@ type Event struct {
 		Membership string `json:"membership"`
 	} `json:"content"`
 	Raw json.RawMessage `json:"-"`
+	// ReceivedAt is when the service stored it (unix ms), set by the dispatcher.
+	ReceivedAt int64 `json:"-"`
 }
 
 // class is a coarse, closed label for metrics and logs.

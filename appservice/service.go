@@ -70,6 +70,7 @@ type Service struct {
 	Policy     *PolicyHolder
 	Bot        *bot.Bot
 	Checkpoint *audit.Checkpointer
+	Expiry     *ExpiryPump
 	Log        zerolog.Logger
 	exporters  []*audit.Exporter
 }
@@ -113,6 +114,8 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
+	RegisterExpiry(s.Runner, hs)
+	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
 		return nil, err
@@ -167,6 +170,8 @@ func (s *Service) Run(ctx context.Context) error {
 	done := make(chan struct{}, 2)
 	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
 	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
+	expiryDone := make(chan struct{})
+	go func() { s.Expiry.Run(workCtx); close(expiryDone) }()
 	exportDone := make(chan struct{})
 	go func() { audit.RunExporters(workCtx, s.exporters); close(exportDone) }()
 	go s.Checkpoint.Run(workCtx, func(err error) {
@@ -206,6 +211,7 @@ func (s *Service) Run(ctx context.Context) error {
 	<-done
 	<-botDone
 	<-exportDone
+	<-expiryDone
 	if err := s.Chain.AppendTx(shutdown, s.DB, &audit.Record{Type: audit.TypeServiceStop, Outcome: audit.OutcomeSuccess}); err != nil {
 		s.Log.Error().Err(err).Msg("could not audit service stop")
 	}

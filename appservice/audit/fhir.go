@@ -100,6 +100,7 @@ var eventTypes = map[string]struct {
 	TypeJobApplied:     {"110113", "Security Alert", "E"},
 	TypeJobFailed:      {"110113", "Security Alert", "E"},
 	TypeAdminCommand:   {"110100", "Application Activity", "R"},
+	TypeHold:           {"110113", "Security Alert", "U"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

@@ -29,6 +29,10 @@ const (
 	// TypeAdminCommand: an administrator ran a command that reads or changes
 	// what the service knows (actor os:<login>, action the command).
 	TypeAdminCommand = "admin.command"
+	// TypeHold: a legal hold was placed or released (action), on a room
+	// (room set, detail "room") or a user (detail the user's pseudonym);
+	// job_id is the hold's ID. The reason is kept with the hold, not here.
+	TypeHold = "hold"
 )
 
 // Outcomes.

@@ -1,0 +1,195 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// Expiry is a message's scheduled end: at DueAt (unix ms) it is redacted
+// as its sender.
+type Expiry struct {
+	EventID, RoomID, Sender string
+	ReceivedAt, DueAt       int64
+}
+
+// JobExpire is the job kind that redacts an expired message.
+const JobExpire = "expire"
+
+// reasonExpired is the redaction reason people see.
+const reasonExpired = "This room's message lifetime has ended."
+
+// expiryFor decides whether an event expires, and when: message events
+// (encrypted or not; not state, not redactions) in a room with a lifetime.
+// The time counts from when the service received it, not from the event's
+// own timestamp, which its sender's client sets.
+func expiryFor(ev *Event, s policy.Effective) (Expiry, bool) {
+	if s.Retention <= 0 || ev.StateKey != nil || ev.Type == "m.room.redaction" || ev.ReceivedAt == 0 {
+		return Expiry{}, false
+	}
+	return Expiry{EventID: ev.ID, RoomID: ev.RoomID, Sender: ev.Sender, ReceivedAt: ev.ReceivedAt,
+		DueAt: ev.ReceivedAt + s.Retention.D().Milliseconds()}, true
+}
+
+// scheduleExpiries stores expiries inside the dispatcher's transaction. An
+// event already scheduled (a replayed batch) keeps its row.
+func scheduleExpiries(ctx context.Context, db *store.DB, tx *sql.Tx, list []Expiry) error {
+	for start := 0; start < len(list); start += 100 {
+		chunk := list[start:min(start+100, len(list))]
+		args := make([]any, 0, 5*len(chunk))
+		for _, e := range chunk {
+			args = append(args, e.EventID, e.RoomID, e.Sender, e.ReceivedAt, e.DueAt)
+		}
+		q := expiryInsert(len(chunk))
+		if _, err := db.Exec(ctx, tx, q, args...); err != nil {
+			return fmt.Errorf("schedule expiries: %w", err)
+		}
+	}
+	return nil
+}
+
+// expiryInsert is the multi-row INSERT for n expiries.
+func expiryInsert(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,'pending')", 5*i+1, 5*i+2, 5*i+3, 5*i+4, 5*i+5)
+	}
+	b.WriteString(` ON CONFLICT (event_id) DO NOTHING`)
+	return b.String()
+}
+
+// ExpiryPump moves expiries that have come due into the job table, oldest
+// first, a page at a time (memory stays flat however many are pending), and
+// parks those under a legal hold. After downtime it catches up from the
+// oldest; the job runner then redacts with its concurrency and backoff.
+type ExpiryPump struct {
+	DB    *store.DB
+	Now   Clock
+	Wake  func() // the job runner's
+	Page  int
+	Log   zerolog.Logger
+}
+
+// Run pumps until ctx ends: at the next due time, or at least once a second.
+func (p *ExpiryPump) Run(ctx context.Context) {
+	for {
+		n, err := p.Once(ctx)
+		if err != nil && ctx.Err() == nil {
+			p.Log.Error().Err(err).Msg("expiry pump failed; retrying")
+		}
+		if n == p.page() {
+			continue // more due now
+		}
+		wait := time.Second
+		var next sql.NullInt64
+		if err := p.DB.R.QueryRowContext(ctx, `SELECT MIN(due_at) FROM expiry WHERE state = 'pending'`).Scan(&next); err == nil && next.Valid {
+			wait = min(wait, max(time.Until(time.UnixMilli(next.Int64)), 5*time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (p *ExpiryPump) page() int {
+	if p.Page <= 0 {
+		return 500
+	}
+	return p.Page
+}
+
+// Once queues one page of due expiries and returns how many it took.
+func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
+	now := p.Now()
+	type due struct{ id, room, sender string }
+	var page []due
+	rows, err := p.DB.R.QueryContext(ctx, `SELECT event_id, room_id, sender FROM expiry WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, event_id LIMIT $2`,
+		now.UnixMilli(), p.page())
+	if err != nil {
+		return 0, err
+	}
+	for rows.Next() {
+		var d due
+		if err := rows.Scan(&d.id, &d.room, &d.sender); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		page = append(page, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(page) == 0 {
+		return 0, err
+	}
+	err = p.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		holds, err := activeHolds(ctx, p.DB, tx)
+		if err != nil {
+			return err
+		}
+		var jobs []JobSpec
+		for _, d := range page {
+			state := "queued"
+			if holds.rooms[d.room] || holds.users[d.sender] {
+				state = "held"
+			} else {
+				payload, _ := json.Marshal(actionPayload{Room: d.room, EventID: d.id, ActAs: d.sender, Reason: reasonExpired})
+				jobs = append(jobs, JobSpec{Kind: JobExpire, DedupeKey: "expire:" + d.id, Payload: payload})
+			}
+			if _, err := p.DB.Exec(ctx, tx, `UPDATE expiry SET state = $1 WHERE event_id = $2 AND state = 'pending'`, state, d.id); err != nil {
+				return err
+			}
+		}
+		return Enqueue(ctx, tx, now, jobs...)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if p.Wake != nil {
+		p.Wake()
+	}
+	return len(page), nil
+}
+
+type holdSet struct{ rooms, users map[string]bool }
+
+func activeHolds(ctx context.Context, db *store.DB, tx *sql.Tx) (holdSet, error) {
+	h := holdSet{map[string]bool{}, map[string]bool{}}
+	rows, err := tx.QueryContext(ctx, `SELECT room_id, user_id FROM legal_hold WHERE released_at = 0`)
+	if err != nil {
+		return h, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var room, user string
+		if err := rows.Scan(&room, &user); err != nil {
+			return h, err
+		}
+		if room != "" {
+			h.rooms[room] = true
+		}
+		if user != "" {
+			h.users[user] = true
+		}
+	}
+	return h, rows.Err()
+}
+
+// RegisterExpiry handles expire jobs: a redaction as the sender, like
+// policy's own redactions.
+func RegisterExpiry(r *Runner, hs *homeserver.Client) {
+	r.Handle(JobExpire, redactHandler(hs))
+}
