@@ -76,11 +76,11 @@ func expiryInsert(n int) string {
 // parks those under a legal hold. After downtime it catches up from the
 // oldest; the job runner then redacts with its concurrency and backoff.
 type ExpiryPump struct {
-	DB    *store.DB
-	Now   Clock
-	Wake  func() // the job runner's
-	Page  int
-	Log   zerolog.Logger
+	DB   *store.DB
+	Now  Clock
+	Wake func() // the job runner's
+	Page int
+	Log  zerolog.Logger
 }
 
 // Run pumps until ctx ends: at the next due time, or at least once a second.

@@ -148,4 +148,3 @@ func TestExpiryPump(t *testing.T) {
 		})
 	}
 }
-

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,13 +18,7 @@ import (
 func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
-	policyFile := filepath.Join(filepath.Dir(st.ServiceConfig), "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte("version: 1\ndefaults:\n  retention: 3s\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	waitAudit(t, st, "the 3 s policy in force", func(l auditLine) bool {
-		return l.Type == "policy.load" && l.Outcome == "success" && l.Detail == "file-changed"
-	})
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 3s\n"))
 	alice := newE2EEUser(t, st, "alice")
 	bob := newE2EEUser(t, st, "bob")
 	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID},

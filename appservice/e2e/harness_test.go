@@ -208,3 +208,15 @@ func httpGet(t *testing.T, url string) []byte {
 	b, _ := io.ReadAll(resp.Body)
 	return b
 }
+
+// setPolicy replaces the service's policy file and waits until the service
+// has put it in force.
+func setPolicy(t *testing.T, st *devstack.Stack, yaml []byte) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(filepath.Dir(st.ServiceConfig), "policy.yaml"), yaml, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitAudit(t, st, "the new policy in force", func(l auditLine) bool {
+		return l.Type == "policy.load" && l.Outcome == "success" && l.Detail == "file-changed"
+	})
+}
