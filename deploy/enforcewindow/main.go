@@ -285,7 +285,13 @@ func report(setting, window string, samples []sample, want int) {
 		}
 	}
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d.Microseconds())/1000) }
-	fmt.Printf("%-32s %-27s n=%d/%d  p50 %s ms  p99 %s ms  max %s ms", setting, window, len(samples), want, ms(pct(total, .5)), ms(pct(total, .99)), ms(pct(total, 1)))
+	stalls := 0
+	for _, d := range total {
+		if d > time.Second {
+			stalls++
+		}
+	}
+	fmt.Printf("%-32s %-27s n=%d/%d  p50 %s ms  p99 %s ms  max %s ms  >1s: %d", setting, window, len(samples), want, ms(pct(total, .5)), ms(pct(total, .99)), ms(pct(total, 1)), stalls)
 	if len(del) > 0 {
 		fmt.Printf("  | p50 HS→service %s, service %s, service→client %s ms", ms(pct(del, .5)), ms(pct(proc, .5)), ms(pct(back, .5)))
 	}
