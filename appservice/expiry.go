@@ -193,3 +193,48 @@ func activeHolds(ctx context.Context, db *store.DB, tx *sql.Tx) (holdSet, error)
 func RegisterExpiry(r *Runner, hs *homeserver.Client) {
 	r.Handle(JobExpire, redactHandler(hs))
 }
+
+// RescheduleExpiries applies a new policy to messages already waiting: a
+// room whose lifetime got shorter has its pending expiries brought forward
+// (received + new lifetime); a longer lifetime, or none, leaves them as they
+// were and applies to new messages only. It returns how many it moved.
+func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
+	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, '')
+		FROM (SELECT DISTINCT room_id FROM expiry WHERE state = 'pending') e LEFT JOIN room_state r ON r.room_id = e.room_id`)
+	if err != nil {
+		return 0, err
+	}
+	type change struct {
+		room     string
+		lifetime int64
+	}
+	var changes []change
+	for rows.Next() {
+		var room, aliases, spaces string
+		if err := rows.Scan(&room, &aliases, &spaces); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if life := pol.For(policy.Room{ID: room, Aliases: splitList(aliases), Spaces: splitList(spaces)}).Retention; life > 0 {
+			changes = append(changes, change{room, life.D().Milliseconds()})
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	var moved int64
+	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		for _, c := range changes {
+			res, err := db.Exec(ctx, tx, `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`,
+				c.lifetime, c.room)
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			moved += n
+		}
+		return nil
+	})
+	return moved, err
+}

@@ -148,3 +148,47 @@ func TestExpiryPump(t *testing.T) {
 		})
 	}
 }
+
+// A shorter lifetime brings waiting messages' ends forward; a longer one, or
+// none, leaves them (and applies to new messages only).
+func TestRescheduleOnPolicyChange(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			t0 := p.clock.Now().UnixMilli()
+			hour := int64(time.Hour / time.Millisecond)
+			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+				return scheduleExpiries(ctx, p.db, tx, []Expiry{
+					{"$a1", "!a:h", "@u:h", t0, t0 + hour}, {"$a2", "!a:h", "@u:h", t0 + 1000, t0 + 1000 + hour},
+					{"$b1", "!b:h", "@u:h", t0, t0 + hour},
+				})
+			}); err != nil {
+				t.Fatal(err)
+			}
+			due := func(id string) int64 {
+				var d int64
+				p.db.R.QueryRow(`SELECT due_at FROM expiry WHERE event_id = $1`, id).Scan(&d)
+				return d
+			}
+			apply := func(yaml string) int64 {
+				pol, err := policy.Parse("p.yaml", []byte(yaml))
+				if err != nil {
+					t.Fatal(err)
+				}
+				n, err := RescheduleExpiries(ctx, p.db, pol)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			n := apply("version: 1\nrooms:\n  - room_id: \"!a:h\"\n    retention: 10m\n  - room_id: \"!b:h\"\n    retention: 2h\n")
+			if n != 2 || due("$a1") != t0+600_000 || due("$a2") != t0+1000+600_000 || due("$b1") != t0+hour {
+				t.Fatalf("moved %d: a1 %d a2 %d b1 %d", n, due("$a1")-t0, due("$a2")-t0, due("$b1")-t0)
+			}
+			if n := apply("version: 1\ndefaults:\n  retention: 0\n"); n != 0 || due("$a1") != t0+600_000 {
+				t.Fatalf("keeping messages longer moved %d", n)
+			}
+		})
+	}
+}

@@ -68,3 +68,28 @@ func holdTarget(room, user string, keys *audit.Keys) string {
 	}
 	return keys.User(user)
 }
+
+// Hold is a standing legal hold.
+type Hold struct {
+	ID                           int64
+	Room, User, Reason, PlacedBy string
+	PlacedAt                     int64
+}
+
+// StandingHolds lists the holds not released, oldest first.
+func StandingHolds(ctx context.Context, db *store.DB) ([]Hold, error) {
+	rows, err := db.R.QueryContext(ctx, `SELECT id, room_id, user_id, reason, placed_by, placed_at FROM legal_hold WHERE released_at = 0 ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Hold
+	for rows.Next() {
+		var h Hold
+		if err := rows.Scan(&h.ID, &h.Room, &h.User, &h.Reason, &h.PlacedBy, &h.PlacedAt); err != nil {
+			return nil, err
+		}
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}

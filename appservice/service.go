@@ -161,7 +161,14 @@ func (s *Service) Run(ctx context.Context) error {
 			s.Runner.Wake()
 		}
 	}
-	s.Policy.OnChange = sweep
+	s.Policy.OnChange = func(ctx context.Context, p *policy.Policy) {
+		sweep(ctx, p)
+		if n, err := RescheduleExpiries(ctx, s.DB, p); err != nil {
+			s.Log.Error().Err(err).Msg("could not apply the new policy's lifetimes to waiting messages")
+		} else if n > 0 {
+			s.Log.Info().Int64("messages", n).Msg("shorter lifetimes brought waiting messages' expiry forward")
+		}
+	}
 	sweep(ctx, s.Policy.Current())
 	workCtx, stopWork := context.WithCancel(context.Background())
 	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {

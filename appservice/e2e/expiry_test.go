@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,5 +81,54 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 	t.Logf("after restart: expired %s after the service came back (%s after sending)", gone.Sub(back).Round(time.Millisecond), gone.Sub(sentAt).Round(time.Millisecond))
 	if gone.Sub(back) > 3*time.Second {
 		t.Fatalf("overdue message took %s after restart", gone.Sub(back))
+	}
+}
+
+// A legal hold placed with the CLI keeps a room's messages past their
+// lifetime; releasing it lets them expire at once.
+func TestLegalHoldKeepsMessages(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 2s\n  plaintext: allow\n  encryption: optional\n"))
+	alice := newUser(t, st, "alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := st.Service("hold", "-room", string(room.RoomID), "-reason", "litigation 2026-114")
+	if err != nil || !strings.Contains(string(out), "hold 1 placed") {
+		t.Fatalf("hold: %v %s%s", err, out, errOut)
+	}
+	sent, err := alice.SendText(ctx, room.RoomID, "kept for counsel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second)
+	if e, err := alice.GetEvent(ctx, room.RoomID, sent.EventID); err != nil || e.Unsigned.RedactedBecause != nil {
+		t.Fatalf("a held message expired (%v)", err)
+	}
+	list, _, err := st.Service("hold", "-list")
+	if err != nil || !strings.Contains(string(list), string(room.RoomID)) || !strings.Contains(string(list), "litigation 2026-114") {
+		t.Fatalf("hold -list: %v\n%s", err, list)
+	}
+	released := time.Now()
+	if out, errOut, err := st.Service("hold", "-release", "1"); err != nil {
+		t.Fatalf("release: %v %s%s", err, out, errOut)
+	}
+	waitFor(t, "the held message to expire after release", func() bool {
+		e, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+		return err == nil && e.Unsigned.RedactedBecause != nil
+	})
+	t.Logf("expired %s after the hold was released", time.Since(released).Round(time.Millisecond))
+	// The trail has both hold records, without the reason.
+	lines, raw := export(t, st)
+	holds := 0
+	for _, l := range lines {
+		if l.Type == "hold" {
+			holds++
+		}
+	}
+	if holds != 2 || strings.Contains(string(raw), "litigation") {
+		t.Fatalf("%d hold records; reason in the trail: %v", holds, strings.Contains(string(raw), "litigation"))
 	}
 }
