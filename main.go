@@ -21,6 +21,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -332,12 +333,8 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 	if r.Until, err = parseTime(*until); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
-	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	_, db, chain, err := openData(ctx, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -506,12 +503,8 @@ func holdCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
-	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	_, db, chain, err := openData(ctx, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -551,4 +544,15 @@ func holdCommand(args []string, stdout, stderr io.Writer) error {
 		_, err = fmt.Fprintf(stdout, "hold %d placed\n", id)
 		return err
 	}
+}
+
+// openData loads the config and opens the service's database and audit chain,
+// for commands that work on them.
+func openData(ctx context.Context, cfgPath string) (*config.Config, *store.DB, *audit.Chain, error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	return cfg, db, chain, err
 }
