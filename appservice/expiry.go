@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -141,15 +142,25 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 			return err
 		}
 		var jobs []JobSpec
+		var queued, held []any
 		for _, d := range page {
-			state := "queued"
 			if holds.rooms[d.room] || holds.users[d.sender] {
-				state = "held"
-			} else {
-				payload, _ := json.Marshal(actionPayload{Room: d.room, EventID: d.id, ActAs: d.sender, Reason: reasonExpired})
-				jobs = append(jobs, JobSpec{Kind: JobExpire, DedupeKey: "expire:" + d.id, Payload: payload})
+				held = append(held, d.id)
+				continue
 			}
-			if _, err := p.DB.Exec(ctx, tx, `UPDATE expiry SET state = $1 WHERE event_id = $2 AND state = 'pending'`, state, d.id); err != nil {
+			queued = append(queued, d.id)
+			payload, _ := json.Marshal(actionPayload{Room: d.room, EventID: d.id, ActAs: d.sender, Reason: reasonExpired})
+			jobs = append(jobs, JobSpec{Kind: JobExpire, DedupeKey: "expire:" + d.id, Payload: payload})
+		}
+		for _, set := range []struct {
+			state string
+			ids   []any
+		}{{"queued", queued}, {"held", held}} {
+			if len(set.ids) == 0 {
+				continue
+			}
+			q := `UPDATE expiry SET state = '` + set.state + `' WHERE state = 'pending' AND event_id IN ` + placeholders(len(set.ids))
+			if _, err := tx.ExecContext(ctx, q, set.ids...); err != nil {
 				return err
 			}
 		}
@@ -237,4 +248,18 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 		return nil
 	})
 	return moved, err
+}
+
+// placeholders is "($1,$2,…,$n)".
+func placeholders(n int) string {
+	var b strings.Builder
+	b.WriteByte('(')
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			b.WriteByte(',')
+		}
+		b.WriteString("$" + strconv.Itoa(i))
+	}
+	b.WriteByte(')')
+	return b.String()
 }

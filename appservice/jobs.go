@@ -67,20 +67,27 @@ func (l laterError) Unwrap() error { return l.err }
 func RetryLater(d time.Duration, err error) error { return laterError{err, d} }
 
 // Enqueue inserts jobs inside tx; a job whose dedupe key exists is skipped.
+// Rows go in 100 to a statement (the expiry pump queues hundreds at once).
 func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) error {
-	for _, j := range jobs {
-		due := j.DueAt
-		if due.IsZero() {
-			due = now.Add(j.Delay)
+	const per = 100
+	for start := 0; start < len(jobs); start += per {
+		chunk := jobs[start:min(start+per, len(jobs))]
+		args := make([]any, 0, 8*len(chunk))
+		for _, j := range chunk {
+			due := j.DueAt
+			if due.IsZero() {
+				due = now.Add(j.Delay)
+			}
+			payload := j.Payload
+			if payload == nil {
+				payload = json.RawMessage("{}")
+			}
+			args = append(args, j.Kind, j.DedupeKey, []byte(payload), "pending", due.UnixMilli(), now.UnixMilli(), now.UnixMilli(), j.DryRun)
 		}
-		payload := j.Payload
-		if payload == nil {
-			payload = json.RawMessage("{}")
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run)
-			VALUES ($1, $2, $3, 'pending', $4, $5, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING`,
-			j.Kind, j.DedupeKey, []byte(payload), due.UnixMilli(), now.UnixMilli(), j.DryRun); err != nil {
-			return fmt.Errorf("enqueue %s job: %w", j.Kind, err)
+		q := store.ValuesQuery(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run) VALUES `, 8, len(chunk),
+			` ON CONFLICT (dedupe_key) DO NOTHING`)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("enqueue %s job: %w", chunk[0].Kind, err)
 		}
 	}
 	return nil
