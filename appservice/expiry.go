@@ -159,7 +159,10 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 			if len(set.ids) == 0 {
 				continue
 			}
-			q := `UPDATE expiry SET state = '` + set.state + `' WHERE state = 'pending' AND event_id IN ` + placeholders(len(set.ids))
+			// By primary key only: with "state = 'pending'" too, SQLite walks
+			// the (state, due_at) index instead. Only this pump moves rows
+			// out of pending, so they are still pending.
+			q := `UPDATE expiry SET state = '` + set.state + `' WHERE event_id IN ` + placeholders(len(set.ids))
 			if _, err := tx.ExecContext(ctx, q, set.ids...); err != nil {
 				return err
 			}
