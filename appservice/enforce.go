@@ -55,7 +55,7 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	}
 	pol := d.Policy.Current()
 	settings := pol.For(room.PolicyRoom())
-	if exp, ok := expiryFor(ev, settings); ok {
+	if exp, ok := expiryFor(ev, settings, room.State); ok {
 		dec.Expiries = append(dec.Expiries, exp)
 	}
 	// Most traffic is ciphertext, which no rule ever acts on.

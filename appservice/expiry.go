@@ -30,15 +30,17 @@ const JobExpire = "expire"
 const reasonExpired = "This room's message lifetime has ended."
 
 // expiryFor decides whether an event expires, and when: message events
-// (encrypted or not; not state, not redactions) in a room with a lifetime.
+// (encrypted or not; not state, not redactions) in a room with a lifetime
+// (policy's, tightened by the room's own m.room.retention).
 // The time counts from when the service received it, not from the event's
 // own timestamp, which its sender's client sets.
-func expiryFor(ev *Event, s policy.Effective) (Expiry, bool) {
-	if s.Retention <= 0 || ev.StateKey != nil || ev.Type == "m.room.redaction" || ev.ReceivedAt == 0 {
+func expiryFor(ev *Event, s policy.Effective, room policy.RoomState) (Expiry, bool) {
+	life := s.Lifetime(time.Duration(room.MaxLifetime) * time.Millisecond)
+	if life <= 0 || ev.StateKey != nil || ev.Type == "m.room.redaction" || ev.ReceivedAt == 0 {
 		return Expiry{}, false
 	}
 	return Expiry{EventID: ev.ID, RoomID: ev.RoomID, Sender: ev.Sender, ReceivedAt: ev.ReceivedAt,
-		DueAt: ev.ReceivedAt + s.Retention.D().Milliseconds()}, true
+		DueAt: ev.ReceivedAt + life.Milliseconds()}, true
 }
 
 // scheduleExpiries stores expiries inside the dispatcher's transaction. An
@@ -213,7 +215,7 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client) {
 // (received + new lifetime); a longer lifetime, or none, leaves them as they
 // were and applies to new messages only. It returns how many it moved.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
-	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, '')
+	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, ''), COALESCE(r.max_lifetime_ms, 0)
 		FROM (SELECT DISTINCT room_id FROM expiry WHERE state = 'pending') e LEFT JOIN room_state r ON r.room_id = e.room_id`)
 	if err != nil {
 		return 0, err
@@ -225,12 +227,14 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 	var changes []change
 	for rows.Next() {
 		var room, aliases, spaces string
-		if err := rows.Scan(&room, &aliases, &spaces); err != nil {
+		var roomMax int64
+		if err := rows.Scan(&room, &aliases, &spaces, &roomMax); err != nil {
 			rows.Close()
 			return 0, err
 		}
-		if life := pol.For(policy.Room{ID: room, Aliases: splitList(aliases), Spaces: splitList(spaces)}).Retention; life > 0 {
-			changes = append(changes, change{room, life.D().Milliseconds()})
+		eff := pol.For(policy.Room{ID: room, Aliases: splitList(aliases), Spaces: splitList(spaces)})
+		if life := eff.Lifetime(time.Duration(roomMax) * time.Millisecond); life > 0 {
+			changes = append(changes, change{room, life.Milliseconds()})
 		}
 	}
 	rows.Close()

@@ -21,17 +21,21 @@ func TestExpiryFor(t *testing.T) {
 		name string
 		ev   Event
 		s    policy.Effective
+		room policy.RoomState
 		due  int64 // 0: no expiry
 	}{
-		{"message", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, 1000 + 86_400_000},
-		{"ciphertext too", Event{ID: "$e", Type: "m.room.encrypted", ReceivedAt: 1000}, day, 1000 + 86_400_000},
-		{"sticker", Event{ID: "$s", Type: "m.sticker", ReceivedAt: 5}, day, 5 + 86_400_000},
-		{"state events stay", Event{ID: "$t", Type: "m.room.topic", StateKey: &sk, ReceivedAt: 1000}, day, 0},
-		{"redactions stay", Event{ID: "$r", Type: "m.room.redaction", ReceivedAt: 1000}, day, 0},
-		{"no lifetime", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, 0},
+		{"message", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{}, 1000 + 86_400_000},
+		{"ciphertext too", Event{ID: "$e", Type: "m.room.encrypted", ReceivedAt: 1000}, day, policy.RoomState{}, 1000 + 86_400_000},
+		{"sticker", Event{ID: "$s", Type: "m.sticker", ReceivedAt: 5}, day, policy.RoomState{}, 5 + 86_400_000},
+		{"state events stay", Event{ID: "$t", Type: "m.room.topic", StateKey: &sk, ReceivedAt: 1000}, day, policy.RoomState{}, 0},
+		{"redactions stay", Event{ID: "$r", Type: "m.room.redaction", ReceivedAt: 1000}, day, policy.RoomState{}, 0},
+		{"no lifetime", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, policy.RoomState{}, 0},
+		{"the room's m.room.retention tightens", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 3_600_000}, 1000 + 3_600_000},
+		{"and cannot loosen", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 10 * 86_400_000}, 1000 + 86_400_000},
+		{"the room sets one where policy keeps", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, policy.RoomState{MaxLifetime: 60_000}, 1000 + 60_000},
 	}
 	for _, c := range cases {
-		got, ok := expiryFor(&c.ev, c.s)
+		got, ok := expiryFor(&c.ev, c.s, c.room)
 		if (c.due == 0) == ok || (ok && got.DueAt != c.due) {
 			t.Errorf("%s: %+v %v, want due %d", c.name, got, ok, c.due)
 		}

@@ -53,6 +53,14 @@ func (r *RoomInfo) Apply(e *Event) {
 		r.State.JoinRule = c.Get("join_rule").String()
 	case "m.room.guest_access":
 		r.State.GuestAccess = c.Get("guest_access").String()
+	case "m.room.retention":
+		if *e.StateKey != "" {
+			return
+		}
+		r.State.MaxLifetime = 0
+		if v := c.Get("max_lifetime"); v.Type == gjson.Number && v.Int() > 0 {
+			r.State.MaxLifetime = v.Int()
+		}
 	case "m.room.canonical_alias":
 		r.Aliases = r.Aliases[:0]
 		if a := c.Get("alias").String(); a != "" {
@@ -124,8 +132,8 @@ func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*Roo
 		}
 		r := &RoomInfo{ID: id}
 		var aliases, spaces string
-		err := db.R.QueryRowContext(ctx, `SELECT creator, encrypted, join_rule, guest_access, aliases, spaces FROM room_state WHERE room_id = $1`, id).
-			Scan(&r.State.Creator, &r.State.Encrypted, &r.State.JoinRule, &r.State.GuestAccess, &aliases, &spaces)
+		err := db.R.QueryRowContext(ctx, `SELECT creator, encrypted, join_rule, guest_access, aliases, spaces, max_lifetime_ms FROM room_state WHERE room_id = $1`, id).
+			Scan(&r.State.Creator, &r.State.Encrypted, &r.State.JoinRule, &r.State.GuestAccess, &aliases, &spaces, &r.State.MaxLifetime)
 		if err == sql.ErrNoRows {
 			r.fresh = true
 		} else if err != nil {
@@ -143,12 +151,13 @@ func saveRooms(ctx context.Context, db *store.DB, tx *sql.Tx, rooms map[string]*
 		if !r.dirty {
 			continue
 		}
-		if _, err := db.Exec(ctx, tx, `INSERT INTO room_state (room_id, creator, encrypted, join_rule, guest_access, aliases, spaces, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		if _, err := db.Exec(ctx, tx, `INSERT INTO room_state (room_id, creator, encrypted, join_rule, guest_access, aliases, spaces, updated_at, max_lifetime_ms)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 			ON CONFLICT (room_id) DO UPDATE SET creator = excluded.creator, encrypted = excluded.encrypted, join_rule = excluded.join_rule,
-				guest_access = excluded.guest_access, aliases = excluded.aliases, spaces = excluded.spaces, updated_at = excluded.updated_at`,
+				guest_access = excluded.guest_access, aliases = excluded.aliases, spaces = excluded.spaces, updated_at = excluded.updated_at,
+				max_lifetime_ms = excluded.max_lifetime_ms`,
 			r.ID, r.State.Creator, r.State.Encrypted, r.State.JoinRule, r.State.GuestAccess,
-			strings.Join(r.Aliases, "\n"), strings.Join(r.Spaces, "\n"), now.UnixMilli()); err != nil {
+			strings.Join(r.Aliases, "\n"), strings.Join(r.Spaces, "\n"), now.UnixMilli(), r.State.MaxLifetime); err != nil {
 			return err
 		}
 	}

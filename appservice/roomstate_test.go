@@ -30,18 +30,29 @@ func TestRoomStateTracking(t *testing.T) {
 				stateEvent("$7", room, "@alice:h", "m.space.parent", "!hospital:h", map[string]any{"via": []string{"h"}}),
 				stateEvent("$8", room, "@alice:h", "m.space.parent", "!old:h", map[string]any{"via": []string{"h"}}),
 				stateEvent("$9", room, "@alice:h", "m.space.parent", "!old:h", map[string]any{}),
+				stateEvent("$9r", room, "@alice:h", "m.room.retention", "", map[string]any{"max_lifetime": 86400000}),
 				msgEvent("$10", room, "@alice:h", "after"),
 			}
 			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != 200 {
 				t.Fatal(rec.Code)
 			}
 			seen := map[string]string{}
+			lifetimes := map[string]int64{}
 			p.disp.decider = deciderFunc(func(e *Event, r *RoomInfo) Decision {
+				lifetimes[e.ID] = r.State.MaxLifetime
 				seen[e.ID] = fmt.Sprintf("enc=%v join=%s guest=%s creator=%s aliases=%v spaces=%v", r.State.Encrypted, r.State.JoinRule, r.State.GuestAccess, r.State.Creator, r.Aliases, r.Spaces)
 				return Decision{}
 			})
 			if _, err := p.disp.DispatchBatch(context.Background()); err != nil {
 				t.Fatal(err)
+			}
+			if lifetimes["$4"] != 0 || lifetimes["$10"] != 86400000 {
+				t.Fatalf("m.room.retention max_lifetime: %v", lifetimes)
+			}
+			var stored int64
+			p.db.R.QueryRow(`SELECT max_lifetime_ms FROM room_state WHERE room_id = $1`, room).Scan(&stored)
+			if stored != 86400000 {
+				t.Fatalf("stored max lifetime %d", stored)
 			}
 			want := map[string]string{
 				"$4":  "enc=false join=public guest=can_join creator=@alice:h aliases=[] spaces=[]",

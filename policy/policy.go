@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -37,7 +38,12 @@ type Settings struct {
 	PublicRooms *Permission      `yaml:"public_rooms"`
 	GuestAccess *Permission      `yaml:"guest_access"`
 	Retention   *config.Duration `yaml:"retention"`
-	DryRun      *bool            `yaml:"dry_run"`
+	// RetentionMin and RetentionMax bound what a room's own m.room.retention
+	// (MSC1763 max_lifetime) can do: it may shorten the lifetime, never below
+	// the minimum; the maximum caps every lifetime.
+	RetentionMin *config.Duration `yaml:"retention_min"`
+	RetentionMax *config.Duration `yaml:"retention_max"`
+	DryRun       *bool            `yaml:"dry_run"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -94,8 +100,10 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	} else if p.Version != 1 {
 		d.Errorf("version", "version %d is not supported (this build knows version 1)", p.Version)
 	}
+	checkRetention(d, "defaults", &p.Defaults)
 	for i, o := range p.Rooms {
 		at := fmt.Sprintf("rooms[%d]", i)
+		checkRetention(d, at, &p.Rooms[i].Settings)
 		n := 0
 		for _, m := range []string{o.RoomID, o.Alias, o.Space} {
 			if m != "" {
@@ -124,6 +132,46 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	}
 }
 
+// checkRetention reports bounds that contradict each other or the lifetime.
+func checkRetention(d *strictyaml.Doc, at string, s *Settings) {
+	lo, hi, l := s.RetentionMin, s.RetentionMax, s.Retention
+	if lo != nil && hi != nil && *hi > 0 && *lo > *hi {
+		d.Errorf(at+".retention_min", "%sretention_min (%s) is longer than retention_max (%s)", prefix(at), lo.D(), hi.D())
+	}
+	if l != nil && *l > 0 && hi != nil && *hi > 0 && *l > *hi {
+		d.Errorf(at+".retention", "%sretention (%s) is longer than retention_max (%s)", prefix(at), l.D(), hi.D())
+	}
+	if l != nil && *l > 0 && lo != nil && *l < *lo {
+		d.Errorf(at+".retention", "%sretention (%s) is shorter than retention_min (%s)", prefix(at), l.D(), lo.D())
+	}
+}
+
+func prefix(at string) string {
+	if at == "" {
+		return ""
+	}
+	return at + "."
+}
+
+// Lifetime is how long a message in the room lives (0: kept). It is the
+// policy's retention, shortened by the room's own m.room.retention
+// max_lifetime (MSC1763) where that is shorter, but never below
+// retention_min; and never longer than retention_max. A room can tighten its
+// lifetime, never loosen it.
+func (e *Effective) Lifetime(roomMax time.Duration) time.Duration {
+	l := e.Retention.D()
+	if roomMax > 0 && (l == 0 || roomMax < l) {
+		l = max(roomMax, e.RetentionMin.D())
+		if e.Retention > 0 {
+			l = min(l, e.Retention.D()) // a minimum above the policy's own lifetime does not lengthen it
+		}
+	}
+	if hi := e.RetentionMax.D(); hi > 0 && (l == 0 || l > hi) {
+		l = hi
+	}
+	return l
+}
+
 func validRoomID(s string) bool {
 	return strings.HasPrefix(s, "!") && strings.Index(s, ":") > 1 && !strings.ContainsAny(s, " \t\n")
 }
@@ -138,13 +186,15 @@ type Room struct {
 // Effective is the resolved setting of every knob for one room, with where
 // each came from, for `policy explain` and audit.
 type Effective struct {
-	Encryption  Encryption
-	Plaintext   Plaintext
-	Attachments Attachments
-	PublicRooms Permission
-	GuestAccess Permission
-	Retention   config.Duration
-	DryRun      bool
+	Encryption   Encryption
+	Plaintext    Plaintext
+	Attachments  Attachments
+	PublicRooms  Permission
+	GuestAccess  Permission
+	Retention    config.Duration
+	RetentionMin config.Duration
+	RetentionMax config.Duration
+	DryRun       bool
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -196,7 +246,8 @@ func (p *Policy) For(r Room) Effective {
 	return e
 }
 
-var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true, "dry_run": true}
+var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
+	"retention_min": true, "retention_max": true, "dry_run": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -205,6 +256,8 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.PublicRooms, s.PublicRooms, "public_rooms", source, e.Source)
 	override(&e.GuestAccess, s.GuestAccess, "guest_access", source, e.Source)
 	override(&e.Retention, s.Retention, "retention", source, e.Source)
+	override(&e.RetentionMin, s.RetentionMin, "retention_min", source, e.Source)
+	override(&e.RetentionMax, s.RetentionMax, "retention_max", source, e.Source)
 	override(&e.DryRun, s.DryRun, "dry_run", source, e.Source)
 }
 
@@ -225,6 +278,7 @@ func (e Effective) Explain() string {
 	rows := [][2]string{
 		{"encryption", string(e.Encryption)}, {"plaintext", string(e.Plaintext)}, {"attachments", string(e.Attachments)},
 		{"public_rooms", string(e.PublicRooms)}, {"guest_access", string(e.GuestAccess)}, {"retention", retention},
+		{"retention_min", durationOrNone(e.RetentionMin)}, {"retention_max", durationOrNone(e.RetentionMax)},
 		{"dry_run", fmt.Sprint(e.DryRun)},
 	}
 	var b strings.Builder
@@ -232,6 +286,13 @@ func (e Effective) Explain() string {
 		fmt.Fprintf(&b, "%-13s %-18s from %s\n", r[0], r[1], e.Source[r[0]])
 	}
 	return b.String()
+}
+
+func durationOrNone(d config.Duration) string {
+	if d <= 0 {
+		return "none"
+	}
+	return d.D().String()
 }
 
 // enum decodes a scalar that must be one of a closed set of words.

@@ -188,3 +188,51 @@ func FuzzParse(f *testing.F) {
 		_ = e.Explain()
 	})
 }
+
+// A room's own m.room.retention (MSC1763 max_lifetime) may shorten its
+// messages' lifetime, never below retention_min, and never lengthen it;
+// retention_max caps every lifetime.
+func TestLifetimeTightenNeverLoosen(t *testing.T) {
+	h := time.Hour
+	e := func(l, lo, hi time.Duration) Effective {
+		return Effective{Retention: config.Duration(l), RetentionMin: config.Duration(lo), RetentionMax: config.Duration(hi)}
+	}
+	cases := []struct {
+		name    string
+		eff     Effective
+		roomMax time.Duration
+		want    time.Duration
+	}{
+		{"policy only", e(72*h, 0, 0), 0, 72 * h},
+		{"room tightens", e(72*h, 0, 0), 24 * h, 24 * h},
+		{"room cannot loosen", e(72*h, 0, 0), 200 * h, 72 * h},
+		{"room tightens, not below the minimum", e(72*h, 12*h, 0), 1 * h, 12 * h},
+		{"policy keeps, room sets a lifetime", e(0, 0, 0), 24 * h, 24 * h},
+		{"policy keeps, room's lifetime above the minimum", e(0, 48*h, 0), 24 * h, 48 * h},
+		{"maximum caps the policy", e(0, 0, 30*24*h), 0, 30 * 24 * h},
+		{"maximum caps a room's longer wish too", e(0, 0, 30*24*h), 90 * 24 * h, 30 * 24 * h},
+		{"nothing set: kept", e(0, 0, 0), 0, 0},
+	}
+	for _, c := range cases {
+		if got := c.eff.Lifetime(c.roomMax); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+func TestRetentionBoundsValidated(t *testing.T) {
+	cases := []struct{ name, src, want string }{
+		{"min above max", "version: 1\ndefaults:\n  retention_min: 48h\n  retention_max: 24h\n", "retention_min (48h0m0s) is longer than retention_max (24h0m0s)"},
+		{"lifetime above max", "version: 1\ndefaults:\n  retention: 30d\n  retention_max: 7d\n", "defaults.retention (720h0m0s) is longer than retention_max (168h0m0s)"},
+		{"lifetime below min, in an override", "version: 1\nrooms:\n  - room_id: \"!a:h\"\n    retention: 1h\n    retention_min: 2h\n", "rooms[0].retention (1h0m0s) is shorter than retention_min (2h0m0s)"},
+	}
+	for _, c := range cases {
+		_, err := Parse("p.yaml", []byte(c.src))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	if _, err := Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 72h\n  retention_min: 24h\n  retention_max: 30d\n")); err != nil {
+		t.Fatalf("consistent bounds refused: %v", err)
+	}
+}

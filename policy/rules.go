@@ -19,6 +19,9 @@ type RoomState struct {
 	JoinRule    string // public, invite, knock, restricted…
 	GuestAccess string // can_join or forbidden
 	Creator     string
+	// MaxLifetime is the room's own m.room.retention max_lifetime (MSC1763),
+	// in ms; 0 when unset.
+	MaxLifetime int64
 }
 
 // Context is everything a rule may look at: no I/O, so a decision can be
