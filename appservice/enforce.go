@@ -58,6 +58,9 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	if exp, ok := expiryFor(ev, settings, room.State); ok {
 		dec.Expiries = append(dec.Expiries, exp)
 	}
+	if a, ok := lifetimeNotice(ev, room, settings); ok {
+		dec.add(jobFor(a, ev.RoomID, "notice:retention:"+ev.ID, ev.Type, settings.DryRun, pol.Hash, d.Keys))
+	}
 	// Most traffic is ciphertext, which no rule ever acts on.
 	if ev.Type == "m.room.encrypted" && ev.StateKey == nil {
 		return dec

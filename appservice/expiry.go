@@ -270,3 +270,43 @@ func placeholders(n int) string {
 	b.WriteByte(')')
 	return b.String()
 }
+
+// lifetimeText tells people a room's message lifetime, in one line.
+func lifetimeText(d time.Duration) string {
+	if d <= 0 {
+		return "Messages in this room are no longer deleted automatically."
+	}
+	unit := func(n int64, one string) string {
+		if n == 1 {
+			return "1 " + one
+		}
+		return strconv.FormatInt(n, 10) + " " + one + "s"
+	}
+	var s string
+	switch {
+	case d%(24*time.Hour) == 0:
+		s = unit(int64(d/(24*time.Hour)), "day")
+	case d%time.Hour == 0:
+		s = unit(int64(d/time.Hour), "hour")
+	case d%time.Minute == 0:
+		s = unit(int64(d/time.Minute), "minute")
+	default:
+		s = unit(int64(d.Round(time.Second)/time.Second), "second")
+	}
+	return "Messages in this room are deleted " + s + " after they are sent."
+}
+
+// lifetimeNotice decides whether members should be told the room's message
+// lifetime: when the room is created with one, and when the room's own
+// m.room.retention changes it. (Policy changes are told by NoticeLifetimeChanges.)
+func lifetimeNotice(ev *Event, room *RoomInfo, s policy.Effective) (policy.Action, bool) {
+	lifetime := func(roomMax int64) time.Duration { return s.Lifetime(time.Duration(roomMax) * time.Millisecond) }
+	now := lifetime(room.State.MaxLifetime)
+	switch {
+	case ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" && now > 0:
+	case room.retentionChanged && lifetime(room.prevMaxLifetime) != now:
+	default:
+		return policy.Action{}, false
+	}
+	return policy.Action{Kind: policy.ActNotice, Rule: "retention", EventID: ev.ID, ActAs: room.State.Creator, Reason: lifetimeText(now)}, true
+}

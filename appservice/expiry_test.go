@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -192,6 +193,82 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 			}
 			if n := apply("version: 1\ndefaults:\n  retention: 0\n"); n != 0 || due("$a1") != t0+600_000 {
 				t.Fatalf("keeping messages longer moved %d", n)
+			}
+		})
+	}
+}
+
+func TestLifetimeText(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		72 * time.Hour:   "deleted 3 days after",
+		24 * time.Hour:   "deleted 1 day after",
+		36 * time.Hour:   "deleted 36 hours after",
+		90 * time.Minute: "deleted 90 minutes after",
+		3 * time.Second:  "deleted 3 seconds after",
+		0:                "no longer deleted automatically",
+	} {
+		if got := lifetimeText(d); !strings.Contains(got, want) {
+			t.Errorf("%s: %q", d, got)
+		}
+	}
+}
+
+// Members are told the lifetime when a room is created with one, when the
+// room's own m.room.retention changes it, and when a new policy does.
+func TestLifetimeNotices(t *testing.T) {
+	sk := ""
+	s := policy.Effective{Retention: config.Duration(72 * time.Hour)}
+	room := &RoomInfo{ID: "!r:h"}
+	create := &Event{ID: "$c", Type: "m.room.create", Sender: "@doc:h", StateKey: &sk, RoomID: "!r:h"}
+	room.Apply(create)
+	room.State.Creator = "@doc:h"
+	if a, ok := lifetimeNotice(create, room, s); !ok || a.ActAs != "@doc:h" || !strings.Contains(a.Reason, "3 days") {
+		t.Fatalf("creation: %+v %v", a, ok)
+	}
+	retention := func(id string, ms int) *Event {
+		e := &Event{ID: id, Type: "m.room.retention", StateKey: &sk, RoomID: "!r:h",
+			Raw: json.RawMessage(`{"type":"m.room.retention","state_key":"","content":{"max_lifetime":` + strconv.Itoa(ms) + `}}`)}
+		room.Apply(e)
+		return e
+	}
+	if a, ok := lifetimeNotice(retention("$t", 86_400_000), room, s); !ok || !strings.Contains(a.Reason, "1 day") {
+		t.Fatalf("tightened by the room: %+v %v", a, ok)
+	}
+	if _, ok := lifetimeNotice(retention("$same", 86_400_000), room, s); ok {
+		t.Fatal("told again though nothing changed")
+	}
+	if _, ok := lifetimeNotice(retention("$loose", 10*86_400_000), room, s); !ok {
+		t.Fatal("back from 1 day to the policy's 3 days is a change")
+	}
+	if _, ok := lifetimeNotice(retention("$looser", 20*86_400_000), room, s); ok {
+		t.Fatal("a looser wish changes nothing (the policy's 3 days stand)")
+	}
+	msg := &Event{ID: "$m", Type: "m.room.message", RoomID: "!r:h"}
+	room.Apply(msg)
+	if _, ok := lifetimeNotice(msg, room, s); ok {
+		t.Fatal("a message is not a lifetime change")
+	}
+
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			for _, r := range []struct{ id, aliases string }{{"!a:h", "#icu-1:h"}, {"!b:h", "#cafe:h"}} {
+				if _, err := p.db.W.Exec(`INSERT INTO room_state (room_id, creator, aliases, updated_at) VALUES ($1, '@doc:h', $2, 0)`, r.id, r.aliases); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\n"))
+			pol, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\nrooms:\n  - alias: \"#icu-*:h\"\n    retention: 72h\n"))
+			n, err := NoticeLifetimeChanges(ctx, p.db, p.chain, old, pol)
+			if err != nil || n != 1 {
+				t.Fatalf("%d rooms told (%v), want 1", n, err)
+			}
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'notice' AND payload LIKE '%!a:h%' AND payload LIKE '%3 days%'`); c != 1 {
+				t.Fatalf("%d notices for !a:h", c)
+			}
+			if n, _ := NoticeLifetimeChanges(ctx, p.db, p.chain, pol, pol); n != 0 {
+				t.Fatalf("the same policy again told %d rooms", n)
 			}
 		})
 	}

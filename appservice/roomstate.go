@@ -23,6 +23,10 @@ type RoomInfo struct {
 	// fresh: the service has no record of this room; the event being
 	// decided is the first it sees there.
 	fresh bool
+	// prevMaxLifetime is MaxLifetime before the event being decided, when
+	// that event changed it (retentionChanged).
+	prevMaxLifetime  int64
+	retentionChanged bool
 }
 
 // Fresh reports whether the event being decided is the first the service
@@ -36,6 +40,7 @@ func (r *RoomInfo) PolicyRoom() policy.Room {
 
 // Apply updates the room from one event, if it is a state event that matters.
 func (r *RoomInfo) Apply(e *Event) {
+	r.retentionChanged = false
 	if e.StateKey == nil {
 		return
 	}
@@ -57,10 +62,12 @@ func (r *RoomInfo) Apply(e *Event) {
 		if *e.StateKey != "" {
 			return
 		}
+		prev := r.State.MaxLifetime
 		r.State.MaxLifetime = 0
 		if v := c.Get("max_lifetime"); v.Type == gjson.Number && v.Int() > 0 {
 			r.State.MaxLifetime = v.Int()
 		}
+		r.prevMaxLifetime, r.retentionChanged = prev, prev != r.State.MaxLifetime
 	case "m.room.canonical_alias":
 		r.Aliases = r.Aliases[:0]
 		if a := c.Get("alias").String(); a != "" {

@@ -161,8 +161,16 @@ func (s *Service) Run(ctx context.Context) error {
 			s.Runner.Wake()
 		}
 	}
+	inForce := s.Policy.Current()
 	s.Policy.OnChange = func(ctx context.Context, p *policy.Policy) {
 		sweep(ctx, p)
+		if n, err := NoticeLifetimeChanges(ctx, s.DB, s.Chain, inForce, p); err != nil {
+			s.Log.Error().Err(err).Msg("could not tell rooms of their new message lifetime")
+		} else if n > 0 {
+			s.Log.Info().Int("rooms", n).Msg("telling rooms of their new message lifetime")
+			s.Runner.Wake()
+		}
+		inForce = p
 		if n, err := RescheduleExpiries(ctx, s.DB, p); err != nil {
 			s.Log.Error().Err(err).Msg("could not apply the new policy's lifetimes to waiting messages")
 		} else if n > 0 {

@@ -229,8 +229,9 @@ func (b *Bot) standing(ctx context.Context, cli *mautrix.Client, room id.RoomID)
 	return m, nil
 }
 
-// SendNotice posts a notice to target in room, mentioning them, encrypted
-// if the room is. txnID makes a retry of the same notice a no-op.
+// SendNotice posts a notice in room, encrypted if the room is, addressed to
+// target (mentioned) or, with target empty, to everyone in it. txnID makes a
+// retry of the same notice a no-op.
 func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error {
 	if _, err := b.EnsureJoined(ctx, room, inviter); err != nil {
 		return err
@@ -240,7 +241,7 @@ func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID
 	// The target just wrote in the room. If the bot's view does not have
 	// them as a member yet, its sync is behind: reload the members and start
 	// a new Megolm session, so theirs is among the devices it is shared with.
-	if !cli.StateStore.IsInRoom(ctx, rid, uid) {
+	if target != "" && !cli.StateStore.IsInRoom(ctx, rid, uid) {
 		if _, err := cli.State(ctx, rid); err != nil {
 			return fmt.Errorf("load room state: %w", err)
 		}
@@ -248,12 +249,12 @@ func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID
 			return err
 		}
 	}
-	content := &event.MessageEventContent{
-		MsgType:       event.MsgNotice,
-		Body:          target + ": " + text,
-		Format:        event.FormatHTML,
-		FormattedBody: fmt.Sprintf(`<a href="https://matrix.to/#/%s">%s</a>: %s`, target, target, htmlEscape(text)),
-		Mentions:      &event.Mentions{UserIDs: []id.UserID{uid}},
+	content := &event.MessageEventContent{MsgType: event.MsgNotice, Body: text, Mentions: &event.Mentions{}}
+	if target != "" {
+		content.Body = target + ": " + text
+		content.Format = event.FormatHTML
+		content.FormattedBody = fmt.Sprintf(`<a href="https://matrix.to/#/%s">%s</a>: %s`, target, target, htmlEscape(text))
+		content.Mentions.UserIDs = []id.UserID{uid}
 	}
 	_, err := cli.SendMessageEvent(ctx, rid, event.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txnID})
 	return err

@@ -54,6 +54,13 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 		return resp.EventID, time.Now()
 	}
 
+	// Members are told the room's lifetime by the bot, encrypted.
+	botID := id.UserID("@hipaa:" + st.Opts.ServerName)
+	told := alice.waitMessage(t, "the bot's lifetime notice", func(e *event.Event) bool { return e.Sender == botID })
+	if !told.Mautrix.WasEncrypted || !strings.Contains(textOf(told), "deleted 3 seconds after they are sent") {
+		t.Fatalf("lifetime notice %q (encrypted %v)", textOf(told), told.Mautrix.WasEncrypted)
+	}
+
 	first, sentAt := send("obs at 14:00: stable")
 	got := bob.waitMessage(t, "the message", func(e *event.Event) bool { return e.ID == first })
 	if !got.Mautrix.WasEncrypted || textOf(got) != "obs at 14:00: stable" {
