@@ -212,8 +212,10 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client) {
 
 // RescheduleExpiries applies a new policy to messages already waiting: a
 // room whose lifetime got shorter has its pending expiries brought forward
-// (received + new lifetime); a longer lifetime, or none, leaves them as they
-// were and applies to new messages only. It returns how many it moved.
+// (received + new lifetime); a longer lifetime, or none, applies to new
+// messages only, unless the room's policy says retroactive: then waiting
+// messages get the new lifetime too (none: they are kept). It returns how
+// many it changed.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
 	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, ''), COALESCE(r.max_lifetime_ms, 0)
 		FROM (SELECT DISTINCT room_id FROM expiry WHERE state = 'pending') e LEFT JOIN room_state r ON r.room_id = e.room_id`)
@@ -221,8 +223,9 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 		return 0, err
 	}
 	type change struct {
-		room     string
-		lifetime int64
+		room        string
+		lifetime    int64
+		retroactive bool
 	}
 	var changes []change
 	for rows.Next() {
@@ -233,8 +236,9 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 			return 0, err
 		}
 		eff := pol.For(policy.Room{ID: room, Aliases: splitList(aliases), Spaces: splitList(spaces)})
-		if life := eff.Lifetime(time.Duration(roomMax) * time.Millisecond); life > 0 {
-			changes = append(changes, change{room, life.Milliseconds()})
+		life := eff.Lifetime(time.Duration(roomMax) * time.Millisecond)
+		if life > 0 || eff.Retroactive {
+			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})
 		}
 	}
 	rows.Close()
@@ -244,8 +248,15 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 	var moved int64
 	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 		for _, c := range changes {
-			res, err := db.Exec(ctx, tx, `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`,
-				c.lifetime, c.room)
+			q := `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`
+			args := []any{c.lifetime, c.room}
+			switch {
+			case c.retroactive && c.lifetime == 0:
+				q, args = `UPDATE expiry SET state = 'cancelled' WHERE room_id = $1 AND state = 'pending'`, []any{c.room}
+			case c.retroactive:
+				q = `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at <> received_at + $1`
+			}
+			res, err := db.Exec(ctx, tx, q, args...)
 			if err != nil {
 				return err
 			}
@@ -255,20 +266,6 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 		return nil
 	})
 	return moved, err
-}
-
-// placeholders is "($1,$2,…,$n)".
-func placeholders(n int) string {
-	var b strings.Builder
-	b.WriteByte('(')
-	for i := 1; i <= n; i++ {
-		if i > 1 {
-			b.WriteByte(',')
-		}
-		b.WriteString("$" + strconv.Itoa(i))
-	}
-	b.WriteByte(')')
-	return b.String()
 }
 
 // lifetimeText tells people a room's message lifetime, in one line.
@@ -309,4 +306,18 @@ func lifetimeNotice(ev *Event, room *RoomInfo, s policy.Effective) (policy.Actio
 		return policy.Action{}, false
 	}
 	return policy.Action{Kind: policy.ActNotice, Rule: "retention", EventID: ev.ID, ActAs: room.State.Creator, Reason: lifetimeText(now)}, true
+}
+
+// placeholders is "($1,$2,…,$n)".
+func placeholders(n int) string {
+	var b strings.Builder
+	b.WriteByte('(')
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			b.WriteByte(',')
+		}
+		b.WriteString("$" + strconv.Itoa(i))
+	}
+	b.WriteByte(')')
+	return b.String()
 }

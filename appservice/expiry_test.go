@@ -194,6 +194,15 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 			if n := apply("version: 1\ndefaults:\n  retention: 0\n"); n != 0 || due("$a1") != t0+600_000 {
 				t.Fatalf("keeping messages longer moved %d", n)
 			}
+			// Retroactive: a longer lifetime applies to waiting messages too.
+			if n := apply("version: 1\nrooms:\n  - room_id: \"!a:h\"\n    retention: 2h\n    retroactive: true\n"); n != 2 || due("$a1") != t0+2*hour {
+				t.Fatalf("retroactive 2h moved %d, a1 due +%d", n, due("$a1")-t0)
+			}
+			// Retroactive keep: waiting messages are no longer expired.
+			if n := apply("version: 1\nrooms:\n  - room_id: \"!b:h\"\n    retention: 0\n    retroactive: true\n"); n != 1 ||
+				p.count(t, `SELECT COUNT(*) FROM expiry WHERE event_id = '$b1' AND state = 'cancelled'`) != 1 {
+				t.Fatalf("retroactive keep changed %d", n)
+			}
 		})
 	}
 }

@@ -43,7 +43,10 @@ type Settings struct {
 	// the minimum; the maximum caps every lifetime.
 	RetentionMin *config.Duration `yaml:"retention_min"`
 	RetentionMax *config.Duration `yaml:"retention_max"`
-	DryRun       *bool            `yaml:"dry_run"`
+	// Retroactive: a longer lifetime (or none) applies to messages already
+	// waiting too, not only to new ones. A shorter one always does.
+	Retroactive *bool `yaml:"retroactive"`
+	DryRun      *bool `yaml:"dry_run"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -194,6 +197,7 @@ type Effective struct {
 	Retention    config.Duration
 	RetentionMin config.Duration
 	RetentionMax config.Duration
+	Retroactive  bool
 	DryRun       bool
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
@@ -247,7 +251,7 @@ func (p *Policy) For(r Room) Effective {
 }
 
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
-	"retention_min": true, "retention_max": true, "dry_run": true}
+	"retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -258,6 +262,7 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Retention, s.Retention, "retention", source, e.Source)
 	override(&e.RetentionMin, s.RetentionMin, "retention_min", source, e.Source)
 	override(&e.RetentionMax, s.RetentionMax, "retention_max", source, e.Source)
+	override(&e.Retroactive, s.Retroactive, "retroactive", source, e.Source)
 	override(&e.DryRun, s.DryRun, "dry_run", source, e.Source)
 }
 
@@ -279,6 +284,7 @@ func (e Effective) Explain() string {
 		{"encryption", string(e.Encryption)}, {"plaintext", string(e.Plaintext)}, {"attachments", string(e.Attachments)},
 		{"public_rooms", string(e.PublicRooms)}, {"guest_access", string(e.GuestAccess)}, {"retention", retention},
 		{"retention_min", durationOrNone(e.RetentionMin)}, {"retention_max", durationOrNone(e.RetentionMax)},
+		{"retroactive", fmt.Sprint(e.Retroactive)},
 		{"dry_run", fmt.Sprint(e.DryRun)},
 	}
 	var b strings.Builder
