@@ -119,16 +119,19 @@ func (p *ExpiryPump) page() int {
 // Once queues one page of due expiries and returns how many it took.
 func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 	now := p.Now()
-	type due struct{ id, room, sender string }
+	type due struct {
+		id, room, sender string
+		received         int64
+	}
 	var page []due
-	rows, err := p.DB.R.QueryContext(ctx, `SELECT event_id, room_id, sender FROM expiry WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, event_id LIMIT $2`,
+	rows, err := p.DB.R.QueryContext(ctx, `SELECT event_id, room_id, sender, received_at FROM expiry WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, event_id LIMIT $2`,
 		now.UnixMilli(), p.page())
 	if err != nil {
 		return 0, err
 	}
 	for rows.Next() {
 		var d due
-		if err := rows.Scan(&d.id, &d.room, &d.sender); err != nil {
+		if err := rows.Scan(&d.id, &d.room, &d.sender, &d.received); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -204,10 +207,68 @@ func activeHolds(ctx context.Context, db *store.DB, tx *sql.Tx) (holdSet, error)
 	return h, rows.Err()
 }
 
+// JobPurge purges a room's expired history on Synapse.
+const JobPurge = "purge_history"
+
 // RegisterExpiry handles expire jobs: a redaction as the sender, like
-// policy's own redactions.
-func RegisterExpiry(r *Runner, hs *homeserver.Client) {
-	r.Handle(JobExpire, redactHandler(hs))
+// policy's own redactions. With purge (Synapse), each room whose messages
+// expire also gets, at most once an hour, a purge of its history up to the
+// newest message that has expired.
+func RegisterExpiry(r *Runner, hs *homeserver.Client, purge bool, bot string) {
+	redact := redactHandler(hs)
+	r.Handle(JobExpire, func(ctx context.Context, j *Job) error {
+		if err := redact(ctx, j); err != nil || !purge {
+			return err
+		}
+		var p actionPayload
+		json.Unmarshal(j.Payload, &p)
+		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			hour := r.now().Truncate(time.Hour)
+			payload, _ := json.Marshal(actionPayload{Room: p.Room, ActAs: bot, Reason: "expired history"})
+			return Enqueue(ctx, tx, r.now(), JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, hour.Unix()),
+				Payload: payload, DueAt: hour.Add(time.Hour)})
+		})
+	})
+	r.Handle(JobPurge, func(ctx context.Context, j *Job) error {
+		var p actionPayload
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		upTo, ok, err := purgeBound(ctx, r.db, p.Room)
+		if err != nil || !ok {
+			return err
+		}
+		return hs.PurgeHistory(ctx, p.ActAs, p.Room, upTo)
+	})
+}
+
+// purgeBound is how far a room's history may be purged: up to (not
+// including) the oldest of its messages that has not expired yet, and not at
+// all while a legal hold stands on the room or on any user (a user's held
+// messages may be anywhere), or while nothing in it has expired.
+func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, error) {
+	var holds int
+	if err := db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM legal_hold WHERE released_at = 0 AND (room_id = $1 OR user_id <> '')`, room).Scan(&holds); err != nil {
+		return 0, false, err
+	}
+	if holds > 0 {
+		return 0, false, nil
+	}
+	var expired, waiting sql.NullInt64
+	if err := db.R.QueryRowContext(ctx, `SELECT MAX(received_at) FROM expiry WHERE room_id = $1 AND state = 'queued'`, room).Scan(&expired); err != nil {
+		return 0, false, err
+	}
+	if err := db.R.QueryRowContext(ctx, `SELECT MIN(received_at) FROM expiry WHERE room_id = $1 AND state IN ('pending', 'held')`, room).Scan(&waiting); err != nil {
+		return 0, false, err
+	}
+	if !expired.Valid {
+		return 0, false, nil
+	}
+	upTo := expired.Int64 + 1
+	if waiting.Valid && waiting.Int64 < upTo {
+		upTo = waiting.Int64
+	}
+	return upTo, true, nil
 }
 
 // RescheduleExpiries applies a new policy to messages already waiting: a

@@ -282,3 +282,45 @@ func TestLifetimeNotices(t *testing.T) {
 		})
 	}
 }
+
+// History is purged only up to the oldest message still waiting, never while
+// a hold stands, and not before anything has expired.
+func TestPurgeBound(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			ins := func(id, room, state string, received int64) {
+				if _, err := p.db.W.Exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES ($1, $2, '@u:h', $3, 0, $4)`, id, room, received, state); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bound := func(room string) (int64, bool) {
+				v, ok, err := purgeBound(ctx, p.db, room)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v, ok
+			}
+			ins("$q1", "!a:h", "queued", 100)
+			ins("$q2", "!a:h", "queued", 200)
+			if v, ok := bound("!a:h"); !ok || v != 201 {
+				t.Fatalf("all expired: %d %v", v, ok)
+			}
+			ins("$p1", "!a:h", "pending", 150)
+			if v, ok := bound("!a:h"); !ok || v != 150 {
+				t.Fatalf("one waiting at 150: %d %v", v, ok)
+			}
+			ins("$p2", "!b:h", "pending", 10)
+			if _, ok := bound("!b:h"); ok {
+				t.Fatal("purged a room where nothing has expired")
+			}
+			if _, err := PlaceHold(ctx, p.db, p.chain, "", "@someone:h", "case", "os:counsel"); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := bound("!a:h"); ok {
+				t.Fatal("purged while a user hold stands")
+			}
+		})
+	}
+}

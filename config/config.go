@@ -47,6 +47,11 @@ type Homeserver struct {
 	// event back from the AS for up to ~5 s after an idle spell; steady traffic
 	// avoids that. 0 turns it off.
 	KeepAlive Duration `yaml:"keepalive"`
+	// PurgeHistory (Synapse only): after expiring messages, also purge each
+	// room's history older than its lifetime through Synapse's admin API, so
+	// the redacted events themselves leave the database. The bot must be a
+	// server admin.
+	PurgeHistory bool `yaml:"purge_history"`
 }
 
 type AppService struct {
@@ -287,6 +292,9 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		default:
 			d.Errorf(at+".type", "%s.type must be jsonl, syslog or fhir, not %q", at, e.Type)
 		}
+	}
+	if c.Homeserver.PurgeHistory && c.Homeserver.Software != "synapse" {
+		d.Errorf("homeserver.purge_history", "homeserver.purge_history needs Synapse's admin API (homeserver.software: synapse)")
 	}
 	switch c.Homeserver.Software {
 	case "synapse", "dendrite", "generic":

@@ -215,3 +215,16 @@ func TestAliasBombIsRefused(t *testing.T) {
 		t.Fatal("alias bomb accepted")
 	}
 }
+
+func TestPurgeHistoryNeedsSynapse(t *testing.T) {
+	src := strings.Replace(string(Example()), "purge_history: false", "purge_history: true", 1)
+	if _, err := Parse("config.yaml", []byte(src)); err != nil {
+		t.Fatalf("purge on synapse refused: %v", err)
+	}
+	src = strings.Replace(src, "software: synapse", "software: dendrite", 1)
+	_, err := Parse("config.yaml", []byte(src))
+	if err == nil || !strings.Contains(err.Error(), "homeserver.purge_history needs Synapse's admin API") {
+		t.Fatalf("purge on dendrite: %v", err)
+	}
+	strictyamltest.ExpectPositions(t, err, "config.yaml")
+}

@@ -115,3 +115,16 @@ func (c *Client) StateContent(ctx context.Context, user, room, eventType, stateK
 	err = cli.StateEvent(ctx, id.RoomID(room), event.Type{Type: eventType, Class: event.StateEventType}, stateKey, &out)
 	return out, err
 }
+
+// PurgeHistory asks Synapse to delete a room's non-state events older than
+// upToMillis, local ones included (admin API, acting as user, who must be a
+// server admin). Synapse purges in the background.
+func (c *Client) PurgeHistory(ctx context.Context, user, room string, upToMillis int64) error {
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"purge_up_to_ts": upToMillis, "delete_local_events": true}
+	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "purge_history", room}), body, nil)
+	return err
+}

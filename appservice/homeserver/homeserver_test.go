@@ -2,6 +2,7 @@ package homeserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -39,5 +40,25 @@ func TestQuarantineMediaRequest(t *testing.T) {
 	}
 	if err := c.QuarantineMedia(ctx, "synapse", "@hipaa:h", "https://not/mxc"); err == nil {
 		t.Fatal("a non-mxc URI was accepted")
+	}
+}
+
+// Synapse's purge_history admin API: POST .../purge_history/{room_id} with
+// purge_up_to_ts and delete_local_events, as the bot.
+func TestPurgeHistoryRequest(t *testing.T) {
+	var gotPath, gotUser string
+	var body map[string]any
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotPath, gotUser = r.URL.EscapedPath(), r.URL.Query().Get("user_id")
+		json.NewDecoder(r.Body).Decode(&body)
+		w.Write([]byte(`{"purge_id":"abc"}`))
+	}))
+	defer srv.Close()
+	if err := New(srv.URL, "as").PurgeHistory(context.Background(), "@hipaa:h", "!room:h", 1234567); err != nil {
+		t.Fatal(err)
+	}
+	if gotPath != "/_synapse/admin/v1/purge_history/%21room:h" || gotUser != "@hipaa:h" ||
+		body["purge_up_to_ts"] != float64(1234567) || body["delete_local_events"] != true {
+		t.Fatalf("request %s user %s body %v", gotPath, gotUser, body)
 	}
 }
