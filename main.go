@@ -9,6 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"os/user"
@@ -20,6 +22,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -187,6 +190,22 @@ func runService(args []string, stderr io.Writer) error {
 	svc, err := appservice.New(ctx, cfg, log, time.Now)
 	if err != nil {
 		return err
+	}
+	if addr := cfg.Admin.Listen; addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second,
+			Handler: &admin.Server{DB: svc.DB, Chain: svc.Chain, Policy: svc.Policy.Current, Token: cfg.Admin.Token.Reveal()}}
+		go srv.Serve(ln)
+		// Stopped when asked to stop, before the service closes its database.
+		go func() {
+			<-ctx.Done()
+			shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(shut)
+		}()
 	}
 	return svc.Run(ctx)
 }

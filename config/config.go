@@ -31,6 +31,7 @@ type Config struct {
 	Policy  string  `yaml:"policy"`
 	Audit   Audit   `yaml:"audit"`
 	Metrics Metrics `yaml:"metrics"`
+	Admin   Admin   `yaml:"admin"`
 	Logging Logging `yaml:"logging"`
 	Jobs    Jobs    `yaml:"jobs"`
 
@@ -104,6 +105,13 @@ type Exporter struct {
 	URL   string `yaml:"url"`
 	Token Secret `yaml:"token"`
 	Site  string `yaml:"site"`
+}
+
+// Admin is the admin HTTP API (legal holds, the rooms listing): off unless
+// listen is set; every call needs the bearer token.
+type Admin struct {
+	Listen string `yaml:"listen"`
+	Token  Secret `yaml:"token"`
 }
 
 type Metrics struct {
@@ -291,6 +299,14 @@ func (c *Config) validate(d *strictyaml.Doc) {
 			}
 		default:
 			d.Errorf(at+".type", "%s.type must be jsonl, syslog or fhir, not %q", at, e.Type)
+		}
+	}
+	if c.Admin.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			d.Errorf("admin.listen", "admin.listen %q is not host:port", c.Admin.Listen)
+		}
+		if len(c.Admin.Token.Reveal()) < 32 {
+			d.Errorf("admin.token", "admin.token must be at least 32 random characters when admin.listen is set")
 		}
 	}
 	if c.Homeserver.PurgeHistory && c.Homeserver.Software != "synapse" {

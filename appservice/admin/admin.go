@@ -1,0 +1,251 @@
+// Package admin is the admin HTTP API: the operations an administrator runs
+// from the command line, for the hospital's own tools. Every call needs the
+// bearer token and names who asked (the "by" field, or the X-Hipaa-Actor
+// header), which goes into the audit trail as admin-api:<who>.
+//
+//	GET  /_hipaa/admin/v1/holds                 standing legal holds
+//	POST /_hipaa/admin/v1/holds                 {"room_id"|"user_id", "reason", "by"}
+//	POST /_hipaa/admin/v1/holds/{id}/release    {"by"}
+//	GET  /_hipaa/admin/v1/rooms                 the rooms listing
+package admin
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// Server serves the admin API.
+type Server struct {
+	DB     *store.DB
+	Chain  *audit.Chain
+	Policy func() *policy.Policy
+	Token  string
+}
+
+const maxBody = 64 << 10
+
+type apiError struct {
+	Code  string `json:"errcode"`
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, apiError{code, msg})
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			fail(w, http.StatusInternalServerError, "M_UNKNOWN", "internal error")
+		}
+	}()
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	switch {
+	case !ok || token == "":
+		fail(w, http.StatusUnauthorized, "M_MISSING_TOKEN", "an admin token is required")
+		return
+	case subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) != 1:
+		fail(w, http.StatusForbidden, "M_FORBIDDEN", "wrong admin token")
+		return
+	}
+	path := strings.TrimPrefix(r.URL.Path, "/_hipaa/admin/v1")
+	switch {
+	case path == "/holds" && r.Method == http.MethodGet:
+		s.listHolds(w, r)
+	case path == "/holds" && r.Method == http.MethodPost:
+		s.placeHold(w, r)
+	case strings.HasPrefix(path, "/holds/") && strings.HasSuffix(path, "/release") && r.Method == http.MethodPost:
+		s.releaseHold(w, r, strings.TrimSuffix(strings.TrimPrefix(path, "/holds/"), "/release"))
+	case path == "/rooms" && r.Method == http.MethodGet:
+		s.rooms(w, r)
+	case path == "/holds" || path == "/rooms" || strings.HasPrefix(path, "/holds/"):
+		fail(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
+	default:
+		fail(w, http.StatusNotFound, "M_UNRECOGNIZED", "no such admin endpoint")
+	}
+}
+
+// actor is who asked: the body's "by", else the X-Hipaa-Actor header.
+func actor(r *http.Request, by string) (string, error) {
+	if by == "" {
+		by = r.Header.Get("X-Hipaa-Actor")
+	}
+	by = strings.TrimSpace(by)
+	if by == "" || len(by) > 100 || strings.ContainsAny(by, "\r\n") {
+		return "", errors.New(`say who is asking: "by" in the body or the X-Hipaa-Actor header (up to 100 characters)`)
+	}
+	return "admin-api:" + by, nil
+}
+
+// decode reads a small JSON body into v, refusing unknown fields.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_BAD_JSON", "could not read the body")
+		return false
+	}
+	if len(body) > maxBody {
+		fail(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "body too large")
+		return false
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		fail(w, http.StatusBadRequest, "M_BAD_JSON", "body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+type holdJSON struct {
+	ID       int64  `json:"id"`
+	RoomID   string `json:"room_id,omitempty"`
+	UserID   string `json:"user_id,omitempty"`
+	Reason   string `json:"reason"`
+	PlacedBy string `json:"placed_by"`
+	PlacedAt int64  `json:"placed_at"`
+}
+
+func (s *Server) listHolds(w http.ResponseWriter, r *http.Request) {
+	who, err := actor(r, "")
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+		return
+	}
+	holds, err := appservice.StandingHolds(r.Context(), s.DB)
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not read the holds")
+		return
+	}
+	// The list shows reasons: reading it is on the record.
+	if err := s.Chain.AppendTx(r.Context(), s.DB, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: who,
+		Action: "hold-list", Count: int64(len(holds))}); err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not record this read in the audit trail")
+		return
+	}
+	out := make([]holdJSON, 0, len(holds))
+	for _, h := range holds {
+		out = append(out, holdJSON{h.ID, h.Room, h.User, h.Reason, h.PlacedBy, h.PlacedAt})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"holds": out})
+}
+
+func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		RoomID string `json:"room_id"`
+		UserID string `json:"user_id"`
+		Reason string `json:"reason"`
+		By     string `json:"by"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	who, err := actor(r, req.By)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+		return
+	}
+	switch {
+	case (req.RoomID == "") == (req.UserID == ""):
+		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", "give exactly one of room_id and user_id")
+		return
+	case req.RoomID != "" && !strings.HasPrefix(req.RoomID, "!"):
+		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", "room_id must be a room ID (!opaque:server)")
+		return
+	case req.UserID != "" && !strings.HasPrefix(req.UserID, "@"):
+		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", "user_id must be a user ID (@name:server)")
+		return
+	case strings.TrimSpace(req.Reason) == "":
+		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", "a hold needs a reason")
+		return
+	}
+	id, err := appservice.PlaceHold(r.Context(), s.DB, s.Chain, req.RoomID, req.UserID, req.Reason, who)
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not place the hold")
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"id": id})
+}
+
+func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request, idText string) {
+	id, err := strconv.ParseInt(idText, 10, 64)
+	if err != nil || id <= 0 {
+		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such hold")
+		return
+	}
+	var req struct {
+		By string `json:"by"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	who, err := actor(r, req.By)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+		return
+	}
+	if err := appservice.ReleaseHold(r.Context(), s.DB, s.Chain, id, who); err != nil {
+		fail(w, http.StatusNotFound, "M_NOT_FOUND", fmt.Sprintf("no standing hold %d", id))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"released": id})
+}
+
+type roomJSON struct {
+	RoomID             string   `json:"room_id"`
+	Encrypted          bool     `json:"encrypted"`
+	EncryptionRequired bool     `json:"encryption_required"`
+	JoinRule           string   `json:"join_rule,omitempty"`
+	GuestAccess        string   `json:"guest_access,omitempty"`
+	BotPower           *int     `json:"bot_power,omitempty"`
+	PowerNeeded        *int     `json:"power_needed,omitempty"`
+	Problems           []string `json:"problems,omitempty"`
+}
+
+func (s *Server) rooms(w http.ResponseWriter, r *http.Request) {
+	who, err := actor(r, "")
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+		return
+	}
+	rooms, err := appservice.ListRooms(r.Context(), s.DB, s.Policy())
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not list rooms")
+		return
+	}
+	if err := s.Chain.AppendTx(r.Context(), s.DB, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: who,
+		Action: "rooms", Count: int64(len(rooms))}); err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not record this read in the audit trail")
+		return
+	}
+	out := make([]roomJSON, 0, len(rooms))
+	for i := range rooms {
+		rm := &rooms[i]
+		j := roomJSON{RoomID: rm.ID, Encrypted: rm.Encrypted, EncryptionRequired: rm.EncryptionRequired, JoinRule: rm.JoinRule, GuestAccess: rm.GuestAccess}
+		if rm.BotJoined {
+			j.BotPower, j.PowerNeeded = &rm.BotPower, &rm.Needed
+		}
+		for _, p := range rm.Problems {
+			j.Problems = append(j.Problems, p.Action+": "+p.Detail)
+		}
+		out = append(out, j)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rooms": out})
+}
