@@ -123,21 +123,31 @@ type holdJSON struct {
 	PlacedAt int64  `json:"placed_at"`
 }
 
-func (s *Server) listHolds(w http.ResponseWriter, r *http.Request) {
+// read runs a read-only admin operation for whoever asked and records the
+// read (action, and how many items it returned) before anything is answered.
+func read[T any](s *Server, w http.ResponseWriter, r *http.Request, action string, get func() ([]T, error)) ([]T, bool) {
 	who, err := actor(r, "")
 	if err != nil {
 		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
-		return
+		return nil, false
 	}
-	holds, err := appservice.StandingHolds(r.Context(), s.DB)
+	items, err := get()
 	if err != nil {
-		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not read the holds")
-		return
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not read "+action)
+		return nil, false
 	}
-	// The list shows reasons: reading it is on the record.
 	if err := s.Chain.AppendTx(r.Context(), s.DB, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: who,
-		Action: "hold-list", Count: int64(len(holds))}); err != nil {
+		Action: action, Count: int64(len(items))}); err != nil {
 		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not record this read in the audit trail")
+		return nil, false
+	}
+	return items, true
+}
+
+func (s *Server) listHolds(w http.ResponseWriter, r *http.Request) {
+	// The list shows reasons: reading it is on the record.
+	holds, ok := read(s, w, r, "hold-list", func() ([]appservice.Hold, error) { return appservice.StandingHolds(r.Context(), s.DB) })
+	if !ok {
 		return
 	}
 	out := make([]holdJSON, 0, len(holds))
@@ -220,19 +230,8 @@ type roomJSON struct {
 }
 
 func (s *Server) rooms(w http.ResponseWriter, r *http.Request) {
-	who, err := actor(r, "")
-	if err != nil {
-		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
-		return
-	}
-	rooms, err := appservice.ListRooms(r.Context(), s.DB, s.Policy())
-	if err != nil {
-		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not list rooms")
-		return
-	}
-	if err := s.Chain.AppendTx(r.Context(), s.DB, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: who,
-		Action: "rooms", Count: int64(len(rooms))}); err != nil {
-		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not record this read in the audit trail")
+	rooms, ok := read(s, w, r, "rooms", func() ([]appservice.RoomReport, error) { return appservice.ListRooms(r.Context(), s.DB, s.Policy()) })
+	if !ok {
 		return
 	}
 	out := make([]roomJSON, 0, len(rooms))
