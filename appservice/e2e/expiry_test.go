@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +96,8 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 // A legal hold placed with the CLI keeps a room's messages past their
 // lifetime; releasing it lets them expire at once.
 func TestLegalHoldKeepsMessages(t *testing.T) {
-	st := startStack(t, devstack.Options{})
+	const adminToken = "admin-token-for-e2e-0123456789abcdef"
+	st := startStack(t, devstack.Options{AdminToken: adminToken})
 	ctx := context.Background()
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 2s\n  plaintext: allow\n  encryption: optional\n"))
 	alice := newUser(t, st, "alice")
@@ -118,9 +121,18 @@ func TestLegalHoldKeepsMessages(t *testing.T) {
 	if err != nil || !strings.Contains(string(list), string(room.RoomID)) || !strings.Contains(string(list), "litigation 2026-114") {
 		t.Fatalf("hold -list: %v\n%s", err, list)
 	}
+	// Released through the admin HTTP API, as a records system would.
 	released := time.Now()
-	if out, errOut, err := st.Service("hold", "-release", "1"); err != nil {
-		t.Fatalf("release: %v %s%s", err, out, errOut)
+	req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/_hipaa/admin/v1/holds/1/release", st.Opts.AdminPort),
+		strings.NewReader(`{"by":"counsel@hospital"}`))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("release through the admin API: HTTP %d", resp.StatusCode)
 	}
 	waitFor(t, "the held message to expire after release", func() bool {
 		e, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
@@ -135,7 +147,7 @@ func TestLegalHoldKeepsMessages(t *testing.T) {
 			holds++
 		}
 	}
-	if holds != 2 || strings.Contains(string(raw), "litigation") {
+	if holds != 2 || strings.Contains(string(raw), "litigation") || !strings.Contains(string(raw), `"actor":"admin-api:counsel@hospital"`) {
 		t.Fatalf("%d hold records; reason in the trail: %v", holds, strings.Contains(string(raw), "litigation"))
 	}
 }

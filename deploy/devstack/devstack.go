@@ -114,6 +114,10 @@ type Options struct {
 	// AuditExporters are added to audit.exporters (after the example's own
 	// jsonl exporter), each as its YAML map.
 	AuditExporters []map[string]any
+	// AdminToken, if set, turns on the admin HTTP API on AdminPort (picked
+	// free if zero) with this bearer token.
+	AdminToken string
+	AdminPort  int
 	// JobMaxAttempts, if set, caps job attempts (with a short backoff), so a
 	// test can see an action fail for good in seconds.
 	JobMaxAttempts int
@@ -145,7 +149,7 @@ func Prepare(opts Options) (*Stack, error) {
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	for _, p := range []*int{&opts.HSPort, &opts.ASPort, &opts.MetricsPort} {
+	for _, p := range []*int{&opts.HSPort, &opts.ASPort, &opts.MetricsPort, &opts.AdminPort} {
 		if *p == 0 {
 			port, err := FreePort()
 			if err != nil {
@@ -201,6 +205,9 @@ func (s *Stack) writeServiceConfig() error {
 	as["url"] = fmt.Sprintf("http://127.0.0.1:%d", o.ASPort)
 	cfg["metrics"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.MetricsPort)}
 	cfg["logging"] = map[string]any{"level": "debug", "format": "json"}
+	if o.AdminToken != "" {
+		cfg["admin"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.AdminPort), "token": o.AdminToken}
+	}
 	if len(o.AuditExporters) > 0 {
 		a := cfg["audit"].(map[string]any)
 		list, _ := a["exporters"].([]any)
