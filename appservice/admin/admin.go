@@ -114,6 +114,20 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// decodeAs reads the body into v and says who asked (its *by field, or
+// the header), answering the error itself when either is wrong.
+func decodeAs(w http.ResponseWriter, r *http.Request, v any, by *string) (string, bool) {
+	if !decode(w, r, v) {
+		return "", false
+	}
+	who, err := actor(r, *by)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+		return "", false
+	}
+	return who, true
+}
+
 type holdJSON struct {
 	ID       int64  `json:"id"`
 	RoomID   string `json:"room_id,omitempty"`
@@ -164,12 +178,8 @@ func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
 		Reason string `json:"reason"`
 		By     string `json:"by"`
 	}
-	if !decode(w, r, &req) {
-		return
-	}
-	who, err := actor(r, req.By)
-	if err != nil {
-		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+	who, ok := decodeAs(w, r, &req, &req.By)
+	if !ok {
 		return
 	}
 	switch {
@@ -203,12 +213,8 @@ func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request, idText stri
 	var req struct {
 		By string `json:"by"`
 	}
-	if !decode(w, r, &req) {
-		return
-	}
-	who, err := actor(r, req.By)
-	if err != nil {
-		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", err.Error())
+	who, ok := decodeAs(w, r, &req, &req.By)
+	if !ok {
 		return
 	}
 	if err := appservice.ReleaseHold(r.Context(), s.DB, s.Chain, id, who); err != nil {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+	"maunium.net/go/mautrix"
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -504,4 +505,41 @@ func RepoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// Binaries are Dendrite's folder and a freshly built matrix-hipaa, for the
+// load and measurement tools; cleanup removes the build.
+func Binaries(ctx context.Context, name string) (dendrite, service string, cleanup func(), err error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", "", nil, err
+	}
+	if dendrite, err = BuildDendrite(ctx, os.Stderr); err != nil {
+		return "", "", nil, err
+	}
+	dir, err := os.MkdirTemp("", name)
+	if err != nil {
+		return "", "", nil, err
+	}
+	service = filepath.Join(dir, "matrix-hipaa")
+	if err := BuildService(ctx, root, service, os.Stderr); err != nil {
+		os.RemoveAll(dir)
+		return "", "", nil, err
+	}
+	return dendrite, service, func() { os.RemoveAll(dir) }, nil
+}
+
+// Login creates an account and returns a client logged in with its password.
+func (s *Stack) Login(ctx context.Context, localpart string) (*mautrix.Client, error) {
+	password := "pw-" + localpart + "-0123456789"
+	if _, err := s.CreateUser(ctx, localpart, password, false); err != nil {
+		return nil, err
+	}
+	cli, err := mautrix.NewClient(s.HSURL, "", "")
+	if err != nil {
+		return nil, err
+	}
+	_, err = cli.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
+		Password: password, StoreCredentials: true})
+	return cli, err
 }

@@ -50,15 +50,12 @@ func main() {
 		gaps = append(gaps, d)
 	}
 	ctx := context.Background()
-	root, err := devstack.RepoRoot()
+	dendrite, bin, cleanup, err := devstack.Binaries(ctx, "enforcewindow")
 	check(err)
-	dendrite, err := devstack.BuildDendrite(ctx, os.Stderr)
-	check(err)
-	dir, err := os.MkdirTemp("", "enforcewindow")
+	defer cleanup()
+	dir, err := os.MkdirTemp("", "enforcewindow-state")
 	check(err)
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "matrix-hipaa")
-	check(devstack.BuildService(ctx, root, bin, os.Stderr))
 	for _, keepalive := range strings.Split(*kaList, ",") {
 		label := "keep-alive " + keepalive
 		if keepalive == "off" {
@@ -148,12 +145,7 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 	check(st.StartDendrite(ctx))
 	check(st.StartService(ctx))
 	login := func(name string) *mautrix.Client {
-		_, err := st.CreateUser(ctx, name, "pw-"+name+"-0123456789", false)
-		check(err)
-		cli, err := mautrix.NewClient(st.HSURL, "", "")
-		check(err)
-		_, err = cli.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: name},
-			Password: "pw-" + name + "-0123456789", StoreCredentials: true})
+		cli, err := st.Login(ctx, name)
 		check(err)
 		return cli
 	}
