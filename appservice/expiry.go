@@ -4,12 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -214,14 +216,24 @@ const JobPurge = "purge_history"
 // policy's own redactions. With purge (Synapse), each room whose messages
 // expire also gets, at most once an hour, a purge of its history up to the
 // newest message that has expired.
-func RegisterExpiry(r *Runner, hs *homeserver.Client, purge bool, bot string) {
-	redact := redactHandler(hs)
+func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot string) {
 	r.Handle(JobExpire, func(ctx context.Context, j *Job) error {
-		if err := redact(ctx, j); err != nil || !purge {
+		var p actionPayload
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		txn := fmt.Sprintf("hipaa-job-%d", j.ID)
+		err := errors.New("not tried")
+		if asBot {
+			err = hs.Redact(ctx, bot, p.Room, p.EventID, p.Reason, txn)
+		}
+		if err != nil && (!asBot || errors.Is(err, mautrix.MForbidden)) {
+			// The sender may always redact their own message.
+			err = hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, txn+"-sender")
+		}
+		if err != nil || !purge {
 			return err
 		}
-		var p actionPayload
-		json.Unmarshal(j.Payload, &p)
 		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			hour := r.now().Truncate(time.Hour)
 			payload, _ := json.Marshal(actionPayload{Room: p.Room, ActAs: bot, Reason: "expired history"})

@@ -132,6 +132,10 @@ type Jobs struct {
 	// Backoff is the first retry delay; it doubles per attempt up to MaxBackoff.
 	Backoff    Duration `yaml:"backoff"`
 	MaxBackoff Duration `yaml:"max_backoff"`
+	// ExpireAs is who redacts expired messages: "sender" (needs no power) or
+	// "bot" (shows members it was the policy; needs the bot to have the
+	// room's redact power level, else the sender is used).
+	ExpireAs string `yaml:"expire_as"`
 }
 
 const DefaultMaxBodyBytes = 64 << 20
@@ -231,6 +235,9 @@ func (c *Config) applyDefaults() {
 	if c.Jobs.Backoff == 0 {
 		c.Jobs.Backoff = Duration(250 * time.Millisecond)
 	}
+	if c.Jobs.ExpireAs == "" {
+		c.Jobs.ExpireAs = "sender"
+	}
 	if c.Jobs.MaxBackoff == 0 {
 		c.Jobs.MaxBackoff = Duration(5 * time.Minute)
 	}
@@ -300,6 +307,9 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		default:
 			d.Errorf(at+".type", "%s.type must be jsonl, syslog or fhir, not %q", at, e.Type)
 		}
+	}
+	if c.Jobs.ExpireAs != "sender" && c.Jobs.ExpireAs != "bot" {
+		d.Errorf("jobs.expire_as", "jobs.expire_as must be sender or bot, not %q", c.Jobs.ExpireAs)
 	}
 	if c.Admin.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {

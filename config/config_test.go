@@ -68,6 +68,7 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"two exporters one name", "      max_age: 24h\n", "      max_age: 24h\n    - name: local\n      type: jsonl\n      path: b.jsonl\n", `audit.exporters[1].name "local" is used twice`},
 		{"admin with a short token", "  listen: \"\"\n  token: \"\"", "  listen: 127.0.0.1:29332\n  token: short", "admin.token must be at least 32 random characters"},
 		{"admin listen not host:port", "  listen: \"\"\n  token: \"\"", "  listen: nowhere\n  token: 0123456789abcdef0123456789abcdef", `admin.listen "nowhere" is not host:port`},
+		{"expire as someone else", "expire_as: sender", "expire_as: admin", `jobs.expire_as must be sender or bot, not "admin"`},
 		{"max backoff below backoff", "max_backoff: 5m", "max_backoff: 1ms", "jobs.max_backoff must not be shorter than jobs.backoff"},
 		{"bad metrics address", "listen: 127.0.0.1:29331", "listen: nowhere", `metrics.listen "nowhere" is not host:port`},
 		{"bad log format", "format: json", "format: xml", "logging.format must be json or pretty"},

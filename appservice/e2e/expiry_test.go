@@ -151,3 +151,49 @@ func TestLegalHoldKeepsMessages(t *testing.T) {
 		t.Fatalf("%d hold records; reason in the trail: %v", holds, strings.Contains(string(raw), "litigation"))
 	}
 }
+
+// With jobs.expire_as: bot, expired messages are redacted by the bot where it
+// has the power to (members see the policy did it), and by their sender
+// where it has not.
+func TestExpireAsBot(t *testing.T) {
+	st := startStack(t, devstack.Options{ExpireAs: "bot"})
+	ctx := context.Background()
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 2s\n  plaintext: allow\n  encryption: optional\n"))
+	alice := newUser(t, st, "alice")
+	botID := id.UserID("@hipaa:" + st.Opts.ServerName)
+	redactedBy := func(power bool) id.UserID {
+		levels := &event.PowerLevelsEventContent{Users: map[id.UserID]int{alice.UserID: 100}}
+		if power {
+			levels.Users[botID] = 50
+		}
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", PowerLevelOverride: levels})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The bot joins to tell members the lifetime.
+		waitFor(t, "the bot in the room", func() bool {
+			m, err := alice.JoinedMembers(ctx, room.RoomID)
+			return err == nil && hasMember(m, botID)
+		})
+		sent, err := alice.SendText(ctx, room.RoomID, "short-lived")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var by id.UserID
+		waitFor(t, "the message to expire", func() bool {
+			e, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+			if err != nil || e.Unsigned.RedactedBecause == nil {
+				return false
+			}
+			by = e.Unsigned.RedactedBecause.Sender
+			return true
+		})
+		return by
+	}
+	if by := redactedBy(true); by != botID {
+		t.Fatalf("with power, redacted by %s, want the bot", by)
+	}
+	if by := redactedBy(false); by != alice.UserID {
+		t.Fatalf("without power, redacted by %s, want the sender", by)
+	}
+}

@@ -115,6 +115,8 @@ type Options struct {
 	// AuditExporters are added to audit.exporters (after the example's own
 	// jsonl exporter), each as its YAML map.
 	AuditExporters []map[string]any
+	// ExpireAs sets jobs.expire_as (sender or bot).
+	ExpireAs string
 	// AdminToken, if set, turns on the admin HTTP API on AdminPort (picked
 	// free if zero) with this bearer token.
 	AdminToken string
@@ -219,6 +221,9 @@ func (s *Stack) writeServiceConfig() error {
 	}
 	if o.JobMaxAttempts > 0 {
 		cfg["jobs"] = map[string]any{"workers": 4, "max_attempts": o.JobMaxAttempts, "backoff": "100ms", "max_backoff": "400ms"}
+	}
+	if o.ExpireAs != "" {
+		cfg["jobs"].(map[string]any)["expire_as"] = o.ExpireAs
 	}
 	if o.DatabaseType != "" {
 		cfg["database"] = map[string]any{"type": o.DatabaseType, "uri": o.DatabaseURI}
