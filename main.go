@@ -44,6 +44,10 @@ Commands:
   rooms -config FILE [-problems]         rooms the service knows: encryption, policy, the
                                          bot's power, and actions that failed for good
                                          (-problems: only rooms needing attention; exit 1 if any)
+  wipe -config FILE -user ID -reason TEXT [-offboard] [-redact phi|all|none] [-since T]
+                                         sign the user out everywhere, redact their messages,
+                                         remove them from their rooms (-offboard); the running
+                                         service does it, this waits for the outcome
   hold -config FILE (-room ID | -user ID) -reason TEXT
                                          place a legal hold: their messages do not expire
   hold -config FILE -release N           release hold N (its messages expire as due)
@@ -108,6 +112,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return listRooms(args[1:], stdout, stderr)
 	case "hold":
 		err = holdCommand(args[1:], stdout, stderr)
+	case "wipe":
+		err = wipeCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -574,4 +580,50 @@ func openData(ctx context.Context, cfgPath string) (*config.Config, *store.DB, *
 	}
 	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
 	return cfg, db, chain, err
+}
+
+func wipeCommand(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("wipe", stderr)
+	user := fs.String("user", "", "user ID to wipe")
+	device := fs.String("device", "", "one device only (where the homeserver can)")
+	offboard := fs.Bool("offboard", false, "also remove the user from every room (staff departure)")
+	scope := fs.String("redact", "phi", "messages to redact: phi (rooms policy requires encrypted), all, or none")
+	since := fs.String("since", "", "only messages at or after this time (RFC 3339, date, or duration ago)")
+	reason := fs.String("reason", "", "why (kept with the wipe, not in the audit trail)")
+	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the running service to finish")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	from, err := parseTime(*since)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	_, db, chain, err := openData(ctx, *cfgPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Scope: *scope, Reason: *reason, RequestedBy: operator()}
+	if !from.IsZero() {
+		w.Since = from.UnixMilli()
+	}
+	id, err := appservice.RequestWipe(ctx, db, chain, w)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wipe %d requested for %s\n", id, *user)
+	got, err := appservice.WaitWipe(ctx, db, id, *wait)
+	if err != nil {
+		return err
+	}
+	switch got.State {
+	case "done":
+		fmt.Fprintf(stdout, "sessions revoked: %d (no session left, confirmed at %s)\nmessages redacted: %d\nrooms left: %d\n",
+			got.Revoked, time.UnixMilli(got.ConfirmedAt).UTC().Format(time.RFC3339), got.Redacted, got.Left)
+		return nil
+	case "failed":
+		return fmt.Errorf("wipe %d failed: %s", id, got.LastError)
+	}
+	return fmt.Errorf("wipe %d is at step %q after %s; is the service running? It continues in the background", id, got.State, *wait)
 }

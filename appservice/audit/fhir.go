@@ -101,6 +101,7 @@ var eventTypes = map[string]struct {
 	TypeJobFailed:      {"110113", "Security Alert", "E"},
 	TypeAdminCommand:   {"110100", "Application Activity", "R"},
 	TypeHold:           {"110113", "Security Alert", "U"},
+	TypeWipe:           {"110113", "Security Alert", "D"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

@@ -33,6 +33,10 @@ const (
 	// (room set, detail "room") or a user (detail the user's pseudonym);
 	// job_id is the hold's ID. The reason is kept with the hold, not here.
 	TypeHold = "hold"
+	// TypeWipe: a remote wipe was requested or reached a step (action:
+	// requested, revoked, redacted, offboarded, done, failed); detail is the
+	// user's pseudonym, job_id the wipe's ID, count what the step did.
+	TypeWipe = "wipe"
 )
 
 // Outcomes.

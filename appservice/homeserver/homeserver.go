@@ -128,3 +128,59 @@ func (c *Client) PurgeHistory(ctx context.Context, user, room string, upToMillis
 	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "purge_history", room}), body, nil)
 	return err
 }
+
+// SignOutEverywhere ends every session of user (POST /logout/all acting as
+// them): their clients' next request gets M_UNKNOWN_TOKEN. The appservice's
+// own token is not a session of the user and keeps working.
+func (c *Client) SignOutEverywhere(ctx context.Context, user string) error {
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildClientURL("v3", "logout", "all"), struct{}{}, nil)
+	return err
+}
+
+// Devices lists user's devices (acting as them).
+func (c *Client) Devices(ctx context.Context, user string) ([]string, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.GetDevicesInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(resp.Devices))
+	for _, d := range resp.Devices {
+		out = append(out, string(d.DeviceID))
+	}
+	return out, nil
+}
+
+// JoinedRooms lists the rooms user is in.
+func (c *Client) JoinedRooms(ctx context.Context, user string) ([]string, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.JoinedRooms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(resp.JoinedRooms))
+	for _, r := range resp.JoinedRooms {
+		out = append(out, string(r))
+	}
+	return out, nil
+}
+
+// Leave makes user leave room.
+func (c *Client) Leave(ctx context.Context, user, room string) error {
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.LeaveRoom(ctx, id.RoomID(room), &mautrix.ReqLeave{Reason: "offboarded"})
+	return err
+}

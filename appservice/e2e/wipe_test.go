@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+)
+
+// A lost phone: the admin runs `matrix-hipaa wipe -offboard`. The user's
+// client is signed out (M_UNKNOWN_TOKEN), their encrypted messages are
+// redacted for the other members, they are out of the room, and the
+// service's own token still works.
+func TestWipeSignsOutRedactsAndOffboards(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "bob's client to know the room is encrypted", func() bool {
+		enc, _ := bob.StateStore.IsEncrypted(ctx, room.RoomID)
+		return enc
+	})
+	var sent []id.EventID
+	for _, text := range []string{"pt in bed 4: BP 90/60", "paged cardiology"} {
+		resp, err := bob.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, resp.EventID)
+	}
+	waitAudited(t, st, sent, 20*time.Second)
+	bob.cancel() // stop bob's sync loop: the test makes bob's next request itself
+
+	out, errOut, err := st.Service("wipe", "-user", string(bob.UserID), "-offboard", "-reason", "lost phone, ticket 4411")
+	if err != nil {
+		t.Fatalf("wipe: %v\n%s%s", err, out, errOut)
+	}
+	t.Logf("wipe:\n%s", out)
+	// Two sessions: the one registration opened, and bob's client.
+	if !strings.Contains(string(out), "sessions revoked: 2") || !strings.Contains(string(out), "messages redacted: 2") || !strings.Contains(string(out), "rooms left: 1") {
+		t.Fatalf("wipe summary: %s", out)
+	}
+	// Bob's client is signed out.
+	if _, err := bob.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("bob's next request: %v, want M_UNKNOWN_TOKEN", err)
+	}
+	// His messages are gone for alice, and he is out of the room.
+	for _, e := range sent {
+		ev, err := alice.GetEvent(ctx, room.RoomID, e)
+		if err != nil || ev.Unsigned.RedactedBecause == nil {
+			t.Fatalf("%s not redacted (%v)", e, err)
+		}
+	}
+	members, err := alice.JoinedMembers(ctx, room.RoomID)
+	if err != nil || hasMember(members, bob.UserID) {
+		t.Fatalf("bob still in the room (%v)", err)
+	}
+	// The service still acts: alice's plaintext is still redacted.
+	plain, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "plain"}, mautrix.ReqSendEvent{DontEncrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the service to keep enforcing after the wipe", func() bool {
+		ev, err := alice.GetEvent(ctx, room.RoomID, plain.EventID)
+		return err == nil && ev.Unsigned.RedactedBecause != nil
+	})
+	// Every step is on the record; the reason is not.
+	lines, raw := export(t, st)
+	var steps []string
+	for _, l := range lines {
+		if l.Type == "wipe" {
+			steps = append(steps, l.Action)
+		}
+	}
+	if strings.Join(steps, ",") != "requested,revoked,redacted,offboarded,done" || strings.Contains(string(raw), "ticket 4411") {
+		t.Fatalf("audited steps %v (reason in trail: %v)", steps, strings.Contains(string(raw), "ticket 4411"))
+	}
+}

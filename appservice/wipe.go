@@ -1,0 +1,242 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// JobWipe runs a remote wipe's steps.
+const JobWipe = "wipe"
+
+// Wipe is a remote wipe request and how far it got.
+type Wipe struct {
+	ID                      int64
+	User, Device            string
+	Offboard                bool
+	Scope                   string // none, phi (rooms policy requires encrypted) or all
+	Since                   int64  // unix ms; 0 for all time
+	Reason, RequestedBy     string
+	State                   string
+	Revoked, Redacted, Left int
+	ConfirmedAt             int64
+	LastError               string
+}
+
+// RequestWipe records a wipe and queues its job; the running service does
+// the steps. Requesting is audited with who asked (the reason stays in the
+// wipe table).
+func RequestWipe(ctx context.Context, db *store.DB, chain *audit.Chain, w Wipe) (int64, error) {
+	switch {
+	case w.User == "" || w.User[0] != '@':
+		return 0, errors.New("a wipe is for a user ID (@name:server)")
+	case w.Reason == "":
+		return 0, errors.New("a wipe needs a reason")
+	case w.Scope != "none" && w.Scope != "phi" && w.Scope != "all":
+		return 0, fmt.Errorf("redaction scope must be none, phi or all, not %q", w.Scope)
+	}
+	now := chain.Now()
+	err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `INSERT INTO wipe (user_id, device_id, offboard, scope, since, reason, requested_by, requested_at, state, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', $8) RETURNING id`,
+			w.User, w.Device, w.Offboard, w.Scope, w.Since, w.Reason, w.RequestedBy, now.UnixMilli()).Scan(&w.ID); err != nil {
+			return err
+		}
+		payload, _ := json.Marshal(map[string]int64{"wipe_id": w.ID})
+		if err := Enqueue(ctx, tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
+			return err
+		}
+		return chain.Append(ctx, tx, wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0))
+	})
+	return w.ID, err
+}
+
+func wipeRecord(chain *audit.Chain, w Wipe, step, outcome string, n int) *audit.Record {
+	return &audit.Record{Type: audit.TypeWipe, Outcome: outcome, Actor: w.RequestedBy, Detail: chain.Keys().User(w.User),
+		Action: step, JobID: w.ID, Count: int64(n)}
+}
+
+// LoadWipe reads a wipe's record.
+func LoadWipe(ctx context.Context, db *store.DB, id int64) (Wipe, error) {
+	var w Wipe
+	err := db.R.QueryRowContext(ctx, `SELECT id, user_id, device_id, offboard, scope, since, reason, requested_by, state, revoked, redacted, rooms_left, confirmed_at, last_error
+		FROM wipe WHERE id = $1`, id).Scan(&w.ID, &w.User, &w.Device, &w.Offboard, &w.Scope, &w.Since, &w.Reason, &w.RequestedBy, &w.State,
+		&w.Revoked, &w.Redacted, &w.Left, &w.ConfirmedAt, &w.LastError)
+	return w, err
+}
+
+// WipeHomeserver is what a wipe needs from the homeserver.
+type WipeHomeserver interface {
+	SignOutEverywhere(ctx context.Context, user string) error
+	Devices(ctx context.Context, user string) ([]string, error)
+	Redact(ctx context.Context, user, room, eventID, reason, txnID string) error
+	JoinedRooms(ctx context.Context, user string) ([]string, error)
+	Leave(ctx context.Context, user, room string) error
+}
+
+var _ WipeHomeserver = (*homeserver.Client)(nil)
+
+// RegisterWipe handles wipe jobs. Each step is recorded (and audited) when
+// done, so a retried job (homeserver down, a crash) resumes at the step it
+// had reached; each step is safe to repeat.
+func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy) {
+	r.Handle(JobWipe, func(ctx context.Context, j *Job) error {
+		var p struct {
+			ID int64 `json:"wipe_id"`
+		}
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		w, err := LoadWipe(ctx, r.db, p.ID)
+		if err != nil {
+			return err
+		}
+		// step records that the wipe reached next, what the step counted (in
+		// column col, if any) and, for the revocation, when it was confirmed.
+		step := func(next string, n int, col string, confirmed int64) error {
+			return r.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+				// Placeholders in ascending order: SQLite numbers $N by first appearance.
+				q := `UPDATE wipe SET state = $1, updated_at = $2, last_error = ''`
+				args := []any{next, r.now().UnixMilli()}
+				if col != "" {
+					args = append(args, n)
+					q += fmt.Sprintf(`, %s = $%d`, col, len(args))
+				}
+				if confirmed > 0 {
+					args = append(args, confirmed)
+					q += fmt.Sprintf(`, confirmed_at = $%d`, len(args))
+				}
+				args = append(args, w.ID)
+				if _, err := tx.ExecContext(ctx, q+fmt.Sprintf(` WHERE id = $%d`, len(args)), args...); err != nil {
+					return err
+				}
+				w.State = next
+				return r.chain.Append(ctx, tx, wipeRecord(r.chain, w, next, audit.OutcomeSuccess, n))
+			})
+		}
+		if w.State == "requested" {
+			if w.Device != "" {
+				return failWipe(ctx, r, w, "revoke", Permanent(errors.New("this homeserver cannot sign out a single device: wipe without -device signs out all of the user's sessions")))
+			}
+			before, err := hs.Devices(ctx, w.User)
+			if err != nil {
+				return err
+			}
+			if err := hs.SignOutEverywhere(ctx, w.User); err != nil {
+				return err
+			}
+			// Confirm: the user's device list no longer holds any session.
+			after, err := hs.Devices(ctx, w.User)
+			if err != nil {
+				return err
+			}
+			if len(after) > 0 {
+				return fmt.Errorf("%d sessions remain after signing out", len(after))
+			}
+			if err := step("revoked", len(before), "revoked", r.now().UnixMilli()); err != nil {
+				return err
+			}
+		}
+		if w.State == "revoked" {
+			n, err := redactWiped(ctx, r.db, hs, pol(), w)
+			if err != nil {
+				return err
+			}
+			if err := step("redacted", n, "redacted", 0); err != nil {
+				return err
+			}
+		}
+		if w.State == "redacted" {
+			left := 0
+			if w.Offboard {
+				rooms, err := hs.JoinedRooms(ctx, w.User)
+				if err != nil {
+					return err
+				}
+				for _, room := range rooms {
+					if err := hs.Leave(ctx, w.User, room); err != nil {
+						return err
+					}
+					left++
+				}
+			}
+			if err := step("offboarded", left, "rooms_left", 0); err != nil {
+				return err
+			}
+		}
+		if w.State == "offboarded" {
+			return step("done", 0, "", 0)
+		}
+		return nil
+	})
+}
+
+func failWipe(ctx context.Context, r *Runner, w Wipe, step string, err error) error {
+	dbErr := r.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		if _, e := tx.ExecContext(ctx, `UPDATE wipe SET state = 'failed', last_error = $1, updated_at = $2 WHERE id = $3`,
+			step+": "+SafeError(err), r.now().UnixMilli(), w.ID); e != nil {
+			return e
+		}
+		return r.chain.Append(ctx, tx, wipeRecord(r.chain, w, "failed", audit.OutcomeFailure, 0))
+	})
+	return errors.Join(err, dbErr)
+}
+
+// redactWiped redacts, as the user, the messages they sent in scope: in
+// rooms policy requires encrypted (phi) or everywhere (all), since the wipe's
+// since time. The inbox keeps every event's ID, room, sender and type after
+// its content is gone, which is what this needs.
+func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *policy.Policy, w Wipe) (int, error) {
+	if w.Scope == "none" {
+		return 0, nil
+	}
+	rows, err := db.R.QueryContext(ctx, `SELECT i.event_id, i.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, '') FROM inbox i
+		LEFT JOIN room_state r ON r.room_id = i.room_id
+		WHERE i.sender = $1 AND i.received_at >= $2 AND i.event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') ORDER BY i.seq`, w.User, w.Since)
+	if err != nil {
+		return 0, err
+	}
+	type msg struct{ id, room string }
+	var todo []msg
+	for rows.Next() {
+		var m msg
+		var aliases, spaces string
+		if err := rows.Scan(&m.id, &m.room, &aliases, &spaces); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if w.Scope == "all" || pol.For(policy.Room{ID: m.room, Aliases: splitList(aliases), Spaces: splitList(spaces)}).Encryption == policy.EncryptionRequired {
+			todo = append(todo, m)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for i, m := range todo {
+		if err := hs.Redact(ctx, w.User, m.room, m.id, "Removed by a remote wipe", fmt.Sprintf("wipe-%d-%d", w.ID, i)); err != nil {
+			return 0, err
+		}
+	}
+	return len(todo), nil
+}
+
+// WaitWipe polls until the wipe is done or failed, or timeout passes.
+func WaitWipe(ctx context.Context, db *store.DB, id int64, timeout time.Duration) (Wipe, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		w, err := LoadWipe(ctx, db, id)
+		if err != nil || w.State == "done" || w.State == "failed" || time.Now().After(deadline) {
+			return w, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
