@@ -254,3 +254,25 @@ func TestUnfixableRoomIsReported(t *testing.T) {
 	})
 	verify(t, st)
 }
+
+// sharedEncryptedRoom is a room alice creates encrypted from the start and
+// bob joins; it returns once both clients know it is encrypted and alice's
+// knows bob is in it.
+func sharedEncryptedRoom(t *testing.T, alice, bob *e2eeUser) id.RoomID {
+	t.Helper()
+	ctx := context.Background()
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID},
+		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both clients to see the encrypted room", func() bool {
+		a, _ := alice.StateStore.IsEncrypted(ctx, room.RoomID)
+		b, _ := bob.StateStore.IsEncrypted(ctx, room.RoomID)
+		return a && b && alice.StateStore.IsInRoom(ctx, room.RoomID, bob.UserID)
+	})
+	return room.RoomID
+}

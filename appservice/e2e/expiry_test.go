@@ -24,23 +24,11 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 3s\n"))
 	alice := newE2EEUser(t, st, "alice")
 	bob := newE2EEUser(t, st, "bob")
-	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID},
-		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "both clients to see the encrypted room", func() bool {
-		a, _ := alice.StateStore.IsEncrypted(ctx, room.RoomID)
-		b, _ := bob.StateStore.IsEncrypted(ctx, room.RoomID)
-		return a && b && alice.StateStore.IsInRoom(ctx, room.RoomID, bob.UserID)
-	})
+	roomID := sharedEncryptedRoom(t, alice, bob)
 	redactedAt := func(ev id.EventID) time.Time {
 		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) {
-			if e, err := bob.GetEvent(ctx, room.RoomID, ev); err == nil && e.Unsigned.RedactedBecause != nil {
+			if e, err := bob.GetEvent(ctx, roomID, ev); err == nil && e.Unsigned.RedactedBecause != nil {
 				return time.Now()
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -49,7 +37,7 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 		return time.Time{}
 	}
 	send := func(text string) (id.EventID, time.Time) {
-		resp, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
+		resp, err := alice.SendMessageEvent(ctx, roomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +67,7 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 	waitAudited(t, st, []id.EventID{second}, 10*time.Second)
 	st.KillService()
 	time.Sleep(5 * time.Second)
-	if e, err := bob.GetEvent(ctx, room.RoomID, second); err != nil || e.Unsigned.RedactedBecause != nil {
+	if e, err := bob.GetEvent(ctx, roomID, second); err != nil || e.Unsigned.RedactedBecause != nil {
 		t.Fatalf("expired while the service was down? %v", err)
 	}
 	back := time.Now()

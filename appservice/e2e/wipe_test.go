@@ -23,20 +23,10 @@ func TestWipeSignsOutRedactsAndOffboards(t *testing.T) {
 	ctx := context.Background()
 	alice := newE2EEUser(t, st, "alice")
 	bob := newE2EEUser(t, st, "bob")
-	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "bob's client to know the room is encrypted", func() bool {
-		enc, _ := bob.StateStore.IsEncrypted(ctx, room.RoomID)
-		return enc
-	})
+	roomID := sharedEncryptedRoom(t, alice, bob)
 	var sent []id.EventID
 	for _, text := range []string{"pt in bed 4: BP 90/60", "paged cardiology"} {
-		resp, err := bob.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
+		resp, err := bob.SendMessageEvent(ctx, roomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,22 +50,22 @@ func TestWipeSignsOutRedactsAndOffboards(t *testing.T) {
 	}
 	// His messages are gone for alice, and he is out of the room.
 	for _, e := range sent {
-		ev, err := alice.GetEvent(ctx, room.RoomID, e)
+		ev, err := alice.GetEvent(ctx, roomID, e)
 		if err != nil || ev.Unsigned.RedactedBecause == nil {
 			t.Fatalf("%s not redacted (%v)", e, err)
 		}
 	}
-	members, err := alice.JoinedMembers(ctx, room.RoomID)
+	members, err := alice.JoinedMembers(ctx, roomID)
 	if err != nil || hasMember(members, bob.UserID) {
 		t.Fatalf("bob still in the room (%v)", err)
 	}
 	// The service still acts: alice's plaintext is still redacted.
-	plain, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "plain"}, mautrix.ReqSendEvent{DontEncrypt: true})
+	plain, err := alice.SendMessageEvent(ctx, roomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "plain"}, mautrix.ReqSendEvent{DontEncrypt: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the service to keep enforcing after the wipe", func() bool {
-		ev, err := alice.GetEvent(ctx, room.RoomID, plain.EventID)
+		ev, err := alice.GetEvent(ctx, roomID, plain.EventID)
 		return err == nil && ev.Unsigned.RedactedBecause != nil
 	})
 	// Every step is on the record; the reason is not.
