@@ -24,6 +24,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
@@ -48,6 +49,7 @@ Commands:
                                          sign the user out everywhere, redact their messages,
                                          remove them from their rooms (-offboard); the running
                                          service does it, this waits for the outcome
+  devices -config FILE -user ID           the user's sessions: last seen, cross-signed or not
   hold -config FILE (-room ID | -user ID) -reason TEXT
                                          place a legal hold: their messages do not expire
   hold -config FILE -release N           release hold N (its messages expire as due)
@@ -114,6 +116,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = holdCommand(args[1:], stdout, stderr)
 	case "wipe":
 		err = wipeCommand(args[1:], stdout, stderr)
+	case "devices":
+		err = devicesCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -626,4 +630,50 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("wipe %d failed: %s", id, got.LastError)
 	}
 	return fmt.Errorf("wipe %d is at step %q after %s; is the service running? It continues in the background", id, got.State, *wait)
+}
+
+func devicesCommand(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("devices", stderr)
+	user := fs.String("user", "", "user ID")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(*user, "@") {
+		return errUsage{"usage: matrix-hipaa devices -config F -user @name:server"}
+	}
+	ctx := context.Background()
+	cfg, db, chain, err := openData(ctx, *cfgPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	devs, err := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal()).DeviceInventory(ctx, *user)
+	outcome := audit.OutcomeSuccess
+	if err != nil {
+		outcome = audit.OutcomeFailure
+	}
+	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: outcome, Actor: operator(), Action: "devices",
+		Detail: chain.Keys().User(*user), Count: int64(len(devs))}); aerr != nil {
+		return fmt.Errorf("could not record this command in the audit trail: %w", aerr)
+	}
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tLAST SEEN\tCROSS-SIGNED\tNAME")
+	for _, d := range devs {
+		seen := "never"
+		if d.LastSeen > 0 {
+			seen = time.UnixMilli(d.LastSeen).UTC().Format(time.RFC3339)
+		}
+		signed := "no"
+		switch {
+		case !d.HasKeys:
+			signed = "no keys"
+		case d.CrossSigned:
+			signed = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.ID, seen, signed, d.DisplayName)
+	}
+	return tw.Flush()
 }

@@ -35,6 +35,17 @@ func TestWipeSignsOutRedactsAndOffboards(t *testing.T) {
 	waitAudited(t, st, sent, 20*time.Second)
 	bob.cancel() // stop bob's sync loop: the test makes bob's next request itself
 
+	// The inventory before: the session registration opened (no keys) and
+	// bob's E2EE client (keys, not cross-signed).
+	inv, errOut, err := st.Service("devices", "-user", string(bob.UserID))
+	if err != nil {
+		t.Fatalf("devices: %v %s", err, errOut)
+	}
+	t.Logf("devices:\n%s", inv)
+	if !strings.Contains(string(inv), string(bob.DeviceID)) || strings.Count(string(inv), "\n") != 3 || !strings.Contains(string(inv), "no keys") {
+		t.Fatalf("device inventory:\n%s", inv)
+	}
+
 	out, errOut, err := st.Service("wipe", "-user", string(bob.UserID), "-offboard", "-reason", "lost phone, ticket 4411")
 	if err != nil {
 		t.Fatalf("wipe: %v\n%s%s", err, out, errOut)
@@ -54,6 +65,9 @@ func TestWipeSignsOutRedactsAndOffboards(t *testing.T) {
 		if err != nil || ev.Unsigned.RedactedBecause == nil {
 			t.Fatalf("%s not redacted (%v)", e, err)
 		}
+	}
+	if inv, _, err := st.Service("devices", "-user", string(bob.UserID)); err != nil || strings.Count(string(inv), "\n") != 1 {
+		t.Fatalf("devices after the wipe (%v):\n%s", err, inv)
 	}
 	members, err := alice.JoinedMembers(ctx, roomID)
 	if err != nil || hasMember(members, bob.UserID) {

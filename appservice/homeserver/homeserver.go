@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto/signatures"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
@@ -183,4 +184,49 @@ func (c *Client) Leave(ctx context.Context, user, room string) error {
 	}
 	_, err = cli.LeaveRoom(ctx, id.RoomID(room), &mautrix.ReqLeave{Reason: "offboarded"})
 	return err
+}
+
+// Device is one of a user's sessions as an admin sees it.
+type Device struct {
+	ID          string
+	DisplayName string
+	LastSeen    int64 // unix ms; 0 if never
+	// CrossSigned: the device's keys carry a valid signature by the user's
+	// self-signing key (checked here, not taken from the homeserver's word).
+	CrossSigned bool
+	HasKeys     bool
+}
+
+// DeviceInventory lists user's devices with when each was last seen and
+// whether the user cross-signed it.
+func (c *Client) DeviceInventory(ctx context.Context, user string) ([]Device, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	info, err := cli.GetDevicesInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	uid := id.UserID(user)
+	keys, err := cli.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{uid: mautrix.DeviceIDList{}}})
+	if err != nil {
+		return nil, err
+	}
+	var ssk id.Ed25519
+	if k, ok := keys.SelfSigningKeys[uid]; ok {
+		ssk = k.FirstKey()
+	}
+	out := make([]Device, 0, len(info.Devices))
+	for _, d := range info.Devices {
+		dev := Device{ID: string(d.DeviceID), DisplayName: d.DisplayName, LastSeen: d.LastSeenTS}
+		if dk, ok := keys.DeviceKeys[uid][d.DeviceID]; ok {
+			dev.HasKeys = true
+			if ssk != "" {
+				dev.CrossSigned, _ = signatures.VerifySignatureJSON(dk, uid, ssk.String(), ssk)
+			}
+		}
+		out = append(out, dev)
+	}
+	return out, nil
 }
