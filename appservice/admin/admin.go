@@ -7,6 +7,8 @@
 //	POST /_hipaa/admin/v1/holds                 {"room_id"|"user_id", "reason", "by"}
 //	POST /_hipaa/admin/v1/holds/{id}/release    {"by"}
 //	GET  /_hipaa/admin/v1/rooms                 the rooms listing
+//	POST /_hipaa/admin/v1/wipes                 {"user_id", "reason", "by", "offboard", "redact", "since_ms"}
+//	GET  /_hipaa/admin/v1/wipes/{id}            a wipe's progress
 package admin
 
 import (
@@ -75,7 +77,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.releaseHold(w, r, strings.TrimSuffix(strings.TrimPrefix(path, "/holds/"), "/release"))
 	case path == "/rooms" && r.Method == http.MethodGet:
 		s.rooms(w, r)
-	case path == "/holds" || path == "/rooms" || strings.HasPrefix(path, "/holds/"):
+	case path == "/wipes" && r.Method == http.MethodPost:
+		s.requestWipe(w, r)
+	case strings.HasPrefix(path, "/wipes/") && r.Method == http.MethodGet:
+		s.wipeStatus(w, r, strings.TrimPrefix(path, "/wipes/"))
+	case path == "/holds" || path == "/rooms" || path == "/wipes" || strings.HasPrefix(path, "/holds/") || strings.HasPrefix(path, "/wipes/"):
 		fail(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
 	default:
 		fail(w, http.StatusNotFound, "M_UNRECOGNIZED", "no such admin endpoint")
@@ -253,4 +259,44 @@ func (s *Server) rooms(w http.ResponseWriter, r *http.Request) {
 		out = append(out, j)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"rooms": out})
+}
+
+func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		UserID   string `json:"user_id"`
+		Reason   string `json:"reason"`
+		By       string `json:"by"`
+		Offboard bool   `json:"offboard"`
+		Redact   string `json:"redact"`
+		SinceMS  int64  `json:"since_ms"`
+	}
+	who, ok := decodeAs(w, r, &req, &req.By)
+	if !ok {
+		return
+	}
+	if req.Redact == "" {
+		req.Redact = "phi"
+	}
+	id, err := appservice.RequestWipe(r.Context(), s.DB, s.Chain, appservice.Wipe{User: req.UserID, Reason: req.Reason, RequestedBy: who,
+		Offboard: req.Offboard, Scope: req.Redact, Since: req.SinceMS})
+	if err != nil {
+		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "state": "requested"})
+}
+
+func (s *Server) wipeStatus(w http.ResponseWriter, r *http.Request, idText string) {
+	id, err := strconv.ParseInt(idText, 10, 64)
+	if err != nil || id <= 0 {
+		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such wipe")
+		return
+	}
+	wp, err := appservice.LoadWipe(r.Context(), s.DB, id)
+	if err != nil {
+		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such wipe")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": wp.ID, "user_id": wp.User, "state": wp.State, "sessions_revoked": wp.Revoked,
+		"confirmed_at": wp.ConfirmedAt, "messages_redacted": wp.Redacted, "rooms_left": wp.Left, "error": wp.LastError})
 }

@@ -116,6 +116,19 @@ func TestAdminRefusesBadRequests(t *testing.T) {
 	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/rooms", token, "", "X-Hipaa-Actor", "noc"); code != 200 || out["rooms"] == nil {
 		t.Fatalf("rooms: %d %v", code, out)
 	}
+	// A wipe is queued for the running service; its progress can be read.
+	if code, out := call(t, s, "POST", "/_hipaa/admin/v1/wipes", token, `{"user_id":"@jdoe:h","reason":"lost phone","by":"helpdesk"}`); code != 202 || out["id"] != float64(1) {
+		t.Fatalf("wipe: %d %v", code, out)
+	}
+	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/wipes/1", token, ""); code != 200 || out["state"] != "requested" || out["user_id"] != "@jdoe:h" {
+		t.Fatalf("wipe status: %d %v", code, out)
+	}
+	if code, out := call(t, s, "POST", "/_hipaa/admin/v1/wipes", token, `{"user_id":"jdoe","reason":"x","by":"helpdesk"}`); code != 400 {
+		t.Fatalf("wipe of a non-user: %d %v", code, out)
+	}
+	if code, _ := call(t, s, "GET", "/_hipaa/admin/v1/wipes/99", token, ""); code != 404 {
+		t.Fatalf("unknown wipe: %d", code)
+	}
 }
 
 func FuzzAdminRequests(f *testing.F) {
