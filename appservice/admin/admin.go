@@ -210,10 +210,19 @@ func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]any{"id": id})
 }
 
-func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request, idText string) {
-	id, err := strconv.ParseInt(idText, 10, 64)
+// pathID reads the numeric ID in a path, answering 404 if it is not one.
+func pathID(w http.ResponseWriter, text, what string) (int64, bool) {
+	id, err := strconv.ParseInt(text, 10, 64)
 	if err != nil || id <= 0 {
-		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such hold")
+		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such "+what)
+		return 0, false
+	}
+	return id, true
+}
+
+func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request, idText string) {
+	id, ok := pathID(w, idText, "hold")
+	if !ok {
 		return
 	}
 	var req struct {
@@ -287,9 +296,8 @@ func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) wipeStatus(w http.ResponseWriter, r *http.Request, idText string) {
-	id, err := strconv.ParseInt(idText, 10, 64)
-	if err != nil || id <= 0 {
-		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such wipe")
+	id, ok := pathID(w, idText, "wipe")
+	if !ok {
 		return
 	}
 	wp, err := appservice.LoadWipe(r.Context(), s.DB, id)
