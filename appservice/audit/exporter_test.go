@@ -93,10 +93,20 @@ func TestExporterAtLeastOnceInOrder(t *testing.T) {
 			for i := 0; i < 10; i++ {
 				appendN(t, ctx, c, db, 10)
 			}
-			runFor(func() bool { s := sink.seqs(); return len(s) > 0 && s[len(s)-1] == 100 })
+			runFor(func() bool {
+				s := sink.seqs()
+				cur, _ := Cursor(ctx, db, "test")
+				return len(s) > 0 && s[len(s)-1] == 100 && cur == 100
+			})
 			appendN(t, ctx, c, db, 20) // while no exporter runs
 			before := len(sink.seqs())
-			runFor(func() bool { s := sink.seqs(); return s[len(s)-1] == 120 })
+			// Until the last batch is both delivered and its cursor saved:
+			// stopping in between would (rightly) deliver it again next time.
+			runFor(func() bool {
+				s := sink.seqs()
+				cur, _ := Cursor(ctx, db, "test")
+				return s[len(s)-1] == 120 && cur == 120
+			})
 			got := sink.seqs()
 			checkAtLeastOnce(t, got, 120)
 			// Its cursor says 100; a failed first delivery may rewind one batch.
