@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -90,12 +91,21 @@ func BuildService(ctx context.Context, root, out string, log io.Writer) error {
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	// Below the kernel's ephemeral range (32768–60999 by default): a port
+	// picked there can be taken as the source port of some outgoing
+	// connection between now and when the server binds it. Random, so test
+	// packages running side by side rarely try the same one; bound once to
+	// check it is free.
+	for i := 0; i < 200; i++ {
+		port := 20000 + mrand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port found between 20000 and 32000")
 }
 
 // Options describe a stack. Zero ports are picked free.

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
 // PKI is a throwaway CA with a server certificate (localhost, 127.0.0.1)
@@ -191,10 +193,9 @@ func (r *Rsyslog) Received(t testing.TB) ([]int64, []string) {
 }
 
 func FreePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := devstack.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
