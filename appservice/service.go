@@ -207,6 +207,11 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
+	synapse := s.Config.Homeserver.Software == "synapse"
+	s.Log.Info().Str("software", s.Config.Homeserver.Software).
+		Bool("media_quarantine", synapse).Bool("history_purge", synapse && s.Config.Homeserver.PurgeHistory).
+		Str("wipe_sign_out", "all sessions (POST /logout/all as the user); single devices: not offered").
+		Msg("homeserver capabilities in use")
 
 	var runErr error
 	select {
