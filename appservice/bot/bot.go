@@ -61,7 +61,6 @@ type Bot struct {
 	mu     sync.RWMutex
 	cli    *mautrix.Client
 	helper *cryptohelper.CryptoHelper
-	db     *dbutil.Database
 	ready  chan struct{}
 }
 
@@ -159,7 +158,7 @@ func (b *Bot) start(ctx context.Context) error {
 		}
 	})
 	b.mu.Lock()
-	b.cli, b.helper, b.db = cli, helper, db
+	b.cli, b.helper = cli, helper
 	b.mu.Unlock()
 	return nil
 }
@@ -258,14 +257,6 @@ func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID
 	}
 	_, err := cli.SendMessageEvent(ctx, rid, event.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txnID})
 	return err
-}
-
-// DeviceID is the bot's device, once logged in.
-func (b *Bot) DeviceID() string {
-	if cli, err := b.client(); err == nil {
-		return string(cli.DeviceID)
-	}
-	return ""
 }
 
 var htmlEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;")
