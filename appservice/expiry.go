@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -50,30 +49,17 @@ func expiryFor(ev *Event, s policy.Effective, room policy.RoomState) (Expiry, bo
 func scheduleExpiries(ctx context.Context, db *store.DB, tx *sql.Tx, list []Expiry) error {
 	for start := 0; start < len(list); start += 100 {
 		chunk := list[start:min(start+100, len(list))]
-		args := make([]any, 0, 5*len(chunk))
+		args := make([]any, 0, 6*len(chunk))
 		for _, e := range chunk {
-			args = append(args, e.EventID, e.RoomID, e.Sender, e.ReceivedAt, e.DueAt)
+			args = append(args, e.EventID, e.RoomID, e.Sender, e.ReceivedAt, e.DueAt, "pending")
 		}
-		q := expiryInsert(len(chunk))
+		q := store.ValuesQuery(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES `, 6, len(chunk),
+			` ON CONFLICT (event_id) DO NOTHING`)
 		if _, err := db.Exec(ctx, tx, q, args...); err != nil {
 			return fmt.Errorf("schedule expiries: %w", err)
 		}
 	}
 	return nil
-}
-
-// expiryInsert is the multi-row INSERT for n expiries.
-func expiryInsert(n int) string {
-	var b strings.Builder
-	b.WriteString(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES `)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,'pending')", 5*i+1, 5*i+2, 5*i+3, 5*i+4, 5*i+5)
-	}
-	b.WriteString(` ON CONFLICT (event_id) DO NOTHING`)
-	return b.String()
 }
 
 // ExpiryPump moves expiries that have come due into the job table, oldest
@@ -169,7 +155,7 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 			// By primary key only: with "state = 'pending'" too, SQLite walks
 			// the (state, due_at) index instead. Only this pump moves rows
 			// out of pending, so they are still pending.
-			q := `UPDATE expiry SET state = '` + set.state + `' WHERE event_id IN ` + placeholders(len(set.ids))
+			q := store.ValuesQuery(`UPDATE expiry SET state = '`+set.state+`' WHERE event_id IN `, len(set.ids), 1, ``)
 			if _, err := tx.ExecContext(ctx, q, set.ids...); err != nil {
 				return err
 			}
@@ -379,18 +365,4 @@ func lifetimeNotice(ev *Event, room *RoomInfo, s policy.Effective) (policy.Actio
 		return policy.Action{}, false
 	}
 	return policy.Action{Kind: policy.ActNotice, Rule: "retention", EventID: ev.ID, ActAs: room.State.Creator, Reason: lifetimeText(now)}, true
-}
-
-// placeholders is "($1,$2,…,$n)".
-func placeholders(n int) string {
-	var b strings.Builder
-	b.WriteByte('(')
-	for i := 1; i <= n; i++ {
-		if i > 1 {
-			b.WriteByte(',')
-		}
-		b.WriteString("$" + strconv.Itoa(i))
-	}
-	b.WriteByte(')')
-	return b.String()
 }
