@@ -54,16 +54,21 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		dec.add(discoveryJob(ev, d.Keys))
 	}
 	pol := d.Policy.Current()
+	// Most traffic is ciphertext, which no rule ever acts on; it matters only
+	// where messages can expire.
+	cipher := ev.Type == "m.room.encrypted" && ev.StateKey == nil
+	if cipher && !pol.MayExpire() && room.State.MaxLifetime == 0 {
+		return dec
+	}
 	settings := pol.For(room.PolicyRoom())
 	if exp, ok := expiryFor(ev, settings, room.State); ok {
 		dec.Expiries = append(dec.Expiries, exp)
 	}
+	if cipher {
+		return dec
+	}
 	if a, ok := lifetimeNotice(ev, room, settings); ok {
 		dec.add(jobFor(a, ev.RoomID, "notice:retention:"+ev.ID, ev.Type, settings.DryRun, pol.Hash, d.Keys))
-	}
-	// Most traffic is ciphertext, which no rule ever acts on.
-	if ev.Type == "m.room.encrypted" && ev.StateKey == nil {
-		return dec
 	}
 	actions := policy.Decide(&policy.Context{
 		Event:    policy.Event{ID: ev.ID, Type: ev.Type, Sender: ev.Sender, StateKey: ev.StateKey, Content: eventContent(ev)},

@@ -27,6 +27,18 @@ type Policy struct {
 
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
+
+	mayExpire bool
+}
+
+// MayExpire reports whether any room can get a message lifetime from this
+// policy (a retention or retention_max set anywhere). When it cannot, only a
+// room's own m.room.retention can give one, and the service skips resolving
+// settings for the ciphertext that is most of its traffic.
+func (p *Policy) MayExpire() bool { return p.mayExpire }
+
+func setsLifetime(s *Settings) bool {
+	return (s.Retention != nil && *s.Retention > 0) || (s.RetentionMax != nil && *s.RetentionMax > 0)
 }
 
 // Settings are the knobs. A nil field is "not set here": an override inherits
@@ -88,6 +100,10 @@ func Parse(file string, data []byte) (*Policy, error) {
 		return nil, err
 	}
 	p.Hash = HashOf(data)
+	p.mayExpire = setsLifetime(&p.Defaults)
+	for i := range p.Rooms {
+		p.mayExpire = p.mayExpire || setsLifetime(&p.Rooms[i].Settings)
+	}
 	return p, nil
 }
 

@@ -236,3 +236,21 @@ func TestRetentionBoundsValidated(t *testing.T) {
 		t.Fatalf("consistent bounds refused: %v", err)
 	}
 }
+
+func TestMayExpire(t *testing.T) {
+	for src, want := range map[string]bool{
+		"version: 1\n": false,
+		"version: 1\ndefaults:\n  retention: 0\n": false,
+		"version: 1\ndefaults:\n  retention: 72h\n": true,
+		"version: 1\nrooms:\n  - room_id: \"!a:h\"\n    retention_max: 30d\n": true,
+		"version: 1\ndefaults:\n  retention_min: 1h\n": false,
+	} {
+		p, err := Parse("p.yaml", []byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.MayExpire() != want {
+			t.Errorf("%q: MayExpire %v, want %v", src, p.MayExpire(), want)
+		}
+	}
+}
