@@ -6,8 +6,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"sync"
 
@@ -197,17 +199,35 @@ type batch struct {
 const verifyBatch = 4096
 
 func readRange(ctx context.Context, db *store.DB, lo, hi int64, whole bool, out chan<- *batch, free <-chan *batch) error {
-	q, args := `SELECT seq, ts, rec, mac FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq`, []any{lo, hi}
+	q, args := `SELECT seq, ts, rec, mac FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq`, []driver.NamedValue{{Ordinal: 1, Value: lo}, {Ordinal: 2, Value: hi}}
 	if whole {
 		// The plain scan; PostgreSQL plans it better than a range over everything.
 		q, args = `SELECT seq, ts, rec, mac FROM audit ORDER BY seq`, nil
 	}
-	rows, err := db.R.QueryContext(ctx, q, args...)
+	conn, err := db.R.Conn(ctx)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	var rec, mac sql.RawBytes
+	defer conn.Close()
+	// Rows are read through the driver itself: database/sql's per-row Scan
+	// (locking, reflection, conversion) cost as much as SQLite's own step.
+	return conn.Raw(func(dc any) error {
+		qc, ok := dc.(driver.QueryerContext)
+		if !ok {
+			return fmt.Errorf("audit verify: driver %T cannot query", dc)
+		}
+		rows, err := qc.QueryContext(ctx, q, args)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		return scanRows(ctx, rows, out, free)
+	})
+}
+
+// scanRows moves rows into batches, copying their bytes into each batch's
+// arena (a driver may reuse its buffers between rows).
+func scanRows(ctx context.Context, rows driver.Rows, out chan<- *batch, free <-chan *batch) error {
 	b := <-free
 	send := func() bool {
 		// Slices into the arena are taken only now, after it stopped growing.
@@ -227,10 +247,24 @@ func readRange(ctx context.Context, db *store.DB, lo, hi int64, whole bool, out 
 			return false
 		}
 	}
-	for rows.Next() {
-		var r row
-		if err := rows.Scan(&r.seq, &r.ts, &rec, &mac); err != nil {
+	dest := make([]driver.Value, 4)
+	for {
+		err := rows.Next(dest)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
 			return err
+		}
+		var r row
+		var ok [4]bool
+		r.seq, ok[0] = dest[0].(int64)
+		r.ts, ok[1] = dest[1].(int64)
+		rec, ok2 := dest[2].([]byte)
+		mac, ok3 := dest[3].([]byte)
+		ok[2], ok[3] = ok2 || dest[2] == nil, ok3 || dest[3] == nil
+		if !ok[0] || !ok[1] || !ok[2] || !ok[3] {
+			return fmt.Errorf("audit verify: unexpected column types %T %T %T %T", dest[0], dest[1], dest[2], dest[3])
 		}
 		b.arena = append(b.arena, rec...)
 		b.arena = append(b.arena, mac...)
@@ -248,9 +282,6 @@ func readRange(ctx context.Context, db *store.DB, lo, hi int64, whole bool, out 
 				return ctx.Err()
 			}
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return err
 	}
 	if len(b.rows) > 0 && !send() {
 		return ctx.Err()
