@@ -201,6 +201,20 @@ func runService(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if room := cfg.Admin.Room; room != "" {
+		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin}).Register(svc.Runner)
+		go func() {
+			// A seat in the management room, invited by an admin if need be.
+			select {
+			case <-svc.Bot.Ready():
+			case <-ctx.Done():
+				return
+			}
+			if _, err := svc.Bot.EnsureJoined(ctx, room, cfg.Admin.Users[0]); err != nil && ctx.Err() == nil {
+				log.Warn().Str("error", appservice.SafeError(err)).Msg("the bot could not join the management room (admin.room); invite it there")
+			}
+		}()
+	}
 	if addr := cfg.Admin.Listen; addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -329,18 +343,11 @@ func auditPublicKey(args []string, stdout, stderr io.Writer) error {
 }
 
 func parseTime(s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
+	t, err := admin.ParseTime(s, time.Now())
+	if err != nil {
+		return t, errUsage{err.Error()}
 	}
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t, nil
-		}
-	}
-	if d, err := config.ParseDuration(s); err == nil {
-		return time.Now().Add(-d), nil // "-since 24h" means the last day
-	}
-	return time.Time{}, errUsage{fmt.Sprintf("%q is not a time: use RFC 3339 (2026-01-02T15:04:05Z), a date, or a duration ago like 24h", s)}
+	return t, nil
 }
 
 func auditExport(args []string, stdout, stderr io.Writer) error {
@@ -662,18 +669,7 @@ func devicesCommand(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tLAST SEEN\tCROSS-SIGNED\tNAME")
 	for _, d := range devs {
-		seen := "never"
-		if d.LastSeen > 0 {
-			seen = time.UnixMilli(d.LastSeen).UTC().Format(time.RFC3339)
-		}
-		signed := "no"
-		switch {
-		case !d.HasKeys:
-			signed = "no keys"
-		case d.CrossSigned:
-			signed = "yes"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.ID, seen, signed, d.DisplayName)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.ID, d.Seen(), d.Trust(), d.DisplayName)
 	}
 	return tw.Flush()
 }

@@ -25,6 +25,20 @@ type PolicyDecider struct {
 	Policy *PolicyHolder
 	Bot    string
 	Keys   *audit.Keys
+	// ManagementRoom (admin.room), if set: every message in it becomes an
+	// admin_command job, which reads it and acts if it is a command.
+	ManagementRoom string
+}
+
+// JobAdminCommand reads one message of the management room and runs the
+// command in it (package admin handles it).
+const JobAdminCommand = "admin_command"
+
+// CommandPayload is an admin_command job's instructions: which message.
+type CommandPayload struct {
+	Room    string `json:"room"`
+	EventID string `json:"event_id"`
+	Sender  string `json:"sender"`
 }
 
 // actionPayload is a job's instructions. It holds IDs and the rule's fixed
@@ -52,6 +66,12 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		// A room that existed before the service (or that it missed): learn
 		// its state, as a member, so policy can enrol it.
 		dec.add(discoveryJob(ev, d.Keys))
+	}
+	if ev.RoomID == d.ManagementRoom && d.ManagementRoom != "" && ev.StateKey == nil && ev.Sender != d.Bot &&
+		(ev.Type == "m.room.message" || ev.Type == "m.room.encrypted") {
+		// Audited by the handler, once it knows what the message asked.
+		payload, _ := json.Marshal(CommandPayload{Room: ev.RoomID, EventID: ev.ID, Sender: ev.Sender})
+		dec.Jobs = append(dec.Jobs, JobSpec{Kind: JobAdminCommand, DedupeKey: "admin_command:" + ev.ID, Payload: payload})
 	}
 	pol := d.Policy.Current()
 	// Most traffic is ciphertext, which no rule ever acts on; it matters only

@@ -61,6 +61,19 @@ type laterError struct {
 func (l laterError) Error() string { return l.err.Error() }
 func (l laterError) Unwrap() error { return l.err }
 
+// invalidError is a request refused for what it asks (a missing reason, no
+// such hold), as opposed to a failure to carry it out.
+type invalidError struct{ msg string }
+
+func (e invalidError) Error() string { return e.msg }
+
+// Invalid returns a request-refused error (see IsInvalid).
+func Invalid(format string, args ...any) error { return invalidError{fmt.Sprintf(format, args...)} }
+
+// IsInvalid reports whether err refuses the request itself, so the one asking
+// should be told why rather than the operation retried.
+func IsInvalid(err error) bool { return errors.As(err, new(invalidError)) }
+
 // RetryLater asks for the job to run again after d without counting an
 // attempt: for waiting on something that is on its way (the E2EE bot
 // logging in), not for failures.

@@ -69,6 +69,7 @@ type Service struct {
 	Runner     *Runner
 	Policy     *PolicyHolder
 	Bot        *bot.Bot
+	HS         *homeserver.Client
 	Checkpoint *audit.Checkpointer
 	Expiry     *ExpiryPump
 	Log        zerolog.Logger
@@ -106,8 +107,9 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		db.Close()
 		return nil, err
 	}
-	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys()}, m, log, s.Runner.Wake)
+	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room}, m, log, s.Runner.Wake)
 	hs := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal())
+	s.HS = hs
 	s.Bot = bot.New(bot.Options{
 		Homeserver: cfg.Homeserver.Address, UserID: cfg.BotMXID(), ASToken: cfg.AppService.ASToken.Reveal(),
 		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Log: log,

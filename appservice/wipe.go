@@ -34,29 +34,35 @@ type Wipe struct {
 // RequestWipe records a wipe and queues its job; the running service does
 // the steps. Requesting is audited with who asked (the reason stays in the
 // wipe table).
-func RequestWipe(ctx context.Context, db *store.DB, chain *audit.Chain, w Wipe) (int64, error) {
+func RequestWipe(ctx context.Context, db *store.DB, chain *audit.Chain, w Wipe) (id int64, err error) {
+	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		id, err = RequestWipeTx(ctx, tx, chain, w)
+		return err
+	})
+	return id, err
+}
+
+// RequestWipeTx is RequestWipe inside the caller's transaction.
+func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) (int64, error) {
 	switch {
 	case w.User == "" || w.User[0] != '@':
-		return 0, errors.New("a wipe is for a user ID (@name:server)")
+		return 0, Invalid("a wipe is for a user ID (@name:server)")
 	case w.Reason == "":
-		return 0, errors.New("a wipe needs a reason")
+		return 0, Invalid("a wipe needs a reason")
 	case w.Scope != "none" && w.Scope != "phi" && w.Scope != "all":
-		return 0, fmt.Errorf("redaction scope must be none, phi or all, not %q", w.Scope)
+		return 0, Invalid("redaction scope must be none, phi or all, not %q", w.Scope)
 	}
 	now := chain.Now()
-	err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, `INSERT INTO wipe (user_id, device_id, offboard, scope, since, reason, requested_by, requested_at, state, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', $8) RETURNING id`,
-			w.User, w.Device, w.Offboard, w.Scope, w.Since, w.Reason, w.RequestedBy, now.UnixMilli()).Scan(&w.ID); err != nil {
-			return err
-		}
-		payload, _ := json.Marshal(map[string]int64{"wipe_id": w.ID})
-		if err := Enqueue(ctx, tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
-			return err
-		}
-		return chain.Append(ctx, tx, wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0))
-	})
-	return w.ID, err
+	if err := tx.QueryRowContext(ctx, `INSERT INTO wipe (user_id, device_id, offboard, scope, since, reason, requested_by, requested_at, state, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', $8) RETURNING id`,
+		w.User, w.Device, w.Offboard, w.Scope, w.Since, w.Reason, w.RequestedBy, now.UnixMilli()).Scan(&w.ID); err != nil {
+		return 0, err
+	}
+	payload, _ := json.Marshal(map[string]int64{"wipe_id": w.ID})
+	if err := Enqueue(ctx, tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
+		return 0, err
+	}
+	return w.ID, chain.Append(ctx, tx, wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0))
 }
 
 func wipeRecord(chain *audit.Chain, w Wipe, step, outcome string, n int) *audit.Record {

@@ -107,11 +107,25 @@ type Exporter struct {
 	Site  string `yaml:"site"`
 }
 
-// Admin is the admin HTTP API (legal holds, the rooms listing): off unless
-// listen is set; every call needs the bearer token.
+// Admin is how administrators reach the service besides the command line:
+// the admin HTTP API (off unless listen is set; every call needs the bearer
+// token) and the management room (off unless room is set), where the users
+// listed in users may give commands.
 type Admin struct {
-	Listen string `yaml:"listen"`
-	Token  Secret `yaml:"token"`
+	Listen string   `yaml:"listen"`
+	Token  Secret   `yaml:"token"`
+	Room   string   `yaml:"room"`
+	Users  []string `yaml:"users"`
+}
+
+// IsAdmin reports whether user may give commands in the management room.
+func (a Admin) IsAdmin(user string) bool {
+	for _, u := range a.Users {
+		if u == user {
+			return true
+		}
+	}
+	return false
 }
 
 type Metrics struct {
@@ -317,6 +331,18 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		}
 		if len(c.Admin.Token.Reveal()) < 32 {
 			d.Errorf("admin.token", "admin.token must be at least 32 random characters when admin.listen is set")
+		}
+	}
+	if c.Admin.Room != "" && (c.Admin.Room[0] != '!' || !strings.Contains(c.Admin.Room, ":")) {
+		d.Errorf("admin.room", "admin.room %q is not a room ID (!id:server)", c.Admin.Room)
+	}
+	if c.Admin.Room != "" && len(c.Admin.Users) == 0 {
+		d.Errorf("admin.room", "admin.room is set but admin.users lists no one who may give commands there")
+	}
+	for i, u := range c.Admin.Users {
+		local, server, ok := strings.Cut(strings.TrimPrefix(u, "@"), ":")
+		if !strings.HasPrefix(u, "@") || !ok || !localpartRE.MatchString(local) || !domainRE.MatchString(server) {
+			d.Errorf(fmt.Sprintf("admin.users[%d]", i), "admin.users: %q is not a user ID (@name:server)", u)
 		}
 	}
 	if c.Homeserver.PurgeHistory && c.Homeserver.Software != "synapse" {

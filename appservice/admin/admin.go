@@ -232,8 +232,11 @@ func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request, idText stri
 	if !ok {
 		return
 	}
-	if err := appservice.ReleaseHold(r.Context(), s.DB, s.Chain, id, who); err != nil {
+	if err := appservice.ReleaseHold(r.Context(), s.DB, s.Chain, id, who); appservice.IsInvalid(err) {
 		fail(w, http.StatusNotFound, "M_NOT_FOUND", fmt.Sprintf("no standing hold %d", id))
+		return
+	} else if err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not release the hold")
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"released": id})
@@ -288,8 +291,11 @@ func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := appservice.RequestWipe(r.Context(), s.DB, s.Chain, appservice.Wipe{User: req.UserID, Reason: req.Reason, RequestedBy: who,
 		Offboard: req.Offboard, Scope: req.Redact, Since: req.SinceMS})
-	if err != nil {
+	if appservice.IsInvalid(err) {
 		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
+		return
+	} else if err != nil {
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not record the wipe")
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "state": "requested"})

@@ -155,6 +155,8 @@ func AuditEvent(st *Stored, src FHIRSource) (*AuditEventResource, error) {
 	switch r.Outcome {
 	case OutcomeFailure:
 		ev.Outcome = "8"
+	case OutcomeDenied:
+		ev.Outcome, ev.OutcomeDesc = "4", "denied: not authorised"
 	case OutcomeWould:
 		ev.Outcome, ev.OutcomeDesc = "0", "dry-run: decided, not applied"
 	default:

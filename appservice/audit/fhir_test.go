@@ -34,6 +34,7 @@ func everyRecordType(c *Chain) []*Record {
 		{Type: TypeAuditRead, Outcome: OutcomeSuccess, Actor: "os:auditor", Action: "export-fhir", Count: 9},
 		{Type: TypeCheckpoint, Outcome: OutcomeSuccess, SignedSeq: 10, SignedMAC: "ab12", Signature: "c2ln+/==", KeyID: "ed25519:0011"},
 		{Type: TypeAdminCommand, Outcome: OutcomeSuccess, Actor: "os:admin", Action: "rooms", Count: 3},
+		{Type: TypeAdminCommand, Outcome: OutcomeDenied, Actor: k.User("@intern:h"), Room: k.Room("!mgmt:h"), EventID: "$cmd", Action: "wipe", Detail: k.User("@doc:h")},
 		{Type: TypeServiceStop, Outcome: OutcomeSuccess},
 	}
 	return recs
@@ -174,14 +175,14 @@ func TestFHIRServerExport(t *testing.T) {
 	waitUntil(t, "every record at the FHIR server", func() bool {
 		store.mu.Lock()
 		defer store.mu.Unlock()
-		return len(store.resources) == 65
+		return len(store.resources) == 5*len(everyRecordType(c))
 	})
 	cancel()
 	<-done
 	if stats.failed != 2 {
 		t.Fatalf("%d failures, want the 2 refused batches", stats.failed)
 	}
-	for i := 1; i <= 65; i++ {
+	for i := 1; i <= 5*len(everyRecordType(c)); i++ {
 		if _, ok := store.resources["AuditEvent/matrix-hipaa-"+strconv.Itoa(i)]; !ok {
 			t.Fatalf("record %d missing", i)
 		}

@@ -45,6 +45,9 @@ const (
 	OutcomeFailure = "failure"
 	// OutcomeWould marks what dry-run would have done.
 	OutcomeWould = "would"
+	// OutcomeDenied: a request refused because the one asking may not
+	// (a management-room command from someone not an admin).
+	OutcomeDenied = "denied"
 )
 
 // Record is one audit entry. Every field is metadata from a closed vocabulary

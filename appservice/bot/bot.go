@@ -5,8 +5,10 @@
 // follows its rooms through its own /sync, joins the rooms it enrols and sends
 // notices, encrypted wherever the room is.
 //
-// The bot never decrypts what people write: its sync filter leaves message
-// and ciphertext events out, and no decryption handler is registered.
+// The bot does not decrypt what people write: its sync filter leaves message
+// and ciphertext events out, and no decryption handler is registered. The one
+// exception is the management room, where ReadMessage fetches and decrypts
+// one administrator's command at a time.
 package bot
 
 import (
@@ -20,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/cryptohelper"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -252,7 +255,7 @@ func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID
 	if target != "" {
 		content.Body = target + ": " + text
 		content.Format = event.FormatHTML
-		content.FormattedBody = fmt.Sprintf(`<a href="https://matrix.to/#/%s">%s</a>: %s`, target, target, htmlEscape(text))
+		content.FormattedBody = fmt.Sprintf(`<a href="https://matrix.to/#/%s">%s</a>: %s`, target, target, strings.ReplaceAll(htmlEscape(text), "\n", "<br>"))
 		content.Mentions.UserIDs = []id.UserID{uid}
 	}
 	_, err := cli.SendMessageEvent(ctx, rid, event.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txnID})
@@ -272,4 +275,51 @@ func (b *Bot) SendState(ctx context.Context, room, eventType, stateKey string, c
 	}
 	_, err = cli.SendStateEvent(ctx, id.RoomID(room), event.Type{Type: eventType, Class: event.StateEventType}, stateKey, content)
 	return err
+}
+
+// ErrNoKeys is returned by ReadMessage while the sender's client has not yet
+// shared the message's Megolm session with the bot: retry later.
+var ErrNoKeys = errors.New("the message's room key has not reached the bot yet")
+
+// Message is what ReadMessage returns: who wrote it and the plain text.
+type Message struct {
+	Sender  string
+	MsgType string
+	Body    string
+}
+
+// ReadMessage fetches one message event and returns its text, decrypting it
+// if it is encrypted. The service calls it only for the management room.
+func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, error) {
+	cli, err := b.client()
+	if err != nil {
+		return Message{}, err
+	}
+	evt, err := cli.GetEvent(ctx, id.RoomID(room), id.EventID(eventID))
+	if err != nil {
+		return Message{}, err
+	}
+	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		return Message{}, fmt.Errorf("parse event: %w", err)
+	}
+	if evt.Type == event.EventEncrypted {
+		enc := evt.Content.AsEncrypted()
+		dec, err := b.helper.Decrypt(ctx, evt)
+		if errors.Is(err, crypto.ErrNoSessionFound) &&
+			b.helper.WaitForSession(ctx, evt.RoomID, enc.SenderKey, enc.SessionID, 5*time.Second) {
+			dec, err = b.helper.Decrypt(ctx, evt)
+		}
+		if errors.Is(err, crypto.ErrNoSessionFound) {
+			return Message{}, ErrNoKeys
+		}
+		if err != nil {
+			return Message{}, fmt.Errorf("decrypt: %w", err)
+		}
+		evt = dec
+	}
+	m := Message{Sender: string(evt.Sender)}
+	if msg, ok := evt.Content.Parsed.(*event.MessageEventContent); ok {
+		m.MsgType, m.Body = string(msg.MsgType), msg.Body
+	}
+	return m, nil
 }

@@ -197,6 +197,26 @@ type Device struct {
 	HasKeys     bool
 }
 
+// Seen is when the device was last seen, for people: RFC 3339 UTC or "never".
+func (d Device) Seen() string {
+	if d.LastSeen <= 0 {
+		return "never"
+	}
+	return time.UnixMilli(d.LastSeen).UTC().Format(time.RFC3339)
+}
+
+// Trust says whether the user cross-signed the device: yes, no, or "no keys"
+// (the device never uploaded encryption keys).
+func (d Device) Trust() string {
+	switch {
+	case !d.HasKeys:
+		return "no keys"
+	case d.CrossSigned:
+		return "yes"
+	}
+	return "no"
+}
+
 // DeviceInventory lists user's devices with when each was last seen and
 // whether the user cross-signed it.
 func (c *Client) DeviceInventory(ctx context.Context, user string) ([]Device, error) {

@@ -251,6 +251,29 @@ func (s *Stack) writeServiceConfig() error {
 	return s.register()
 }
 
+// SetManagementRoom writes admin.room and admin.users into the service's
+// config (keeping its tokens); the service reads them when it next starts.
+func (s *Stack) SetManagementRoom(room string, admins ...string) error {
+	data, err := os.ReadFile(s.ServiceConfig)
+	if err != nil {
+		return err
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		return err
+	}
+	a, _ := cfg["admin"].(map[string]any)
+	if a == nil {
+		a = map[string]any{}
+		cfg["admin"] = a
+	}
+	a["room"], a["users"] = room, admins
+	if data, err = yaml.Marshal(cfg); err != nil {
+		return err
+	}
+	return config.WriteFileAtomic(s.ServiceConfig, data, 0o600)
+}
+
 // register runs generate-registration, which fills in the tokens.
 func (s *Stack) register() error {
 	reg := filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml")

@@ -1,0 +1,108 @@
+package admin
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseCommand(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		in      string
+		isCmd   bool
+		want    Command
+		wantErr string
+	}{
+		{in: "good morning", isCmd: false},
+		{in: "  ", isCmd: false},
+		{in: "!help", isCmd: true, want: Command{Name: "help", Scope: "phi"}},
+		{in: "!HELP", isCmd: true, want: Command{Name: "help", Scope: "phi"}},
+		{in: "!help me", isCmd: true, wantErr: "takes no arguments"},
+		{in: "!devices @bob:hs", isCmd: true, want: Command{Name: "devices", Target: "@bob:hs", Scope: "phi"}},
+		{in: "!devices", isCmd: true, wantErr: "needs a user ID"},
+		{in: "!devices bob", isCmd: true, wantErr: "not a user ID"},
+		{in: "!devices @bob:hs @eve:hs", isCmd: true, wantErr: "one user ID"},
+		{in: "!wipe @bob:hs lost phone", isCmd: true, want: Command{Name: "wipe", Target: "@bob:hs", Scope: "phi", Reason: "lost phone"}},
+		{in: "!wipe @bob:hs", isCmd: true, wantErr: "needs a reason"},
+		{in: "!wipe @bob:hs --redact all --since 2026-11-01 left the trust", isCmd: true,
+			want: Command{Name: "wipe", Target: "@bob:hs", Scope: "all", Since: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), Reason: "left the trust"}},
+		{in: "!wipe --since=24h @bob:hs stolen", isCmd: true, want: Command{Name: "wipe", Target: "@bob:hs", Scope: "phi", Since: now.Add(-24 * time.Hour), Reason: "stolen"}},
+		{in: "!wipe @bob:hs --device ABCDEF stolen tablet", isCmd: true, want: Command{Name: "wipe", Target: "@bob:hs", Device: "ABCDEF", Scope: "phi", Reason: "stolen tablet"}},
+		{in: "!wipe @bob:hs stolen --redact all", isCmd: true, want: Command{Name: "wipe", Target: "@bob:hs", Scope: "phi", Reason: "stolen --redact all"}},
+		{in: "!wipe @bob:hs --redact some stolen", isCmd: true, wantErr: "phi, all or none"},
+		{in: "!wipe @bob:hs --since yesterday stolen", isCmd: true, wantErr: "not a time"},
+		{in: "!wipe @bob:hs --colour red stolen", isCmd: true, wantErr: "unknown option --colour"},
+		{in: "!wipe @bob:hs --device", isCmd: true, wantErr: "--device needs a value"},
+		{in: "!offboard @bob:hs retired", isCmd: true, want: Command{Name: "offboard", Target: "@bob:hs", Scope: "phi", Reason: "retired"}},
+		{in: "!offboard @bob:hs --device X retired", isCmd: true, wantErr: "whole account"},
+		{in: "!hold !ward:hs case 2026-114", isCmd: true, want: Command{Name: "hold", Target: "!ward:hs", Scope: "phi", Reason: "case 2026-114"}},
+		{in: "!hold @bob:hs case 2026-114", isCmd: true, want: Command{Name: "hold", Target: "@bob:hs", Scope: "phi", Reason: "case 2026-114"}},
+		{in: "!hold #ward:hs case", isCmd: true, wantErr: "not a user ID"},
+		{in: "!hold @bob:hs --redact all case", isCmd: true, wantErr: "takes no options"},
+		{in: "!devices !ward:hs", isCmd: true, wantErr: "not a user ID"},
+		{in: "!holds", isCmd: true, want: Command{Name: "holds", Scope: "phi"}},
+		{in: "!release 12", isCmd: true, want: Command{Name: "release", Scope: "phi", ID: 12}},
+		{in: "!release #12", isCmd: true, want: Command{Name: "release", Scope: "phi", ID: 12}},
+		{in: "!release twelve", isCmd: true, wantErr: "not a hold number"},
+		{in: "!release -3", isCmd: true, wantErr: "not a hold number"},
+		{in: "!release", isCmd: true, wantErr: "usage"},
+		{in: "!reboot", isCmd: true, wantErr: "unknown command !reboot"},
+		{in: "!", isCmd: true, wantErr: "unknown command"},
+	}
+	for _, c := range cases {
+		got, isCmd, err := ParseCommand(c.in, now)
+		if isCmd != c.isCmd {
+			t.Errorf("%q: command %v, want %v", c.in, isCmd, c.isCmd)
+			continue
+		}
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%q: error %v, want one saying %q", c.in, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", c.in, err)
+			continue
+		}
+		if isCmd && got != c.want {
+			t.Errorf("%q:\n got %+v\nwant %+v", c.in, got, c.want)
+		}
+	}
+}
+
+// Whatever an admin (or anyone in the room) writes, parsing never panics, and
+// a command it accepts is one the handler can act on.
+func FuzzParseCommand(f *testing.F) {
+	for _, s := range []string{"!wipe @bob:hs --redact all --since 24h lost", "!hold !r:hs x", "!release 1", "!devices @a:b", "!wipe --device= @a:b x", "hello"} {
+		f.Add(s)
+	}
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, s string) {
+		c, isCmd, err := ParseCommand(s, now)
+		if !isCmd || err != nil {
+			return
+		}
+		switch c.Name {
+		case "help", "holds":
+		case "devices":
+			if !isUserID(c.Target) {
+				t.Fatalf("%q: devices of %q", s, c.Target)
+			}
+		case "wipe", "offboard", "hold":
+			if c.Reason == "" || (!isUserID(c.Target) && !(c.Name == "hold" && isRoomID(c.Target))) {
+				t.Fatalf("%q: accepted %+v", s, c)
+			}
+		case "release":
+			if c.ID <= 0 {
+				t.Fatalf("%q: release %d", s, c.ID)
+			}
+		default:
+			t.Fatalf("%q: accepted unknown command %q", s, c.Name)
+		}
+		if c.Scope != "phi" && c.Scope != "all" && c.Scope != "none" {
+			t.Fatalf("%q: scope %q", s, c.Scope)
+		}
+	})
+}

@@ -1,0 +1,300 @@
+package admin
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// Messenger is what the management room needs of the E2EE bot.
+type Messenger interface {
+	EnsureJoined(ctx context.Context, room, inviter string) (bot.Membership, error)
+	ReadMessage(ctx context.Context, room, eventID string) (bot.Message, error)
+	SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error
+}
+
+// Inventory lists a user's devices.
+type Inventory interface {
+	DeviceInventory(ctx context.Context, user string) ([]homeserver.Device, error)
+}
+
+// Room runs the commands administrators give in the management room. Each
+// message there becomes a durable admin_command job (see PolicyDecider); the
+// handler reads it through the bot, refuses anyone not in admin.users (and
+// audits the refusal), runs the command, and answers in the room. Commands
+// that change something run once: their row in admin_command is written in
+// the same transaction as the change.
+type Room struct {
+	DB      *store.DB
+	Chain   *audit.Chain
+	Bot     Messenger
+	HS      Inventory
+	IsAdmin func(user string) bool
+	// SingleDevice: the homeserver can sign out one device (Synapse).
+	SingleDevice bool
+}
+
+// JobWipeReport tells the management room how a wipe it asked for ended.
+const JobWipeReport = "admin_wipe_report"
+
+type reportPayload struct {
+	WipeID int64  `json:"wipe_id"`
+	Room   string `json:"room"`
+	Admin  string `json:"admin"`
+}
+
+// keysAttempts is how many times (backing off) a command waits for its
+// sender's room key before it is answered with an error instead.
+const keysAttempts = 8
+
+// Register gives the runner the management room's job handlers.
+func (m *Room) Register(r *appservice.Runner) {
+	r.Handle(appservice.JobAdminCommand, m.handleCommand)
+	r.Handle(JobWipeReport, m.handleReport)
+}
+
+func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
+	var p appservice.CommandPayload
+	if err := json.Unmarshal(j.Payload, &p); err != nil {
+		return appservice.Permanent(fmt.Errorf("bad job payload: %w", err))
+	}
+	// Done before (the reply is what failed)?
+	var done struct {
+		command, reply string
+	}
+	err := m.DB.R.QueryRowContext(ctx, `SELECT command, reply FROM admin_command WHERE event_id = $1`, p.EventID).Scan(&done.command, &done.reply)
+	if err == nil && done.reply != "" {
+		return m.answer(ctx, p, done.reply)
+	} else if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	inviter := ""
+	if m.IsAdmin(p.Sender) {
+		inviter = p.Sender
+	}
+	if _, err := m.Bot.EnsureJoined(ctx, p.Room, inviter); err != nil {
+		if errors.Is(err, bot.ErrNotReady) {
+			return appservice.RetryLater(5*time.Second, err)
+		}
+		return err
+	}
+	keys := m.Chain.Keys()
+	msg, err := m.Bot.ReadMessage(ctx, p.Room, p.EventID)
+	switch {
+	case errors.Is(err, bot.ErrNotReady):
+		return appservice.RetryLater(5*time.Second, err)
+	case errors.Is(err, bot.ErrNoKeys) && j.Attempts >= keysAttempts-1:
+		rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeFailure, Actor: keys.User(p.Sender), Room: keys.Room(p.Room),
+			EventID: p.EventID, Action: "unreadable"}
+		return m.answerOnce(ctx, p, rec, "I could not read that message: your client never shared its room key with me. Check that this session trusts the bot's device, then send it again.")
+	case err != nil:
+		return err // the sender's client shares the key soon; back off
+	}
+	now := m.Chain.Now()
+	cmd, isCmd, perr := ParseCommand(msg.Body, now)
+	if !isCmd {
+		return nil // conversation among admins
+	}
+	rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: keys.User(p.Sender), Room: keys.Room(p.Room),
+		EventID: p.EventID, Action: cmd.Name}
+	if cmd.Target != "" {
+		rec.Detail = pseudonymOf(keys, cmd.Target)
+	}
+	if !m.IsAdmin(p.Sender) {
+		rec.Outcome = audit.OutcomeDenied
+		reply := "you are not one of the administrators listed in the service's config (admin.users), so this command was refused. The refusal is recorded in the audit trail."
+		return m.settle(ctx, p, cmd.Name, rec, reply, 0, nil)
+	}
+	if perr != nil {
+		rec.Outcome = audit.OutcomeFailure
+		return m.answerOnce(ctx, p, rec, perr.Error())
+	}
+	switch cmd.Name {
+	case "help":
+		return m.answerOnce(ctx, p, rec, Help)
+	case "devices":
+		devs, err := m.HS.DeviceInventory(ctx, cmd.Target)
+		if err != nil {
+			rec.Outcome = audit.OutcomeFailure
+			return m.answerOnce(ctx, p, rec, fmt.Sprintf("could not list the devices of %s: %s", cmd.Target, appservice.SafeError(err)))
+		}
+		rec.Count = int64(len(devs))
+		return m.answerOnce(ctx, p, rec, formatDevices(cmd.Target, devs))
+	case "holds":
+		holds, err := appservice.StandingHolds(ctx, m.DB)
+		if err != nil {
+			return err
+		}
+		rec.Count = int64(len(holds))
+		return m.answerOnce(ctx, p, rec, formatHolds(holds))
+	case "wipe", "offboard":
+		if cmd.Device != "" && !m.SingleDevice {
+			rec.Outcome = audit.OutcomeFailure
+			return m.answerOnce(ctx, p, rec, "this homeserver cannot sign out a single device. To end every session of the user, send the same !wipe without --device.")
+		}
+		w := appservice.Wipe{User: cmd.Target, Device: cmd.Device, Offboard: cmd.Name == "offboard", Scope: cmd.Scope, Reason: cmd.Reason,
+			RequestedBy: keys.User(p.Sender)}
+		if !cmd.Since.IsZero() {
+			w.Since = cmd.Since.UnixMilli()
+		}
+		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
+			id, err := appservice.RequestWipeTx(ctx, tx, m.Chain, w)
+			if err != nil {
+				return "", 0, err
+			}
+			payload, _ := json.Marshal(reportPayload{WipeID: id, Room: p.Room, Admin: p.Sender})
+			if err := appservice.Enqueue(ctx, tx, now, appservice.JobSpec{Kind: JobWipeReport, DedupeKey: fmt.Sprintf("wipe-report:%d", id),
+				Payload: payload, Delay: time.Second}); err != nil {
+				return "", 0, err
+			}
+			what := "wipe"
+			if w.Offboard {
+				what = "offboarding"
+			}
+			return fmt.Sprintf("%s %d of %s started (redact: %s). I will report here when it is done.", what, id, cmd.Target, cmd.Scope), id, nil
+		})
+	case "hold":
+		room, user := "", cmd.Target
+		if isRoomID(cmd.Target) {
+			room, user = cmd.Target, ""
+		}
+		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
+			id, err := appservice.PlaceHoldTx(ctx, tx, m.Chain, room, user, cmd.Reason, keys.User(p.Sender))
+			if err != nil {
+				return "", 0, err
+			}
+			return fmt.Sprintf("hold %d placed on %s: nothing of it expires until it is released (!release %d).", id, cmd.Target, id), id, nil
+		})
+	case "release":
+		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
+			if err := appservice.ReleaseHoldTx(ctx, tx, m.Chain, cmd.ID, keys.User(p.Sender)); err != nil {
+				return "", 0, err
+			}
+			return fmt.Sprintf("hold %d released; what it kept expires as policy says.", cmd.ID), cmd.ID, nil
+		})
+	}
+	return appservice.Permanent(fmt.Errorf("unhandled command %q", cmd.Name))
+}
+
+// settle records a command that changes something (or a refusal) once: its
+// admin_command row, the change itself (act, which also audits what it did)
+// and the admin.command record commit together, then the reply goes out. If
+// act fails for a reason the admin can fix, the failure is the reply.
+func (m *Room) settle(ctx context.Context, p appservice.CommandPayload, name string, rec *audit.Record, reply string, ref int64,
+	act func(tx *sql.Tx) (string, int64, error)) error {
+	err := m.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		if act != nil {
+			var err error
+			if reply, ref, err = act(tx); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO admin_command (event_id, command, outcome, ref_id, reply, at) VALUES ($1, $2, $3, $4, $5, $6)`,
+			p.EventID, name, rec.Outcome, ref, reply, m.Chain.Now().UnixMilli()); err != nil {
+			return err
+		}
+		rec.JobID = ref
+		return m.Chain.Append(ctx, tx, rec)
+	})
+	if act != nil && appservice.IsInvalid(err) {
+		rec.Outcome = audit.OutcomeFailure
+		return m.answerOnce(ctx, p, rec, err.Error())
+	}
+	if err != nil {
+		return err
+	}
+	return m.answer(ctx, p, reply)
+}
+
+// answerOnce audits a command that changed nothing and answers it. A retry
+// (the reply failed) audits it again: reads are cheap to record twice, and
+// never to lose.
+func (m *Room) answerOnce(ctx context.Context, p appservice.CommandPayload, rec *audit.Record, reply string) error {
+	if err := m.Chain.AppendTx(ctx, m.DB, rec); err != nil {
+		return err
+	}
+	return m.answer(ctx, p, reply)
+}
+
+func (m *Room) answer(ctx context.Context, p appservice.CommandPayload, text string) error {
+	return m.Bot.SendNotice(ctx, p.Room, "", p.Sender, text, "cmd-"+p.EventID)
+}
+
+func (m *Room) handleReport(ctx context.Context, j *appservice.Job) error {
+	var p reportPayload
+	if err := json.Unmarshal(j.Payload, &p); err != nil {
+		return appservice.Permanent(fmt.Errorf("bad job payload: %w", err))
+	}
+	w, err := appservice.LoadWipe(ctx, m.DB, p.WipeID)
+	if err != nil {
+		return err
+	}
+	if w.State != "done" && w.State != "failed" {
+		return appservice.RetryLater(2*time.Second, fmt.Errorf("wipe %d is at %s", w.ID, w.State))
+	}
+	return m.Bot.SendNotice(ctx, p.Room, "", p.Admin, WipeSummary(w), fmt.Sprintf("wipe-report-%d", w.ID))
+}
+
+// WipeSummary is how a finished wipe is reported to admins.
+func WipeSummary(w appservice.Wipe) string {
+	if w.State == "failed" {
+		return fmt.Sprintf("wipe %d of %s FAILED: %s. Sessions revoked: %d, messages redacted: %d.", w.ID, w.User, w.LastError, w.Revoked, w.Redacted)
+	}
+	s := fmt.Sprintf("wipe %d of %s done. Sessions revoked: %d, messages redacted: %d", w.ID, w.User, w.Revoked, w.Redacted)
+	if w.Offboard {
+		s += fmt.Sprintf(", rooms left: %d", w.Left)
+	}
+	if w.ConfirmedAt > 0 {
+		s += ", confirmed at " + time.UnixMilli(w.ConfirmedAt).UTC().Format(time.RFC3339)
+	}
+	return s + "."
+}
+
+func formatDevices(user string, devs []homeserver.Device) string {
+	if len(devs) == 0 {
+		return user + " has no sessions."
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s has %d session(s):", user, len(devs))
+	for _, d := range devs {
+		fmt.Fprintf(&b, "\n%s — last seen %s — cross-signed: %s", d.ID, d.Seen(), d.Trust())
+		if d.DisplayName != "" {
+			fmt.Fprintf(&b, " — %q", d.DisplayName)
+		}
+	}
+	return b.String()
+}
+
+func formatHolds(holds []appservice.Hold) string {
+	if len(holds) == 0 {
+		return "no legal holds stand."
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d standing hold(s):", len(holds))
+	for _, h := range holds {
+		on := h.Room
+		if on == "" {
+			on = h.User
+		}
+		fmt.Fprintf(&b, "\n%d — %s — since %s — %s", h.ID, on, time.UnixMilli(h.PlacedAt).UTC().Format(time.RFC3339), h.Reason)
+	}
+	return b.String()
+}
+
+// pseudonymOf is the audit pseudonym of a command's target.
+func pseudonymOf(keys *audit.Keys, target string) string {
+	if isRoomID(target) {
+		return keys.Room(target)
+	}
+	return keys.User(target)
+}

@@ -1,0 +1,208 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+)
+
+// fakeBot holds the management room's messages and records the replies.
+type fakeBot struct {
+	messages map[string]bot.Message
+	noKeys   bool
+	replies  map[string]string // txn ID → text: a resend with the same ID is one message
+	sends    int
+}
+
+func (b *fakeBot) EnsureJoined(context.Context, string, string) (bot.Membership, error) {
+	return bot.Membership{}, nil
+}
+
+func (b *fakeBot) ReadMessage(_ context.Context, _, eventID string) (bot.Message, error) {
+	if b.noKeys {
+		return bot.Message{}, bot.ErrNoKeys
+	}
+	return b.messages[eventID], nil
+}
+
+func (b *fakeBot) SendNotice(_ context.Context, _, _, target, text, txnID string) error {
+	b.sends++
+	b.replies[txnID] = target + ": " + text
+	return nil
+}
+
+type fakeInventory []homeserver.Device
+
+func (f fakeInventory) DeviceInventory(context.Context, string) ([]homeserver.Device, error) {
+	return f, nil
+}
+
+func newRoom(t *testing.T, dbType string) (*Room, *fakeBot, *store.DB) {
+	t.Helper()
+	db, _ := storetest.Open(t, dbType)
+	keys, err := audit.NewKeys(bytes.Repeat([]byte{9}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &fakeBot{messages: map[string]bot.Message{}, replies: map[string]string{}}
+	m := &Room{DB: db, Chain: audit.NewChain(keys, db, time.Now), Bot: b,
+		HS:      fakeInventory{{ID: "PHONE", LastSeen: 1_700_000_000_000, HasKeys: true, CrossSigned: true}, {ID: "WEB"}},
+		IsAdmin: func(u string) bool { return u == "@admin:hs" }}
+	return m, b, db
+}
+
+func command(t *testing.T, m *Room, b *fakeBot, eventID, sender, text string, attempts int) error {
+	t.Helper()
+	b.messages[eventID] = bot.Message{Sender: sender, MsgType: "m.text", Body: text}
+	payload, _ := json.Marshal(appservice.CommandPayload{Room: "!mgmt:hs", EventID: eventID, Sender: sender})
+	return m.handleCommand(context.Background(), &appservice.Job{Kind: appservice.JobAdminCommand, Payload: payload, Attempts: attempts})
+}
+
+func trail(t *testing.T, db *store.DB) []audit.Record {
+	t.Helper()
+	stored, err := audit.ReadAfter(context.Background(), db, 0, 1_000_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []audit.Record
+	for _, s := range stored {
+		r, err := s.Fields()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func commandRecords(t *testing.T, db *store.DB) []string {
+	t.Helper()
+	var out []string
+	for _, r := range trail(t, db) {
+		if r.Type == audit.TypeAdminCommand {
+			out = append(out, r.Action+":"+r.Outcome)
+		}
+	}
+	return out
+}
+
+// Every decision the management room makes: who may, what runs once, what
+// is answered, and what the audit trail holds.
+func TestManagementRoomHandler(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			m, b, db := newRoom(t, dbType)
+			ctx := context.Background()
+			count := func(q string) int {
+				var n int
+				if err := db.R.QueryRowContext(ctx, q).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			// A non-admin's wipe: refused, told, audited; nothing queued.
+			if err := command(t, m, b, "$1", "@eve:hs", "!wipe @bob:hs spite", 0); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(b.replies["cmd-$1"], "@eve:hs: you are not one of the administrators") || count(`SELECT COUNT(*) FROM wipe`) != 0 {
+				t.Fatalf("refusal: %q, wipes %d", b.replies["cmd-$1"], count(`SELECT COUNT(*) FROM wipe`))
+			}
+			// Chat among admins is not a command: nothing said, nothing audited.
+			if err := command(t, m, b, "$2", "@admin:hs", "morning all", 0); err != nil || b.replies["cmd-$2"] != "" {
+				t.Fatalf("chat answered: %v %q", err, b.replies["cmd-$2"])
+			}
+			// The admin's wipe runs once however often its job runs.
+			for i := 0; i < 3; i++ {
+				if err := command(t, m, b, "$3", "@admin:hs", "!wipe @bob:hs --redact all lost phone", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := count(`SELECT COUNT(*) FROM wipe`); n != 1 {
+				t.Fatalf("%d wipes from one command", n)
+			}
+			if n := count(`SELECT COUNT(*) FROM job WHERE kind = 'admin_wipe_report'`); n != 1 {
+				t.Fatalf("%d wipe reports queued", n)
+			}
+			if got := b.replies["cmd-$3"]; !strings.Contains(got, "wipe 1 of @bob:hs started (redact: all)") {
+				t.Fatalf("wipe reply %q", got)
+			}
+			w, err := appservice.LoadWipe(ctx, db, 1)
+			if err != nil || w.Reason != "lost phone" || w.Scope != "all" || w.RequestedBy != m.Chain.Keys().User("@admin:hs") {
+				t.Fatalf("wipe %+v %v", w, err)
+			}
+			// Reads answer from the homeserver and the database.
+			if err := command(t, m, b, "$4", "@admin:hs", "!devices @bob:hs", 0); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.replies["cmd-$4"]; !strings.Contains(got, "2 session(s)") || !strings.Contains(got, "PHONE — last seen 2023-11-14T22:13:20Z — cross-signed: yes") ||
+				!strings.Contains(got, "WEB — last seen never — cross-signed: no keys") {
+				t.Fatalf("devices reply %q", got)
+			}
+			if err := command(t, m, b, "$5", "@admin:hs", "!hold !ward:hs case 114", 0); err != nil || !strings.Contains(b.replies["cmd-$5"], "hold 1 placed on !ward:hs") {
+				t.Fatalf("hold: %v %q", err, b.replies["cmd-$5"])
+			}
+			if err := command(t, m, b, "$6", "@admin:hs", "!holds", 0); err != nil || !strings.Contains(b.replies["cmd-$6"], "1 — !ward:hs") {
+				t.Fatalf("holds: %v %q", err, b.replies["cmd-$6"])
+			}
+			if err := command(t, m, b, "$7", "@admin:hs", "!release 1", 0); err != nil || !strings.Contains(b.replies["cmd-$7"], "hold 1 released") {
+				t.Fatalf("release: %v %q", err, b.replies["cmd-$7"])
+			}
+			// Mistakes are answered, not retried.
+			if err := command(t, m, b, "$8", "@admin:hs", "!release 1", 0); err != nil || !strings.Contains(b.replies["cmd-$8"], "no standing hold 1") {
+				t.Fatalf("second release: %v %q", err, b.replies["cmd-$8"])
+			}
+			if err := command(t, m, b, "$9", "@admin:hs", "!wipe @bob:hs --device PHONE stolen", 0); err != nil || !strings.Contains(b.replies["cmd-$9"], "cannot sign out a single device") {
+				t.Fatalf("single device: %v %q", err, b.replies["cmd-$9"])
+			}
+			if err := command(t, m, b, "$10", "@admin:hs", "!wipe bob", 0); err != nil || !strings.Contains(b.replies["cmd-$10"], "not a user ID") {
+				t.Fatalf("bad wipe: %v %q", err, b.replies["cmd-$10"])
+			}
+			// No room key yet: retried (an error) until patience runs out, then answered.
+			b.noKeys = true
+			if err := command(t, m, b, "$11", "@admin:hs", "!holds", 0); err == nil {
+				t.Fatal("a message without its key was taken as read")
+			}
+			if err := command(t, m, b, "$11", "@admin:hs", "!holds", keysAttempts-1); err != nil || !strings.Contains(b.replies["cmd-$11"], "could not read that message") {
+				t.Fatalf("unreadable: %v %q", err, b.replies["cmd-$11"])
+			}
+			b.noKeys = false
+
+			want := "wipe:denied,wipe:success,devices:success,hold:success,holds:success,release:success,release:failure,wipe:failure,wipe:failure,unreadable:failure"
+			if got := strings.Join(commandRecords(t, db), ","); got != want {
+				t.Fatalf("admin.command records\n got %s\nwant %s", got, want)
+			}
+			// The wipe's report waits for the wipe, then says how it went.
+			rp, _ := json.Marshal(reportPayload{WipeID: 1, Room: "!mgmt:hs", Admin: "@admin:hs"})
+			job := &appservice.Job{Kind: JobWipeReport, Payload: rp}
+			if err := m.handleReport(ctx, job); err == nil {
+				t.Fatal("reported a wipe still at its first step")
+			}
+			if _, err := db.W.ExecContext(ctx, `UPDATE wipe SET state = 'done', revoked = 3, redacted = 120, confirmed_at = 1795000000000 WHERE id = 1`); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.handleReport(ctx, job); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.replies["wipe-report-1"]; got != "@admin:hs: wipe 1 of @bob:hs done. Sessions revoked: 3, messages redacted: 120, confirmed at 2026-11-18T11:06:40Z." {
+				t.Fatalf("report %q", got)
+			}
+			// The trail has who and what, never the reasons.
+			raw, _ := json.Marshal(trail(t, db))
+			for _, s := range []string{"spite", "lost phone", "case 114", "@admin:hs", "@bob:hs", "@eve:hs"} {
+				if bytes.Contains(raw, []byte(s)) {
+					t.Fatalf("%q in the audit trail", s)
+				}
+			}
+		})
+	}
+}
