@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +47,7 @@ Commands:
                                          bot's power, and actions that failed for good
                                          (-problems: only rooms needing attention; exit 1 if any)
   wipe -config FILE -user ID -reason TEXT [-offboard] [-redact phi|all|none] [-since T]
+  wipe -config FILE -status N           wait for wipe N and show how it ended
                                          sign the user out everywhere, redact their messages,
                                          remove them from their rooms (-offboard); the running
                                          service does it, this waits for the outcome
@@ -602,6 +604,7 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 	since := fs.String("since", "", "only messages at or after this time (RFC 3339, date, or duration ago)")
 	reason := fs.String("reason", "", "why (kept with the wipe, not in the audit trail)")
 	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the running service to finish")
+	status := fs.Int64("status", 0, "instead of a new wipe, wait for wipe N and show its outcome")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -615,16 +618,21 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Scope: *scope, Reason: *reason, RequestedBy: operator()}
-	if !from.IsZero() {
-		w.Since = from.UnixMilli()
+	id := *status
+	if id == 0 {
+		w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Scope: *scope, Reason: *reason, RequestedBy: operator()}
+		if !from.IsZero() {
+			w.Since = from.UnixMilli()
+		}
+		if id, err = appservice.RequestWipe(ctx, db, chain, w); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wipe %d requested for %s\n", id, *user)
 	}
-	id, err := appservice.RequestWipe(ctx, db, chain, w)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "wipe %d requested for %s\n", id, *user)
 	got, err := appservice.WaitWipe(ctx, db, id, *wait)
+	if errors.Is(err, sql.ErrNoRows) {
+		return errUsage{fmt.Sprintf("there is no wipe %d", id)}
+	}
 	if err != nil {
 		return err
 	}

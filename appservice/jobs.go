@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -164,6 +167,9 @@ func (r *Runner) Wake() {
 	}
 }
 
+// externalPoll is the longest the runner sleeps without looking for jobs.
+const externalPoll = time.Second
+
 // Run processes jobs until ctx ends, sleeping until the next due job or a Wake.
 func (r *Runner) Run(ctx context.Context) {
 	sem := make(chan struct{}, r.workers)
@@ -174,12 +180,14 @@ func (r *Runner) Run(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			r.log.Error().Err(err).Msg("reading due jobs failed; retrying shortly")
 		}
-		wait := time.Minute
+		// Jobs also come from other processes (the wipe and hold commands),
+		// which cannot wake this one: look again at least every second.
+		wait := externalPoll
 		if err != nil {
 			wait = time.Second
 		} else if n == 0 {
 			if next, ok, err := r.nextDue(ctx); err == nil && ok {
-				wait = max(next.Sub(r.now()), 0)
+				wait = min(max(next.Sub(r.now()), 0), externalPoll)
 			}
 		} else {
 			wait = 0
@@ -306,6 +314,13 @@ func (r *Runner) apply(ctx context.Context, j *Job) {
 	if errors.As(err, &later) {
 		log.Debug().Str("error", SafeError(err)).Dur("retry_in", later.after).Msg("job waits")
 		attempts, delay = j.Attempts, later.after
+	} else if Unreachable(err) {
+		// Waiting for a homeserver that is down or restarting is not a
+		// failed attempt: a long outage must not fail every pending action.
+		attempts, delay = j.Attempts, min(r.maxBackoff, unreachableRetry)
+		later.err = err
+		log.Warn().Str("error", SafeError(err)).Dur("retry_in", delay).Msg("homeserver unreachable; job waits for it")
+		r.metrics.JobRuns.WithLabelValues(j.Kind, "unreachable").Inc()
 	} else {
 		delay = r.delay(attempts, err)
 	}
@@ -375,6 +390,38 @@ func (r *Runner) delay(attempt int, err error) time.Duration {
 		d = ra
 	}
 	return d
+}
+
+// unreachableRetry is how often a job retries while the homeserver is down.
+const unreachableRetry = 30 * time.Second
+
+// Unreachable reports whether err says the homeserver could not be reached
+// or is restarting: connection refused or reset, a timeout, or a 502, 503 or
+// 504 from a proxy in front of it.
+func Unreachable(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var he mautrix.HTTPError
+	var hep *mautrix.HTTPError
+	if errors.As(err, &hep) && hep != nil {
+		he = *hep
+	} else if !errors.As(err, &he) {
+		return false
+	}
+	if he.Response == nil {
+		return false
+	}
+	switch he.Response.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
 }
 
 // RetryAfter extracts how long a homeserver asked us to wait: retry_after_ms

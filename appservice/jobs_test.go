@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,6 +68,11 @@ func limitExceeded(ms float64) error {
 
 func TestRunnerOutcomes(t *testing.T) {
 	errTransient := errors.New("connection refused")
+	// What mautrix returns when nothing listens, and when a proxy says the
+	// homeserver behind it is restarting.
+	refused := mautrix.HTTPError{Message: "request error", WrappedError: &url.Error{Op: "Put", URL: "http://hs",
+		Err: &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}}
+	unavailable := mautrix.HTTPError{Response: &http.Response{StatusCode: http.StatusServiceUnavailable}}
 	cases := []struct {
 		name      string
 		failures  []error // returned by successive attempts; nil after
@@ -89,6 +98,8 @@ func TestRunnerOutcomes(t *testing.T) {
 		{name: "waiting does not count as an attempt", failures: []error{RetryLater(time.Second, errTransient), RetryLater(time.Second, errTransient),
 			RetryLater(time.Second, errTransient), RetryLater(time.Second, errTransient), RetryLater(time.Second, errTransient)}, wantState: "done", wantRuns: 6,
 			wantDelays: []time.Duration{time.Second, time.Second, time.Second, time.Second, time.Second}, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
+		{name: "a homeserver that is down does not use up attempts", failures: []error{refused, refused, refused, unavailable, refused, refused}, wantState: "done", wantRuns: 7,
+			wantDelays: []time.Duration{10 * time.Second, 10 * time.Second, 10 * time.Second, 10 * time.Second, 10 * time.Second, 10 * time.Second}, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeSuccess},
 		{name: "dry run is audited, not applied", dryRun: true, wantState: "done", wantRuns: 0, wantAudit: audit.TypeJobApplied, wantOutcome: audit.OutcomeWould},
 	}
 	for _, dbType := range storetest.Dialects {

@@ -240,10 +240,10 @@ func TestRetentionBoundsValidated(t *testing.T) {
 func TestMayExpire(t *testing.T) {
 	for src, want := range map[string]bool{
 		"version: 1\n": false,
-		"version: 1\ndefaults:\n  retention: 0\n": false,
-		"version: 1\ndefaults:\n  retention: 72h\n": true,
+		"version: 1\ndefaults:\n  retention: 0\n":                             false,
+		"version: 1\ndefaults:\n  retention: 72h\n":                           true,
 		"version: 1\nrooms:\n  - room_id: \"!a:h\"\n    retention_max: 30d\n": true,
-		"version: 1\ndefaults:\n  retention_min: 1h\n": false,
+		"version: 1\ndefaults:\n  retention_min: 1h\n":                        false,
 	} {
 		p, err := Parse("p.yaml", []byte(src))
 		if err != nil {

@@ -84,7 +84,6 @@ func TestMessagesExpireOnTimeAcrossACrash(t *testing.T) {
 // A legal hold placed with the CLI keeps a room's messages past their
 // lifetime; releasing it lets them expire at once.
 func TestLegalHoldKeepsMessages(t *testing.T) {
-	const adminToken = "admin-token-for-e2e-0123456789abcdef"
 	st := startStack(t, devstack.Options{AdminToken: adminToken})
 	ctx := context.Background()
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 2s\n  plaintext: allow\n  encryption: optional\n"))

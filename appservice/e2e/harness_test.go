@@ -220,3 +220,6 @@ func setPolicy(t *testing.T, st *devstack.Stack, yaml []byte) {
 		return l.Type == "policy.load" && l.Outcome == "success" && l.Detail == "file-changed"
 	})
 }
+
+// adminToken is the admin HTTP API's bearer token in tests that turn it on.
+const adminToken = "admin-token-for-e2e-0123456789abcdef"

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +96,96 @@ func TestWipeSignsOutRedactsAndOffboards(t *testing.T) {
 	if strings.Join(steps, ",") != "requested,revoked,redacted,offboarded,done" || strings.Contains(string(raw), "ticket 4411") {
 		t.Fatalf("audited steps %v (reason in trail: %v)", steps, strings.Contains(string(raw), "ticket 4411"))
 	}
+}
+
+// The homeserver goes down in the middle of a wipe (after the sessions were
+// revoked, while messages are being redacted) and stays down far longer than
+// the job's retry budget. The wipe waits for it, then finishes: every
+// message redacted, every step on the record once.
+func TestWipeResumesAfterHomeserverOutage(t *testing.T) {
+	st := startStack(t, devstack.Options{JobMaxAttempts: 3, AdminToken: adminToken})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	roomID := sharedEncryptedRoom(t, alice, bob)
+	var sent []id.EventID
+	for i := 0; i < 80; i++ {
+		resp, err := bob.SendMessageEvent(ctx, roomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: fmt.Sprintf("obs %d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, resp.EventID)
+	}
+	waitAudited(t, st, sent, 30*time.Second)
+	bob.cancel()
+
+	out, errOut, err := st.Service("wipe", "-user", string(bob.UserID), "-reason", "lost pager", "-wait", "0s")
+	if err == nil || !strings.Contains(string(out), "wipe 1 requested") {
+		t.Fatalf("wipe request: %v %s %s", err, out, errOut)
+	}
+	// Down as soon as the sessions are revoked: the redactions are under way.
+	var state string
+	for deadline := time.Now().Add(30 * time.Second); state != "revoked" && state != "redacted"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("wipe never reached the redaction step (at %q)", state)
+		}
+		state = wipeState(t, st, 1)
+		time.Sleep(20 * time.Millisecond)
+	}
+	st.StopDendrite()
+	t.Logf("homeserver stopped with the wipe at %q", state)
+	time.Sleep(6 * time.Second) // 3 attempts at 100–400 ms would be long spent
+	if s := wipeState(t, st, 1); s == "failed" || s == "done" {
+		t.Fatalf("wipe %s while the homeserver was down", s)
+	}
+	if err := st.StartDendrite(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err = st.Service("wipe", "-status", "1", "-wait", "90s")
+	if err != nil {
+		t.Fatalf("wipe -status: %v %s %s", err, out, errOut)
+	}
+	t.Logf("after the outage:\n%s", out)
+	if !strings.Contains(string(out), "sessions revoked: 2") || !strings.Contains(string(out), "messages redacted: 80") {
+		t.Fatalf("wipe summary: %s", out)
+	}
+	if _, err := bob.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("bob's next request: %v, want M_UNKNOWN_TOKEN", err)
+	}
+	for _, e := range sent {
+		ev, err := alice.GetEvent(ctx, roomID, e)
+		if err != nil || ev.Unsigned.RedactedBecause == nil {
+			t.Fatalf("%s not redacted (%v)", e, err)
+		}
+	}
+	lines, _ := export(t, st)
+	var steps []string
+	for _, l := range lines {
+		if l.Type == "wipe" {
+			steps = append(steps, l.Action)
+		}
+	}
+	if strings.Join(steps, ",") != "requested,revoked,redacted,offboarded,done" {
+		t.Fatalf("audited steps %v", steps)
+	}
+	verify(t, st)
+}
+
+// wipeState reads a wipe's step through the admin API.
+func wipeState(t *testing.T, st *devstack.Stack, id int) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/_hipaa/admin/v1/wipes/%d", st.Opts.AdminPort, id), nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var w struct {
+		State string `json:"state"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&w); err != nil {
+		t.Fatal(err)
+	}
+	return w.State
 }

@@ -150,6 +150,7 @@ type Stack struct {
 
 	mu      sync.Mutex
 	hs      *exec.Cmd
+	hsExit  chan struct{}
 	svc     *exec.Cmd
 	svcExit chan struct{}
 }
@@ -352,9 +353,10 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 		logf.Close()
 		return err
 	}
-	go func() { cmd.Wait(); logf.Close() }()
+	exit := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exit) }()
 	s.mu.Lock()
-	s.hs = cmd
+	s.hs, s.hsExit = cmd, exit
 	s.mu.Unlock()
 	return waitHTTP(ctx, s.HSURL+"/_matrix/client/versions", 90*time.Second)
 }
@@ -423,19 +425,25 @@ func (s *Stack) signalService(sig syscall.Signal) {
 // Stop stops both processes.
 func (s *Stack) Stop() {
 	s.StopService()
+	s.StopDendrite()
+}
+
+// StopDendrite stops the homeserver (SIGTERM, SIGKILL after 10 s) and waits
+// until it has exited, so it can be started again on the same port.
+func (s *Stack) StopDendrite() {
 	s.mu.Lock()
-	hs := s.hs
+	hs, exit := s.hs, s.hsExit
 	s.hs = nil
 	s.mu.Unlock()
-	if hs != nil && hs.Process != nil {
-		syscall.Kill(-hs.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { hs.Process.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-hs.Process.Pid, syscall.SIGKILL)
-		}
+	if hs == nil || hs.Process == nil {
+		return
+	}
+	syscall.Kill(-hs.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-exit:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-hs.Process.Pid, syscall.SIGKILL)
+		<-exit
 	}
 }
 
