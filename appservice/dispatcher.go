@@ -144,7 +144,11 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	var jobs []JobSpec
 	var recs []*audit.Record
 	var expiries []Expiry
+	var members []memberChange
 	for _, e := range events {
+		if m := membershipOf(e); m != "" {
+			members = append(members, memberChange{e.RoomID, *e.StateKey, m})
+		}
 		room := rooms[e.RoomID]
 		room.Apply(e)
 		dec := d.decider.Decide(e, room)
@@ -159,6 +163,9 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		if err := saveRooms(ctx, d.db, tx, rooms, d.chain.Now()); err != nil {
 			d.rooms.forget()
 			return fmt.Errorf("save room state: %w", err)
+		}
+		if err := saveMembers(ctx, d.db, tx, members, d.chain.Now()); err != nil {
+			return fmt.Errorf("save memberships: %w", err)
 		}
 		if err := Enqueue(ctx, tx, d.chain.Now(), jobs...); err != nil {
 			return err

@@ -72,6 +72,7 @@ type Service struct {
 	HS         *homeserver.Client
 	Checkpoint *audit.Checkpointer
 	Expiry     *ExpiryPump
+	Idle       *IdleSweeper
 	Log        zerolog.Logger
 	exporters  []*audit.Exporter
 }
@@ -119,6 +120,10 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
 	RegisterWipe(s.Runner, hs, s.Policy.Current)
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
+	RegisterIdleLogoff(s.Runner, hs, s.Policy.Current)
+	botID := cfg.BotMXID()
+	s.Idle = &IdleSweeper{DB: db, Policy: s.Policy.Current, HS: hs, Domain: cfg.Homeserver.Domain, Now: now, Wake: s.Runner.Wake, Log: log,
+		Exempt: func(u string) bool { return u == botID }}
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
 		return nil, err
@@ -197,6 +202,7 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	botDone := make(chan struct{})
 	go func() { s.Bot.Run(workCtx); close(botDone) }()
+	go s.Idle.Run(workCtx)
 	go s.refreshGauges(workCtx, 5*time.Second)
 	go s.Policy.Watch(workCtx, 2*time.Second)
 	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {

@@ -24,6 +24,9 @@ type Policy struct {
 	Version  int        `yaml:"version"`
 	Defaults Settings   `yaml:"defaults"`
 	Rooms    []Override `yaml:"rooms"`
+	// SessionIdleTimeout signs out a user all of whose sessions have been
+	// idle this long (0 or unset: never). It is per user, not per room.
+	SessionIdleTimeout config.Duration `yaml:"session_idle_timeout"`
 
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
@@ -113,6 +116,10 @@ func HashOf(data []byte) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// MinSessionIdleTimeout is the shortest idle timeout accepted; clients
+// report activity to the homeserver only when they make requests.
+var MinSessionIdleTimeout = time.Minute
+
 func (p *Policy) validate(d *strictyaml.Doc) {
 	if _, set := d.Paths["version"]; !set {
 		d.Errorf("version", "version is required (version: 1)")
@@ -120,6 +127,9 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 		d.Errorf("version", "version %d is not supported (this build knows version 1)", p.Version)
 	}
 	checkRetention(d, "defaults", &p.Defaults)
+	if t := p.SessionIdleTimeout.D(); t < 0 || (t > 0 && t < MinSessionIdleTimeout) {
+		d.Errorf("session_idle_timeout", "session_idle_timeout must be 0 (off) or at least %s", MinSessionIdleTimeout)
+	}
 	for i, o := range p.Rooms {
 		at := fmt.Sprintf("rooms[%d]", i)
 		checkRetention(d, at, &p.Rooms[i].Settings)

@@ -49,6 +49,8 @@ func TestValidationTable(t *testing.T) {
 		{"bad glob", "version: 1\nrooms:\n  - alias: \"#[:x\"\n", `is not a valid pattern`},
 		{"rooms not a list", "version: 1\nrooms: {a: 1}\n", "rooms: expected a list"},
 		{"negative retention", "version: 1\ndefaults:\n  retention: -1h\n", "is negative"},
+		{"idle timeout too short", "version: 1\nsession_idle_timeout: 20s\n", "p.yaml:2:23: session_idle_timeout must be 0 (off) or at least 1m0s"},
+		{"idle timeout per room", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    session_idle_timeout: 1h\n", `unknown key "session_idle_timeout" in rooms[0]`},
 		{"unknown knob in override", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    encrytion: required\n", `unknown key "encrytion" in rooms[0] (did you mean "encryption"?)`},
 	}
 	for _, tc := range cases {

@@ -102,6 +102,7 @@ var eventTypes = map[string]struct {
 	TypeAdminCommand:   {"110100", "Application Activity", "R"},
 	TypeHold:           {"110113", "Security Alert", "U"},
 	TypeWipe:           {"110113", "Security Alert", "D"},
+	TypeSession:        {"110114", "User Authentication", "E"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.
@@ -109,6 +110,7 @@ var dicomSubtypes = map[string]coding{
 	TypeServiceStart: {systemDCM, "110120", "Application Start"},
 	TypeServiceStop:  {systemDCM, "110121", "Application Stop"},
 	TypePolicyLoad:   {systemDCM, "110129", "Security Configuration"},
+	TypeSession:      {systemDCM, "110123", "Logout"},
 }
 
 // FHIRSource names the reporting system in every resource.

@@ -35,6 +35,7 @@ func everyRecordType(c *Chain) []*Record {
 		{Type: TypeCheckpoint, Outcome: OutcomeSuccess, SignedSeq: 10, SignedMAC: "ab12", Signature: "c2ln+/==", KeyID: "ed25519:0011"},
 		{Type: TypeAdminCommand, Outcome: OutcomeSuccess, Actor: "os:admin", Action: "rooms", Count: 3},
 		{Type: TypeAdminCommand, Outcome: OutcomeDenied, Actor: k.User("@intern:h"), Room: k.Room("!mgmt:h"), EventID: "$cmd", Action: "wipe", Detail: k.User("@doc:h")},
+		{Type: TypeSession, Outcome: OutcomeSuccess, Action: "idle_logoff", Detail: k.User("@doc:h"), Count: 2},
 		{Type: TypeServiceStop, Outcome: OutcomeSuccess},
 	}
 	return recs

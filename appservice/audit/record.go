@@ -37,6 +37,9 @@ const (
 	// requested, revoked, redacted, offboarded, done, failed); detail is the
 	// user's pseudonym, job_id the wipe's ID, count what the step did.
 	TypeWipe = "wipe"
+	// TypeSession: the service ended a user's sessions by policy (action
+	// idle_logoff); detail is the user's pseudonym, count the sessions.
+	TypeSession = "session"
 )
 
 // Outcomes.

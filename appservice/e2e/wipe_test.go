@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // A lost phone: the admin runs `matrix-hipaa wipe -offboard`. The user's
@@ -188,4 +190,44 @@ func wipeState(t *testing.T, st *devstack.Stack, id int) string {
 		t.Fatal(err)
 	}
 	return w.State
+}
+
+// Idle logoff: with session_idle_timeout 1m, a user whose clients have all
+// stopped talking to the homeserver is signed out (audited); one whose
+// client keeps syncing is not.
+func TestIdleSessionsAreSignedOut(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	sharedEncryptedRoom(t, alice, bob)
+	bob.cancel() // bob's phone goes quiet; alice's client keeps syncing
+	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("session_idle_timeout: 0"), []byte("session_idle_timeout: 1m"), 1))
+	start := time.Now()
+	// Asking the homeserver as bob would count as activity: watch the
+	// audit trail, and ask only once the service says it signed him out.
+	var ended []auditLine
+	for len(ended) == 0 {
+		if time.Since(start) > 150*time.Second {
+			t.Fatalf("bob not signed out %s after going idle", time.Since(start).Round(time.Second))
+		}
+		time.Sleep(2 * time.Second)
+		lines, _ := export(t, st)
+		for _, l := range lines {
+			if l.Type == "session" {
+				ended = append(ended, l)
+			}
+		}
+	}
+	if _, err := bob.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("bob's next request: %v, want M_UNKNOWN_TOKEN", err)
+	}
+	t.Logf("bob signed out %s after his client went quiet", time.Since(start).Round(time.Second))
+	if _, err := alice.Whoami(ctx); err != nil {
+		t.Fatalf("alice, active, was signed out too: %v", err)
+	}
+	if len(ended) != 1 || ended[0].Action != "idle_logoff" {
+		t.Fatalf("session records %+v", ended)
+	}
+	verify(t, st)
 }

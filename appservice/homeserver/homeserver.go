@@ -217,6 +217,23 @@ func (d Device) Trust() string {
 	return "no"
 }
 
+// Sessions lists user's devices with when each was last seen (no keys).
+func (c *Client) Sessions(ctx context.Context, user string) ([]Device, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	info, err := cli.GetDevicesInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Device, 0, len(info.Devices))
+	for _, d := range info.Devices {
+		out = append(out, Device{ID: string(d.DeviceID), DisplayName: d.DisplayName, LastSeen: d.LastSeenTS})
+	}
+	return out, nil
+}
+
 // DeviceInventory lists user's devices with when each was last seen and
 // whether the user cross-signed it.
 func (c *Client) DeviceInventory(ctx context.Context, user string) ([]Device, error) {
@@ -224,7 +241,7 @@ func (c *Client) DeviceInventory(ctx context.Context, user string) ([]Device, er
 	if err != nil {
 		return nil, err
 	}
-	info, err := cli.GetDevicesInfo(ctx)
+	sessions, err := c.Sessions(ctx, user)
 	if err != nil {
 		return nil, err
 	}
@@ -237,10 +254,9 @@ func (c *Client) DeviceInventory(ctx context.Context, user string) ([]Device, er
 	if k, ok := keys.SelfSigningKeys[uid]; ok {
 		ssk = k.FirstKey()
 	}
-	out := make([]Device, 0, len(info.Devices))
-	for _, d := range info.Devices {
-		dev := Device{ID: string(d.DeviceID), DisplayName: d.DisplayName, LastSeen: d.LastSeenTS}
-		if dk, ok := keys.DeviceKeys[uid][d.DeviceID]; ok {
+	out := make([]Device, 0, len(sessions))
+	for _, dev := range sessions {
+		if dk, ok := keys.DeviceKeys[uid][id.DeviceID(dev.ID)]; ok {
 			dev.HasKeys = true
 			if ssk != "" {
 				dev.CrossSigned, _ = signatures.VerifySignatureJSON(dk, uid, ssk.String(), ssk)

@@ -1,0 +1,170 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// JobIdleLogoff signs a user out everywhere because every one of their
+// sessions has been idle longer than the policy's session_idle_timeout.
+const JobIdleLogoff = "idle_logoff"
+
+// SessionHomeserver is what idle logoff needs from the homeserver.
+type SessionHomeserver interface {
+	Sessions(ctx context.Context, user string) ([]homeserver.Device, error)
+	SignOutEverywhere(ctx context.Context, user string) error
+}
+
+var _ SessionHomeserver = (*homeserver.Client)(nil)
+
+// allIdle reports whether user's sessions are all idle past timeout at now,
+// and the latest last-seen time among them. A user with no sessions, or with
+// one the homeserver reports no last-seen time for, is not idle: the service
+// only signs out what it knows to be unused.
+func allIdle(sessions []homeserver.Device, timeout time.Duration, now time.Time) (bool, int64) {
+	if len(sessions) == 0 {
+		return false, 0
+	}
+	var latest int64
+	for _, d := range sessions {
+		if d.LastSeen <= 0 || now.Sub(time.UnixMilli(d.LastSeen)) < timeout {
+			return false, 0
+		}
+		latest = max(latest, d.LastSeen)
+	}
+	return true, latest
+}
+
+// IdleSweeper looks for users whose sessions are all idle, periodically, and
+// queues an idle_logoff job for each. The users it checks are those joined
+// to a room it knows, on the homeserver's own domain.
+type IdleSweeper struct {
+	DB     *store.DB
+	Policy func() *policy.Policy
+	HS     SessionHomeserver
+	Domain string
+	Exempt func(user string) bool
+	Now    Clock
+	Wake   func()
+	Log    zerolog.Logger
+}
+
+// sweepEvery is how often the sweeper runs for a timeout: a quarter of it,
+// between 10 s and 5 min, so a session ends at most a quarter late.
+func sweepEvery(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, 10*time.Second), 5*time.Minute)
+}
+
+// Run sweeps until ctx ends.
+func (s *IdleSweeper) Run(ctx context.Context) {
+	for {
+		wait := time.Minute // policy off: look again for a change
+		if timeout := s.Policy().SessionIdleTimeout.D(); timeout > 0 {
+			if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+				s.Log.Warn().Str("error", SafeError(err)).Msg("idle session sweep failed")
+			} else if n > 0 {
+				s.Log.Info().Int("users", n).Msg("idle users queued for sign-out")
+			}
+			wait = sweepEvery(timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Sweep checks every known user once and queues the idle ones; it returns
+// how many were queued.
+func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
+	timeout := s.Policy().SessionIdleTimeout.D()
+	if timeout <= 0 {
+		return 0, nil
+	}
+	users, err := JoinedUsers(ctx, s.DB, s.Domain)
+	if err != nil {
+		return 0, err
+	}
+	queued := 0
+	for _, u := range users {
+		if ctx.Err() != nil {
+			return queued, ctx.Err()
+		}
+		if s.Exempt != nil && s.Exempt(u) {
+			continue
+		}
+		sessions, err := s.HS.Sessions(ctx, u)
+		if err != nil {
+			if Unreachable(err) {
+				return queued, err
+			}
+			s.Log.Debug().Str("error", SafeError(err)).Msg("could not list a user's sessions")
+			continue
+		}
+		idle, latest := allIdle(sessions, timeout, s.Now())
+		if !idle {
+			continue
+		}
+		payload, _ := json.Marshal(map[string]string{"user": u})
+		err = s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			// One job per idle spell: the key changes when the user is seen again.
+			return Enqueue(ctx, tx, s.Now(), JobSpec{Kind: JobIdleLogoff, DedupeKey: fmt.Sprintf("idle:%s:%d", u, latest), Payload: payload})
+		})
+		if err != nil {
+			return queued, err
+		}
+		queued++
+	}
+	if queued > 0 && s.Wake != nil {
+		s.Wake()
+	}
+	return queued, nil
+}
+
+// RegisterIdleLogoff handles idle_logoff jobs: the user's sessions are
+// checked again (one may have been used since the sweep, or the policy
+// changed), signed out everywhere, and the sign-out confirmed and audited.
+func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Policy) {
+	r.Handle(JobIdleLogoff, func(ctx context.Context, j *Job) error {
+		var p struct {
+			User string `json:"user"`
+		}
+		if err := json.Unmarshal(j.Payload, &p); err != nil || p.User == "" {
+			return Permanent(fmt.Errorf("bad job payload: %v", err))
+		}
+		timeout := pol().SessionIdleTimeout.D()
+		if timeout <= 0 {
+			return nil
+		}
+		sessions, err := hs.Sessions(ctx, p.User)
+		if err != nil {
+			return err
+		}
+		if idle, _ := allIdle(sessions, timeout, r.now()); !idle {
+			return nil // used again since the sweep
+		}
+		if err := hs.SignOutEverywhere(ctx, p.User); err != nil {
+			return err
+		}
+		after, err := hs.Sessions(ctx, p.User)
+		if err != nil {
+			return err
+		}
+		if len(after) > 0 {
+			return fmt.Errorf("%d sessions remain after signing out", len(after))
+		}
+		return r.chain.AppendTx(ctx, r.db, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: "idle_logoff",
+			Detail: r.chain.Keys().User(p.User), JobID: j.ID, Count: int64(len(sessions))})
+	})
+}

@@ -1,0 +1,128 @@
+package appservice
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+func TestAllIdle(t *testing.T) {
+	now := time.UnixMilli(10_000_000)
+	ago := func(d time.Duration) homeserver.Device { return homeserver.Device{LastSeen: now.Add(-d).UnixMilli()} }
+	cases := []struct {
+		name     string
+		sessions []homeserver.Device
+		want     bool
+	}{
+		{"no sessions: nothing to end", nil, false},
+		{"one idle session", []homeserver.Device{ago(2 * time.Hour)}, true},
+		{"exactly at the timeout", []homeserver.Device{ago(time.Hour)}, true},
+		{"just under it", []homeserver.Device{ago(time.Hour - time.Millisecond)}, false},
+		{"all idle", []homeserver.Device{ago(2 * time.Hour), ago(90 * time.Minute)}, true},
+		{"one in use", []homeserver.Device{ago(5 * time.Hour), ago(time.Minute)}, false},
+		{"last seen unknown", []homeserver.Device{ago(5 * time.Hour), {LastSeen: 0}}, false},
+		{"seen in the future (clock skew)", []homeserver.Device{ago(-time.Hour)}, false},
+	}
+	for _, c := range cases {
+		if got, _ := allIdle(c.sessions, time.Hour, now); got != c.want {
+			t.Errorf("%s: idle %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// fakeSessions is a homeserver's session list per user.
+type fakeSessions struct {
+	mu       sync.Mutex
+	sessions map[string][]homeserver.Device
+	signOuts map[string]int
+}
+
+func (f *fakeSessions) Sessions(_ context.Context, user string) ([]homeserver.Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sessions[user], nil
+}
+
+func (f *fakeSessions) SignOutEverywhere(_ context.Context, user string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.signOuts[user]++
+	delete(f.sessions, user)
+	return nil
+}
+
+// The sweep queues exactly the users whose sessions are all idle (not the
+// exempt bot, not other servers' users); the job checks again before it
+// signs out, signs out once, and audits it.
+func TestIdleLogoff(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			pol := &policy.Policy{SessionIdleTimeout: config.Duration(time.Hour)}
+			now := p.clock.Now()
+			seen := func(d time.Duration) homeserver.Device { return homeserver.Device{ID: "D", LastSeen: now.Add(-d).UnixMilli()} }
+			hs := &fakeSessions{signOuts: map[string]int{}, sessions: map[string][]homeserver.Device{
+				"@idle:h":    {seen(3 * time.Hour), seen(2 * time.Hour)},
+				"@busy:h":    {seen(3 * time.Hour), seen(time.Minute)},
+				"@later:h":   {seen(2 * time.Hour)}, // uses the phone between sweep and job
+				"@hipaa:h":   {seen(9 * time.Hour)},
+				"@remote:x":  {seen(9 * time.Hour)},
+				"@nosess:h":  nil,
+				"@leaving:h": {seen(9 * time.Hour)},
+			}}
+			var evs []map[string]any
+			for _, u := range []string{"@idle:h", "@busy:h", "@later:h", "@hipaa:h", "@remote:x", "@nosess:h", "@leaving:h"} {
+				evs = append(evs, member("$j"+u, "!r:h", u, u, "join"))
+				if u == "@leaving:h" {
+					evs = append(evs, member("$l"+u, "!r:h", u, u, "leave"))
+				}
+			}
+			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != 200 {
+				t.Fatal(rec.Code)
+			}
+			for n := 1; n > 0; {
+				var err error
+				if n, err = p.disp.DispatchBatch(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			RegisterIdleLogoff(p.runner, hs, func() *policy.Policy { return pol })
+			sw := &IdleSweeper{DB: p.db, Policy: func() *policy.Policy { return pol }, HS: hs, Domain: "h", Now: p.clock.Now,
+				Exempt: func(u string) bool { return u == "@hipaa:h" }}
+			n, err := sw.Sweep(ctx)
+			if err != nil || n != 2 {
+				t.Fatalf("queued %d (%v), want @idle and @later", n, err)
+			}
+			if again, _ := sw.Sweep(ctx); again != 2 || p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'idle_logoff'`) != 2 {
+				t.Fatalf("a second sweep made new jobs for the same idle spell")
+			}
+			hs.sessions["@later:h"] = []homeserver.Device{seen(0)}
+			p.runDue(t)
+			if hs.signOuts["@idle:h"] != 1 || len(hs.signOuts) != 1 {
+				t.Fatalf("sign-outs %v", hs.signOuts)
+			}
+			var got []map[string]any
+			for _, r := range p.exported(t) {
+				if r["type"] == audit.TypeSession {
+					got = append(got, r)
+				}
+			}
+			if len(got) != 1 || got[0]["action"] != "idle_logoff" || got[0]["detail"] != p.chain.Keys().User("@idle:h") || got[0]["count"] != float64(2) {
+				t.Fatalf("session records %v", got)
+			}
+			// Off in policy: nothing is swept.
+			pol.SessionIdleTimeout = 0
+			if n, _ := sw.Sweep(ctx); n != 0 {
+				t.Fatalf("swept with idle logoff off")
+			}
+		})
+	}
+}
