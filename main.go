@@ -46,7 +46,7 @@ Commands:
   rooms -config FILE [-problems]         rooms the service knows: encryption, policy, the
                                          bot's power, and actions that failed for good
                                          (-problems: only rooms needing attention; exit 1 if any)
-  wipe -config FILE -user ID -reason TEXT [-offboard] [-redact phi|all|none] [-since T]
+  wipe -config FILE -user ID -reason TEXT [-device ID] [-offboard [-deactivate]] [-redact phi|all|none] [-since T]
   wipe -config FILE -status N           wait for wipe N and show how it ended
                                          sign the user out everywhere, redact their messages,
                                          remove them from their rooms (-offboard); the running
@@ -204,7 +204,7 @@ func runService(args []string, stderr io.Writer) error {
 		return err
 	}
 	if room := cfg.Admin.Room; room != "" {
-		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin}).Register(svc.Runner)
+		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI}).Register(svc.Runner)
 		go func() {
 			// A seat in the management room, invited by an admin if need be.
 			select {
@@ -600,6 +600,7 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 	user := fs.String("user", "", "user ID to wipe")
 	device := fs.String("device", "", "one device only (where the homeserver can)")
 	offboard := fs.Bool("offboard", false, "also remove the user from every room (staff departure)")
+	deactivate := fs.Bool("deactivate", false, "with -offboard: deactivate the account too (Synapse)")
 	scope := fs.String("redact", "phi", "messages to redact: phi (rooms policy requires encrypted), all, or none")
 	since := fs.String("since", "", "only messages at or after this time (RFC 3339, date, or duration ago)")
 	reason := fs.String("reason", "", "why (kept with the wipe, not in the audit trail)")
@@ -620,7 +621,7 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 	defer db.Close()
 	id := *status
 	if id == 0 {
-		w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Scope: *scope, Reason: *reason, RequestedBy: operator()}
+		w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Deactivate: *deactivate, Scope: *scope, Reason: *reason, RequestedBy: operator()}
 		if !from.IsZero() {
 			w.Since = from.UnixMilli()
 		}

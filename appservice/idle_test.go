@@ -68,7 +68,9 @@ func TestIdleLogoff(t *testing.T) {
 			ctx := context.Background()
 			pol := &policy.Policy{SessionIdleTimeout: config.Duration(time.Hour)}
 			now := p.clock.Now()
-			seen := func(d time.Duration) homeserver.Device { return homeserver.Device{ID: "D", LastSeen: now.Add(-d).UnixMilli()} }
+			seen := func(d time.Duration) homeserver.Device {
+				return homeserver.Device{ID: "D", LastSeen: now.Add(-d).UnixMilli()}
+			}
 			hs := &fakeSessions{signOuts: map[string]int{}, sessions: map[string][]homeserver.Device{
 				"@idle:h":    {seen(3 * time.Hour), seen(2 * time.Hour)},
 				"@busy:h":    {seen(3 * time.Hour), seen(time.Minute)},

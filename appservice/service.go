@@ -73,6 +73,7 @@ type Service struct {
 	Checkpoint *audit.Checkpointer
 	Expiry     *ExpiryPump
 	Idle       *IdleSweeper
+	WipeCaps   WipeCaps
 	Log        zerolog.Logger
 	exporters  []*audit.Exporter
 }
@@ -118,7 +119,8 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
 	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
-	RegisterWipe(s.Runner, hs, s.Policy.Current)
+	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
+	RegisterWipe(s.Runner, hs, s.Policy.Current, s.WipeCaps)
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
 	RegisterIdleLogoff(s.Runner, hs, s.Policy.Current)
 	botID := cfg.BotMXID()
@@ -218,7 +220,7 @@ func (s *Service) Run(ctx context.Context) error {
 	synapse := s.Config.Homeserver.Software == "synapse"
 	s.Log.Info().Str("software", s.Config.Homeserver.Software).
 		Bool("media_quarantine", synapse).Bool("history_purge", synapse && s.Config.Homeserver.PurgeHistory).
-		Str("wipe_sign_out", "all sessions (POST /logout/all as the user); single devices: not offered").
+		Str("wipe_sign_out", s.WipeCaps.Describe()).
 		Msg("homeserver capabilities in use")
 
 	var runErr error

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -22,6 +23,7 @@ type Wipe struct {
 	ID                      int64
 	User, Device            string
 	Offboard                bool
+	Deactivate              bool   // with Offboard, on Synapse: deactivate the account too
 	Scope                   string // none, phi (rooms policy requires encrypted) or all
 	Since                   int64  // unix ms; 0 for all time
 	Reason, RequestedBy     string
@@ -51,11 +53,15 @@ func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) 
 		return 0, Invalid("a wipe needs a reason")
 	case w.Scope != "none" && w.Scope != "phi" && w.Scope != "all":
 		return 0, Invalid("redaction scope must be none, phi or all, not %q", w.Scope)
+	case w.Deactivate && !w.Offboard:
+		return 0, Invalid("deactivating an account is part of offboarding: add -offboard")
+	case w.Deactivate && w.Device != "":
+		return 0, Invalid("a single-device wipe cannot deactivate the account")
 	}
 	now := chain.Now()
-	if err := tx.QueryRowContext(ctx, `INSERT INTO wipe (user_id, device_id, offboard, scope, since, reason, requested_by, requested_at, state, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', $8) RETURNING id`,
-		w.User, w.Device, w.Offboard, w.Scope, w.Since, w.Reason, w.RequestedBy, now.UnixMilli()).Scan(&w.ID); err != nil {
+	if err := tx.QueryRowContext(ctx, `INSERT INTO wipe (user_id, device_id, offboard, scope, since, reason, requested_by, requested_at, state, updated_at, deactivate)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', $8, $9) RETURNING id`,
+		w.User, w.Device, w.Offboard, w.Scope, w.Since, w.Reason, w.RequestedBy, now.UnixMilli(), w.Deactivate).Scan(&w.ID); err != nil {
 		return 0, err
 	}
 	payload, _ := json.Marshal(map[string]int64{"wipe_id": w.ID})
@@ -73,9 +79,9 @@ func wipeRecord(chain *audit.Chain, w Wipe, step, outcome string, n int) *audit.
 // LoadWipe reads a wipe's record.
 func LoadWipe(ctx context.Context, db *store.DB, id int64) (Wipe, error) {
 	var w Wipe
-	err := db.R.QueryRowContext(ctx, `SELECT id, user_id, device_id, offboard, scope, since, reason, requested_by, state, revoked, redacted, rooms_left, confirmed_at, last_error
+	err := db.R.QueryRowContext(ctx, `SELECT id, user_id, device_id, offboard, scope, since, reason, requested_by, state, revoked, redacted, rooms_left, confirmed_at, last_error, deactivate
 		FROM wipe WHERE id = $1`, id).Scan(&w.ID, &w.User, &w.Device, &w.Offboard, &w.Scope, &w.Since, &w.Reason, &w.RequestedBy, &w.State,
-		&w.Revoked, &w.Redacted, &w.Left, &w.ConfirmedAt, &w.LastError)
+		&w.Revoked, &w.Redacted, &w.Left, &w.ConfirmedAt, &w.LastError, &w.Deactivate)
 	return w, err
 }
 
@@ -86,6 +92,26 @@ type WipeHomeserver interface {
 	Redact(ctx context.Context, user, room, eventID, reason, txnID string) error
 	JoinedRooms(ctx context.Context, user string) ([]string, error)
 	Leave(ctx context.Context, user, room string) error
+	// Synapse's admin API, acting as admin.
+	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
+	Deactivate(ctx context.Context, admin, user string) error
+}
+
+// WipeCaps is what the homeserver allows a wipe, decided at start-up from
+// homeserver.software.
+type WipeCaps struct {
+	// AdminAPI: Synapse's admin API, used acting as Admin (the bot, made a
+	// server admin): single devices can be deleted, accounts deactivated.
+	AdminAPI bool
+	Admin    string
+}
+
+// Describe says what a wipe can do here, for the start-up log.
+func (c WipeCaps) Describe() string {
+	if c.AdminAPI {
+		return "Synapse admin API: delete single devices or all, deactivate on offboarding"
+	}
+	return "all sessions (POST /logout/all as the user); single devices and deactivation: not offered by this homeserver"
 }
 
 var _ WipeHomeserver = (*homeserver.Client)(nil)
@@ -93,7 +119,7 @@ var _ WipeHomeserver = (*homeserver.Client)(nil)
 // RegisterWipe handles wipe jobs. Each step is recorded (and audited) when
 // done, so a retried job (homeserver down, a crash) resumes at the step it
 // had reached; each step is safe to repeat.
-func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy) {
+func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps WipeCaps) {
 	r.Handle(JobWipe, func(ctx context.Context, j *Job) error {
 		var p struct {
 			ID int64 `json:"wipe_id"`
@@ -129,25 +155,44 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy) {
 			})
 		}
 		if w.State == "requested" {
-			if w.Device != "" {
-				return failWipe(ctx, r, w, "revoke", Permanent(errors.New("this homeserver cannot sign out a single device: wipe without -device signs out all of the user's sessions")))
+			if (w.Device != "" || w.Deactivate) && !caps.AdminAPI {
+				what := "sign out a single device: wipe without -device signs out all of the user's sessions"
+				if w.Deactivate {
+					what = "deactivate accounts: offboard without -deactivate, and deactivate the account in your identity system"
+				}
+				return failWipe(ctx, r, w, "revoke", Permanent(errors.New("this homeserver cannot "+what)))
 			}
 			before, err := hs.Devices(ctx, w.User)
 			if err != nil {
 				return err
 			}
-			if err := hs.SignOutEverywhere(ctx, w.User); err != nil {
+			target := before
+			if w.Device != "" {
+				target = nil
+				if slices.Contains(before, w.Device) {
+					target = []string{w.Device}
+				}
+			}
+			switch {
+			case len(target) == 0:
+				// Nothing to end (already gone: a repeat of this step).
+			case caps.AdminAPI:
+				err = hs.DeleteDevices(ctx, caps.Admin, w.User, target)
+			default:
+				err = hs.SignOutEverywhere(ctx, w.User)
+			}
+			if err != nil {
 				return err
 			}
-			// Confirm: the user's device list no longer holds any session.
+			// Confirm: the user's device list no longer holds the wiped sessions.
 			after, err := hs.Devices(ctx, w.User)
 			if err != nil {
 				return err
 			}
-			if len(after) > 0 {
-				return fmt.Errorf("%d sessions remain after signing out", len(after))
+			if left := intersect(after, target); len(left) > 0 {
+				return fmt.Errorf("%d sessions remain after signing out", len(left))
 			}
-			if err := step("revoked", len(before), "revoked", r.now().UnixMilli()); err != nil {
+			if err := step("revoked", len(target), "revoked", r.now().UnixMilli()); err != nil {
 				return err
 			}
 		}
@@ -179,10 +224,26 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy) {
 			}
 		}
 		if w.State == "offboarded" {
+			if w.Deactivate {
+				if err := hs.Deactivate(ctx, caps.Admin, w.User); err != nil {
+					return err
+				}
+			}
 			return step("done", 0, "", 0)
 		}
 		return nil
 	})
+}
+
+// intersect lists the IDs in both a and b.
+func intersect(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func failWipe(ctx context.Context, r *Runner, w Wipe, step string, err error) error {

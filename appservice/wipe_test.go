@@ -3,6 +3,7 @@ package appservice
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,63 +22,62 @@ type fakeHS struct {
 	rooms    map[string][]string
 	redacted []string
 	signouts int
+	deleted  []string // devices deleted through the admin API
+	deactive []string
+}
+
+// do runs one homeserver call against the fake's state, or fails as a
+// homeserver that is down would.
+func (f *fakeHS) do(call func()) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return errDown
+	}
+	call()
+	return nil
+}
+
+func (f *fakeHS) DeleteDevices(ctx context.Context, admin, user string, devices []string) error {
+	if admin != "@hipaa:h" {
+		return errors.New("not a server admin")
+	}
+	return f.do(func() {
+		f.deleted = append(f.deleted, devices...)
+		f.devices[user] = slices.DeleteFunc(slices.Clone(f.devices[user]), func(d string) bool { return slices.Contains(devices, d) })
+	})
+}
+
+func (f *fakeHS) Deactivate(ctx context.Context, admin, user string) error {
+	return f.do(func() { f.deactive = append(f.deactive, user) })
 }
 
 var errDown = errors.New("connection refused")
 
 func (f *fakeHS) SignOutEverywhere(ctx context.Context, user string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return errDown
-	}
-	f.signouts++
-	f.devices[user] = nil
-	return nil
+	return f.do(func() { f.signouts++; f.devices[user] = nil })
 }
 
 func (f *fakeHS) Devices(ctx context.Context, user string) ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return nil, errDown
-	}
-	return f.devices[user], nil
+	var out []string
+	err := f.do(func() { out = f.devices[user] })
+	return out, err
 }
 
 func (f *fakeHS) Redact(ctx context.Context, user, room, eventID, reason, txnID string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return errDown
-	}
-	f.redacted = append(f.redacted, eventID)
-	return nil
+	return f.do(func() { f.redacted = append(f.redacted, eventID) })
 }
 
 func (f *fakeHS) JoinedRooms(ctx context.Context, user string) ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return nil, errDown
-	}
-	return f.rooms[user], nil
+	var out []string
+	err := f.do(func() { out = f.rooms[user] })
+	return out, err
 }
 
 func (f *fakeHS) Leave(ctx context.Context, user, room string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return errDown
-	}
-	var keep []string
-	for _, r := range f.rooms[user] {
-		if r != room {
-			keep = append(keep, r)
-		}
-	}
-	f.rooms[user] = keep
-	return nil
+	return f.do(func() {
+		f.rooms[user] = slices.DeleteFunc(slices.Clone(f.rooms[user]), func(r string) bool { return r == room })
+	})
 }
 
 // The wipe's steps run in order, each recorded and audited; a homeserver that
@@ -103,7 +103,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatal(err)
 			}
 			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{"@bob:h": {"!ward:h", "!cafe:h"}}}
-			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol })
+			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol }, WipeCaps{})
 			id, err := RequestWipe(ctx, p.db, p.chain, Wipe{User: "@bob:h", Offboard: true, Scope: "phi", Reason: "lost phone", RequestedBy: "os:admin"})
 			if err != nil {
 				t.Fatal(err)
@@ -146,12 +146,66 @@ func TestWipeStateMachine(t *testing.T) {
 	}
 }
 
+// What each homeserver can do: with Synapse's admin API one device is
+// deleted and the others stay, and offboarding can deactivate; without it,
+// both are refused with the reason, and everything else signs out all.
+func TestWipeByCapability(t *testing.T) {
+	synapse := WipeCaps{AdminAPI: true, Admin: "@hipaa:h"}
+	cases := []struct {
+		name         string
+		caps         WipeCaps
+		wipe         Wipe
+		wantState    string
+		wantErr      string
+		wantDevices  string // left afterwards
+		wantDeleted  string
+		wantSignOuts int
+		wantDeact    bool
+	}{
+		{name: "generic: all sessions", wipe: Wipe{}, wantState: "done", wantSignOuts: 1},
+		{name: "generic: one device refused", wipe: Wipe{Device: "PHONE"}, wantState: "failed", wantErr: "cannot sign out a single device", wantDevices: "PHONE,LAPTOP"},
+		{name: "generic: deactivate refused", wipe: Wipe{Offboard: true, Deactivate: true}, wantState: "failed", wantErr: "cannot deactivate", wantDevices: "PHONE,LAPTOP"},
+		{name: "synapse: all devices", caps: synapse, wipe: Wipe{}, wantState: "done", wantDeleted: "PHONE,LAPTOP"},
+		{name: "synapse: one device", caps: synapse, wipe: Wipe{Device: "PHONE"}, wantState: "done", wantDevices: "LAPTOP", wantDeleted: "PHONE"},
+		{name: "synapse: a device already gone", caps: synapse, wipe: Wipe{Device: "TABLET"}, wantState: "done", wantDevices: "PHONE,LAPTOP"},
+		{name: "synapse: offboard and deactivate", caps: synapse, wipe: Wipe{Offboard: true, Deactivate: true}, wantState: "done", wantDeleted: "PHONE,LAPTOP", wantDeact: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPipeline(t, "sqlite3")
+			ctx := context.Background()
+			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{}}
+			pol, _ := policy.Parse("p.yaml", []byte("version: 1\n"))
+			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol }, c.caps)
+			w := c.wipe
+			w.User, w.Scope, w.Reason, w.RequestedBy = "@bob:h", "none", "r", "os:admin"
+			id, err := RequestWipe(ctx, p.db, p.chain, w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.runDue(t)
+			got, _ := LoadWipe(ctx, p.db, id)
+			if got.State != c.wantState || !strings.Contains(got.LastError, c.wantErr) {
+				t.Fatalf("state %s (%q), want %s (%q)", got.State, got.LastError, c.wantState, c.wantErr)
+			}
+			if d := strings.Join(hs.devices["@bob:h"], ","); d != c.wantDevices {
+				t.Fatalf("devices left %q, want %q", d, c.wantDevices)
+			}
+			if d := strings.Join(hs.deleted, ","); d != c.wantDeleted || hs.signouts != c.wantSignOuts || (len(hs.deactive) > 0) != c.wantDeact {
+				t.Fatalf("deleted %q, sign-outs %d, deactivated %v", d, hs.signouts, hs.deactive)
+			}
+		})
+	}
+}
+
 func TestWipeRequestChecks(t *testing.T) {
 	p := newPipeline(t, "sqlite3")
 	for _, w := range []Wipe{
 		{User: "bob", Scope: "phi", Reason: "r"},
 		{User: "@bob:h", Scope: "phi"},
 		{User: "@bob:h", Scope: "some", Reason: "r"},
+		{User: "@bob:h", Scope: "phi", Reason: "r", Deactivate: true},
+		{User: "@bob:h", Scope: "phi", Reason: "r", Offboard: true, Deactivate: true, Device: "X"},
 	} {
 		if _, err := RequestWipe(context.Background(), p.db, p.chain, w); err == nil {
 			t.Errorf("accepted %+v", w)

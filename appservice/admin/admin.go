@@ -7,7 +7,7 @@
 //	POST /_hipaa/admin/v1/holds                 {"room_id"|"user_id", "reason", "by"}
 //	POST /_hipaa/admin/v1/holds/{id}/release    {"by"}
 //	GET  /_hipaa/admin/v1/rooms                 the rooms listing
-//	POST /_hipaa/admin/v1/wipes                 {"user_id", "reason", "by", "offboard", "redact", "since_ms"}
+//	POST /_hipaa/admin/v1/wipes                 {"user_id", "reason", "by", "device_id", "offboard", "deactivate", "redact", "since_ms"}
 //	GET  /_hipaa/admin/v1/wipes/{id}            a wipe's progress
 package admin
 
@@ -275,12 +275,14 @@ func (s *Server) rooms(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 	var req struct {
-		UserID   string `json:"user_id"`
-		Reason   string `json:"reason"`
-		By       string `json:"by"`
-		Offboard bool   `json:"offboard"`
-		Redact   string `json:"redact"`
-		SinceMS  int64  `json:"since_ms"`
+		UserID     string `json:"user_id"`
+		Reason     string `json:"reason"`
+		By         string `json:"by"`
+		Offboard   bool   `json:"offboard"`
+		Deactivate bool   `json:"deactivate"`
+		Device     string `json:"device_id"`
+		Redact     string `json:"redact"`
+		SinceMS    int64  `json:"since_ms"`
 	}
 	who, ok := decodeAs(w, r, &req, &req.By)
 	if !ok {
@@ -290,7 +292,7 @@ func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 		req.Redact = "phi"
 	}
 	id, err := appservice.RequestWipe(r.Context(), s.DB, s.Chain, appservice.Wipe{User: req.UserID, Reason: req.Reason, RequestedBy: who,
-		Offboard: req.Offboard, Scope: req.Redact, Since: req.SinceMS})
+		Offboard: req.Offboard, Deactivate: req.Deactivate, Device: req.Device, Scope: req.Redact, Since: req.SinceMS})
 	if appservice.IsInvalid(err) {
 		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
 		return

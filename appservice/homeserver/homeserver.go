@@ -142,6 +142,29 @@ func (c *Client) SignOutEverywhere(ctx context.Context, user string) error {
 	return err
 }
 
+// DeleteDevices deletes some of user's devices, and the sessions with them,
+// through Synapse's admin API, acting as admin (a server admin: the bot).
+func (c *Client) DeleteDevices(ctx context.Context, admin, user string, devices []string) error {
+	cli, err := c.as(admin)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"devices": devices}
+	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v2", "users", user, "delete_devices"}), body, nil)
+	return err
+}
+
+// Deactivate deactivates user's account through Synapse's admin API, acting
+// as admin; their messages stay (erase is false: retention and holds decide).
+func (c *Client) Deactivate(ctx context.Context, admin, user string) error {
+	cli, err := c.as(admin)
+	if err != nil {
+		return err
+	}
+	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "deactivate", user}), map[string]any{"erase": false}, nil)
+	return err
+}
+
 // Devices lists user's devices (acting as them).
 func (c *Client) Devices(ctx context.Context, user string) ([]string, error) {
 	cli, err := c.as(user)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -60,5 +61,41 @@ func TestPurgeHistoryRequest(t *testing.T) {
 	if gotPath != "/_synapse/admin/v1/purge_history/%21room:h" || gotUser != "@hipaa:h" ||
 		body["purge_up_to_ts"] != float64(1234567) || body["delete_local_events"] != true {
 		t.Fatalf("request %s user %s body %v", gotPath, gotUser, body)
+	}
+}
+
+// Synapse's device deletion and deactivation admin APIs, as the bot: the
+// paths, bodies and acting user Synapse documents.
+func TestSynapseWipeRequests(t *testing.T) {
+	type call struct {
+		method, path, user string
+		body               map[string]any
+	}
+	var calls []call
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := call{method: r.Method, path: r.URL.EscapedPath(), user: r.URL.Query().Get("user_id")}
+		json.NewDecoder(r.Body).Decode(&c.body)
+		calls = append(calls, c)
+		w.Write([]byte(`{}`))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "as")
+	ctx := context.Background()
+	if err := c.DeleteDevices(ctx, "@hipaa:h", "@bob:h", []string{"PHONE", "LAPTOP"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Deactivate(ctx, "@hipaa:h", "@bob:h"); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 2 {
+		t.Fatalf("%d calls", len(calls))
+	}
+	del, deact := calls[0], calls[1]
+	if del.method != http.MethodPost || del.path != "/_synapse/admin/v2/users/@bob:h/delete_devices" || del.user != "@hipaa:h" ||
+		fmt.Sprint(del.body["devices"]) != "[PHONE LAPTOP]" {
+		t.Fatalf("delete_devices: %+v", del)
+	}
+	if deact.method != http.MethodPost || deact.path != "/_synapse/admin/v1/deactivate/@bob:h" || deact.user != "@hipaa:h" || deact.body["erase"] != false {
+		t.Fatalf("deactivate: %+v", deact)
 	}
 }
