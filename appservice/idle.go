@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,6 +24,7 @@ const JobIdleLogoff = "idle_logoff"
 type SessionHomeserver interface {
 	Sessions(ctx context.Context, user string) ([]homeserver.Device, error)
 	SignOutEverywhere(ctx context.Context, user string) error
+	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
 }
 
 var _ SessionHomeserver = (*homeserver.Client)(nil)
@@ -32,23 +34,31 @@ var _ SessionHomeserver = (*homeserver.Client)(nil)
 // one the homeserver reports no last-seen time for, is not idle: the service
 // only signs out what it knows to be unused.
 func allIdle(sessions []homeserver.Device, timeout time.Duration, now time.Time) (bool, int64) {
-	if len(sessions) == 0 {
-		return false, 0
-	}
+	idle, latest := idleSessions(sessions, timeout, now)
+	return len(sessions) > 0 && len(idle) == len(sessions), latest
+}
+
+// idleSessions lists the sessions idle past timeout at now (a session with
+// no last-seen time is never idle), and the latest last-seen among them.
+func idleSessions(sessions []homeserver.Device, timeout time.Duration, now time.Time) ([]string, int64) {
+	var idle []string
 	var latest int64
 	for _, d := range sessions {
-		if d.LastSeen <= 0 || now.Sub(time.UnixMilli(d.LastSeen)) < timeout {
-			return false, 0
+		if d.LastSeen > 0 && now.Sub(time.UnixMilli(d.LastSeen)) >= timeout {
+			idle = append(idle, d.ID)
+			latest = max(latest, d.LastSeen)
 		}
-		latest = max(latest, d.LastSeen)
 	}
-	return true, latest
+	return idle, latest
 }
 
 // IdleSweeper looks for users whose sessions are all idle, periodically, and
 // queues an idle_logoff job for each. The users it checks are those joined
 // to a room it knows, on the homeserver's own domain.
 type IdleSweeper struct {
+	// Caps: with Synapse's admin API, idle devices of a user who still
+	// uses others are deleted one by one.
+	Caps   WipeCaps
 	DB     *store.DB
 	Policy func() *policy.Policy
 	HS     SessionHomeserver
@@ -112,8 +122,8 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 			s.Log.Debug().Str("error", SafeError(err)).Msg("could not list a user's sessions")
 			continue
 		}
-		idle, latest := allIdle(sessions, timeout, s.Now())
-		if !idle {
+		idle, latest := idleSessions(sessions, timeout, s.Now())
+		if len(idle) == 0 || (len(idle) < len(sessions) && !s.Caps.AdminAPI) {
 			continue
 		}
 		payload, _ := json.Marshal(map[string]string{"user": u})
@@ -135,7 +145,7 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 // RegisterIdleLogoff handles idle_logoff jobs: the user's sessions are
 // checked again (one may have been used since the sweep, or the policy
 // changed), signed out everywhere, and the sign-out confirmed and audited.
-func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Policy) {
+func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Policy, caps WipeCaps) {
 	r.Handle(JobIdleLogoff, func(ctx context.Context, j *Job) error {
 		var p struct {
 			User string `json:"user"`
@@ -151,20 +161,37 @@ func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Poli
 		if err != nil {
 			return err
 		}
-		if idle, _ := allIdle(sessions, timeout, r.now()); !idle {
+		idle, _ := idleSessions(sessions, timeout, r.now())
+		all := len(idle) > 0 && len(idle) == len(sessions)
+		switch {
+		case len(idle) == 0 || (!all && !caps.AdminAPI):
 			return nil // used again since the sweep
+		case caps.AdminAPI:
+			err = hs.DeleteDevices(ctx, caps.Admin, p.User, idle)
+		default:
+			err = hs.SignOutEverywhere(ctx, p.User)
 		}
-		if err := hs.SignOutEverywhere(ctx, p.User); err != nil {
+		if err != nil {
 			return err
 		}
 		after, err := hs.Sessions(ctx, p.User)
 		if err != nil {
 			return err
 		}
-		if len(after) > 0 {
-			return fmt.Errorf("%d sessions remain after signing out", len(after))
+		left := 0
+		for _, d := range after {
+			if slices.Contains(idle, d.ID) {
+				left++
+			}
 		}
-		return r.chain.AppendTx(ctx, r.db, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: "idle_logoff",
-			Detail: r.chain.Keys().User(p.User), JobID: j.ID, Count: int64(len(sessions))})
+		if left > 0 {
+			return fmt.Errorf("%d idle sessions remain after signing out", left)
+		}
+		action := "idle_logoff"
+		if !all {
+			action = "idle_device_logoff"
+		}
+		return r.chain.AppendTx(ctx, r.db, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
+			Detail: r.chain.Keys().User(p.User), JobID: j.ID, Count: int64(len(idle))})
 	})
 }

@@ -2,6 +2,9 @@ package appservice
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,12 +45,21 @@ type fakeSessions struct {
 	mu       sync.Mutex
 	sessions map[string][]homeserver.Device
 	signOuts map[string]int
+	deleted  map[string][]string
 }
 
 func (f *fakeSessions) Sessions(_ context.Context, user string) ([]homeserver.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.sessions[user], nil
+}
+
+func (f *fakeSessions) DeleteDevices(_ context.Context, admin, user string, devices []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deleted[user] = append(f.deleted[user], devices...)
+	f.sessions[user] = slices.DeleteFunc(f.sessions[user], func(d homeserver.Device) bool { return slices.Contains(devices, d.ID) })
+	return nil
 }
 
 func (f *fakeSessions) SignOutEverywhere(_ context.Context, user string) error {
@@ -60,10 +72,20 @@ func (f *fakeSessions) SignOutEverywhere(_ context.Context, user string) error {
 
 // The sweep queues exactly the users whose sessions are all idle (not the
 // exempt bot, not other servers' users); the job checks again before it
-// signs out, signs out once, and audits it.
+// signs out, signs out once, and audits it. With Synapse's admin API, the
+// idle devices of a user who still uses another are deleted alone.
 func TestIdleLogoff(t *testing.T) {
-	for _, dbType := range storetest.Dialects {
-		t.Run(dbType, func(t *testing.T) {
+	type setup struct {
+		dbType string
+		caps   WipeCaps
+	}
+	var runs []setup
+	for _, d := range storetest.Dialects {
+		runs = append(runs, setup{d, WipeCaps{}}, setup{d, WipeCaps{AdminAPI: true, Admin: "@hipaa:h"}})
+	}
+	for _, run := range runs {
+		dbType := run.dbType
+		t.Run(fmt.Sprintf("%s/adminAPI=%v", dbType, run.caps.AdminAPI), func(t *testing.T) {
 			p := newPipeline(t, dbType)
 			ctx := context.Background()
 			pol := &policy.Policy{SessionIdleTimeout: config.Duration(time.Hour)}
@@ -71,9 +93,9 @@ func TestIdleLogoff(t *testing.T) {
 			seen := func(d time.Duration) homeserver.Device {
 				return homeserver.Device{ID: "D", LastSeen: now.Add(-d).UnixMilli()}
 			}
-			hs := &fakeSessions{signOuts: map[string]int{}, sessions: map[string][]homeserver.Device{
+			hs := &fakeSessions{signOuts: map[string]int{}, deleted: map[string][]string{}, sessions: map[string][]homeserver.Device{
 				"@idle:h":    {seen(3 * time.Hour), seen(2 * time.Hour)},
-				"@busy:h":    {seen(3 * time.Hour), seen(time.Minute)},
+				"@busy:h":    {{ID: "OLD", LastSeen: now.Add(-3 * time.Hour).UnixMilli()}, seen(time.Minute)},
 				"@later:h":   {seen(2 * time.Hour)}, // uses the phone between sweep and job
 				"@hipaa:h":   {seen(9 * time.Hour)},
 				"@remote:x":  {seen(9 * time.Hour)},
@@ -96,29 +118,43 @@ func TestIdleLogoff(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			RegisterIdleLogoff(p.runner, hs, func() *policy.Policy { return pol })
-			sw := &IdleSweeper{DB: p.db, Policy: func() *policy.Policy { return pol }, HS: hs, Domain: "h", Now: p.clock.Now,
+			RegisterIdleLogoff(p.runner, hs, func() *policy.Policy { return pol }, run.caps)
+			sw := &IdleSweeper{Caps: run.caps, DB: p.db, Policy: func() *policy.Policy { return pol }, HS: hs, Domain: "h", Now: p.clock.Now,
 				Exempt: func(u string) bool { return u == "@hipaa:h" }}
-			n, err := sw.Sweep(ctx)
-			if err != nil || n != 2 {
-				t.Fatalf("queued %d (%v), want @idle and @later", n, err)
+			want := 2 // @idle and @later
+			if run.caps.AdminAPI {
+				want = 3 // and @busy's old device
 			}
-			if again, _ := sw.Sweep(ctx); again != 2 || p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'idle_logoff'`) != 2 {
+			n, err := sw.Sweep(ctx)
+			if err != nil || n != want {
+				t.Fatalf("queued %d (%v), want %d", n, err, want)
+			}
+			if again, _ := sw.Sweep(ctx); again != want || p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'idle_logoff'`) != want {
 				t.Fatalf("a second sweep made new jobs for the same idle spell")
 			}
 			hs.sessions["@later:h"] = []homeserver.Device{seen(0)}
 			p.runDue(t)
-			if hs.signOuts["@idle:h"] != 1 || len(hs.signOuts) != 1 {
-				t.Fatalf("sign-outs %v", hs.signOuts)
-			}
-			var got []map[string]any
+			var got []string
 			for _, r := range p.exported(t) {
 				if r["type"] == audit.TypeSession {
-					got = append(got, r)
+					got = append(got, fmt.Sprintf("%s:%v:%v", r["action"], r["detail"] == p.chain.Keys().User("@idle:h"), r["count"]))
 				}
 			}
-			if len(got) != 1 || got[0]["action"] != "idle_logoff" || got[0]["detail"] != p.chain.Keys().User("@idle:h") || got[0]["count"] != float64(2) {
-				t.Fatalf("session records %v", got)
+			if !run.caps.AdminAPI {
+				if hs.signOuts["@idle:h"] != 1 || len(hs.signOuts) != 1 || len(hs.deleted) != 0 {
+					t.Fatalf("sign-outs %v, deleted %v", hs.signOuts, hs.deleted)
+				}
+				if strings.Join(got, ",") != "idle_logoff:true:2" {
+					t.Fatalf("session records %v", got)
+				}
+			} else {
+				if len(hs.signOuts) != 0 || strings.Join(hs.deleted["@idle:h"], ",") != "D,D" || strings.Join(hs.deleted["@busy:h"], ",") != "OLD" || len(hs.sessions["@busy:h"]) != 1 {
+					t.Fatalf("sign-outs %v, deleted %v", hs.signOuts, hs.deleted)
+				}
+				slices.Sort(got)
+				if strings.Join(got, ",") != "idle_device_logoff:false:1,idle_logoff:true:2" {
+					t.Fatalf("session records %v", got)
+				}
 			}
 			// Off in policy: nothing is swept.
 			pol.SessionIdleTimeout = 0

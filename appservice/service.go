@@ -122,9 +122,9 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
 	RegisterWipe(s.Runner, hs, s.Policy.Current, s.WipeCaps)
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
-	RegisterIdleLogoff(s.Runner, hs, s.Policy.Current)
+	RegisterIdleLogoff(s.Runner, hs, s.Policy.Current, s.WipeCaps)
 	botID := cfg.BotMXID()
-	s.Idle = &IdleSweeper{DB: db, Policy: s.Policy.Current, HS: hs, Domain: cfg.Homeserver.Domain, Now: now, Wake: s.Runner.Wake, Log: log,
+	s.Idle = &IdleSweeper{Caps: s.WipeCaps, DB: db, Policy: s.Policy.Current, HS: hs, Domain: cfg.Homeserver.Domain, Now: now, Wake: s.Runner.Wake, Log: log,
 		Exempt: func(u string) bool { return u == botID }}
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
