@@ -58,3 +58,17 @@ func (v *Permission) UnmarshalYAML(n *yaml.Node) error {
 	*v = Permission(s)
 	return err
 }
+
+// Members says who may be in a room: anyone, or verified clinicians only.
+type Members string
+
+const (
+	MembersAny      Members = "any"
+	MembersVerified Members = "verified"
+)
+
+func (v *Members) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(MembersAny), string(MembersVerified))
+	*v = Members(s)
+	return err
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
 // Policy is a loaded, valid policy.yaml.
@@ -62,6 +63,12 @@ type Settings struct {
 	// waiting too, not only to new ones. A shorter one always does.
 	Retroactive *bool `yaml:"retroactive"`
 	DryRun      *bool `yaml:"dry_run"`
+	// Members: verified limits the room to people on the verified roster
+	// (and, with Roles, to those roles); AnnounceRoles has the bot name a
+	// verified person's role when they join.
+	Members       *Members  `yaml:"members"`
+	Roles         *[]string `yaml:"roles"`
+	AnnounceRoles *bool     `yaml:"announce_roles"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -79,7 +86,9 @@ func Builtin() Effective {
 	return Effective{
 		Encryption: EncryptionRequired, Plaintext: PlaintextRedact, Attachments: AttachmentsEncryptedOnly,
 		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
-		Source: map[string]string{},
+		// Not "verified": a deployment without a roster must not empty every room.
+		Members: MembersAny,
+		Source:  map[string]string{},
 	}
 }
 
@@ -116,6 +125,22 @@ func HashOf(data []byte) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// checkRoles validates a roles list: role names as the roster writes them,
+// and only where members is (or may be) verified.
+func checkRoles(d *strictyaml.Doc, at string, s *Settings) {
+	if s.Roles == nil {
+		return
+	}
+	for i, r := range *s.Roles {
+		if err := roster.CheckRole(r); err != nil {
+			d.Errorf(fmt.Sprintf("%s.roles[%d]", at, i), "%s.roles[%d]: %v", at, i, err)
+		}
+	}
+	if s.Members != nil && *s.Members == MembersAny && len(*s.Roles) > 0 {
+		d.Errorf(at+".roles", "%s.roles only applies with members: verified", at)
+	}
+}
+
 // MinSessionIdleTimeout is the shortest idle timeout accepted; clients
 // report activity to the homeserver only when they make requests.
 var MinSessionIdleTimeout = time.Minute
@@ -127,12 +152,14 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 		d.Errorf("version", "version %d is not supported (this build knows version 1)", p.Version)
 	}
 	checkRetention(d, "defaults", &p.Defaults)
+	checkRoles(d, "defaults", &p.Defaults)
 	if t := p.SessionIdleTimeout.D(); t < 0 || (t > 0 && t < MinSessionIdleTimeout) {
 		d.Errorf("session_idle_timeout", "session_idle_timeout must be 0 (off) or at least %s", MinSessionIdleTimeout)
 	}
 	for i, o := range p.Rooms {
 		at := fmt.Sprintf("rooms[%d]", i)
 		checkRetention(d, at, &p.Rooms[i].Settings)
+		checkRoles(d, at, &p.Rooms[i].Settings)
 		n := 0
 		for _, m := range []string{o.RoomID, o.Alias, o.Space} {
 			if m != "" {
@@ -225,6 +252,9 @@ type Effective struct {
 	RetentionMax config.Duration
 	Retroactive  bool
 	DryRun       bool
+	Members      Members
+	Roles        []string // empty: any verified role
+	Announce     bool
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -277,7 +307,7 @@ func (p *Policy) For(r Room) Effective {
 }
 
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
-	"retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true}
+	"retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -290,6 +320,9 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.RetentionMax, s.RetentionMax, "retention_max", source, e.Source)
 	override(&e.Retroactive, s.Retroactive, "retroactive", source, e.Source)
 	override(&e.DryRun, s.DryRun, "dry_run", source, e.Source)
+	override(&e.Members, s.Members, "members", source, e.Source)
+	override(&e.Roles, s.Roles, "roles", source, e.Source)
+	override(&e.Announce, s.AnnounceRoles, "announce_roles", source, e.Source)
 }
 
 // override sets *dst from a knob that is set here, noting where it came from.
@@ -312,12 +345,20 @@ func (e Effective) Explain() string {
 		{"retention_min", durationOrNone(e.RetentionMin)}, {"retention_max", durationOrNone(e.RetentionMax)},
 		{"retroactive", fmt.Sprint(e.Retroactive)},
 		{"dry_run", fmt.Sprint(e.DryRun)},
+		{"members", string(e.Members)}, {"roles", rolesOrAny(e.Roles)}, {"announce_roles", fmt.Sprint(e.Announce)},
 	}
 	var b strings.Builder
 	for _, r := range rows {
 		fmt.Fprintf(&b, "%-13s %-18s from %s\n", r[0], r[1], e.Source[r[0]])
 	}
 	return b.String()
+}
+
+func rolesOrAny(r []string) string {
+	if len(r) == 0 {
+		return "any"
+	}
+	return strings.Join(r, ",")
 }
 
 func durationOrNone(d config.Duration) string {
