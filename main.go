@@ -47,11 +47,17 @@ Commands:
                                          bot's power, and actions that failed for good
                                          (-problems: only rooms needing attention; exit 1 if any)
   wipe -config FILE -user ID -reason TEXT [-device ID] [-offboard [-deactivate]] [-redact phi|all|none] [-since T]
-  wipe -config FILE -status N           wait for wipe N and show how it ended
                                          sign the user out everywhere, redact their messages,
                                          remove them from their rooms (-offboard); the running
                                          service does it, this waits for the outcome
+  wipe -config FILE -status N            wait for wipe N and show how it ended
   devices -config FILE -user ID           the user's sessions: last seen, cross-signed or not
+  roster list -config FILE               the verified clinician roster
+  roster check FILE                      check a roster file (YAML or CSV; every error as file:line)
+  roster verify -config FILE -user ID -npi N -role R [-department D] [-licence-expires DATE]
+  roster revoke -config FILE -user ID -reason TEXT
+  roster import -config FILE -fhir BUNDLE.json
+                                         add FHIR R4 Practitioners (NPI, Matrix ID, qualification)
   hold -config FILE (-room ID | -user ID) -reason TEXT
                                          place a legal hold: their messages do not expire
   hold -config FILE -release N           release hold N (its messages expire as due)
@@ -120,6 +126,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = wipeCommand(args[1:], stdout, stderr)
 	case "devices":
 		err = devicesCommand(args[1:], stdout, stderr)
+	case "roster":
+		err = rosterCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -87,6 +87,9 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	if cipher {
 		return dec
 	}
+	if m := membershipOf(ev); (m == "invite" || m == "join") && settings.Members == policy.MembersVerified && *ev.StateKey != d.Bot {
+		dec.Jobs = append(dec.Jobs, memberCheckJob(ev, m, room))
+	}
 	if a, ok := lifetimeNotice(ev, room, settings); ok {
 		dec.add(jobFor(a, ev.RoomID, "notice:retention:"+ev.ID, ev.Type, settings.DryRun, pol.Hash, d.Keys))
 	}

@@ -73,6 +73,8 @@ type Service struct {
 	Checkpoint *audit.Checkpointer
 	Expiry     *ExpiryPump
 	Idle       *IdleSweeper
+	Members    *MemberSweeper
+	Roster     *RosterFile // nil without a roster file
 	WipeCaps   WipeCaps
 	Log        zerolog.Logger
 	exporters  []*audit.Exporter
@@ -124,6 +126,12 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
 	RegisterIdleLogoff(s.Runner, hs, s.Policy.Current, s.WipeCaps)
 	botID := cfg.BotMXID()
+	exempt := func(u string) bool { return u == botID || cfg.Admin.IsAdmin(u) }
+	RegisterMemberGate(s.Runner, GateDeps{HS: hs, Bot: s.Bot, Policy: s.Policy.Current, Exempt: exempt})
+	s.Members = NewMemberSweeper(db, s.Policy.Current, exempt, now, s.Runner.Wake, log)
+	if cfg.Roster != "" {
+		s.Roster = &RosterFile{Path: cfg.Resolve(cfg.Roster), DB: db, Chain: chain, Log: log, Changed: s.Members.Poke}
+	}
 	s.Idle = &IdleSweeper{Caps: s.WipeCaps, DB: db, Policy: s.Policy.Current, HS: hs, Domain: cfg.Homeserver.Domain, Now: now, Wake: s.Runner.Wake, Log: log,
 		Exempt: func(u string) bool { return u == botID }}
 	if s.exporters, err = s.Exporters(); err != nil {
@@ -205,6 +213,13 @@ func (s *Service) Run(ctx context.Context) error {
 	botDone := make(chan struct{})
 	go func() { s.Bot.Run(workCtx); close(botDone) }()
 	go s.Idle.Run(workCtx)
+	if s.Roster != nil {
+		if err := s.Roster.Load(ctx); err != nil && !errors.As(err, new(RosterRefused)) {
+			s.Log.Error().Err(err).Msg("roster file could not be read; the roster stays as it was")
+		}
+		go s.Roster.Watch(workCtx, 2*time.Second)
+	}
+	go s.Members.Run(workCtx, 10*time.Second)
 	go s.refreshGauges(workCtx, 5*time.Second)
 	go s.Policy.Watch(workCtx, 2*time.Second)
 	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {

@@ -28,7 +28,11 @@ type Config struct {
 	AppService AppService `yaml:"appservice"`
 	Database   Database   `yaml:"database"`
 	// Policy is the path of policy.yaml, relative to this file's folder.
-	Policy  string  `yaml:"policy"`
+	Policy string `yaml:"policy"`
+	// Roster is the verified clinician roster file (YAML or CSV), relative
+	// to this file's folder; empty: the roster is kept by admin commands
+	// and imports only.
+	Roster  string  `yaml:"roster"`
 	Audit   Audit   `yaml:"audit"`
 	Metrics Metrics `yaml:"metrics"`
 	Admin   Admin   `yaml:"admin"`

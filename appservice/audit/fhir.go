@@ -103,6 +103,8 @@ var eventTypes = map[string]struct {
 	TypeHold:           {"110113", "Security Alert", "U"},
 	TypeWipe:           {"110113", "Security Alert", "D"},
 	TypeSession:        {"110114", "User Authentication", "E"},
+	TypeRoster:         {"110136", "Security Roles Changed", "U"},
+	TypeMembership:     {"110113", "Security Alert", "E"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

@@ -36,6 +36,9 @@ func everyRecordType(c *Chain) []*Record {
 		{Type: TypeAdminCommand, Outcome: OutcomeSuccess, Actor: "os:admin", Action: "rooms", Count: 3},
 		{Type: TypeAdminCommand, Outcome: OutcomeDenied, Actor: k.User("@intern:h"), Room: k.Room("!mgmt:h"), EventID: "$cmd", Action: "wipe", Detail: k.User("@doc:h")},
 		{Type: TypeSession, Outcome: OutcomeSuccess, Action: "idle_logoff", Detail: k.User("@doc:h"), Count: 2},
+		{Type: TypeRoster, Outcome: OutcomeSuccess, Actor: "os:admin", Action: "verify", Detail: k.User("@doc:h")},
+		{Type: TypeRoster, Outcome: OutcomeFailure, Actor: "roster-file", Action: "load-failed"},
+		{Type: TypeMembership, Outcome: OutcomeSuccess, Actor: k.User("@x:h"), Room: k.Room("!ward:h"), EventID: "$m", Action: "refuse", Detail: "not_verified"},
 		{Type: TypeServiceStop, Outcome: OutcomeSuccess},
 	}
 	return recs

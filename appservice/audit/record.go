@@ -40,6 +40,14 @@ const (
 	// TypeSession: the service ended a user's sessions by policy (action
 	// idle_logoff); detail is the user's pseudonym, count the sessions.
 	TypeSession = "session"
+	// TypeRoster: the verified roster changed (action verify, revoke, load,
+	// load-failed); detail is the person's pseudonym (empty for a load),
+	// count how many a load covered.
+	TypeRoster = "roster"
+	// TypeMembership: a membership decision in a room limited to verified
+	// clinicians (action admit, refuse, remove); detail is the reason code
+	// (not_verified, verification_revoked, licence_expired, role_not_allowed).
+	TypeMembership = "membership"
 )
 
 // Outcomes.

@@ -323,3 +323,14 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 	}
 	return m, nil
 }
+
+// Kick removes user from room (or withdraws their invite) as the bot, which
+// needs the room's kick power.
+func (b *Bot) Kick(ctx context.Context, room, user, reason string) error {
+	cli, err := b.client()
+	if err != nil {
+		return err
+	}
+	_, err = cli.KickUser(ctx, id.RoomID(room), &mautrix.ReqKickUser{UserID: id.UserID(user), Reason: reason})
+	return err
+}

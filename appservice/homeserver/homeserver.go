@@ -142,6 +142,17 @@ func (c *Client) SignOutEverywhere(ctx context.Context, user string) error {
 	return err
 }
 
+// Kick removes user from room (or withdraws their invite) acting as actAs,
+// with a reason the user sees.
+func (c *Client) Kick(ctx context.Context, actAs, room, user, reason string) error {
+	cli, err := c.as(actAs)
+	if err != nil {
+		return err
+	}
+	_, err = cli.KickUser(ctx, id.RoomID(room), &mautrix.ReqKickUser{UserID: id.UserID(user), Reason: reason})
+	return err
+}
+
 // DeleteDevices deletes some of user's devices, and the sessions with them,
 // through Synapse's admin API, acting as admin (a server admin: the bot).
 func (c *Client) DeleteDevices(ctx context.Context, admin, user string, devices []string) error {

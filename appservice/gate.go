@@ -1,0 +1,261 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// JobCheckMember decides whether someone invited to, or in, a room limited
+// to verified clinicians may stay, and undoes the invite or join if not.
+const JobCheckMember = "check_member"
+
+type memberPayload struct {
+	Room       string `json:"room"`
+	EventID    string `json:"event_id,omitempty"`
+	User       string `json:"user"`
+	Membership string `json:"membership"`
+	Sender     string `json:"sender,omitempty"` // who invited
+	Creator    string `json:"creator,omitempty"`
+	// Sweep: found by the periodic check of existing members (a licence
+	// that expired, a revoked verification), not by a new event.
+	Sweep bool `json:"sweep,omitempty"`
+}
+
+// memberCheckJob is the check of one invite or join in a gated room.
+func memberCheckJob(ev *Event, membership string, room *RoomInfo) JobSpec {
+	payload, _ := json.Marshal(memberPayload{Room: ev.RoomID, EventID: ev.ID, User: *ev.StateKey, Membership: membership,
+		Sender: ev.Sender, Creator: room.State.Creator})
+	return JobSpec{Kind: JobCheckMember, DedupeKey: "member:" + ev.ID, Payload: payload}
+}
+
+// GateDeps is what the membership gate needs.
+type GateDeps struct {
+	HS interface {
+		Kick(ctx context.Context, actAs, room, user, reason string) error
+	}
+	Bot interface {
+		Kick(ctx context.Context, room, user, reason string) error
+		SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error
+	}
+	Policy func() *policy.Policy
+	Exempt func(user string) bool
+}
+
+// RegisterMemberGate handles check_member jobs.
+func RegisterMemberGate(r *Runner, g GateDeps) {
+	r.Handle(JobCheckMember, func(ctx context.Context, j *Job) error {
+		var p memberPayload
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		// Still there? (They may have left, or been removed already.)
+		var cur string
+		err := r.db.R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if cur != "" && cur != "join" && cur != "invite" {
+			return nil
+		}
+		rooms, err := loadRooms(ctx, r.db, []string{p.Room})
+		if err != nil {
+			return err
+		}
+		settings := g.Policy().For(rooms[p.Room].PolicyRoom())
+		entry, err := LookupClinician(ctx, r.db, p.User)
+		if err != nil {
+			return err
+		}
+		v := policy.DecideMember(settings, entry.Member(p.User, g.Exempt(p.User)), r.now())
+		keys := r.chain.Keys()
+		rec := &audit.Record{Type: audit.TypeMembership, Outcome: audit.OutcomeSuccess, Actor: keys.User(p.User), Room: keys.Room(p.Room),
+			EventID: p.EventID, Action: "admit", JobID: j.ID}
+		if v.Allowed {
+			if p.Sweep || settings.Members != policy.MembersVerified {
+				return nil
+			}
+			if j.Attempts == 0 {
+				if err := r.chain.AppendTx(ctx, r.db, rec); err != nil {
+					return err
+				}
+			}
+			if p.Membership == "join" && settings.Announce && entry != nil && g.Bot != nil {
+				return g.Bot.SendNotice(ctx, p.Room, p.Creator, "", fmt.Sprintf("%s joined: %s.", p.User, describeClinician(entry)), "announce-"+p.EventID)
+			}
+			return nil
+		}
+		rec.Action, rec.Detail = "refuse", v.Code
+		if p.Sweep {
+			rec.Action = "remove"
+		}
+		if j.Attempts == 0 {
+			if err := r.chain.AppendTx(ctx, r.db, rec); err != nil {
+				return err
+			}
+		}
+		// As the creator (who has the power in rooms people make), else the bot.
+		err = g.HS.Kick(ctx, p.Creator, p.Room, p.User, v.Reason)
+		if (p.Creator == "" || errors.Is(err, mautrix.MForbidden)) && g.Bot != nil {
+			err = g.Bot.Kick(ctx, p.Room, p.User, v.Reason)
+		}
+		if err != nil {
+			return err
+		}
+		if g.Bot == nil {
+			return nil
+		}
+		// Whoever brought them in is told why; a removal is told to the room.
+		text := fmt.Sprintf("%s was removed: %s.", p.User, thirdPerson(v, p.User))
+		target, txn := "", "removed-"+p.Room+"-"+p.User+"-"+fmt.Sprint(j.ID)
+		if p.Membership == "invite" && p.Sender != "" && p.Sender != p.User {
+			text = fmt.Sprintf("your invite of %s was withdrawn: %s.", p.User, thirdPerson(v, p.User))
+			target, txn = p.Sender, "refused-"+p.EventID
+		} else if !p.Sweep {
+			text = fmt.Sprintf("%s may not join: %s.", p.User, thirdPerson(v, p.User))
+			txn = "refused-" + p.EventID
+		}
+		return g.Bot.SendNotice(ctx, p.Room, p.Creator, target, text, txn)
+	})
+}
+
+// thirdPerson says why someone was refused, to the others in the room.
+func thirdPerson(v policy.MemberVerdict, user string) string {
+	switch v.Code {
+	case policy.RefusedNotVerified:
+		return "only verified clinicians may be in this room, and they are not on the verified roster"
+	case policy.RefusedRevoked:
+		return "their verification as a clinician was withdrawn"
+	case policy.RefusedExpired:
+		if i := strings.Index(v.Reason, "expired on "); i >= 0 {
+			return "their licence on record " + strings.TrimSuffix(strings.SplitN(v.Reason[i:], ".", 2)[0], ".")
+		}
+		return "their licence on record has expired"
+	case policy.RefusedRole:
+		return strings.TrimSuffix(strings.Replace(v.Reason, "your verified role", "their verified role", 1), ".")
+	}
+	return "hospital policy"
+}
+
+// MemberSweeper finds members of gated rooms who no longer qualify (their
+// licence expired, their verification was revoked or dropped from the
+// roster, the room's policy changed) and queues their removal.
+type MemberSweeper struct {
+	DB     *store.DB
+	Policy func() *policy.Policy
+	Exempt func(string) bool
+	Now    Clock
+	Wake   func()
+	Log    zerolog.Logger
+	kick   chan struct{}
+}
+
+// Poke makes the sweeper look now (the roster changed).
+func (s *MemberSweeper) Poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run sweeps every interval, and when poked, until ctx ends.
+func (s *MemberSweeper) Run(ctx context.Context, every time.Duration) {
+	for {
+		if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Warn().Str("error", SafeError(err)).Msg("member sweep failed")
+		} else if n > 0 {
+			s.Log.Info().Int("members", n).Msg("members who no longer qualify queued for removal")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-time.After(every):
+		}
+	}
+}
+
+// NewMemberSweeper returns a sweeper ready to Run.
+func NewMemberSweeper(db *store.DB, pol func() *policy.Policy, exempt func(string) bool, now Clock, wake func(), log zerolog.Logger) *MemberSweeper {
+	return &MemberSweeper{DB: db, Policy: pol, Exempt: exempt, Now: now, Wake: wake, Log: log, kick: make(chan struct{}, 1)}
+}
+
+// Sweep checks every joined or invited member of every gated room once and
+// returns how many removals it queued.
+func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
+	pol := s.Policy()
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces FROM room_state`)
+	if err != nil {
+		return 0, err
+	}
+	type gated struct {
+		id, creator string
+		settings    policy.Effective
+	}
+	var rooms []gated
+	for rows.Next() {
+		var id, creator, aliases, spaces string
+		if err := rows.Scan(&id, &creator, &aliases, &spaces); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if e := pol.For(policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)}); e.Members == policy.MembersVerified {
+			rooms = append(rooms, gated{id, creator, e})
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(rooms) == 0 {
+		return 0, err
+	}
+	entries, err := ListRoster(ctx, s.DB)
+	if err != nil {
+		return 0, err
+	}
+	byUser := make(map[string]*RosterEntry, len(entries))
+	for i := range entries {
+		byUser[entries[i].UserID] = &entries[i]
+	}
+	var jobs []JobSpec
+	for _, room := range rooms {
+		mrows, err := s.DB.R.QueryContext(ctx, `SELECT user_id, membership, updated_at FROM room_member WHERE room_id = $1 AND membership IN ('join', 'invite')`, room.id)
+		if err != nil {
+			return 0, err
+		}
+		for mrows.Next() {
+			var user, membership string
+			var updated int64
+			if err := mrows.Scan(&user, &membership, &updated); err != nil {
+				mrows.Close()
+				return 0, err
+			}
+			v := policy.DecideMember(room.settings, byUser[user].Member(user, s.Exempt(user)), s.Now())
+			if v.Allowed {
+				continue
+			}
+			payload, _ := json.Marshal(memberPayload{Room: room.id, User: user, Membership: membership, Creator: room.creator, Sweep: true})
+			jobs = append(jobs, JobSpec{Kind: JobCheckMember, DedupeKey: fmt.Sprintf("member-sweep:%s:%s:%s:%d", room.id, user, v.Code, updated), Payload: payload})
+		}
+		mrows.Close()
+	}
+	if len(jobs) == 0 {
+		return 0, nil
+	}
+	if err := s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, tx, s.Now(), jobs...) }); err != nil {
+		return 0, err
+	}
+	if s.Wake != nil {
+		s.Wake()
+	}
+	return len(jobs), nil
+}
