@@ -1,0 +1,167 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
+)
+
+type fakeGate struct {
+	mu             sync.Mutex
+	creatorPowered bool
+	kicks          []string // actor:user:reason
+	notices        []string // target:text
+}
+
+func (f *fakeGate) Kick(_ context.Context, actAs, room, user, reason string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.creatorPowered {
+		return mautrix.MForbidden
+	}
+	f.kicks = append(f.kicks, actAs+">"+user+":"+reason)
+	return nil
+}
+
+type fakeGateBot struct{ g *fakeGate }
+
+func (b fakeGateBot) Kick(_ context.Context, room, user, reason string) error {
+	b.g.mu.Lock()
+	defer b.g.mu.Unlock()
+	b.g.kicks = append(b.g.kicks, "bot>"+user+":"+reason)
+	return nil
+}
+
+func (b fakeGateBot) SendNotice(_ context.Context, room, inviter, target, text, txnID string) error {
+	b.g.mu.Lock()
+	defer b.g.mu.Unlock()
+	b.g.notices = append(b.g.notices, target+">"+text)
+	return nil
+}
+
+// The gate on real events through the pipeline: who is let in, who is
+// removed and by whom, what the inviter and the room are told; then the
+// sweep of existing members after the roster changes.
+func TestMemberGate(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			path := filepath.Join(t.TempDir(), "policy.yaml")
+			src := "version: 1\ndefaults:\n  encryption: optional\n  plaintext: allow\nrooms:\n  - room_id: \"!icu:h\"\n    members: verified\n    roles: [physician, nurse]\n    announce_roles: true\n"
+			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			holder, err := NewPolicyHolder(ctx, path, p.db, p.chain, zerolog.Nop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol := holder.Current()
+			p.disp = NewDispatcher(p.db, p.chain, &PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.chain.Keys()}, p.m, zerolog.Nop(), p.runner.Wake)
+			g := &fakeGate{creatorPowered: true}
+			RegisterMemberGate(p.runner, GateDeps{HS: g, Bot: fakeGateBot{g}, Policy: func() *policy.Policy { return pol },
+				Exempt: func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }})
+			day := func(s string) time.Time { d, _ := time.Parse("2006-01-02", s); return d }
+			for _, c := range []roster.Clinician{
+				{UserID: "@att:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
+				{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", Department: "ICU", LicenceExpires: day("2099-01-01"), VerifiedBy: "x"},
+				{UserID: "@rph:h", NPI: "1679576722", Role: "pharmacist", VerifiedBy: "x"},
+			} {
+				if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.chain, c, SourceAdmin, "os:admin") }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			push := func(txn string, evs ...map[string]any) {
+				t.Helper()
+				if rec := p.put(t, txn, txnBodyOf(evs...)); rec.Code != 200 {
+					t.Fatal(rec.Code)
+				}
+				for n := 1; n > 0; {
+					if n, err = p.disp.DispatchBatch(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				p.runDue(t)
+			}
+			push("t1",
+				stateEvent("$c", "!icu:h", "@att:h", "m.room.create", "", map[string]any{"creator": "@att:h", "room_version": "10"}),
+				member("$1", "!icu:h", "@att:h", "@att:h", "join"),
+				member("$2", "!icu:h", "@att:h", "@stranger:h", "invite"),
+				member("$3", "!icu:h", "@att:h", "@rn:h", "invite"),
+				member("$4", "!icu:h", "@rn:h", "@rn:h", "join"),
+				member("$5", "!icu:h", "@att:h", "@rph:h", "invite"),
+				member("$6", "!icu:h", "@admin:h", "@admin:h", "join"),
+				member("$7", "!other:h", "@x:h", "@stranger:h", "join"), // not a gated room
+			)
+			want := []string{
+				"@att:h>@rph:h:this room is for physician, nurse; your verified role is pharmacist.",
+				"@att:h>@stranger:h:Only verified clinicians may be in this room (hospital policy): your account is not on the verified clinician roster. Ask your administrator to verify you.",
+			}
+			// Jobs run two at a time: compare as sets.
+			slices.Sort(g.kicks)
+			slices.Sort(g.notices)
+			if strings.Join(g.kicks, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("kicks:\n%s", strings.Join(g.kicks, "\n"))
+			}
+			wantNotices := []string{
+				">@att:h joined: verified physician.",
+				">@rn:h joined: verified nurse (ICU).",
+				"@att:h>your invite of @rph:h was withdrawn: this room is for physician, nurse; their verified role is pharmacist.",
+				"@att:h>your invite of @stranger:h was withdrawn: only verified clinicians may be in this room, and they are not on the verified roster.",
+			}
+			if strings.Join(g.notices, "\n") != strings.Join(wantNotices, "\n") {
+				t.Fatalf("notices:\n%s", strings.Join(g.notices, "\n"))
+			}
+			// The kicks come back as leaves; nothing more happens.
+			g.kicks, g.notices = nil, nil
+			push("t2", member("$8", "!icu:h", "@att:h", "@stranger:h", "leave"), member("$9", "!icu:h", "@att:h", "@rph:h", "leave"))
+			if len(g.kicks)+len(g.notices) != 0 {
+				t.Fatalf("after the leaves: %v %v", g.kicks, g.notices)
+			}
+
+			// The nurse's verification is revoked; the sweep removes her, as
+			// the bot when the creator has lost the power; admins stay.
+			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, p.chain, "@rn:h", "left", "os:admin") }); err != nil {
+				t.Fatal(err)
+			}
+			g.creatorPowered = false
+			sw := NewMemberSweeper(p.db, func() *policy.Policy { return pol }, func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }, p.clock.Now, nil, zerolog.Nop())
+			if n, err := sw.Sweep(ctx); err != nil || n != 1 {
+				t.Fatalf("sweep queued %d (%v)", n, err)
+			}
+			if n, _ := sw.Sweep(ctx); n != 1 || p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'check_member' AND dedupe_key LIKE 'member-sweep:%'`) != 1 {
+				t.Fatal("a second sweep queued the same removal again")
+			}
+			p.runDue(t)
+			if strings.Join(g.kicks, "|") != "bot>@rn:h:Only verified clinicians may be in this room (hospital policy): your verification has been withdrawn. Ask your administrator." ||
+				strings.Join(g.notices, "|") != ">@rn:h was removed: their verification as a clinician was withdrawn." {
+				t.Fatalf("removal: %v %v", g.kicks, g.notices)
+			}
+			var got []string
+			for _, r := range p.exported(t) {
+				if r["type"] == "membership" {
+					d, _ := r["detail"].(string)
+					got = append(got, r["action"].(string)+":"+d)
+				}
+			}
+			slices.Sort(got)
+			if s := strings.Join(got, ","); s != "admit:,admit:,admit:,admit:,refuse:not_verified,refuse:role_not_allowed,remove:verification_revoked" {
+				t.Fatalf("membership records %s", s)
+			}
+		})
+	}
+}
