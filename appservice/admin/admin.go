@@ -9,10 +9,14 @@
 //	GET  /_hipaa/admin/v1/rooms                 the rooms listing
 //	POST /_hipaa/admin/v1/wipes                 {"user_id", "reason", "by", "device_id", "offboard", "deactivate", "redact", "since_ms"}
 //	GET  /_hipaa/admin/v1/wipes/{id}            a wipe's progress
+//	GET  /_hipaa/admin/v1/roster                the verified clinicians
+//	POST /_hipaa/admin/v1/roster                {"user_id", "npi", "role", "department", "licence_expires", "by"}: verify
+//	POST /_hipaa/admin/v1/roster/revoke         {"user_id", "reason", "by"}
 package admin
 
 import (
 	"crypto/subtle"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,11 +24,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
 // Server serves the admin API.
@@ -81,7 +87,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.requestWipe(w, r)
 	case strings.HasPrefix(path, "/wipes/") && r.Method == http.MethodGet:
 		s.wipeStatus(w, r, strings.TrimPrefix(path, "/wipes/"))
-	case path == "/holds" || path == "/rooms" || path == "/wipes" || strings.HasPrefix(path, "/holds/") || strings.HasPrefix(path, "/wipes/"):
+	case path == "/roster" && r.Method == http.MethodGet:
+		s.listRoster(w, r)
+	case path == "/roster" && r.Method == http.MethodPost:
+		s.verify(w, r)
+	case path == "/roster/revoke" && r.Method == http.MethodPost:
+		s.revoke(w, r)
+	case path == "/holds" || path == "/rooms" || path == "/wipes" || path == "/roster" || path == "/roster/revoke" ||
+		strings.HasPrefix(path, "/holds/") || strings.HasPrefix(path, "/wipes/"):
 		fail(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
 	default:
 		fail(w, http.StatusNotFound, "M_UNRECOGNIZED", "no such admin endpoint")
@@ -315,4 +328,93 @@ func (s *Server) wipeStatus(w http.ResponseWriter, r *http.Request, idText strin
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"id": wp.ID, "user_id": wp.User, "state": wp.State, "sessions_revoked": wp.Revoked,
 		"confirmed_at": wp.ConfirmedAt, "messages_redacted": wp.Redacted, "rooms_left": wp.Left, "error": wp.LastError})
+}
+
+type clinicianJSON struct {
+	UserID         string `json:"user_id"`
+	NPI            string `json:"npi"`
+	Role           string `json:"role"`
+	Department     string `json:"department,omitempty"`
+	LicenceExpires string `json:"licence_expires,omitempty"`
+	VerifiedBy     string `json:"verified_by"`
+	VerifiedAt     string `json:"verified_at"`
+	Source         string `json:"source"`
+	Verified       bool   `json:"verified"` // not revoked, licence not expired
+	Revoked        bool   `json:"revoked"`
+}
+
+func (s *Server) listRoster(w http.ResponseWriter, r *http.Request) {
+	list, ok := read(s, w, r, "roster-list", func() ([]appservice.RosterEntry, error) { return appservice.ListRoster(r.Context(), s.DB) })
+	if !ok {
+		return
+	}
+	now := s.Chain.Now()
+	out := make([]clinicianJSON, 0, len(list))
+	for _, e := range list {
+		j := clinicianJSON{UserID: e.UserID, NPI: e.NPI, Role: e.Role, Department: e.Department, VerifiedBy: e.VerifiedBy,
+			VerifiedAt: e.VerifiedAt.Format(time.RFC3339), Source: e.Source, Revoked: e.Revoked(), Verified: !e.Revoked() && e.Valid(now)}
+		if !e.LicenceExpires.IsZero() {
+			j.LicenceExpires = e.LicenceExpires.Format("2006-01-02")
+		}
+		out = append(out, j)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"clinicians": out})
+}
+
+func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		UserID         string `json:"user_id"`
+		NPI            string `json:"npi"`
+		Role           string `json:"role"`
+		Department     string `json:"department"`
+		LicenceExpires string `json:"licence_expires"`
+		By             string `json:"by"`
+	}
+	who, ok := decodeAs(w, r, &req, &req.By)
+	if !ok {
+		return
+	}
+	c := roster.Clinician{UserID: req.UserID, NPI: req.NPI, Role: req.Role, Department: req.Department, VerifiedBy: who}
+	if req.LicenceExpires != "" {
+		t, err := roster.ParseDate(req.LicenceExpires)
+		if err != nil {
+			fail(w, http.StatusBadRequest, "M_INVALID_PARAM", "licence_expires: "+err.Error())
+			return
+		}
+		c.LicenceExpires = t
+	}
+	s.change(w, r, func(tx *sql.Tx) error {
+		return appservice.VerifyTx(r.Context(), tx, s.Chain, c, appservice.SourceAdmin, who)
+	},
+		map[string]any{"verified": req.UserID})
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		UserID string `json:"user_id"`
+		Reason string `json:"reason"`
+		By     string `json:"by"`
+	}
+	who, ok := decodeAs(w, r, &req, &req.By)
+	if !ok {
+		return
+	}
+	s.change(w, r, func(tx *sql.Tx) error {
+		return appservice.RevokeTx(r.Context(), tx, s.Chain, req.UserID, req.Reason, who)
+	},
+		map[string]any{"revoked": req.UserID})
+}
+
+// change runs one audited change in a durable transaction: 400 with the
+// reason for a refused request, 500 for a failure, else ok.
+func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(*sql.Tx) error, ok map[string]any) {
+	err := s.DB.Tx(r.Context(), store.Durable, do)
+	switch {
+	case appservice.IsInvalid(err):
+		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
+	case err != nil:
+		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not make the change")
+	default:
+		writeJSON(w, http.StatusOK, ok)
+	}
 }

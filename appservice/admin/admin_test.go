@@ -153,3 +153,46 @@ func FuzzAdminRequests(f *testing.F) {
 		}
 	})
 }
+
+// The roster through the admin API: verify, list (the read audited),
+// revoke; bad requests answered 400 with the reason.
+func TestAdminRoster(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			s, _ := newServer(t, dbType)
+			const base = "/_hipaa/admin/v1/roster"
+			cases := []struct {
+				method, path, body string
+				want               int
+				contains           string
+			}{
+				{http.MethodPost, base, `{"user_id":"@rn:h","npi":"1003000126","role":"nurse","licence_expires":"2099-01-31","by":"hr"}`, 200, "verified"},
+				{http.MethodPost, base, `{"user_id":"@doc:h","npi":"1003000127","role":"physician","by":"hr"}`, 400, "check digit"},
+				{http.MethodPost, base, `{"user_id":"@doc:h","npi":"1234567893","role":"physician","licence_expires":"31/12/2027","by":"hr"}`, 400, "not a date"},
+				{http.MethodPost, base, `{"user_id":"@doc:h","npi":"1234567893","role":"physician"}`, 400, "who is asking"},
+				{http.MethodGet, base, "", 200, `"npi":"1003000126"`},
+				{http.MethodPost, base + "/revoke", `{"user_id":"@rn:h","reason":"suspended","by":"hr"}`, 200, "revoked"},
+				{http.MethodPost, base + "/revoke", `{"user_id":"@rn:h","reason":"again","by":"hr"}`, 400, "not a verified clinician"},
+				{http.MethodPost, base + "/revoke", `{"user_id":"@x:h","by":"hr"}`, 400, "needs a reason"},
+				{http.MethodDelete, base, "", 405, "method not allowed"},
+			}
+			for _, c := range cases {
+				req := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
+				req.Header.Set("Authorization", "Bearer "+token)
+				if c.method == http.MethodGet {
+					req.Header.Set("X-Hipaa-Actor", "auditor")
+				}
+				rec := httptest.NewRecorder()
+				s.ServeHTTP(rec, req)
+				if rec.Code != c.want || !strings.Contains(rec.Body.String(), c.contains) {
+					t.Fatalf("%s %s %s: %d %s", c.method, c.path, c.body, rec.Code, rec.Body)
+				}
+			}
+			code, out := call(t, s, http.MethodGet, base, token, "", "X-Hipaa-Actor", "auditor")
+			list := out["clinicians"].([]any)
+			if code != 200 || len(list) != 1 || list[0].(map[string]any)["revoked"] != true || list[0].(map[string]any)["verified"] != false {
+				t.Fatalf("list after revoking: %d %v", code, out)
+			}
+		})
+	}
+}

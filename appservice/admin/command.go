@@ -7,24 +7,28 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
 // Command is one management-room command, parsed.
 type Command struct {
-	Name   string // help, devices, wipe, offboard, hold, holds, release
+	Name   string // help, devices, wipe, offboard, hold, holds, release, whois, verify, revoke, roster
 	Target string // a user ID, or for hold a room ID
 	Device string
 	Scope  string // wipe redaction scope: phi, all, none
 	Since  time.Time
 	Reason string
 	ID     int64 // release: the hold
+	// verify: the clinician's roster fields.
+	NPI, Role, Department string
+	LicenceExpires        time.Time
 }
 
 // Mutates reports whether the command changes anything (and so must run
 // at most once).
 func (c Command) Mutates() bool {
 	switch c.Name {
-	case "wipe", "offboard", "hold", "release":
+	case "wipe", "offboard", "hold", "release", "verify", "revoke":
 		return true
 	}
 	return false
@@ -38,6 +42,10 @@ const Help = `Commands (admins listed in the service's config only):
 !hold @user:server REASON, !hold !room:server REASON — stop messages from expiring (legal hold)
 !holds — standing holds
 !release N — end hold N
+!whois @user:server — their verification: role, department, NPI, licence
+!verify @user:server NPI ROLE [--department D] [--licence-expires YYYY-MM-DD] — add or update a verified clinician
+!revoke @user:server REASON — withdraw a verification (they are removed from rooms limited to verified clinicians)
+!roster — the verified clinicians
 TIME is RFC 3339, a date (2026-11-01) or a duration ago (24h).`
 
 // ParseCommand reads a management-room message. ok is false when the text
@@ -53,9 +61,12 @@ func ParseCommand(body string, now time.Time) (c Command, ok bool, err error) {
 	args := words[1:]
 	c.Scope = "phi"
 	var positional []string
+	// Commands with a free-text reason after their target: from there on,
+	// "--" is just text.
+	_, hasReason := map[string]bool{"wipe": true, "offboard": true, "hold": true, "revoke": true}[c.Name]
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if !strings.HasPrefix(a, "--") || len(positional) > 1 {
+		if !strings.HasPrefix(a, "--") || (hasReason && len(positional) > 1) {
 			// Flags come before the reason; after it, "--" is just text.
 			positional = append(positional, a)
 			continue
@@ -76,6 +87,12 @@ func ParseCommand(body string, now time.Time) (c Command, ok bool, err error) {
 				return c, true, fmt.Errorf("--redact is phi, all or none, not %q", val)
 			}
 			c.Scope = val
+		case "department":
+			c.Department = val
+		case "licence-expires", "license-expires":
+			if c.LicenceExpires, err = roster.ParseDate(val); err != nil {
+				return c, true, err
+			}
 		case "since":
 			if c.Since, err = ParseTime(val, now); err != nil {
 				return c, true, err
@@ -101,12 +118,41 @@ func ParseCommand(body string, now time.Time) (c Command, ok bool, err error) {
 		}
 		return nil
 	}
-	flagsAllowed := map[string]bool{"wipe": true, "offboard": true}
-	if !flagsAllowed[c.Name] && (c.Device != "" || c.Scope != "phi" || !c.Since.IsZero()) {
-		return c, true, fmt.Errorf("!%s takes no options", c.Name)
+	wipeFlags := c.Device != "" || c.Scope != "phi" || !c.Since.IsZero()
+	rosterFlags := c.Department != "" || !c.LicenceExpires.IsZero()
+	if (wipeFlags && c.Name != "wipe" && c.Name != "offboard") || (rosterFlags && c.Name != "verify") {
+		return c, true, fmt.Errorf("!%s does not take those options: %s", c.Name, usageOf(c.Name))
 	}
 	switch c.Name {
-	case "help", "holds":
+	case "whois":
+		if err := target(); err != nil {
+			return c, true, err
+		}
+		if len(positional) > 1 {
+			return c, true, fmt.Errorf("!whois takes one user ID")
+		}
+	case "verify":
+		if err := target(); err != nil {
+			return c, true, err
+		}
+		if len(positional) != 3 {
+			return c, true, fmt.Errorf("usage: %s", usage["verify"])
+		}
+		c.NPI, c.Role = positional[1], strings.ToLower(positional[2])
+		if err := roster.CheckNPI(c.NPI); err != nil {
+			return c, true, err
+		}
+		if err := roster.CheckRole(c.Role); err != nil {
+			return c, true, err
+		}
+	case "revoke":
+		if err := target(); err != nil {
+			return c, true, err
+		}
+		if err := reason(); err != nil {
+			return c, true, err
+		}
+	case "help", "holds", "roster":
 		if len(positional) > 0 {
 			return c, true, fmt.Errorf("!%s takes no arguments", c.Name)
 		}
@@ -147,6 +193,16 @@ var usage = map[string]string{
 	"offboard": "!offboard @user:server [--redact phi|all|none] [--since TIME] REASON",
 	"hold":     "!hold @user:server REASON, or !hold !room:server REASON",
 	"release":  "!release N",
+	"whois":    "!whois @user:server",
+	"verify":   "!verify @user:server NPI ROLE [--department D] [--licence-expires YYYY-MM-DD]",
+	"revoke":   "!revoke @user:server REASON",
+}
+
+func usageOf(name string) string {
+	if u, ok := usage[name]; ok {
+		return u
+	}
+	return "!" + name
 }
 
 func isUserID(s string) bool {

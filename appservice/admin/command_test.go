@@ -39,7 +39,22 @@ func TestParseCommand(t *testing.T) {
 		{in: "!hold !ward:hs case 2026-114", isCmd: true, want: Command{Name: "hold", Target: "!ward:hs", Scope: "phi", Reason: "case 2026-114"}},
 		{in: "!hold @bob:hs case 2026-114", isCmd: true, want: Command{Name: "hold", Target: "@bob:hs", Scope: "phi", Reason: "case 2026-114"}},
 		{in: "!hold #ward:hs case", isCmd: true, wantErr: "not a user ID"},
-		{in: "!hold @bob:hs --redact all case", isCmd: true, wantErr: "takes no options"},
+		{in: "!hold @bob:hs --redact all case", isCmd: true, wantErr: "!hold does not take those options"},
+		{in: "!whois @rn:hs", isCmd: true, want: Command{Name: "whois", Target: "@rn:hs", Scope: "phi"}},
+		{in: "!whois", isCmd: true, wantErr: "needs a user ID"},
+		{in: "!whois @a:hs @b:hs", isCmd: true, wantErr: "one user ID"},
+		{in: "!verify @rn:hs 1003000126 Nurse --department ICU --licence-expires 2027-06-30", isCmd: true,
+			want: Command{Name: "verify", Target: "@rn:hs", Scope: "phi", NPI: "1003000126", Role: "nurse", Department: "ICU", LicenceExpires: time.Date(2027, 6, 30, 0, 0, 0, 0, time.UTC)}},
+		{in: "!verify --department=ICU @rn:hs 1003000126 nurse", isCmd: true, want: Command{Name: "verify", Target: "@rn:hs", Scope: "phi", NPI: "1003000126", Role: "nurse", Department: "ICU"}},
+		{in: "!verify @rn:hs 1003000127 nurse", isCmd: true, wantErr: "fails its check digit"},
+		{in: "!verify @rn:hs 1003000126", isCmd: true, wantErr: "usage: !verify"},
+		{in: "!verify @rn:hs 1003000126 head-nurse! ", isCmd: true, wantErr: "must be a lowercase word"},
+		{in: "!verify @rn:hs 1003000126 nurse --licence-expires soon", isCmd: true, wantErr: "not a date"},
+		{in: "!verify @rn:hs 1003000126 nurse --redact all", isCmd: true, wantErr: "!verify does not take those options"},
+		{in: "!wipe @rn:hs --department ICU lost", isCmd: true, wantErr: "!wipe does not take those options"},
+		{in: "!revoke @rn:hs licence suspended --pending review", isCmd: true, want: Command{Name: "revoke", Target: "@rn:hs", Scope: "phi", Reason: "licence suspended --pending review"}},
+		{in: "!revoke @rn:hs", isCmd: true, wantErr: "needs a reason"},
+		{in: "!roster", isCmd: true, want: Command{Name: "roster", Scope: "phi"}},
 		{in: "!devices !ward:hs", isCmd: true, wantErr: "not a user ID"},
 		{in: "!holds", isCmd: true, want: Command{Name: "holds", Scope: "phi"}},
 		{in: "!release 12", isCmd: true, want: Command{Name: "release", Scope: "phi", ID: 12}},
@@ -85,12 +100,16 @@ func FuzzParseCommand(f *testing.F) {
 			return
 		}
 		switch c.Name {
-		case "help", "holds":
-		case "devices":
+		case "help", "holds", "roster":
+		case "devices", "whois":
 			if !isUserID(c.Target) {
 				t.Fatalf("%q: devices of %q", s, c.Target)
 			}
-		case "wipe", "offboard", "hold":
+		case "verify":
+			if !isUserID(c.Target) || c.NPI == "" || c.Role == "" {
+				t.Fatalf("%q: accepted %+v", s, c)
+			}
+		case "wipe", "offboard", "hold", "revoke":
 			if c.Reason == "" || (!isUserID(c.Target) && !(c.Name == "hold" && isRoomID(c.Target))) {
 				t.Fatalf("%q: accepted %+v", s, c)
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
 // Messenger is what the management room needs of the E2EE bot.
@@ -163,6 +164,35 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 			}
 			return fmt.Sprintf("%s %d of %s started (redact: %s). I will report here when it is done.", what, id, cmd.Target, cmd.Scope), id, nil
 		})
+	case "whois":
+		e, err := appservice.LookupClinician(ctx, m.DB, cmd.Target)
+		if err != nil {
+			return err
+		}
+		return m.answerOnce(ctx, p, rec, Whois(cmd.Target, e, now))
+	case "roster":
+		list, err := appservice.ListRoster(ctx, m.DB)
+		if err != nil {
+			return err
+		}
+		rec.Count = int64(len(list))
+		return m.answerOnce(ctx, p, rec, formatRoster(list, now))
+	case "verify":
+		c := roster.Clinician{UserID: cmd.Target, NPI: cmd.NPI, Role: cmd.Role, Department: cmd.Department, LicenceExpires: cmd.LicenceExpires,
+			VerifiedBy: "admin " + p.Sender}
+		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
+			if err := appservice.VerifyTx(ctx, tx, m.Chain, c, appservice.SourceAdmin, keys.User(p.Sender)); err != nil {
+				return "", 0, err
+			}
+			return fmt.Sprintf("%s is now a verified %s.", cmd.Target, cmd.Role), 0, nil
+		})
+	case "revoke":
+		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
+			if err := appservice.RevokeTx(ctx, tx, m.Chain, cmd.Target, cmd.Reason, keys.User(p.Sender)); err != nil {
+				return "", 0, err
+			}
+			return fmt.Sprintf("%s is no longer verified; they are removed from rooms limited to verified clinicians within a minute.", cmd.Target), 0, nil
+		})
 	case "hold":
 		room, user := "", cmd.Target
 		if isRoomID(cmd.Target) {
@@ -287,6 +317,63 @@ func formatHolds(holds []appservice.Hold) string {
 			on = h.User
 		}
 		fmt.Fprintf(&b, "\n%d — %s — since %s — %s", h.ID, on, time.UnixMilli(h.PlacedAt).UTC().Format(time.RFC3339), h.Reason)
+	}
+	return b.String()
+}
+
+// Whois describes someone's verification for admins.
+func Whois(user string, e *appservice.RosterEntry, now time.Time) string {
+	if e == nil {
+		return user + " is not on the verified clinician roster."
+	}
+	s := fmt.Sprintf("%s: %s", user, e.Role)
+	if e.Department != "" {
+		s += ", " + e.Department
+	}
+	s += fmt.Sprintf("; NPI %s; verified by %s on %s (%s)", e.NPI, e.VerifiedBy, e.VerifiedAt.Format("2006-01-02"), e.Source)
+	switch {
+	case e.Revoked():
+		s += fmt.Sprintf("; REVOKED on %s by %s: %s", time.UnixMilli(e.RevokedAt).UTC().Format("2006-01-02"), e.RevokedBy, e.RevokeReason)
+	case !e.Valid(now):
+		s += fmt.Sprintf("; licence EXPIRED on %s", e.LicenceExpires.Format("2006-01-02"))
+	case !e.LicenceExpires.IsZero():
+		s += fmt.Sprintf("; licence valid until %s", e.LicenceExpires.Format("2006-01-02"))
+	default:
+		s += "; no licence expiry on record"
+	}
+	return s + "."
+}
+
+// rosterShown is how many roster entries a reply lists; the rest are counted.
+const rosterShown = 50
+
+func formatRoster(list []appservice.RosterEntry, now time.Time) string {
+	var b strings.Builder
+	valid := 0
+	for i := range list {
+		if !list[i].Revoked() && list[i].Valid(now) {
+			valid++
+		}
+	}
+	fmt.Fprintf(&b, "%d verified clinician(s) (%d entries):", valid, len(list))
+	for i := range list {
+		if i == rosterShown {
+			fmt.Fprintf(&b, "\n… and %d more (matrix-hipaa roster list shows all)", len(list)-rosterShown)
+			break
+		}
+		e := &list[i]
+		status := ""
+		switch {
+		case e.Revoked():
+			status = " — revoked"
+		case !e.Valid(now):
+			status = " — licence expired"
+		}
+		fmt.Fprintf(&b, "\n%s — %s", e.UserID, e.Role)
+		if e.Department != "" {
+			fmt.Fprintf(&b, " (%s)", e.Department)
+		}
+		b.WriteString(status)
 	}
 	return b.String()
 }

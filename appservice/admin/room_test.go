@@ -206,3 +206,48 @@ func TestManagementRoomHandler(t *testing.T) {
 		})
 	}
 }
+
+// The roster from the management room: verify, whois, the list, revoke;
+// each change once, each audited, mistakes answered.
+func TestManagementRoomRoster(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			m, b, db := newRoom(t, dbType)
+			steps := []struct{ id, text, want string }{
+				{"$1", "!whois @rn:hs", "@rn:hs is not on the verified clinician roster."},
+				{"$2", "!verify @rn:hs 1003000126 nurse --department ICU --licence-expires 2099-06-30", "@rn:hs is now a verified nurse."},
+				{"$3", "!whois @rn:hs", "@rn:hs: nurse, ICU; NPI 1003000126; verified by admin @admin:hs on "},
+				{"$4", "!verify @doc:hs 1003000127 physician", "fails its check digit"},
+				{"$5", "!roster", "1 verified clinician(s) (1 entries):\n@rn:hs — nurse (ICU)"},
+				{"$6", "!revoke @rn:hs licence suspended", "@rn:hs is no longer verified"},
+				{"$7", "!whois @rn:hs", "REVOKED on "},
+				{"$8", "!revoke @rn:hs again", "@rn:hs is not a verified clinician"},
+				{"$9", "!roster", "0 verified clinician(s) (1 entries):\n@rn:hs — nurse (ICU) — revoked"},
+			}
+			for _, s := range steps {
+				if err := command(t, m, b, s.id, "@admin:hs", s.text, 0); err != nil {
+					t.Fatalf("%s: %v", s.text, err)
+				}
+				if got := b.replies["cmd-"+s.id]; !strings.Contains(got, s.want) {
+					t.Fatalf("%s: replied %q, want %q", s.text, got, s.want)
+				}
+			}
+			// Re-running the verify job does not verify twice.
+			if err := command(t, m, b, "$2", "@admin:hs", "!verify @rn:hs 1003000126 nurse", 1); err != nil {
+				t.Fatal(err)
+			}
+			var roster []string
+			for _, r := range trail(t, db) {
+				if r.Type == audit.TypeRoster {
+					roster = append(roster, r.Action)
+				}
+			}
+			if strings.Join(roster, ",") != "verify,revoke" {
+				t.Fatalf("roster records %v", roster)
+			}
+			if got := strings.Join(commandRecords(t, db), ","); got != "whois:success,verify:success,whois:success,verify:failure,roster:success,revoke:success,whois:success,revoke:failure,roster:success" {
+				t.Fatalf("admin.command records %s", got)
+			}
+		})
+	}
+}
