@@ -78,7 +78,7 @@ func sweepEvery(timeout time.Duration) time.Duration {
 // Run sweeps until ctx ends.
 func (s *IdleSweeper) Run(ctx context.Context) {
 	for {
-		wait := time.Minute // policy off: look again for a change
+		wait := 10 * time.Second // policy off: look again soon for a change
 		if timeout := s.Policy().SessionIdleTimeout.D(); timeout > 0 {
 			if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
 				s.Log.Warn().Str("error", SafeError(err)).Msg("idle session sweep failed")

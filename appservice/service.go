@@ -74,6 +74,7 @@ type Service struct {
 	Expiry     *ExpiryPump
 	Idle       *IdleSweeper
 	Members    *MemberSweeper
+	Trust      *DeviceTrust
 	Roster     *RosterFile // nil without a roster file
 	WipeCaps   WipeCaps
 	Log        zerolog.Logger
@@ -132,6 +133,8 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	if cfg.Roster != "" {
 		s.Roster = &RosterFile{Path: cfg.Resolve(cfg.Roster), DB: db, Chain: chain, Log: log, Changed: s.Members.Poke}
 	}
+	RegisterDeviceTrust(s.Runner, hs, s.Bot, s.Policy.Current, s.WipeCaps)
+	s.Trust = &DeviceTrust{DB: db, Policy: s.Policy.Current, HS: hs, Now: now, Wake: s.Runner.Wake, Log: log}
 	s.Idle = &IdleSweeper{Caps: s.WipeCaps, DB: db, Policy: s.Policy.Current, HS: hs, Domain: cfg.Homeserver.Domain, Now: now, Wake: s.Runner.Wake, Log: log,
 		Exempt: func(u string) bool { return u == botID }}
 	if s.exporters, err = s.Exporters(); err != nil {
@@ -220,6 +223,7 @@ func (s *Service) Run(ctx context.Context) error {
 		go s.Roster.Watch(workCtx, 2*time.Second)
 	}
 	go s.Members.Run(workCtx, 10*time.Second)
+	go s.Trust.Run(workCtx)
 	go s.refreshGauges(workCtx, 5*time.Second)
 	go s.Policy.Watch(workCtx, 2*time.Second)
 	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {

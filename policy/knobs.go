@@ -72,3 +72,20 @@ func (v *Members) UnmarshalYAML(n *yaml.Node) error {
 	*v = Members(s)
 	return err
 }
+
+// UnverifiedSessions says what happens to a verified clinician's sessions
+// that they have not cross-signed: nothing, a warning, or (after a grace
+// period) sign-out.
+type UnverifiedSessions string
+
+const (
+	UnverifiedAllow   UnverifiedSessions = "allow"
+	UnverifiedWarn    UnverifiedSessions = "warn"
+	UnverifiedSignOut UnverifiedSessions = "sign_out"
+)
+
+func (v *UnverifiedSessions) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(UnverifiedAllow), string(UnverifiedWarn), string(UnverifiedSignOut))
+	*v = UnverifiedSessions(s)
+	return err
+}

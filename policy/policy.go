@@ -28,6 +28,11 @@ type Policy struct {
 	// SessionIdleTimeout signs out a user all of whose sessions have been
 	// idle this long (0 or unset: never). It is per user, not per room.
 	SessionIdleTimeout config.Duration `yaml:"session_idle_timeout"`
+	// UnverifiedSessions (allow, warn, sign_out; unset is allow) and, for
+	// sign_out, UnverifiedSessionGrace (default 24h): verified clinicians'
+	// sessions they have not cross-signed.
+	UnverifiedSessions     UnverifiedSessions `yaml:"unverified_sessions"`
+	UnverifiedSessionGrace config.Duration    `yaml:"unverified_session_grace"`
 
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
@@ -141,6 +146,14 @@ func checkRoles(d *strictyaml.Doc, at string, s *Settings) {
 	}
 }
 
+// Grace is how long an unverified session may stay under sign_out.
+func (p *Policy) Grace() time.Duration {
+	if g := p.UnverifiedSessionGrace.D(); g > 0 {
+		return g
+	}
+	return 24 * time.Hour
+}
+
 // MinSessionIdleTimeout is the shortest idle timeout accepted; clients
 // report activity to the homeserver only when they make requests.
 var MinSessionIdleTimeout = time.Minute
@@ -153,6 +166,9 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	}
 	checkRetention(d, "defaults", &p.Defaults)
 	checkRoles(d, "defaults", &p.Defaults)
+	if g := p.UnverifiedSessionGrace.D(); g < 0 || (g > 0 && g < MinSessionIdleTimeout) {
+		d.Errorf("unverified_session_grace", "unverified_session_grace must be at least %s", MinSessionIdleTimeout)
+	}
 	if t := p.SessionIdleTimeout.D(); t < 0 || (t > 0 && t < MinSessionIdleTimeout) {
 		d.Errorf("session_idle_timeout", "session_idle_timeout must be 0 (off) or at least %s", MinSessionIdleTimeout)
 	}

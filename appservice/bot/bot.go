@@ -334,3 +334,23 @@ func (b *Bot) Kick(ctx context.Context, room, user, reason string) error {
 	_, err = cli.KickUser(ctx, id.RoomID(room), &mautrix.ReqKickUser{UserID: id.UserID(user), Reason: reason})
 	return err
 }
+
+// CreateDM creates an encrypted direct-message room with user (invited) and
+// returns its ID.
+func (b *Bot) CreateDM(ctx context.Context, user string) (string, error) {
+	cli, err := b.client()
+	if err != nil {
+		return "", err
+	}
+	resp, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{id.UserID(user)},
+		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}},
+	})
+	if err != nil {
+		return "", err
+	}
+	if _, err := cli.State(ctx, resp.RoomID); err != nil {
+		return "", fmt.Errorf("load room state: %w", err)
+	}
+	return string(resp.RoomID), nil
+}

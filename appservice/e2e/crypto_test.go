@@ -52,6 +52,13 @@ func newE2EEUser(t *testing.T, st *devstack.Stack, localpart string) *e2eeUser {
 		u.messages = append(u.messages, evt)
 		u.mu.Unlock()
 	})
+	// The compliance bot's direct messages are accepted, as a person would.
+	botID := id.UserID("@hipaa:" + st.Opts.ServerName)
+	cli.Syncer.(*mautrix.DefaultSyncer).OnEventType(event.StateMember, func(ctx context.Context, evt *event.Event) {
+		if evt.Sender == botID && evt.GetStateKey() == string(cli.UserID) && evt.Content.AsMember().Membership == event.MembershipInvite {
+			go cli.JoinRoomByID(context.Background(), evt.RoomID)
+		}
+	})
 	syncCtx, cancel := context.WithCancel(ctx)
 	u.cancel = cancel
 	go func() {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -161,4 +162,48 @@ func waitForLong(t *testing.T, what string, limit time.Duration, cond func() boo
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// A verified clinician's session that they have not cross-signed: under
+// unverified_sessions: sign_out they are told in a direct message from the
+// bot, and once the grace period has passed the session is signed out
+// (on Dendrite, which cannot end one session, all of theirs).
+func TestUnverifiedSessionsOfClinicians(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice") // mautrix's crypto, no cross-signing set up
+	bob := newE2EEUser(t, st, "bob")     // not a clinician: left alone
+	if _, errOut, err := st.Service("roster", "verify", "-user", string(alice.UserID), "-npi", "1234567893", "-role", "physician"); err != nil {
+		t.Fatalf("roster verify: %v %s", err, errOut)
+	}
+	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("unverified_sessions: allow\nunverified_session_grace: 24h"),
+		[]byte("unverified_sessions: sign_out\nunverified_session_grace: 1m"), 1))
+	start := time.Now()
+	botID := id.UserID("@hipaa:" + st.Opts.ServerName)
+	warning := alice.waitMessage(t, "the bot's warning", func(e *event.Event) bool {
+		return e.Sender == botID && strings.Contains(textOf(e), "your session "+string(alice.DeviceID)+" is not verified")
+	})
+	if !warning.Mautrix.WasEncrypted {
+		t.Fatal("the warning was not encrypted")
+	}
+	t.Logf("warned %s after the policy: %s", time.Since(start).Round(time.Second), textOf(warning))
+	waitForLong(t, "the unverified session to be signed out", 150*time.Second, func() bool {
+		lines, _ := export(t, st)
+		for _, l := range lines {
+			if l.Type == "session" && l.Action == "unverified_signed_out" {
+				return true
+			}
+		}
+		time.Sleep(2 * time.Second)
+		return false
+	})
+	t.Logf("signed out %s after the policy", time.Since(start).Round(time.Second))
+	alice.cancel()
+	if _, err := alice.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("alice's next request: %v, want M_UNKNOWN_TOKEN", err)
+	}
+	if _, err := bob.Whoami(ctx); err != nil {
+		t.Fatalf("bob, not a clinician, was affected: %v", err)
+	}
+	verify(t, st)
 }

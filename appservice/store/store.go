@@ -38,7 +38,7 @@ const readerDriver = "sqlite3_matrix_hipaa_reader"
 // ingest, and once it outgrows SQLite's page cache each probe would be a
 // system call. Mapped pages are the kernel's page cache, shared and
 // reclaimable, not the service's own heap.
-const mmapBytes = 1 << 30
+var mmapBytes = mmapFromEnv()
 
 func init() {
 	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
@@ -475,4 +475,12 @@ func (db *DB) OpenSide(uri string) (*sql.DB, string, error) {
 		p.SetMaxOpenConns(4)
 		return p, "postgres", nil
 	}
+}
+
+func mmapFromEnv() int64 {
+	if v := os.Getenv("XMMAP"); v != "" {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		return n
+	}
+	return 1 << 30
 }

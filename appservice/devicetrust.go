@@ -1,0 +1,244 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// Jobs for verified clinicians' sessions they have not cross-signed.
+const (
+	JobDeviceWarn    = "device_warn"
+	JobDeviceSignOut = "device_sign_out"
+)
+
+// DeviceHomeserver is what device trust needs from the homeserver.
+type DeviceHomeserver interface {
+	DeviceInventory(ctx context.Context, user string) ([]homeserver.Device, error)
+	SignOutEverywhere(ctx context.Context, user string) error
+	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
+}
+
+// DirectMessenger is what device trust needs of the bot: a private room with
+// a person, and notices in it.
+type DirectMessenger interface {
+	CreateDM(ctx context.Context, user string) (string, error)
+	SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error
+}
+
+type devicePayload struct {
+	User   string `json:"user"`
+	Device string `json:"device"`
+}
+
+// untrusted lists the sessions with encryption keys that user has not
+// cross-signed. Sessions without keys cannot read encrypted rooms (and idle
+// logoff ends abandoned ones).
+func untrusted(devs []homeserver.Device) []homeserver.Device {
+	var out []homeserver.Device
+	for _, d := range devs {
+		if d.HasKeys && !d.CrossSigned {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// DeviceTrust looks at verified clinicians' sessions periodically and queues
+// a warning for each one they have not cross-signed and, under sign_out,
+// its sign-out once the grace period has passed.
+type DeviceTrust struct {
+	DB     *store.DB
+	Policy func() *policy.Policy
+	HS     DeviceHomeserver
+	Now    Clock
+	Wake   func()
+	Log    zerolog.Logger
+}
+
+// Run sweeps until ctx ends: every 30 s, or a quarter of the grace if shorter.
+func (d *DeviceTrust) Run(ctx context.Context) {
+	for {
+		every := 10 * time.Second // off: look again soon for a policy change
+		if pol := d.Policy(); pol.UnverifiedSessions == policy.UnverifiedWarn || pol.UnverifiedSessions == policy.UnverifiedSignOut {
+			if n, err := d.Sweep(ctx); err != nil && ctx.Err() == nil {
+				d.Log.Warn().Str("error", SafeError(err)).Msg("session trust sweep failed")
+			} else if n > 0 {
+				d.Log.Info().Int("jobs", n).Msg("unverified sessions: warnings or sign-outs queued")
+			}
+			every = min(30*time.Second, max(pol.Grace()/4, 10*time.Second))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
+}
+
+// Sweep checks every verified clinician's sessions once and returns how many
+// jobs it queued.
+func (d *DeviceTrust) Sweep(ctx context.Context) (int, error) {
+	pol := d.Policy()
+	if pol.UnverifiedSessions != policy.UnverifiedWarn && pol.UnverifiedSessions != policy.UnverifiedSignOut {
+		return 0, nil
+	}
+	entries, err := ListRoster(ctx, d.DB)
+	if err != nil {
+		return 0, err
+	}
+	now := d.Now()
+	var jobs []JobSpec
+	for i := range entries {
+		e := &entries[i]
+		if e.Revoked() || !e.Valid(now) {
+			continue
+		}
+		devs, err := d.HS.DeviceInventory(ctx, e.UserID)
+		if err != nil {
+			if Unreachable(err) {
+				return 0, err
+			}
+			d.Log.Debug().Str("error", SafeError(err)).Msg("could not list a clinician's sessions")
+			continue
+		}
+		for _, dev := range untrusted(devs) {
+			var first, warned, signedOut int64
+			err := d.DB.R.QueryRowContext(ctx, `SELECT first_seen, warned_at, signed_out_at FROM device_trust WHERE user_id = $1 AND device_id = $2`,
+				e.UserID, dev.ID).Scan(&first, &warned, &signedOut)
+			if errors.Is(err, sql.ErrNoRows) {
+				first = now.UnixMilli()
+				if _, err := d.DB.W.ExecContext(ctx, `INSERT INTO device_trust (user_id, device_id, first_seen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+					e.UserID, dev.ID, first); err != nil {
+					return 0, err
+				}
+			} else if err != nil {
+				return 0, err
+			}
+			payload, _ := json.Marshal(devicePayload{User: e.UserID, Device: dev.ID})
+			if warned == 0 {
+				jobs = append(jobs, JobSpec{Kind: JobDeviceWarn, DedupeKey: fmt.Sprintf("devwarn:%s:%s", e.UserID, dev.ID), Payload: payload})
+			}
+			if pol.UnverifiedSessions == policy.UnverifiedSignOut && signedOut == 0 && now.Sub(time.UnixMilli(first)) >= pol.Grace() {
+				jobs = append(jobs, JobSpec{Kind: JobDeviceSignOut, DedupeKey: fmt.Sprintf("devsignout:%s:%s", e.UserID, dev.ID), Payload: payload})
+			}
+		}
+	}
+	if len(jobs) == 0 {
+		return 0, nil
+	}
+	if err := d.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, tx, now, jobs...) }); err != nil {
+		return 0, err
+	}
+	if d.Wake != nil {
+		d.Wake()
+	}
+	return len(jobs), nil
+}
+
+// stillUntrusted re-reads user's sessions and reports whether device is
+// still there and still not cross-signed.
+func stillUntrusted(ctx context.Context, hs DeviceHomeserver, user, device string) (bool, error) {
+	devs, err := hs.DeviceInventory(ctx, user)
+	if err != nil {
+		return false, err
+	}
+	for _, d := range untrusted(devs) {
+		if d.ID == device {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// RegisterDeviceTrust handles the warning and sign-out jobs.
+func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol func() *policy.Policy, caps WipeCaps) {
+	decode := func(j *Job) (devicePayload, error) {
+		var p devicePayload
+		if err := json.Unmarshal(j.Payload, &p); err != nil || p.User == "" || p.Device == "" {
+			return p, Permanent(fmt.Errorf("bad job payload: %v", err))
+		}
+		return p, nil
+	}
+	record := func(ctx context.Context, p devicePayload, col, action string, j *Job) error {
+		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE device_trust SET %s = $1 WHERE user_id = $2 AND device_id = $3`, col),
+				r.now().UnixMilli(), p.User, p.Device); err != nil {
+				return err
+			}
+			return r.chain.Append(ctx, tx, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
+				Detail: r.chain.Keys().User(p.User), JobID: j.ID, Count: 1})
+		})
+	}
+	r.Handle(JobDeviceWarn, func(ctx context.Context, j *Job) error {
+		p, err := decode(j)
+		if err != nil {
+			return err
+		}
+		if still, err := stillUntrusted(ctx, hs, p.User, p.Device); err != nil || !still {
+			return err // verified (or gone) since the sweep
+		}
+		room, err := directRoom(ctx, r.db, dm, p.User)
+		if err != nil {
+			return err
+		}
+		text := fmt.Sprintf("your session %s is not verified: you have not cross-signed it, so others cannot tell it is really you. "+
+			"Verify it from one of your verified sessions (in Element: Settings → Sessions).", p.Device)
+		if g := pol(); g.UnverifiedSessions == policy.UnverifiedSignOut {
+			text += fmt.Sprintf(" Hospital policy signs out unverified sessions after %s.", g.Grace())
+		}
+		if err := dm.SendNotice(ctx, room, "", p.User, text, "devwarn-"+p.Device); err != nil {
+			return err
+		}
+		return record(ctx, p, "warned_at", "unverified_warned", j)
+	})
+	r.Handle(JobDeviceSignOut, func(ctx context.Context, j *Job) error {
+		p, err := decode(j)
+		if err != nil {
+			return err
+		}
+		if pol().UnverifiedSessions != policy.UnverifiedSignOut {
+			return nil
+		}
+		if still, err := stillUntrusted(ctx, hs, p.User, p.Device); err != nil || !still {
+			return err
+		}
+		if caps.AdminAPI {
+			err = hs.DeleteDevices(ctx, caps.Admin, p.User, []string{p.Device})
+		} else {
+			// This homeserver cannot end one session: end them all.
+			err = hs.SignOutEverywhere(ctx, p.User)
+		}
+		if err != nil {
+			return err
+		}
+		return record(ctx, p, "signed_out_at", "unverified_signed_out", j)
+	})
+}
+
+// directRoom is the bot's DM room with user, created on first use.
+func directRoom(ctx context.Context, db *store.DB, dm DirectMessenger, user string) (string, error) {
+	var room string
+	err := db.R.QueryRowContext(ctx, `SELECT room_id FROM bot_dm WHERE user_id = $1`, user).Scan(&room)
+	if err == nil {
+		return room, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return "", err
+	}
+	if room, err = dm.CreateDM(ctx, user); err != nil {
+		return "", err
+	}
+	_, err = db.W.ExecContext(ctx, `INSERT INTO bot_dm (user_id, room_id) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id`, user, room)
+	return room, err
+}
