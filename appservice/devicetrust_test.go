@@ -3,6 +3,7 @@ package appservice
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -81,7 +82,7 @@ func (f *fakeDM) SendNotice(_ context.Context, room, _, target, text, _ string) 
 func TestDeviceTrust(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		for _, caps := range []WipeCaps{{}, {AdminAPI: true, Admin: "@hipaa:h"}} {
-			t.Run(dbType, func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/adminAPI=%v", dbType, caps.AdminAPI), func(t *testing.T) {
 				p := newPipeline(t, dbType)
 				ctx := context.Background()
 				for _, c := range []roster.Clinician{

@@ -209,6 +209,13 @@ func readRange(ctx context.Context, db *store.DB, lo, hi int64, whole bool, out 
 		return err
 	}
 	defer conn.Close()
+	if db.Dialect == store.SQLite {
+		// A memory map for this scan only; the pooled connection goes back without one.
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA mmap_size = %d", store.ScanMmapBytes)); err != nil {
+			return err
+		}
+		defer conn.ExecContext(context.Background(), "PRAGMA mmap_size = 0")
+	}
 	// Rows are read through the driver itself: database/sql's per-row Scan
 	// (locking, reflection, conversion) cost as much as SQLite's own step.
 	return conn.Raw(func(dc any) error {

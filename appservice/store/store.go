@@ -33,22 +33,26 @@ const walBackstop = 20000
 // readerDriver is SQLite for the read pool and the checkpointer.
 const readerDriver = "sqlite3_matrix_hipaa_reader"
 
-// mmapBytes lets SQLite read the database file through a memory map instead
-// of a read() per page: the event-ID index is probed at random on every
-// ingest, and once it outgrows SQLite's page cache each probe would be a
-// system call. Mapped pages are the kernel's page cache, shared and
-// reclaimable, not the service's own heap.
-var mmapBytes = mmapFromEnv()
+// uriPath escapes a file path for SQLite's file: URIs, where "?" starts the
+// parameters, "#" a fragment and "%" an escape: a data directory named
+// "ward#3" must not become a database file named "ward".
+func uriPath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(p)
+}
+
+// ScanMmapBytes is the memory map a long sequential scan (audit verify)
+// gives its own connection: reading ~1 GB of chain through read() per page
+// costs about 13% more. The service's own connections use none: mapped
+// pages count in its resident set, and ingest measured no faster with them
+// (76% vs 77% of the empty rate at 1.5 M events, same run).
+const ScanMmapBytes = 1 << 30
 
 func init() {
 	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-		_, err := c.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d; PRAGMA mmap_size = %d", walBackstop, mmapBytes), nil)
+		_, err := c.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walBackstop), nil)
 		return err
 	}})
-	sql.Register(readerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-		_, err := c.Exec(fmt.Sprintf("PRAGMA mmap_size = %d", mmapBytes), nil)
-		return err
-	}})
+	sql.Register(readerDriver, &sqlite3.SQLiteDriver{})
 }
 
 //go:embed migrations/*.sql
@@ -85,7 +89,7 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 		}
 		// synchronous=FULL: the WAL is fsynced at every commit, so an
 		// acknowledged transaction survives power loss, not only a crash.
-		dsn := "file:" + uri + "?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=10000&_txlock=immediate"
+		dsn := "file:" + uriPath(uri) + "?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=10000&_txlock=immediate"
 		w, err := sql.Open(writerDriver, dsn)
 		if err != nil {
 			return nil, err
@@ -475,12 +479,4 @@ func (db *DB) OpenSide(uri string) (*sql.DB, string, error) {
 		p.SetMaxOpenConns(4)
 		return p, "postgres", nil
 	}
-}
-
-func mmapFromEnv() int64 {
-	if v := os.Getenv("XMMAP"); v != "" {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		return n
-	}
-	return 1 << 30
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -97,5 +99,27 @@ func TestDeferredTxRestoresFullSync(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A database path with characters that mean something in a file: URI
+// ("#", "?", "%") opens that very file, not a truncated name.
+func TestSQLitePathWithURICharacters(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ward#3?x=1%20")
+	path := filepath.Join(dir, "hipaa.db")
+	db, err := store.Open(context.Background(), "sqlite3", path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var file string
+	if err := db.R.QueryRow(`SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil {
+		t.Fatal(err)
+	}
+	if file != path {
+		t.Fatalf("opened %q, want %q", file, path)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
 	}
 }
