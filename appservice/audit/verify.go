@@ -160,6 +160,8 @@ func verifyRange(ctx context.Context, db *store.DB, keys *Keys, lo, hi int64, wh
 				bad = &Break{expect, fmt.Sprintf("missing (next record found is %d)", r.seq)}
 			case r.seq < expect:
 				bad = &Break{r.seq, fmt.Sprintf("out of order (follows %d)", expect-1)}
+			case r.bad != "":
+				bad = &Break{r.seq, r.bad}
 			case !hmac.Equal(computeMAC(h, r.seq, r.ts, prev, r.rec, want[:0]), r.mac):
 				bad = &Break{r.seq, "MAC does not match: the record, its time, its sequence number or the record before it was altered"}
 			default:
@@ -189,6 +191,7 @@ type row struct {
 	seq, ts int64
 	rec     []byte
 	mac     []byte
+	bad     string // a column that cannot be right, whatever the MAC
 }
 
 type batch struct {
@@ -232,6 +235,17 @@ func readRange(ctx context.Context, db *store.DB, lo, hi int64, whole bool, out 
 	})
 }
 
+// asBytes is a column value as bytes (nil for NULL or a non-text value).
+func asBytes(v driver.Value) []byte {
+	switch x := v.(type) {
+	case []byte:
+		return x
+	case string:
+		return []byte(x)
+	}
+	return nil
+}
+
 // scanRows moves rows into batches, copying their bytes into each batch's
 // arena (a driver may reuse its buffers between rows).
 func scanRows(ctx context.Context, rows driver.Rows, out chan<- *batch, free <-chan *batch) error {
@@ -264,15 +278,16 @@ func scanRows(ctx context.Context, rows driver.Rows, out chan<- *batch, free <-c
 			return err
 		}
 		var r row
-		var ok [4]bool
-		r.seq, ok[0] = dest[0].(int64)
-		r.ts, ok[1] = dest[1].(int64)
-		rec, ok2 := dest[2].([]byte)
-		mac, ok3 := dest[3].([]byte)
-		ok[2], ok[3] = ok2 || dest[2] == nil, ok3 || dest[3] == nil
-		if !ok[0] || !ok[1] || !ok[2] || !ok[3] {
-			return fmt.Errorf("audit verify: unexpected column types %T %T %T %T", dest[0], dest[1], dest[2], dest[3])
+		var ok bool
+		if r.seq, ok = dest[0].(int64); !ok {
+			return fmt.Errorf("audit verify: sequence number of type %T", dest[0])
 		}
+		if r.ts, ok = dest[1].(int64); !ok {
+			r.bad = "its time is not a number: the record was altered"
+		}
+		// Whatever a column holds is checked as bytes: an edit that turned a
+		// BLOB into TEXT (SQLite's replace() does) is a broken MAC, not an error.
+		rec, mac := asBytes(dest[2]), asBytes(dest[3])
 		b.arena = append(b.arena, rec...)
 		b.arena = append(b.arena, mac...)
 		// Lengths only for now; send() points them into the final arena.
