@@ -44,6 +44,7 @@ func memberCheckJob(ev *Event, membership string, room *RoomInfo) JobSpec {
 type GateDeps struct {
 	HS interface {
 		Kick(ctx context.Context, actAs, room, user, reason string) error
+		Membership(ctx context.Context, actAs, room, user string) (eventID, membership string, err error)
 	}
 	Bot interface {
 		Kick(ctx context.Context, room, user, reason string) error
@@ -94,6 +95,19 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 			if p.Membership == "join" && settings.Announce && entry != nil && g.Bot != nil {
 				return g.Bot.SendNotice(ctx, p.Room, p.Creator, "", fmt.Sprintf("%s joined: %s.", p.User, describeClinician(entry)), "announce-"+p.EventID)
 			}
+			return nil
+		}
+		// Only the membership this job is about is undone: if a newer one
+		// exists (invited again, say, after being verified), its own check
+		// decides; a sweep acts on whatever membership stands.
+		evID, now, err := g.HS.Membership(ctx, p.Creator, p.Room, p.User)
+		if err != nil && p.Creator != "" {
+			evID, now, err = g.HS.Membership(ctx, "", p.Room, p.User) // as the bot
+		}
+		if err != nil {
+			return err
+		}
+		if (now != "join" && now != "invite") || (!p.Sweep && p.EventID != "" && evID != "" && evID != p.EventID) {
 			return nil
 		}
 		rec.Action, rec.Detail = "refuse", v.Code

@@ -22,6 +22,8 @@ import (
 
 type fakeGate struct {
 	mu             sync.Mutex
+	db             *store.DB         // memberships as the dispatcher recorded them
+	current        map[string]string // user → their current membership event, where the test sets one
 	creatorPowered bool
 	kicks          []string // actor:user:reason
 	notices        []string // target:text
@@ -35,6 +37,17 @@ func (f *fakeGate) Kick(_ context.Context, actAs, room, user, reason string) err
 	}
 	f.kicks = append(f.kicks, actAs+">"+user+":"+reason)
 	return nil
+}
+
+func (f *fakeGate) Membership(ctx context.Context, _, room, user string) (string, string, error) {
+	var m string
+	err := f.db.R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, room, user).Scan(&m)
+	if err != nil && err != sql.ErrNoRows {
+		return "", "", err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.current[user], m, nil
 }
 
 type fakeGateBot struct{ g *fakeGate }
@@ -72,7 +85,7 @@ func TestMemberGate(t *testing.T) {
 			}
 			pol := holder.Current()
 			p.disp = NewDispatcher(p.db, p.chain, &PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.chain.Keys()}, p.m, zerolog.Nop(), p.runner.Wake)
-			g := &fakeGate{creatorPowered: true}
+			g := &fakeGate{db: p.db, current: map[string]string{}, creatorPowered: true}
 			RegisterMemberGate(p.runner, GateDeps{HS: g, Bot: fakeGateBot{g}, Policy: func() *policy.Policy { return pol },
 				Exempt: func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }})
 			day := func(s string) time.Time { d, _ := time.Parse("2006-01-02", s); return d }
@@ -126,9 +139,31 @@ func TestMemberGate(t *testing.T) {
 			if strings.Join(g.notices, "\n") != strings.Join(wantNotices, "\n") {
 				t.Fatalf("notices:\n%s", strings.Join(g.notices, "\n"))
 			}
+			// A check that runs late, when the person's membership has moved on
+			// (a newer invite), leaves it to the newer one's own check.
+			g.kicks, g.notices = nil, nil
+			g.current["@late:h"] = "$newer"
+			payload := []byte(`{"room":"!icu:h","event_id":"$older","user":"@late:h","membership":"invite","creator":"@att:h"}`)
+			if rec := p.put(t, "t1b", txnBodyOf(member("$newer", "!icu:h", "@att:h", "@late:h", "invite"))); rec.Code != 200 {
+				t.Fatal(rec.Code)
+			}
+			for n := 1; n > 0; {
+				if n, err = p.disp.DispatchBatch(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := p.runner.handlers[JobCheckMember](ctx, &Job{ID: 999, Payload: payload}); err != nil || len(g.kicks) != 0 {
+				t.Fatalf("a stale check acted: %v %v", err, g.kicks)
+			}
+			g.current["@late:h"] = "$newer"
+			p.runDue(t) // the newer invite's own check
+			if len(g.kicks) != 1 || !strings.HasPrefix(g.kicks[0], "@att:h>@late:h:") {
+				t.Fatalf("the current invite's check: %v", g.kicks)
+			}
 			// The kicks come back as leaves; nothing more happens.
 			g.kicks, g.notices = nil, nil
-			push("t2", member("$8", "!icu:h", "@att:h", "@stranger:h", "leave"), member("$9", "!icu:h", "@att:h", "@rph:h", "leave"))
+			push("t2", member("$8", "!icu:h", "@att:h", "@stranger:h", "leave"), member("$9", "!icu:h", "@att:h", "@rph:h", "leave"),
+				member("$10", "!icu:h", "@att:h", "@late:h", "leave"))
 			if len(g.kicks)+len(g.notices) != 0 {
 				t.Fatalf("after the leaves: %v %v", g.kicks, g.notices)
 			}
@@ -159,7 +194,7 @@ func TestMemberGate(t *testing.T) {
 				}
 			}
 			slices.Sort(got)
-			if s := strings.Join(got, ","); s != "admit:,admit:,admit:,admit:,refuse:not_verified,refuse:role_not_allowed,remove:verification_revoked" {
+			if s := strings.Join(got, ","); s != "admit:,admit:,admit:,admit:,refuse:not_verified,refuse:not_verified,refuse:role_not_allowed,remove:verification_revoked" {
 				t.Fatalf("membership records %s", s)
 			}
 		})

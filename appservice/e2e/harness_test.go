@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,6 +87,10 @@ func dumpTail(t *testing.T, name, path string) {
 	if err != nil {
 		return
 	}
+	if dir := os.Getenv("MATRIX_HIPAA_TEST_KEEP_LOGS"); dir != "" {
+		// Whole logs of a failed test, for a flake that needs them.
+		os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+filepath.Base(path)), data, 0o600)
+	}
 	if len(data) > 20000 {
 		data = data[len(data)-20000:]
 	}
@@ -125,6 +130,7 @@ func newUser(t *testing.T, st *devstack.Stack, localpart string) *mautrix.Client
 
 type auditLine struct {
 	Seq       int64  `json:"seq"`
+	Time      string `json:"time"`
 	Type      string `json:"type"`
 	Outcome   string `json:"outcome"`
 	Actor     string `json:"actor"`

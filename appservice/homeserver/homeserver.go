@@ -142,6 +142,29 @@ func (c *Client) SignOutEverywhere(ctx context.Context, user string) error {
 	return err
 }
 
+// Membership returns user's current membership event in room (its ID and
+// membership), read from the room's state as actAs, a member.
+func (c *Client) Membership(ctx context.Context, actAs, room, user string) (eventID, membership string, err error) {
+	state, err := c.RoomState(ctx, actAs, room)
+	if err != nil {
+		return "", "", err
+	}
+	for _, raw := range state {
+		var e struct {
+			ID       string `json:"event_id"`
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+			Content  struct {
+				Membership string `json:"membership"`
+			} `json:"content"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Type == "m.room.member" && e.StateKey == user {
+			return e.ID, e.Content.Membership, nil
+		}
+	}
+	return "", "", nil
+}
+
 // Kick removes user from room (or withdraws their invite) acting as actAs,
 // with a reason the user sees.
 func (c *Client) Kick(ctx context.Context, actAs, room, user, reason string) error {
