@@ -66,7 +66,10 @@ type DeviceTrust struct {
 	Log    zerolog.Logger
 }
 
-// Run sweeps until ctx ends: every 30 s, or a quarter of the grace if shorter.
+// Run sweeps until ctx ends. Each sweep asks the homeserver for every
+// verified clinician's devices (two requests each), so it runs every 5 min
+// under warn and every quarter of the grace (30 s to 10 min) under sign_out:
+// a session is ended at most a quarter of the grace late.
 func (d *DeviceTrust) Run(ctx context.Context) {
 	for {
 		every := 10 * time.Second // off: look again soon for a policy change
@@ -76,7 +79,10 @@ func (d *DeviceTrust) Run(ctx context.Context) {
 			} else if n > 0 {
 				d.Log.Info().Int("jobs", n).Msg("unverified sessions: warnings or sign-outs queued")
 			}
-			every = min(30*time.Second, max(pol.Grace()/4, 10*time.Second))
+			every = 5 * time.Minute
+			if pol.UnverifiedSessions == policy.UnverifiedSignOut {
+				every = min(10*time.Minute, max(pol.Grace()/4, 30*time.Second))
+			}
 		}
 		select {
 		case <-ctx.Done():
