@@ -107,7 +107,7 @@ func (d *DeviceTrust) Sweep(ctx context.Context) (int, error) {
 	var jobs []JobSpec
 	for i := range entries {
 		e := &entries[i]
-		if e.Revoked() || !e.Valid(now) {
+		if !e.Verified(now) {
 			continue
 		}
 		devs, err := d.HS.DeviceInventory(ctx, e.UserID)

@@ -2,7 +2,6 @@ package appservice
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,7 +11,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -85,14 +83,10 @@ func TestDeviceTrust(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/adminAPI=%v", dbType, caps.AdminAPI), func(t *testing.T) {
 				p := newPipeline(t, dbType)
 				ctx := context.Background()
-				for _, c := range []roster.Clinician{
-					{UserID: "@doc:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
-					{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", VerifiedBy: "x"},
-				} {
-					if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.chain, c, SourceAdmin, "os:admin") }); err != nil {
-						t.Fatal(err)
-					}
-				}
+				p.verifyClinicians(t,
+					roster.Clinician{UserID: "@doc:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
+					roster.Clinician{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", VerifiedBy: "x"},
+				)
 				hs := &fakeTrustHS{devices: map[string][]homeserver.Device{
 					"@doc:h":  {{ID: "PHONE", HasKeys: true, CrossSigned: true}, {ID: "TABLET", HasKeys: true}, {ID: "WEB"}},
 					"@rn:h":   {{ID: "PAGER", HasKeys: true}},

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -131,35 +130,17 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 			return nil
 		}
 		// Whoever brought them in is told why; a removal is told to the room.
-		text := fmt.Sprintf("%s was removed: %s.", p.User, thirdPerson(v, p.User))
+		text := fmt.Sprintf("%s was removed: %s.", p.User, v.Others)
 		target, txn := "", "removed-"+p.Room+"-"+p.User+"-"+fmt.Sprint(j.ID)
 		if p.Membership == "invite" && p.Sender != "" && p.Sender != p.User {
-			text = fmt.Sprintf("your invite of %s was withdrawn: %s.", p.User, thirdPerson(v, p.User))
+			text = fmt.Sprintf("your invite of %s was withdrawn: %s.", p.User, v.Others)
 			target, txn = p.Sender, "refused-"+p.EventID
 		} else if !p.Sweep {
-			text = fmt.Sprintf("%s may not join: %s.", p.User, thirdPerson(v, p.User))
+			text = fmt.Sprintf("%s may not join: %s.", p.User, v.Others)
 			txn = "refused-" + p.EventID
 		}
 		return g.Bot.SendNotice(ctx, p.Room, p.Creator, target, text, txn)
 	})
-}
-
-// thirdPerson says why someone was refused, to the others in the room.
-func thirdPerson(v policy.MemberVerdict, user string) string {
-	switch v.Code {
-	case policy.RefusedNotVerified:
-		return "only verified clinicians may be in this room, and they are not on the verified roster"
-	case policy.RefusedRevoked:
-		return "their verification as a clinician was withdrawn"
-	case policy.RefusedExpired:
-		if i := strings.Index(v.Reason, "expired on "); i >= 0 {
-			return "their licence on record " + strings.TrimSuffix(strings.SplitN(v.Reason[i:], ".", 2)[0], ".")
-		}
-		return "their licence on record has expired"
-	case policy.RefusedRole:
-		return strings.TrimSuffix(strings.Replace(v.Reason, "your verified role", "their verified role", 1), ".")
-	}
-	return "hospital policy"
 }
 
 // MemberSweeper finds members of gated rooms who no longer qualify (their

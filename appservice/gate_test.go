@@ -89,15 +89,11 @@ func TestMemberGate(t *testing.T) {
 			RegisterMemberGate(p.runner, GateDeps{HS: g, Bot: fakeGateBot{g}, Policy: func() *policy.Policy { return pol },
 				Exempt: func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }})
 			day := func(s string) time.Time { d, _ := time.Parse("2006-01-02", s); return d }
-			for _, c := range []roster.Clinician{
-				{UserID: "@att:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
-				{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", Department: "ICU", LicenceExpires: day("2099-01-01"), VerifiedBy: "x"},
-				{UserID: "@rph:h", NPI: "1679576722", Role: "pharmacist", VerifiedBy: "x"},
-			} {
-				if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.chain, c, SourceAdmin, "os:admin") }); err != nil {
-					t.Fatal(err)
-				}
-			}
+			p.verifyClinicians(t,
+				roster.Clinician{UserID: "@att:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
+				roster.Clinician{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", Department: "ICU", LicenceExpires: day("2099-01-01"), VerifiedBy: "x"},
+				roster.Clinician{UserID: "@rph:h", NPI: "1679576722", Role: "pharmacist", VerifiedBy: "x"},
+			)
 			push := func(txn string, evs ...map[string]any) {
 				t.Helper()
 				if rec := p.put(t, txn, txnBodyOf(evs...)); rec.Code != 200 {

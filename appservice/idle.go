@@ -162,7 +162,7 @@ func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Poli
 			return err
 		}
 		idle, _ := idleSessions(sessions, timeout, r.now())
-		all := len(idle) > 0 && len(idle) == len(sessions)
+		all, _ := allIdle(sessions, timeout, r.now())
 		switch {
 		case len(idle) == 0 || (!all && !caps.AdminAPI):
 			return nil // used again since the sweep

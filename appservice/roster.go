@@ -36,6 +36,9 @@ type RosterEntry struct {
 // Revoked reports whether the entry's verification was withdrawn.
 func (e *RosterEntry) Revoked() bool { return e.RevokedAt > 0 }
 
+// Verified reports whether the entry counts at now: not revoked, licence valid.
+func (e *RosterEntry) Verified(now time.Time) bool { return !e.Revoked() && e.Valid(now) }
+
 // Member is what a membership decision knows of the entry's person.
 func (e *RosterEntry) Member(user string, exempt bool) policy.Member {
 	if e == nil {

@@ -14,7 +14,19 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
+
+// verifyClinicians puts clinicians on the roster, as an admin would.
+func (p *pipeline) verifyClinicians(t testing.TB, cs ...roster.Clinician) {
+	t.Helper()
+	ctx := context.Background()
+	for _, c := range cs {
+		if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.chain, c, SourceAdmin, "os:admin") }); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 const rosterV1 = `clinicians:
   - user_id: "@doc:h"

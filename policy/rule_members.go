@@ -27,11 +27,13 @@ type Member struct {
 }
 
 // MemberVerdict is a membership decision: allowed, or refused with a code
-// for the audit trail and a reason the person (and who invited them) reads.
+// for the audit trail, a reason the person reads, and the same reason as the
+// others in the room (and whoever invited them) read it.
 type MemberVerdict struct {
 	Allowed bool
 	Code    string
 	Reason  string
+	Others  string
 }
 
 // DecideMember says whether m may be in a room with settings e at now.
@@ -42,15 +44,19 @@ func DecideMember(e Effective, m Member, now time.Time) MemberVerdict {
 	const lead = "Only verified clinicians may be in this room (hospital policy): "
 	switch c := m.Clinician; {
 	case c == nil:
-		return MemberVerdict{Code: RefusedNotVerified, Reason: lead + "your account is not on the verified clinician roster. Ask your administrator to verify you."}
+		return MemberVerdict{Code: RefusedNotVerified, Reason: lead + "your account is not on the verified clinician roster. Ask your administrator to verify you.",
+			Others: "only verified clinicians may be in this room, and they are not on the verified roster"}
 	case m.Revoked:
-		return MemberVerdict{Code: RefusedRevoked, Reason: lead + "your verification has been withdrawn. Ask your administrator."}
+		return MemberVerdict{Code: RefusedRevoked, Reason: lead + "your verification has been withdrawn. Ask your administrator.",
+			Others: "their verification as a clinician was withdrawn"}
 	case !c.Valid(now):
-		return MemberVerdict{Code: RefusedExpired, Reason: fmt.Sprintf("%syour licence on record expired on %s. Ask your administrator to update it.",
-			lead, c.LicenceExpires.Format("2006-01-02"))}
+		day := c.LicenceExpires.Format("2006-01-02")
+		return MemberVerdict{Code: RefusedExpired, Reason: fmt.Sprintf("%syour licence on record expired on %s. Ask your administrator to update it.", lead, day),
+			Others: "their licence on record expired on " + day}
 	case len(e.Roles) > 0 && !slices.Contains(e.Roles, c.Role):
-		return MemberVerdict{Code: RefusedRole, Reason: fmt.Sprintf("this room is for %s; your verified role is %s.",
-			strings.Join(e.Roles, ", "), c.Role)}
+		roles := strings.Join(e.Roles, ", ")
+		return MemberVerdict{Code: RefusedRole, Reason: fmt.Sprintf("this room is for %s; your verified role is %s.", roles, c.Role),
+			Others: fmt.Sprintf("this room is for %s; their verified role is %s", roles, c.Role)}
 	}
 	return MemberVerdict{Allowed: true}
 }

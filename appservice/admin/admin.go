@@ -352,7 +352,7 @@ func (s *Server) listRoster(w http.ResponseWriter, r *http.Request) {
 	out := make([]clinicianJSON, 0, len(list))
 	for _, e := range list {
 		j := clinicianJSON{UserID: e.UserID, NPI: e.NPI, Role: e.Role, Department: e.Department, VerifiedBy: e.VerifiedBy,
-			VerifiedAt: e.VerifiedAt.Format(time.RFC3339), Source: e.Source, Revoked: e.Revoked(), Verified: !e.Revoked() && e.Valid(now)}
+			VerifiedAt: e.VerifiedAt.Format(time.RFC3339), Source: e.Source, Revoked: e.Revoked(), Verified: e.Verified(now)}
 		if !e.LicenceExpires.IsZero() {
 			j.LicenceExpires = e.LicenceExpires.Format("2006-01-02")
 		}

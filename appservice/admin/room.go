@@ -351,7 +351,7 @@ func formatRoster(list []appservice.RosterEntry, now time.Time) string {
 	var b strings.Builder
 	valid := 0
 	for i := range list {
-		if !list[i].Revoked() && list[i].Valid(now) {
+		if list[i].Verified(now) {
 			valid++
 		}
 	}

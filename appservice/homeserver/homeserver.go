@@ -201,17 +201,13 @@ func (c *Client) Deactivate(ctx context.Context, admin, user string) error {
 
 // Devices lists user's devices (acting as them).
 func (c *Client) Devices(ctx context.Context, user string) ([]string, error) {
-	cli, err := c.as(user)
+	sessions, err := c.Sessions(ctx, user)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := cli.GetDevicesInfo(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, 0, len(resp.Devices))
-	for _, d := range resp.Devices {
-		out = append(out, string(d.DeviceID))
+	out := make([]string, 0, len(sessions))
+	for _, d := range sessions {
+		out = append(out, d.ID)
 	}
 	return out, nil
 }
