@@ -407,8 +407,7 @@ func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration, onErro
 				return
 			case <-t.C:
 			}
-			var busy, logFrames, done int
-			if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil && ctx.Err() == nil {
+			if err := db.checkpoint(ctx, c); err != nil && ctx.Err() == nil {
 				failures++
 				if failures == 1 || failures%600 == 0 {
 					onError(err)
@@ -418,6 +417,49 @@ func (db *DB) StartCheckpointer(ctx context.Context, every time.Duration, onErro
 			}
 		}
 	}()
+}
+
+// rewindFrames is the WAL length (in pages) past which the checkpointer
+// makes the writer start the WAL over (a variable so tests can use a short
+// one). SQLite rewinds the WAL only when a write transaction begins with
+// every frame already copied back. Under steady ingest a checkpoint beside
+// the writer never quite catches up, so the WAL would grow to walBackstop,
+// where the writer checkpoints all of it itself and ingest stops for 150 ms
+// to a second.
+var rewindFrames = 10000
+
+// rewindLeft is how few pages the writer waits for the checkpointer to copy.
+const rewindLeft = 64
+
+// checkpoint runs a PASSIVE checkpoint beside the writer. If the WAL is
+// long, it runs more while each still shrinks what is left, then one with
+// the writer held back, which copies only the last few pages; the writer's
+// next transaction then starts the WAL from its beginning.
+func (db *DB) checkpoint(ctx context.Context, c *sql.DB) error {
+	var busy, logFrames, done int
+	if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil {
+		return err
+	}
+	if logFrames < rewindFrames {
+		return nil
+	}
+	// Catch up beside the writer while each pass still shrinks what is left,
+	// so the pass the writer waits for copies only a few pages.
+	for i := 0; i < 4; i++ {
+		prev := logFrames
+		if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil {
+			return err
+		}
+		if logFrames < prev || logFrames-prev <= rewindLeft {
+			break
+		}
+	}
+	w, err := db.W.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	return c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done)
 }
 
 type valuesKey struct {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
@@ -121,5 +122,43 @@ func TestSQLitePathWithURICharacters(t *testing.T) {
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Under steady durable commits the checkpointer keeps making the writer start
+// the WAL over, so the WAL stays near the rewind length instead of growing to
+// the writer's own checkpoint backstop (20,000 pages).
+func TestCheckpointerRewindsTheWAL(t *testing.T) {
+	defer store.SetRewindFrames(100)()
+	db, path := storetest.Open(t, "sqlite3")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db.StartCheckpointer(ctx, 5*time.Millisecond, func(err error) { t.Error(err) })
+	if _, err := db.W.Exec(`CREATE TABLE filler (b BLOB)`); err != nil {
+		t.Fatal(err)
+	}
+	blob := make([]byte, 3000)
+	const commits = 3000
+	for i := 0; i < commits; i++ {
+		// Each commit writes at least two pages: ~6,000 frames in all.
+		err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+			_, err := tx.Exec(`INSERT INTO filler (b) VALUES ($1)`, blob)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := os.Stat(path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The WAL file never shrinks, so its size is the longest it has been.
+	if frames := st.Size() / 4120; frames > 1500 {
+		t.Fatalf("WAL grew to %d frames over %d commits; the checkpointer did not rewind it", frames, commits)
+	}
+	var n int
+	if err := db.R.QueryRow(`SELECT COUNT(*) FROM filler`).Scan(&n); err != nil || n != commits {
+		t.Fatalf("%d rows, want %d: %v", n, commits, err)
 	}
 }

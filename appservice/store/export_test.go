@@ -1,0 +1,9 @@
+package store
+
+// SetRewindFrames shortens the WAL length that makes the checkpointer rewind
+// it, and returns a function that restores it.
+func SetRewindFrames(n int) func() {
+	old := rewindFrames
+	rewindFrames = n
+	return func() { rewindFrames = old }
+}
