@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -302,5 +303,25 @@ func TestKeyFile(t *testing.T) {
 	}
 	if _, err := LoadOrCreateKey(path); err == nil {
 		t.Fatal("a world-readable key was accepted")
+	}
+}
+
+// Verify loosens the garbage collector for its scan and puts the caller's
+// settings back when it returns.
+func TestVerifyRestoresGCSettings(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(150))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(1 << 40))
+	ctx := context.Background()
+	db, _ := storetest.Open(t, "sqlite3")
+	c := newChain(t, db)
+	appendN(t, ctx, c, db, 10)
+	if res, err := Verify(ctx, db, c.keys); err != nil || res.Bad != nil || res.Records != 10 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if got := debug.SetGCPercent(150); got != 150 {
+		t.Errorf("GC percent after Verify = %d, want 150", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 1<<40 {
+		t.Errorf("memory limit after Verify = %d, want %d", got, int64(1<<40))
 	}
 }
