@@ -13,6 +13,7 @@ package bot
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -24,8 +25,10 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/cryptohelper"
+	"maunium.net/go/mautrix/crypto/sql_store_upgrade"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 )
@@ -122,6 +125,10 @@ func (b *Bot) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := ownVersionTables(ctx, raw, dialect); err != nil {
+		raw.Close()
+		return fmt.Errorf("bot crypto: %w", err)
+	}
 	db, err := dbutil.NewWithDB(raw, dialect)
 	if err != nil {
 		raw.Close()
@@ -163,6 +170,26 @@ func (b *Bot) start(ctx context.Context) error {
 	b.mu.Lock()
 	b.cli, b.helper = cli, helper
 	b.mu.Unlock()
+	return nil
+}
+
+// ownVersionTables creates, in the connection's own schema, the tables where
+// mautrix's crypto and state stores record their schema versions. Their
+// upgrade code asks PostgreSQL's information_schema whether the table exists
+// without naming a schema, so where another schema of the same database
+// already has one (a second matrix-hipaa, or a mautrix bridge, sharing the
+// database) it skipped creating its own and then failed to read it: the bot
+// never started. Seen in the e2e suite, whose tests each use a schema of
+// their own in one database.
+func ownVersionTables(ctx context.Context, db *sql.DB, dialect string) error {
+	if dialect != "postgres" {
+		return nil
+	}
+	for _, table := range []string{sqlstatestore.VersionTableName, sql_store_upgrade.VersionTableName} {
+		if _, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+table+" (version INTEGER, compat INTEGER)"); err != nil {
+			return fmt.Errorf("create %s: %w", table, err)
+		}
+	}
 	return nil
 }
 

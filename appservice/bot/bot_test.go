@@ -1,0 +1,70 @@
+package bot
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/sqlstatestore"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+)
+
+// The bot's stores set themselves up in the service's own PostgreSQL schema
+// even when another schema of the same database already has mautrix's
+// version tables (another service or bridge sharing the database).
+func TestBotStoresBesideAnotherSchema(t *testing.T) {
+	ctx := context.Background()
+	// Someone else's schema, with both version tables and their compat column.
+	otherURI := storetest.NewURI(t, "postgres")
+	other, err := sql.Open("pgx", otherURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, q := range []string{
+		`CREATE TABLE mx_version (version INTEGER, compat INTEGER)`,
+		`CREATE TABLE crypto_version (version INTEGER, compat INTEGER)`,
+	} {
+		if _, err := other.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	db, uri := storetest.Open(t, "postgres")
+	raw, dialect, err := db.OpenSide(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if err := ownVersionTables(ctx, raw, dialect); err != nil {
+		t.Fatal(err)
+	}
+	dbu, err := dbutil.NewWithDB(raw, dialect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sqlstatestore.NewSQLStateStore(dbu, dbutil.NoopLogger, false).Upgrade(ctx); err != nil {
+		t.Fatalf("state store: %v", err)
+	}
+	if err := crypto.NewSQLCryptoStore(dbu, dbutil.NoopLogger, "acct", "DEVICE", []byte("pickle key")).DB.Upgrade(ctx); err != nil {
+		t.Fatalf("crypto store: %v", err)
+	}
+	// Both stores' tables are in our schema, and nothing was added to the other.
+	var ours, theirs int
+	if err := raw.QueryRow(`SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()`).Scan(&ours); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.QueryRow(`SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()`).Scan(&theirs); err != nil {
+		t.Fatal(err)
+	}
+	if ours < 10 || theirs != 2 {
+		t.Fatalf("tables: %d in our schema (want the stores' own), %d in the other (want its 2)", ours, theirs)
+	}
+	var version int
+	if err := raw.QueryRow(`SELECT version FROM crypto_version`).Scan(&version); err != nil || version == 0 {
+		t.Fatalf("crypto_version in our schema: %d, %v", version, err)
+	}
+}
