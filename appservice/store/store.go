@@ -437,17 +437,17 @@ const rewindLeft = 64
 // next transaction then starts the WAL from its beginning.
 func (db *DB) checkpoint(ctx context.Context, c *sql.DB) error {
 	var busy, logFrames, done int
-	if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil {
-		return err
+	pass := func() error {
+		return c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done)
 	}
-	if logFrames < rewindFrames {
-		return nil
+	if err := pass(); err != nil || logFrames < rewindFrames {
+		return err
 	}
 	// Catch up beside the writer while each pass still shrinks what is left,
 	// so the pass the writer waits for copies only a few pages.
 	for i := 0; i < 4; i++ {
 		prev := logFrames
-		if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil {
+		if err := pass(); err != nil {
 			return err
 		}
 		if logFrames < prev || logFrames-prev <= rewindLeft {
@@ -459,7 +459,7 @@ func (db *DB) checkpoint(ctx context.Context, c *sql.DB) error {
 		return err
 	}
 	defer w.Close()
-	return c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done)
+	return pass()
 }
 
 type valuesKey struct {
