@@ -325,3 +325,35 @@ func TestVerifyRestoresGCSettings(t *testing.T) {
 		t.Errorf("memory limit after Verify = %d, want %d", got, int64(1<<40))
 	}
 }
+
+// Appenders racing on an empty chain (no head row to lock yet) must queue,
+// not fail: on PostgreSQL each one's transaction used to read "no head" and
+// all but one then failed on the duplicate first sequence number.
+func TestConcurrentAppendsOnAnEmptyChain(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			ctx := context.Background()
+			db, _ := storetest.Open(t, dbType)
+			c := newChain(t, db)
+			const n = 8
+			errs := make(chan error, n)
+			start := make(chan struct{})
+			for i := 0; i < n; i++ {
+				go func() {
+					<-start
+					errs <- c.AppendTx(ctx, db, &Record{Type: TypeJobApplied, Outcome: OutcomeSuccess, Action: "redact"})
+				}()
+			}
+			close(start)
+			for i := 0; i < n; i++ {
+				if err := <-errs; err != nil {
+					t.Errorf("append %d: %v", i, err)
+				}
+			}
+			res, err := Verify(ctx, db, c.keys)
+			if err != nil || res.Bad != nil || res.Records != n {
+				t.Fatalf("%+v %v", res, err)
+			}
+		})
+	}
+}

@@ -70,6 +70,16 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 	var seq, lastTS int64
 	var prev []byte
 	err := c.db.QueryRow(ctx, tx, q).Scan(&seq, &lastTS, &prev)
+	if errors.Is(err, sql.ErrNoRows) && c.dialect == store.Postgres {
+		// An empty chain has no head row for FOR UPDATE to lock, so racing
+		// appenders would all start at 1. Insert an empty head: a concurrent
+		// appender's insert waits for this transaction, finds the row, and
+		// then locks the head this one wrote.
+		if _, err := c.db.Exec(ctx, tx, `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, 0, 0, $1) ON CONFLICT (id) DO NOTHING`, zeroMAC); err != nil {
+			return fmt.Errorf("create audit head: %w", err)
+		}
+		err = c.db.QueryRow(ctx, tx, q).Scan(&seq, &lastTS, &prev)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		seq, prev = 0, zeroMAC
 	} else if err != nil {
