@@ -24,9 +24,8 @@ const (
 
 // DeviceHomeserver is what device trust needs from the homeserver.
 type DeviceHomeserver interface {
+	SessionEnder
 	DeviceInventory(ctx context.Context, user string) ([]homeserver.Device, error)
-	SignOutEverywhere(ctx context.Context, user string) error
-	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
 }
 
 // DirectMessenger is what device trust needs of the bot: a private room with
@@ -72,17 +71,17 @@ type DeviceTrust struct {
 // a session is ended at most a quarter of the grace late.
 func (d *DeviceTrust) Run(ctx context.Context) {
 	for {
+		if n, err := d.Sweep(ctx); err != nil && ctx.Err() == nil {
+			d.Log.Warn().Str("error", SafeError(err)).Msg("session trust sweep failed")
+		} else if n > 0 {
+			d.Log.Info().Int("jobs", n).Msg("unverified sessions: warnings or sign-outs queued")
+		}
 		every := 10 * time.Second // off: look again soon for a policy change
-		if pol := d.Policy(); pol.UnverifiedSessions == policy.UnverifiedWarn || pol.UnverifiedSessions == policy.UnverifiedSignOut {
-			if n, err := d.Sweep(ctx); err != nil && ctx.Err() == nil {
-				d.Log.Warn().Str("error", SafeError(err)).Msg("session trust sweep failed")
-			} else if n > 0 {
-				d.Log.Info().Int("jobs", n).Msg("unverified sessions: warnings or sign-outs queued")
-			}
+		switch pol := d.Policy(); pol.UnverifiedSessions {
+		case policy.UnverifiedWarn:
 			every = 5 * time.Minute
-			if pol.UnverifiedSessions == policy.UnverifiedSignOut {
-				every = min(10*time.Minute, max(pol.Grace()/4, 30*time.Second))
-			}
+		case policy.UnverifiedSignOut:
+			every = min(10*time.Minute, max(pol.Grace()/4, 30*time.Second))
 		}
 		select {
 		case <-ctx.Done():
@@ -219,13 +218,8 @@ func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol
 		if still, err := stillUntrusted(ctx, hs, p.User, p.Device); err != nil || !still {
 			return err
 		}
-		if caps.AdminAPI {
-			err = hs.DeleteDevices(ctx, caps.Admin, p.User, []string{p.Device})
-		} else {
-			// This homeserver cannot end one session: end them all.
-			err = hs.SignOutEverywhere(ctx, p.User)
-		}
-		if err != nil {
+		// Where the homeserver cannot end one session, all of them end.
+		if err := caps.endSessions(ctx, hs, p.User, []string{p.Device}); err != nil {
 			return err
 		}
 		return record(ctx, p, "signed_out_at", "unverified_signed_out", j)

@@ -22,9 +22,8 @@ const JobIdleLogoff = "idle_logoff"
 
 // SessionHomeserver is what idle logoff needs from the homeserver.
 type SessionHomeserver interface {
+	SessionEnder
 	Sessions(ctx context.Context, user string) ([]homeserver.Device, error)
-	SignOutEverywhere(ctx context.Context, user string) error
-	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
 }
 
 var _ SessionHomeserver = (*homeserver.Client)(nil)
@@ -163,15 +162,10 @@ func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Poli
 		}
 		idle, _ := idleSessions(sessions, timeout, r.now())
 		all, _ := allIdle(sessions, timeout, r.now())
-		switch {
-		case len(idle) == 0 || (!all && !caps.AdminAPI):
+		if len(idle) == 0 || (!all && !caps.AdminAPI) {
 			return nil // used again since the sweep
-		case caps.AdminAPI:
-			err = hs.DeleteDevices(ctx, caps.Admin, p.User, idle)
-		default:
-			err = hs.SignOutEverywhere(ctx, p.User)
 		}
-		if err != nil {
+		if err := caps.endSessions(ctx, hs, p.User, idle); err != nil {
 			return err
 		}
 		after, err := hs.Sessions(ctx, p.User)

@@ -85,15 +85,21 @@ func LoadWipe(ctx context.Context, db *store.DB, id int64) (Wipe, error) {
 	return w, err
 }
 
+// SessionEnder ends sessions: all of a user's as the user, or single
+// devices through Synapse's admin API acting as admin.
+type SessionEnder interface {
+	SignOutEverywhere(ctx context.Context, user string) error
+	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
+}
+
 // WipeHomeserver is what a wipe needs from the homeserver.
 type WipeHomeserver interface {
-	SignOutEverywhere(ctx context.Context, user string) error
+	SessionEnder
 	Devices(ctx context.Context, user string) ([]string, error)
 	Redact(ctx context.Context, user, room, eventID, reason, txnID string) error
 	JoinedRooms(ctx context.Context, user string) ([]string, error)
 	Leave(ctx context.Context, user, room string) error
 	// Synapse's admin API, acting as admin.
-	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
 	Deactivate(ctx context.Context, admin, user string) error
 }
 
@@ -104,6 +110,15 @@ type WipeCaps struct {
 	// server admin): single devices can be deleted, accounts deactivated.
 	AdminAPI bool
 	Admin    string
+}
+
+// endSessions ends devices of user where the homeserver can end single
+// sessions, and every session of user where it cannot.
+func (c WipeCaps) endSessions(ctx context.Context, hs SessionEnder, user string, devices []string) error {
+	if c.AdminAPI {
+		return hs.DeleteDevices(ctx, c.Admin, user, devices)
+	}
+	return hs.SignOutEverywhere(ctx, user)
 }
 
 // Describe says what a wipe can do here, for the start-up log.
@@ -173,16 +188,11 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 					target = []string{w.Device}
 				}
 			}
-			switch {
-			case len(target) == 0:
-				// Nothing to end (already gone: a repeat of this step).
-			case caps.AdminAPI:
-				err = hs.DeleteDevices(ctx, caps.Admin, w.User, target)
-			default:
-				err = hs.SignOutEverywhere(ctx, w.User)
-			}
-			if err != nil {
-				return err
+			// With nothing to end, the sessions are already gone (a repeat of this step).
+			if len(target) > 0 {
+				if err := caps.endSessions(ctx, hs, w.User, target); err != nil {
+					return err
+				}
 			}
 			// Confirm: the user's device list no longer holds the wiped sessions.
 			after, err := hs.Devices(ctx, w.User)
