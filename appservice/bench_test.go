@@ -49,7 +49,7 @@ func BenchmarkInboxStoreBySize(b *testing.B) {
 			id := make([]byte, 32)
 			rand.Read(id)
 			evs[j] = &Event{ID: "$" + base64.RawURLEncoding.EncodeToString(id), RoomID: fmt.Sprintf("!room%d:hs", j%37),
-				Type: "m.room.encrypted", Sender: fmt.Sprintf("@user%d:hs", j%311)}
+				Type: "m.room.encrypted", Sender: fmt.Sprintf("@user%d:hs", j%311), OriginTS: time.Now().UnixMilli()}
 		}
 		txn++
 		if _, err := p.inbox.Store(ctx, fmt.Sprint("t", txn), evs); err != nil {

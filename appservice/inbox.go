@@ -16,10 +16,12 @@ import (
 // Event is the part of a pushed event the pipeline needs to route it; the raw
 // JSON is kept beside it for the policy rules.
 type Event struct {
-	ID       string  `json:"event_id"`
-	RoomID   string  `json:"room_id"`
-	Type     string  `json:"type"`
-	Sender   string  `json:"sender"`
+	ID     string `json:"event_id"`
+	RoomID string `json:"room_id"`
+	Type   string `json:"type"`
+	Sender string `json:"sender"`
+	// OriginTS is origin_server_ts, part of the inbox's dedupe key.
+	OriginTS int64   `json:"origin_server_ts"`
 	StateKey *string `json:"state_key"`
 	Content  struct {
 		Membership string `json:"membership"`
@@ -182,12 +184,12 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 // insertEvents stores events, skipping those already stored, and notes in
 // inserted which ones were new.
 func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, inserted map[string]struct{}) error {
-	args := make([]any, 0, 7*min(len(events), inboxChunk))
+	args := make([]any, 0, 8*min(len(events), inboxChunk))
 	for start := 0; start < len(events); start += inboxChunk {
 		chunk := events[start:min(start+inboxChunk, len(events))]
 		args = args[:0]
 		for _, e := range chunk {
-			args = append(args, e.ID, txnID, e.RoomID, e.Type, e.Sender, nowMs, e.storedContent())
+			args = append(args, e.ID, e.OriginTS, txnID, e.RoomID, e.Type, e.Sender, nowMs, e.storedContent())
 		}
 		rows, err := db.Query(ctx, tx, inboxInsert(len(chunk)), args...)
 		if err != nil {
@@ -211,8 +213,8 @@ func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, e
 const inboxChunk = 100
 
 func inboxInsert(n int) string {
-	return store.ValuesQuery("INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ", 7, n,
-		" ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+	return store.ValuesQuery("INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at, content) VALUES ", 8, n,
+		" ON CONFLICT (origin_ts, event_id) DO NOTHING RETURNING event_id")
 }
 
 // Clock is the time source; tests inject a fake one.

@@ -215,6 +215,12 @@ func parseEvent(v gjson.Result, i int) (*Event, error) {
 				str(k, val, &sk)
 				e.StateKey = &sk
 			}
+		case "origin_server_ts":
+			// A number, as the spec has it; anything else stores as 0 and
+			// still dedupes (every re-send carries the same value).
+			if val.Type == gjson.Number {
+				e.OriginTS = val.Int()
+			}
 		case "content":
 			content = val
 		}

@@ -7,3 +7,11 @@ func SetRewindFrames(n int) func() {
 	rewindFrames = n
 	return func() { rewindFrames = old }
 }
+
+// MigrateTo makes Open stop at schema version v, and returns a function
+// that restores it.
+func MigrateTo(v int) func() {
+	old := migrateTo
+	migrateTo = v
+	return func() { migrateTo = old }
+}

@@ -202,10 +202,17 @@ func LatestVersion() int {
 	return len(m)
 }
 
+// migrateTo, when non-zero, stops migrations at that version (tests of an
+// upgrade build the old schema with it).
+var migrateTo int
+
 func (db *DB) migrate(ctx context.Context) error {
 	ms, err := migrations()
 	if err != nil {
 		return err
+	}
+	if migrateTo > 0 && migrateTo < len(ms) {
+		ms = ms[:migrateTo]
 	}
 	tx, err := db.W.BeginTx(ctx, nil)
 	if err != nil {
@@ -229,7 +236,7 @@ func (db *DB) migrate(ctx context.Context) error {
 		return fmt.Errorf("database schema is version %d, newer than this build knows (%d): refusing to run an older matrix-hipaa on it", current, len(ms))
 	}
 	for _, m := range ms[current:] {
-		for _, stmt := range splitStatements(db.translate(m.sql)) {
+		for _, stmt := range splitStatements(db.translate(m.sql), db.Dialect) {
 			if _, err := tx.ExecContext(ctx, stmt); err != nil {
 				return fmt.Errorf("migration %s: %w", m.name, err)
 			}
@@ -242,12 +249,20 @@ func (db *DB) migrate(ctx context.Context) error {
 }
 
 // splitStatements splits on semicolons at line ends; migrations keep to that.
-func splitStatements(s string) []string {
+// A line "-- only sqlite" or "-- only postgres" starts statements for that
+// dialect alone (where the two cannot share SQL, such as dropping a column's
+// UNIQUE constraint); "-- only end" returns to shared statements.
+func splitStatements(s string, d Dialect) []string {
 	var out []string
 	var cur strings.Builder
+	keep := true
 	for _, line := range strings.Split(s, "\n") {
 		trimmed := strings.TrimSpace(line)
-		if strings.HasPrefix(trimmed, "--") || trimmed == "" {
+		if which, ok := strings.CutPrefix(trimmed, "-- only "); ok {
+			keep = which == "end" || which == map[Dialect]string{SQLite: "sqlite", Postgres: "postgres"}[d]
+			continue
+		}
+		if strings.HasPrefix(trimmed, "--") || trimmed == "" || !keep {
 			continue
 		}
 		cur.WriteString(line)

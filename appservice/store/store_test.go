@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -160,5 +161,70 @@ func TestCheckpointerRewindsTheWAL(t *testing.T) {
 	var n int
 	if err := db.R.QueryRow(`SELECT COUNT(*) FROM filler`).Scan(&n); err != nil || n != commits {
 		t.Fatalf("%d rows, want %d: %v", n, commits, err)
+	}
+}
+
+// Migration 14 moves the inbox's dedupe key from event_id to (origin_ts,
+// event_id). Rows already stored keep their order and contents, the next
+// seq follows on, and the new key refuses a repeat.
+func TestInboxDedupeKeyMigration(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			ctx := context.Background()
+			uri := storetest.NewURI(t, dbType)
+			restore := store.MigrateTo(13)
+			old, err := store.Open(ctx, dbType, uri, 0)
+			restore()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{"$a", "$b"} {
+				if _, err := old.W.ExecContext(ctx, `INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ($1, 't1', '!r:hs', 'm.room.message', '@u:hs', 5, $2)`, id, []byte(`{}`)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old.Close()
+
+			db, err := store.Open(ctx, dbType, uri, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			rows, err := db.R.Query(`SELECT seq, event_id, origin_ts, txn_id, received_at, content FROM inbox ORDER BY seq`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for rows.Next() {
+				var seq, ots, recv int64
+				var id, txn string
+				var content []byte
+				if err := rows.Scan(&seq, &id, &ots, &txn, &recv, &content); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, fmt.Sprintln(seq, id, ots, txn, recv, string(content)))
+			}
+			rows.Close()
+			if want := []string{"1 $a 0 t1 5 {}\n", "2 $b 0 t1 5 {}\n"}; fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("rows after migration %q, want %q", got, want)
+			}
+			insert := func(id string, ots int64) (int64, error) {
+				var seq int64
+				err := db.W.QueryRowContext(ctx, `INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at) VALUES ($1, $2, 't2', '!r:hs', 'm.room.message', '@u:hs', 6)
+					ON CONFLICT (origin_ts, event_id) DO NOTHING RETURNING seq`, id, ots).Scan(&seq)
+				return seq, err
+			}
+			if seq, err := insert("$c", 1700000000000); err != nil || seq != 3 {
+				t.Fatalf("new event stored at seq %d (%v), want 3", seq, err)
+			}
+			for _, repeat := range []struct {
+				id  string
+				ots int64
+			}{{"$c", 1700000000000}, {"$a", 0}} {
+				if _, err := insert(repeat.id, repeat.ots); !errors.Is(err, sql.ErrNoRows) {
+					t.Fatalf("repeat of %s stored again (err %v)", repeat.id, err)
+				}
+			}
+		})
 	}
 }
