@@ -383,12 +383,24 @@ func fsyncRate(dir string, overwrite bool) float64 {
 }
 
 func dropTables(url string) {
-	// The store migrates a fresh schema; start each run from empty.
+	// The store migrates a fresh schema; start each run from empty. Every
+	// table in the URL's schema goes, so tables added by later migrations do
+	// not survive into the next run.
 	db, err := openPG(url)
 	check(err)
 	defer db.Close()
-	for _, tbl := range []string{"job", "audit_head", "audit", "dispatch_cursor", "inbox", "schema_version"} {
-		_, err := db.Exec("DROP TABLE IF EXISTS " + tbl)
+	rows, err := db.Query(`SELECT tablename FROM pg_tables WHERE schemaname = current_schema()`)
+	check(err)
+	var tables []string
+	for rows.Next() {
+		var t string
+		check(rows.Scan(&t))
+		tables = append(tables, t)
+	}
+	check(rows.Err())
+	rows.Close()
+	for _, t := range tables {
+		_, err := db.Exec(`DROP TABLE IF EXISTS "` + t + `" CASCADE`)
 		check(err)
 	}
 }
