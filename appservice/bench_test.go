@@ -11,7 +11,7 @@ import (
 
 // BenchmarkInboxStore measures the durable store of one transaction (no HTTP).
 func BenchmarkInboxStore(b *testing.B) {
-	for _, dbType := range []string{"sqlite3"} {
+	for _, dbType := range []string{"sqlite3", "postgres"} {
 		for _, n := range []int{1, 100} {
 			b.Run(fmt.Sprintf("%s/%d-events", dbType, n), func(b *testing.B) {
 				p := newPipeline(b, dbType)

@@ -184,6 +184,9 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 // insertEvents stores events, skipping those already stored, and notes in
 // inserted which ones were new.
 func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, inserted map[string]struct{}) error {
+	if db.Dialect == store.Postgres {
+		return insertEventsPG(ctx, tx, txnID, events, nowMs, inserted)
+	}
 	args := make([]any, 0, 8*min(len(events), inboxChunk))
 	for start := 0; start < len(events); start += inboxChunk {
 		chunk := events[start:min(start+inboxChunk, len(events))]
@@ -208,6 +211,32 @@ func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, e
 		}
 	}
 	return nil
+}
+
+// insertEventsPG sends the events as one array per column: one statement of
+// eight parameters however many events, which PostgreSQL binds and runs
+// faster than a VALUES list of hundreds.
+func insertEventsPG(ctx context.Context, tx *sql.Tx, txnID string, events []*Event, nowMs int64, inserted map[string]struct{}) error {
+	ids, rooms, types, senders := make([]string, len(events)), make([]string, len(events)), make([]string, len(events)), make([]string, len(events))
+	ots, contents := make([]int64, len(events)), make([][]byte, len(events))
+	for i, e := range events {
+		ids[i], ots[i], rooms[i], types[i], senders[i], contents[i] = e.ID, e.OriginTS, e.RoomID, e.Type, e.Sender, e.storedContent()
+	}
+	rows, err := tx.QueryContext(ctx, `INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at, content)
+		SELECT e, o, $7, r, t, s, $8, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bytea[]) WITH ORDINALITY AS u(e, o, r, t, s, c, n)
+		ORDER BY n ON CONFLICT (origin_ts, event_id) DO NOTHING RETURNING event_id`, ids, ots, rooms, types, senders, contents, txnID, nowMs)
+	if err != nil {
+		return fmt.Errorf("store events: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		inserted[id] = struct{}{}
+	}
+	return rows.Err()
 }
 
 const inboxChunk = 100

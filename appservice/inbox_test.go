@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -181,5 +182,59 @@ func TestAuditDetail(t *testing.T) {
 		if got := c.ev.auditDetail(); got != c.want {
 			t.Errorf("%s %s by %s: %q, want %q", c.ev.Type, c.ev.Content.Membership, c.ev.Sender, got, c.want)
 		}
+	}
+}
+
+// The dispatcher applies events in inbox order, so a transaction's events
+// must keep their order in the inbox and in the audit trail, across SQLite's
+// 100-row statements and PostgreSQL's one array statement alike, with
+// timestamps out of order (a federated server's clock) and a re-send that
+// appends to events already stored.
+func TestInboxKeepsTransactionOrder(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			var evs []map[string]any
+			var want []string
+			for i := 0; i < 250; i++ {
+				// IDs that sort differently from their position.
+				id := fmt.Sprintf("$%03d", (i*97)%250)
+				e := msgEvent(id, "!r:hs", "@u:hs", "x")
+				e["origin_server_ts"] = 1700000000000 + int64((i*31)%250)
+				evs = append(evs, e)
+				want = append(want, id)
+			}
+			if rec := p.put(t, "t1", txnBodyOf(evs[:150]...)); rec.Code != http.StatusOK {
+				t.Fatalf("first: %d %s", rec.Code, rec.Body)
+			}
+			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != http.StatusOK {
+				t.Fatalf("re-send: %d %s", rec.Code, rec.Body)
+			}
+			rows, err := p.db.R.Query(`SELECT event_id FROM inbox ORDER BY seq`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stored []string
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					t.Fatal(err)
+				}
+				stored = append(stored, id)
+			}
+			rows.Close()
+			var audited []string
+			for _, r := range p.exported(t) {
+				if r["type"] == audit.TypeEventReceived {
+					audited = append(audited, r["event_id"].(string))
+				}
+			}
+			if fmt.Sprint(stored) != fmt.Sprint(want) {
+				t.Errorf("inbox order differs from the transactions' (first %v)", stored[:min(5, len(stored))])
+			}
+			if fmt.Sprint(audited) != fmt.Sprint(want) {
+				t.Errorf("audit order differs from the transactions' (first %v)", audited[:min(5, len(audited))])
+			}
+		})
 	}
 }

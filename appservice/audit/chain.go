@@ -88,38 +88,71 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 	h := c.pool.Get().(hash.Hash)
 	defer c.pool.Put(h)
 	now := c.now()
-	args := make([]any, 0, 4*min(len(recs), insertChunk))
+	var rows auditRows
+	rows.grow(len(recs))
 	var enc []byte
-	for start := 0; start < len(recs); start += insertChunk {
-		chunk := recs[start:min(start+insertChunk, len(recs))]
-		args = args[:0]
-		for _, r := range chunk {
-			seq++
-			if r.Time.IsZero() {
-				r.Time = now
-			}
-			// Record times never go backwards, even if the clock is stepped
-			// back: an auditor reads the trail in time order and seq order alike.
-			if ms := r.Time.UnixMilli(); ms < lastTS {
-				r.Time = time.UnixMilli(lastTS)
-			}
-			lastTS = r.Time.UnixMilli()
-			r.Seq = seq
-			enc = r.encode(enc[:0])
-			rec := append([]byte(nil), enc...)
-			r.MAC = computeMAC(h, seq, r.Time.UnixMilli(), prev, rec, make([]byte, 0, sha256.Size))
-			prev = r.MAC
-			args = append(args, seq, r.Time.UnixMilli(), rec, r.MAC)
+	for _, r := range recs {
+		seq++
+		if r.Time.IsZero() {
+			r.Time = now
 		}
-		if _, err := c.db.Exec(ctx, tx, insertQuery(len(chunk)), args...); err != nil {
+		// Record times never go backwards, even if the clock is stepped
+		// back: an auditor reads the trail in time order and seq order alike.
+		if ms := r.Time.UnixMilli(); ms < lastTS {
+			r.Time = time.UnixMilli(lastTS)
+		}
+		lastTS = r.Time.UnixMilli()
+		r.Seq = seq
+		enc = r.encode(enc[:0])
+		rec := append([]byte(nil), enc...)
+		r.MAC = computeMAC(h, seq, r.Time.UnixMilli(), prev, rec, make([]byte, 0, sha256.Size))
+		prev = r.MAC
+		rows.add(seq, lastTS, rec, r.MAC)
+	}
+	if c.dialect == store.Postgres {
+		// One statement, one round trip: the records as arrays, and the head.
+		if _, err := c.db.Exec(ctx, tx, `WITH a AS (INSERT INTO audit (seq, ts, rec, mac) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]))
+			`+headUpsert("$5", "$6", "$7"), rows.seq, rows.ts, rows.rec, rows.mac, seq, lastTS, prev); err != nil {
+			return fmt.Errorf("append audit records: %w", err)
+		}
+		return nil
+	}
+	args := make([]any, 0, 4*min(len(recs), insertChunk))
+	for start := 0; start < len(recs); start += insertChunk {
+		end := min(start+insertChunk, len(recs))
+		args = args[:0]
+		for i := start; i < end; i++ {
+			args = append(args, rows.seq[i], rows.ts[i], rows.rec[i], rows.mac[i])
+		}
+		if _, err := c.db.Exec(ctx, tx, insertQuery(end-start), args...); err != nil {
 			return fmt.Errorf("append audit records: %w", err)
 		}
 	}
-	if _, err := c.db.Exec(ctx, tx, `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, $1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, mac = excluded.mac`, seq, lastTS, prev); err != nil {
+	if _, err := c.db.Exec(ctx, tx, headUpsert("$1", "$2", "$3"), seq, lastTS, prev); err != nil {
 		return fmt.Errorf("update audit head: %w", err)
 	}
 	return nil
+}
+
+// auditRows holds records column by column, as PostgreSQL's unnest takes them.
+type auditRows struct {
+	seq, ts  []int64
+	rec, mac [][]byte
+}
+
+func (r *auditRows) grow(n int) {
+	r.seq, r.ts = make([]int64, 0, n), make([]int64, 0, n)
+	r.rec, r.mac = make([][]byte, 0, n), make([][]byte, 0, n)
+}
+
+func (r *auditRows) add(seq, ts int64, rec, mac []byte) {
+	r.seq, r.ts = append(r.seq, seq), append(r.ts, ts)
+	r.rec, r.mac = append(r.rec, rec), append(r.mac, mac)
+}
+
+func headUpsert(seq, ts, mac string) string {
+	return `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, ` + seq + `, ` + ts + `, ` + mac + `)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, mac = excluded.mac`
 }
 
 const insertChunk = 200
