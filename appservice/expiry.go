@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -54,7 +55,7 @@ func scheduleExpiries(ctx context.Context, db *store.DB, tx *sql.Tx, list []Expi
 			args = append(args, e.EventID, e.RoomID, e.Sender, e.ReceivedAt, e.DueAt, "pending")
 		}
 		q := store.ValuesQuery(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES `, 6, len(chunk),
-			` ON CONFLICT (event_id) DO NOTHING`)
+			` ON CONFLICT (received_at, event_id) DO NOTHING`)
 		if _, err := db.Exec(ctx, tx, q, args...); err != nil {
 			return fmt.Errorf("schedule expiries: %w", err)
 		}
@@ -138,10 +139,10 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 		var queued, held []any
 		for _, d := range page {
 			if holds.rooms[d.room] || holds.users[d.sender] {
-				held = append(held, d.id)
+				held = append(held, d.received, d.id)
 				continue
 			}
-			queued = append(queued, d.id)
+			queued = append(queued, d.received, d.id)
 			payload, _ := json.Marshal(actionPayload{Room: d.room, EventID: d.id, ActAs: d.sender, Reason: reasonExpired})
 			jobs = append(jobs, JobSpec{Kind: JobExpire, DedupeKey: "expire:" + d.id, Payload: payload})
 		}
@@ -152,10 +153,10 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 			if len(set.ids) == 0 {
 				continue
 			}
-			// By primary key only: with "state = 'pending'" too, SQLite walks
-			// the (state, due_at) index instead. Only this pump moves rows
-			// out of pending, so they are still pending.
-			q := store.ValuesQuery(`UPDATE expiry SET state = '`+set.state+`' WHERE event_id IN `, len(set.ids), 1, ``)
+			// By the unique key only: with "state = 'pending'" too, SQLite
+			// walks the (state, due_at) index instead. Only this pump moves
+			// rows out of pending, so they are still pending.
+			q := `UPDATE expiry SET state = '` + set.state + `' WHERE (received_at, event_id) IN (VALUES ` + expiryKeys(len(set.ids)/2) + `)`
 			if _, err := tx.ExecContext(ctx, q, set.ids...); err != nil {
 				return err
 			}
@@ -169,6 +170,19 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 		p.Wake()
 	}
 	return len(page), nil
+}
+
+// expiryKeys lists n (received_at, event_id) parameter pairs, the first cast
+// so PostgreSQL compares it as a number.
+func expiryKeys(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "(CAST($%d AS BIGINT), $%d)", 2*i+1, 2*i+2)
+	}
+	return b.String()
 }
 
 type holdSet struct{ rooms, users map[string]bool }

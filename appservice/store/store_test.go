@@ -171,25 +171,14 @@ func TestInboxDedupeKeyMigration(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
 			ctx := context.Background()
-			uri := storetest.NewURI(t, dbType)
-			restore := store.MigrateTo(13)
-			old, err := store.Open(ctx, dbType, uri, 0)
-			restore()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range []string{"$a", "$b"} {
-				if _, err := old.W.ExecContext(ctx, `INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ($1, 't1', '!r:hs', 'm.room.message', '@u:hs', 5, $2)`, id, []byte(`{}`)); err != nil {
-					t.Fatal(err)
+			db := upgradedFrom(t, dbType, 13, func(old *store.DB) error {
+				for _, id := range []string{"$a", "$b"} {
+					if _, err := old.W.ExecContext(ctx, `INSERT INTO inbox (event_id, txn_id, room_id, event_type, sender, received_at, content) VALUES ($1, 't1', '!r:hs', 'm.room.message', '@u:hs', 5, $2)`, id, []byte(`{}`)); err != nil {
+						return err
+					}
 				}
-			}
-			old.Close()
-
-			db, err := store.Open(ctx, dbType, uri, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+				return nil
+			})
 			rows, err := db.R.Query(`SELECT seq, event_id, origin_ts, txn_id, received_at, content FROM inbox ORDER BY seq`)
 			if err != nil {
 				t.Fatal(err)
@@ -227,4 +216,65 @@ func TestInboxDedupeKeyMigration(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Migration 15 re-keys expiry rows by (received_at, event_id): rows kept,
+// a repeat refused, the same ID at another receipt time a different row.
+func TestExpiryKeyMigration(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			ctx := context.Background()
+			db := upgradedFrom(t, dbType, 14, func(old *store.DB) error {
+				for i, id := range []string{"$b", "$a"} {
+					if _, err := old.W.ExecContext(ctx, `INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES ($1, '!r:hs', '@u:hs', $2, $3, 'pending')`, id, 10+i, 100+i); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			var n int
+			if err := db.R.QueryRow(`SELECT COUNT(*) FROM expiry WHERE state = 'pending' AND due_at IN (100, 101)`).Scan(&n); err != nil || n != 2 {
+				t.Fatalf("%d rows kept (%v), want 2", n, err)
+			}
+			insert := func(id string, received int64) (int64, error) {
+				res, err := db.W.ExecContext(ctx, `INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES ($1, '!r:hs', '@u:hs', $2, 0, 'pending')
+					ON CONFLICT (received_at, event_id) DO NOTHING`, id, received)
+				if err != nil {
+					return 0, err
+				}
+				return res.RowsAffected()
+			}
+			if n, err := insert("$b", 10); err != nil || n != 0 {
+				t.Fatalf("repeat stored %d rows (%v), want 0", n, err)
+			}
+			if n, err := insert("$c", 12); err != nil || n != 1 {
+				t.Fatalf("new expiry stored %d rows (%v), want 1", n, err)
+			}
+		})
+	}
+}
+
+// upgradedFrom builds a database at schema version v, lets seed write to it,
+// then opens it with this build (migrating it to the latest version).
+func upgradedFrom(t *testing.T, dbType string, v int, seed func(*store.DB) error) *store.DB {
+	t.Helper()
+	ctx := context.Background()
+	uri := storetest.NewURI(t, dbType)
+	restore := store.MigrateTo(v)
+	old, err := store.Open(ctx, dbType, uri, 0)
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = seed(old)
+	old.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.Open(ctx, dbType, uri, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }

@@ -45,6 +45,7 @@ func main() {
 	prefill := flag.Int("prefill", 0, "after the rounds, store this many events in matrix-hipaa's database and measure again")
 	dir := flag.String("dir", "", "data folder (default: a temp folder on the same disk as /tmp)")
 	fsync := flag.Bool("fsync", true, "measure this disk's fsync rate first")
+	policyFile := flag.String("policy", "", "matrix-hipaa's policy file (default: none, the strict built-in values, which keep messages forever)")
 	fullDir := flag.String("full-dir", "", "also measure, as target matrix-hipaa-full, a matrix-hipaa on the SQLite database left in this folder by an earlier -prefill run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	flag.Parse()
@@ -66,13 +67,13 @@ func main() {
 	if *dbType == "postgres" {
 		dropTables(*pgURL)
 	}
-	ours := startOurs(*dir, *dbType, *pgURL)
+	ours := startOurs(*dir, *dbType, *pgURL, *policyFile)
 	defer ours.stop()
 	peer := startPeer()
 	defer peer.stop()
 	servers := map[string]*target{"matrix-hipaa": ours, "mautrix": peer}
 	if *fullDir != "" {
-		full := startOurs(*fullDir, "sqlite3", "")
+		full := startOurs(*fullDir, "sqlite3", "", *policyFile)
 		defer full.stop()
 		var n int64
 		full.svc.DB.R.QueryRow(`SELECT COUNT(*) FROM inbox`).Scan(&n)
@@ -80,14 +81,14 @@ func main() {
 		servers["matrix-hipaa-full"] = full
 	}
 	fmt.Printf("%d events per transaction, one transaction in flight, %s per run, database %s\n", *events, *duration, *dbType)
-	fmt.Printf("%-6s %-14s %10s %10s %9s %9s %9s\n", "round", "target", "txns", "events/s", "p50 ms", "p99 ms", "max ms")
+	fmt.Printf("%-6s %-14s %10s %10s %9s %9s %9s %10s\n", "round", "target", "txns", "events/s", "p50 ms", "p99 ms", "max ms", "behind")
 	gen := newGenerator(*events)
 	results := map[string][]float64{}
 	for r := 1; r <= *rounds; r++ {
 		for _, name := range strings.Split(*targets, ",") {
 			res := drive(servers[name].url, gen, *duration)
 			results[name] = append(results[name], res.rate)
-			fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f\n", r, name, res.txns, res.rate, res.p50, res.p99, res.max)
+			fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f %10s\n", r, name, res.txns, res.rate, res.p50, res.p99, res.max, settle(servers[name].svc))
 		}
 	}
 	summarize(results)
@@ -104,7 +105,7 @@ func main() {
 			for _, name := range strings.Split(*targets, ",") {
 				res := drive(servers[name].url, gen, *duration)
 				after[name] = append(after[name], res.rate)
-				fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f\n", r, name+"+full", res.txns, res.rate, res.p50, res.p99, res.max)
+				fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f %10s\n", r, name+"+full", res.txns, res.rate, res.p50, res.p99, res.max, settle(servers[name].svc))
 			}
 		}
 		summarize(after)
@@ -150,13 +151,19 @@ func listen() net.Listener {
 }
 
 // startOurs runs the whole matrix-hipaa service (inbox, dispatcher, job runner).
-func startOurs(dir, dbType, pgURL string) *target {
+func startOurs(dir, dbType, pgURL, policyFile string) *target {
 	l := listen()
 	addr := l.Addr().String()
 	l.Close()
 	db := "database:\n  type: sqlite3\n  uri: hipaa.db\n"
 	if dbType == "postgres" {
 		db = fmt.Sprintf("database:\n  type: postgres\n  uri: %q\n", pgURL)
+	}
+	pol := ""
+	if policyFile != "" {
+		abs, err := filepath.Abs(policyFile)
+		check(err)
+		pol = fmt.Sprintf("policy: %q\n", abs)
 	}
 	cfgText := fmt.Sprintf(`homeserver:
   address: http://127.0.0.1:1
@@ -166,9 +173,9 @@ appservice:
   url: http://%s
   as_token: %q
   hs_token: %q
-%slogging:
+%s%slogging:
   level: warn
-`, addr, addr, hsToken+"as", hsToken, db)
+`, addr, addr, hsToken+"as", hsToken, db, pol)
 	path := filepath.Join(dir, "config.yaml")
 	check(os.WriteFile(path, []byte(cfgText), 0o600))
 	cfg, err := config.Load(path)
@@ -343,16 +350,31 @@ func fill(svc *hipaa.Service, n int) {
 			fmt.Printf("  %d stored\n", done)
 		}
 	}
-	// Let the dispatcher catch up, so the next measurement is of ingest alone.
-	for {
+	settle(svc)
+}
+
+// settle reports how many stored events the dispatcher had yet to decide on
+// when a run ended ("behind", and how long it took to catch up), then waits
+// until it has caught up, so the next measurement is of ingest alone. The
+// mautrix peer has no dispatcher: "-".
+func settle(svc *hipaa.Service) string {
+	if svc == nil {
+		return "-"
+	}
+	behind := func() int64 {
 		var cursor, head int64
 		svc.DB.R.QueryRow(`SELECT seq FROM dispatch_cursor`).Scan(&cursor)
 		svc.DB.R.QueryRow(`SELECT COALESCE(MAX(seq), 0) FROM inbox`).Scan(&head)
-		if cursor >= head {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+		return head - cursor
 	}
+	start, n := time.Now(), behind()
+	for behind() > 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d/%.1fs", n, time.Since(start).Seconds())
 }
 
 // fsyncRate is how many 4 KiB writes, each followed by fdatasync, the disk
