@@ -65,58 +65,33 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 	}
 	q := `SELECT seq, ts, mac FROM audit_head WHERE id = 1`
 	if c.dialect == store.Postgres {
-		q += ` FOR UPDATE`
+		q = HeadLockQuery
 	}
-	var seq, lastTS int64
-	var prev []byte
-	err := c.db.QueryRow(ctx, tx, q).Scan(&seq, &lastTS, &prev)
+	var head Head
+	err := c.db.QueryRow(ctx, tx, q).Scan(&head.Seq, &head.TS, &head.MAC)
 	if errors.Is(err, sql.ErrNoRows) && c.dialect == store.Postgres {
 		// An empty chain has no head row for FOR UPDATE to lock, so racing
 		// appenders would all start at 1. Insert an empty head: a concurrent
 		// appender's insert waits for this transaction, finds the row, and
 		// then locks the head this one wrote.
-		if _, err := c.db.Exec(ctx, tx, `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, 0, 0, $1) ON CONFLICT (id) DO NOTHING`, zeroMAC); err != nil {
+		if _, err := c.db.Exec(ctx, tx, EmptyHeadQuery, zeroMAC); err != nil {
 			return fmt.Errorf("create audit head: %w", err)
 		}
-		err = c.db.QueryRow(ctx, tx, q).Scan(&seq, &lastTS, &prev)
+		err = c.db.QueryRow(ctx, tx, q).Scan(&head.Seq, &head.TS, &head.MAC)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
-		seq, prev = 0, zeroMAC
+		head = Head{MAC: zeroMAC}
 	} else if err != nil {
 		return fmt.Errorf("read audit head: %w", err)
 	}
-	h := c.pool.Get().(hash.Hash)
-	defer c.pool.Put(h)
-	now := c.now()
-	var rows auditRows
-	rows.grow(len(recs))
-	var enc []byte
-	for _, r := range recs {
-		seq++
-		if r.Time.IsZero() {
-			r.Time = now
-		}
-		// Record times never go backwards, even if the clock is stepped
-		// back: an auditor reads the trail in time order and seq order alike.
-		if ms := r.Time.UnixMilli(); ms < lastTS {
-			r.Time = time.UnixMilli(lastTS)
-		}
-		lastTS = r.Time.UnixMilli()
-		r.Seq = seq
-		enc = r.encode(enc[:0])
-		rec := append([]byte(nil), enc...)
-		r.MAC = computeMAC(h, seq, r.Time.UnixMilli(), prev, rec, make([]byte, 0, sha256.Size))
-		prev = r.MAC
-		rows.add(seq, lastTS, rec, r.MAC)
-	}
 	if c.dialect == store.Postgres {
-		// One statement, one round trip: the records as arrays, and the head.
-		if _, err := c.db.Exec(ctx, tx, `WITH a AS (INSERT INTO audit (seq, ts, rec, mac) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]))
-			`+headUpsert("$5", "$6", "$7"), rows.seq, rows.ts, rows.rec, rows.mac, seq, lastTS, prev); err != nil {
+		q, args := c.SealPG(head, recs)
+		if _, err := c.db.Exec(ctx, tx, q, args...); err != nil {
 			return fmt.Errorf("append audit records: %w", err)
 		}
 		return nil
 	}
+	rows, head := c.seal(head, recs)
 	args := make([]any, 0, 4*min(len(recs), insertChunk))
 	for start := 0; start < len(recs); start += insertChunk {
 		end := min(start+insertChunk, len(recs))
@@ -128,10 +103,65 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 			return fmt.Errorf("append audit records: %w", err)
 		}
 	}
-	if _, err := c.db.Exec(ctx, tx, headUpsert("$1", "$2", "$3"), seq, lastTS, prev); err != nil {
+	if _, err := c.db.Exec(ctx, tx, headUpsert("$1", "$2", "$3"), head.Seq, head.TS, head.MAC); err != nil {
 		return fmt.Errorf("update audit head: %w", err)
 	}
 	return nil
+}
+
+// Head is the chain's last record: its seq, time (unix ms) and MAC.
+type Head struct {
+	Seq, TS int64
+	MAC     []byte
+}
+
+// HeadLockQuery reads and locks the chain head on PostgreSQL; EmptyHeadQuery
+// ($1 the zero MAC) makes sure there is a head row to lock.
+const (
+	HeadLockQuery  = `SELECT seq, ts, mac FROM audit_head WHERE id = 1 FOR UPDATE`
+	EmptyHeadQuery = `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, 0, 0, $1) ON CONFLICT (id) DO NOTHING`
+)
+
+// ZeroMAC is the MAC before the first record.
+func ZeroMAC() []byte { return zeroMAC }
+
+// SealPG seals recs after head (locked by the caller's transaction) and
+// returns the one PostgreSQL statement that inserts them, as arrays, and
+// moves the head.
+func (c *Chain) SealPG(head Head, recs []*Record) (string, []any) {
+	rows, head := c.seal(head, recs)
+	return `WITH a AS (INSERT INTO audit (seq, ts, rec, mac) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]))
+		` + headUpsert("$5", "$6", "$7"), []any{rows.seq, rows.ts, rows.rec, rows.mac, head.Seq, head.TS, head.MAC}
+}
+
+// seal gives recs their sequence numbers, times and MACs after head, and
+// returns them column by column with the new head.
+func (c *Chain) seal(head Head, recs []*Record) (auditRows, Head) {
+	h := c.pool.Get().(hash.Hash)
+	defer c.pool.Put(h)
+	now := c.now()
+	var rows auditRows
+	rows.grow(len(recs))
+	var enc []byte
+	for _, r := range recs {
+		head.Seq++
+		if r.Time.IsZero() {
+			r.Time = now
+		}
+		// Record times never go backwards, even if the clock is stepped
+		// back: an auditor reads the trail in time order and seq order alike.
+		if ms := r.Time.UnixMilli(); ms < head.TS {
+			r.Time = time.UnixMilli(head.TS)
+		}
+		head.TS = r.Time.UnixMilli()
+		r.Seq = head.Seq
+		enc = r.encode(enc[:0])
+		rec := append([]byte(nil), enc...)
+		r.MAC = computeMAC(h, head.Seq, head.TS, head.MAC, rec, make([]byte, 0, sha256.Size))
+		head.MAC = r.MAC
+		rows.add(head.Seq, head.TS, rec, r.MAC)
+	}
+	return rows, head
 }
 
 // auditRows holds records column by column, as PostgreSQL's unnest takes them.
