@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit/audittest"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
@@ -254,7 +255,20 @@ func auditTables(t *testing.T, st *devstack.Stack) []byte {
 // The service is SIGKILLed over and over while a client keeps sending; after
 // the last restart every sent event is in the audit trail exactly once.
 func TestCrashLosesNothing(t *testing.T) {
-	st := startStack(t, devstack.Options{})
+	// Both databases: each commits a transaction its own way (PostgreSQL in
+	// two pipelined batches), and a kill may fall anywhere in either.
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			opts := devstack.Options{}
+			if dbType == "postgres" {
+				opts.DatabaseType, opts.DatabaseURI = dbType, storetest.NewURI(t, dbType)
+			}
+			testCrashLosesNothing(t, startStack(t, opts))
+		})
+	}
+}
+
+func testCrashLosesNothing(t *testing.T, st *devstack.Stack) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	alice := newUser(t, st, "alice")
