@@ -15,7 +15,6 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
@@ -116,15 +115,7 @@ func textOf(e *event.Event) string {
 // a notice, encrypted, that their client decrypts.
 // The bot's crypto state lives in the service's database: both kinds are run.
 func TestE2EEConversationAndEncryptedNotice(t *testing.T) {
-	for _, dbType := range storetest.Dialects {
-		t.Run(dbType, func(t *testing.T) {
-			opts := devstack.Options{}
-			if dbType == "postgres" {
-				opts.DatabaseType, opts.DatabaseURI = dbType, storetest.NewURI(t, dbType)
-			}
-			testE2EEConversation(t, startStack(t, opts))
-		})
-	}
+	onEachDatabase(t, testE2EEConversation)
 }
 
 func testE2EEConversation(t *testing.T, st *devstack.Stack) {

@@ -19,7 +19,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit/audittest"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
@@ -257,15 +256,7 @@ func auditTables(t *testing.T, st *devstack.Stack) []byte {
 func TestCrashLosesNothing(t *testing.T) {
 	// Both databases: each commits a transaction its own way (PostgreSQL in
 	// two pipelined batches), and a kill may fall anywhere in either.
-	for _, dbType := range storetest.Dialects {
-		t.Run(dbType, func(t *testing.T) {
-			opts := devstack.Options{}
-			if dbType == "postgres" {
-				opts.DatabaseType, opts.DatabaseURI = dbType, storetest.NewURI(t, dbType)
-			}
-			testCrashLosesNothing(t, startStack(t, opts))
-		})
-	}
+	onEachDatabase(t, testCrashLosesNothing)
 }
 
 func testCrashLosesNothing(t *testing.T, st *devstack.Stack) {

@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
@@ -55,6 +56,19 @@ func TestMain(m *testing.M) {
 }
 
 // startStack brings up Dendrite and matrix-hipaa for one test.
+// onEachDatabase runs test against a fresh stack on SQLite and on PostgreSQL.
+func onEachDatabase(t *testing.T, test func(*testing.T, *devstack.Stack)) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			opts := devstack.Options{}
+			if dbType == "postgres" {
+				opts.DatabaseType, opts.DatabaseURI = dbType, storetest.NewURI(t, dbType)
+			}
+			test(t, startStack(t, opts))
+		})
+	}
+}
+
 func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
 	t.Helper()
 	opts.StateDir = t.TempDir()
