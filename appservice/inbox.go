@@ -3,7 +3,6 @@ package appservice
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -207,74 +205,56 @@ func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, now
 	if len(events) == 0 {
 		return nil, nil
 	}
-	conn, err := in.db.W.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
 	var recs []*audit.Record
-	err = conn.Raw(func(dc any) error {
-		sc, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("store events: driver %T is not pgx", dc)
-		}
-		c := sc.Conn()
-		err := func() error {
-			q, args := inboxInsertPG(txnID, events, now.UnixMilli())
-			b := &pgx.Batch{}
-			b.Queue("BEGIN")
-			b.Queue(audit.EmptyHeadQuery, audit.ZeroMAC())
-			b.Queue(audit.HeadLockQuery)
-			b.Queue(q, args...)
-			br := c.SendBatch(ctx, b)
-			defer br.Close()
-			for range 2 {
-				if _, err := br.Exec(); err != nil {
-					return err
-				}
-			}
-			var head audit.Head
-			if err := br.QueryRow().Scan(&head.Seq, &head.TS, &head.MAC); err != nil {
-				in.metrics.AuditFailures.Inc()
-				return fmt.Errorf("read audit head: %w", err)
-			}
-			rows, err := br.Query()
-			if err != nil {
-				return fmt.Errorf("store events: %w", err)
-			}
-			err = noteIDs(rows, inserted)
-			rows.Close()
-			if err := errors.Join(err, rows.Err()); err != nil {
-				return fmt.Errorf("store events: %w", err)
-			}
-			if err := br.Close(); err != nil {
+	err := in.db.Pipelined(ctx, func(c *pgx.Conn) error {
+		q, args := inboxInsertPG(txnID, events, now.UnixMilli())
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		b.Queue(audit.EmptyHeadQuery)
+		b.Queue(audit.HeadLockQuery)
+		b.Queue(q, args...)
+		br := c.SendBatch(ctx, b)
+		defer br.Close()
+		for range 2 {
+			if _, err := br.Exec(); err != nil {
 				return err
 			}
-			recs = in.records(events, inserted, now)
-			b = &pgx.Batch{}
-			if len(recs) > 0 {
-				q, args := in.chain.SealPG(head, recs)
-				b.Queue(q, args...)
-			}
-			b.Queue("COMMIT")
-			br2 := c.SendBatch(ctx, b)
-			defer br2.Close()
-			for range b.Len() {
-				if _, err := br2.Exec(); err != nil {
-					if b.Len() > 1 {
-						in.metrics.AuditFailures.Inc()
-					}
-					return err
-				}
-			}
-			return br2.Close()
-		}()
+		}
+		var head audit.Head
+		if err := br.QueryRow().Scan(&head.Seq, &head.TS, &head.MAC); err != nil {
+			in.metrics.AuditFailures.Inc()
+			return fmt.Errorf("read audit head: %w", err)
+		}
+		rows, err := br.Query()
 		if err != nil {
-			if _, rbErr := c.Exec(context.Background(), "ROLLBACK"); rbErr != nil {
-				return errors.Join(err, driver.ErrBadConn)
+			return fmt.Errorf("store events: %w", err)
+		}
+		err = noteIDs(rows, inserted)
+		rows.Close()
+		if err := errors.Join(err, rows.Err()); err != nil {
+			return fmt.Errorf("store events: %w", err)
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		recs = in.records(events, inserted, now)
+		b = &pgx.Batch{}
+		if len(recs) > 0 {
+			q, args := in.chain.SealPG(head, recs)
+			b.Queue(q, args...)
+		}
+		b.Queue("COMMIT")
+		br2 := c.SendBatch(ctx, b)
+		defer br2.Close()
+		for range b.Len() {
+			if _, err := br2.Exec(); err != nil {
+				if b.Len() > 1 {
+					in.metrics.AuditFailures.Inc()
+				}
+				return err
 			}
 		}
-		return err
+		return br2.Close()
 	})
 	return recs, err
 }

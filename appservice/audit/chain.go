@@ -74,7 +74,7 @@ func (c *Chain) Append(ctx context.Context, tx *sql.Tx, recs ...*Record) error {
 		// appenders would all start at 1. Insert an empty head: a concurrent
 		// appender's insert waits for this transaction, finds the row, and
 		// then locks the head this one wrote.
-		if _, err := c.db.Exec(ctx, tx, EmptyHeadQuery, zeroMAC); err != nil {
+		if _, err := c.db.Exec(ctx, tx, EmptyHeadQuery); err != nil {
 			return fmt.Errorf("create audit head: %w", err)
 		}
 		err = c.db.QueryRow(ctx, tx, q).Scan(&head.Seq, &head.TS, &head.MAC)
@@ -116,14 +116,11 @@ type Head struct {
 }
 
 // HeadLockQuery reads and locks the chain head on PostgreSQL; EmptyHeadQuery
-// ($1 the zero MAC) makes sure there is a head row to lock.
+// makes sure there is a head row to lock (seq 0, the all-zero MAC).
 const (
 	HeadLockQuery  = `SELECT seq, ts, mac FROM audit_head WHERE id = 1 FOR UPDATE`
-	EmptyHeadQuery = `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, 0, 0, $1) ON CONFLICT (id) DO NOTHING`
+	EmptyHeadQuery = `INSERT INTO audit_head (id, seq, ts, mac) VALUES (1, 0, 0, decode(repeat('00', 32), 'hex')) ON CONFLICT (id) DO NOTHING`
 )
-
-// ZeroMAC is the MAC before the first record.
-func ZeroMAC() []byte { return zeroMAC }
 
 // SealPG seals recs after head (locked by the caller's transaction) and
 // returns the one PostgreSQL statement that inserts them, as arrays, and

@@ -55,7 +55,6 @@ func TestMain(m *testing.M) {
 	}())
 }
 
-// startStack brings up Dendrite and matrix-hipaa for one test.
 // onEachDatabase runs test against a fresh stack on SQLite and on PostgreSQL.
 func onEachDatabase(t *testing.T, test func(*testing.T, *devstack.Stack)) {
 	for _, dbType := range storetest.Dialects {
@@ -69,6 +68,7 @@ func onEachDatabase(t *testing.T, test func(*testing.T, *devstack.Stack)) {
 	}
 }
 
+// startStack brings up Dendrite and matrix-hipaa for one test.
 func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
 	t.Helper()
 	opts.StateDir = t.TempDir()

@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -17,7 +18,8 @@ import (
 	"sync"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/mattn/go-sqlite3"
 )
 
@@ -335,6 +337,33 @@ func (db *DB) Tx(ctx context.Context, d Durability, fn func(*sql.Tx) error) erro
 		return err
 	}
 	return tx.Commit()
+}
+
+// Pipelined runs fn on the writer's own pgx connection (PostgreSQL only), for
+// a transaction sent as pipelined batches: fn begins it in its first batch
+// and commits it in its last, so no statement waits for a round trip of its
+// own. If fn fails, whatever transaction it left open is rolled back; if
+// even that fails, the connection is dropped rather than reused.
+func (db *DB) Pipelined(ctx context.Context, fn func(*pgx.Conn) error) error {
+	conn, err := db.W.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("pipelined transaction: driver %T is not pgx", dc)
+		}
+		c := sc.Conn()
+		err := fn(c)
+		if err != nil {
+			if _, rbErr := c.Exec(context.Background(), "ROLLBACK"); rbErr != nil {
+				return errors.Join(err, driver.ErrBadConn)
+			}
+		}
+		return err
+	})
 }
 
 // Prepared returns tx's handle on a statement prepared once per database.
