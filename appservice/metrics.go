@@ -22,6 +22,7 @@ type Metrics struct {
 	ExportDone     *prometheus.CounterVec
 	ExportFailures *prometheus.CounterVec
 	ExportLag      *prometheus.GaugeVec
+	AuthFailures   *prometheus.CounterVec
 }
 
 // Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
@@ -55,11 +56,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		JobsByState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hipaa_jobs",
-			Help: "Durable jobs by state (pending, done, failed).",
+			Help: "Durable jobs waiting to run (state pending) or given up (state failed); finished ones are counted by hipaa_job_runs_total.",
 		}, []string{"state"}),
 		JobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hipaa_job_runs_total",
-			Help: "Job attempts by kind and outcome (success, retry, failure, would).",
+			Help: "Job attempts by kind and outcome: success, would (dry run), retry, unreachable (the homeserver did not answer; not counted as an attempt) or failure (given up).",
 		}, []string{"kind", "outcome"}),
 		AuditRecords: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hipaa_audit_records_total",
@@ -82,6 +83,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Known rooms by standing: known, problem (an action failed for good; see `matrix-hipaa rooms`), unencrypted_required (policy wants encryption, room has none), bot_underpowered (bot lacks the power the room's settings need).",
 		}, []string{"standing"}),
 	}
+	m.AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_auth_failures_total",
+		Help: "Requests to the application service API refused for their credentials: missing (no token), malformed (not a Bearer token, or header and query disagree) or wrong (not the hs_token).",
+	}, []string{"reason"})
 	m.ExportDone = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hipaa_audit_export_records_total",
 		Help: "Audit records delivered by each exporter (a record sent again after an outage counts again).",
@@ -94,7 +99,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "hipaa_audit_export_lag_records",
 		Help: "Audit records not yet delivered by each exporter.",
 	}, []string{"exporter"})
-	reg.MustRegister(m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	reg.MustRegister(m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

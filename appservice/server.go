@@ -25,13 +25,10 @@ type Server struct {
 	maxBody int64
 	metrics *Metrics
 	log     zerolog.Logger
-	// Healthy reports whether the service may acknowledge; when the audit
-	// trail cannot be written it says no and the homeserver keeps retrying.
-	healthy func() error
 }
 
 func NewServer(inbox *Inbox, hsToken string, maxBody int64, m *Metrics, log zerolog.Logger) *Server {
-	return &Server{inbox: inbox, hsToken: []byte(hsToken), maxBody: maxBody, metrics: m, log: log, healthy: func() error { return nil }}
+	return &Server{inbox: inbox, hsToken: []byte(hsToken), maxBody: maxBody, metrics: m, log: log}
 }
 
 // matrixError writes a Matrix-style error body.
@@ -111,21 +108,25 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 	case header != "":
 		t, ok := strings.CutPrefix(header, "Bearer ")
 		if !ok {
+			s.metrics.AuthFailures.WithLabelValues("malformed").Inc()
 			matrixError(w, http.StatusForbidden, "M_FORBIDDEN", "Authorization must be a Bearer token")
 			return false
 		}
 		token = t
 		if query != "" && query != token {
+			s.metrics.AuthFailures.WithLabelValues("malformed").Inc()
 			matrixError(w, http.StatusForbidden, "M_FORBIDDEN", "Authorization header and access_token disagree")
 			return false
 		}
 	case query != "":
 		token = query
 	default:
+		s.metrics.AuthFailures.WithLabelValues("missing").Inc()
 		matrixError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "missing hs_token")
 		return false
 	}
 	if subtle.ConstantTimeCompare([]byte(token), s.hsToken) != 1 {
+		s.metrics.AuthFailures.WithLabelValues("wrong").Inc()
 		s.log.Warn().Str("path_kind", routeKind(r.URL.Path)).Msg("rejected request with a wrong hs_token")
 		matrixError(w, http.StatusForbidden, "M_FORBIDDEN", "bad hs_token")
 		return false
@@ -287,12 +288,6 @@ func (s *Server) putTransaction(w http.ResponseWriter, r *http.Request, txnID st
 			matrixError(w, http.StatusBadRequest, "M_NOT_JSON", "body is not valid JSON")
 		}
 		s.log.Warn().Str("txn_id", txnID).Msg("rejected malformed transaction")
-		return
-	}
-	if err := s.healthy(); err != nil {
-		s.metrics.Transactions.WithLabelValues("error").Inc()
-		s.log.Error().Err(err).Str("txn_id", txnID).Msg("not acknowledging: service unhealthy")
-		matrixError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "service cannot record events right now")
 		return
 	}
 	n, err := s.inbox.Store(r.Context(), txnID, events)

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestServerErrors(t *testing.T) {
@@ -52,8 +54,41 @@ func TestServerErrors(t *testing.T) {
 		{"ping bad JSON", "POST", "/_matrix/app/v1/ping", "Bearer " + testHSToken, `{`, 400, "M_NOT_JSON"},
 		{"ping wrong method", "GET", "/_matrix/app/v1/ping", "Bearer " + testHSToken, ``, 405, "M_UNRECOGNIZED"},
 	}
+	// Refused credentials are counted by reason, so probing shows on a dashboard.
+	authReason := map[string]string{
+		"no token": "missing", "user query no token": "missing",
+		"not bearer": "malformed", "header and query disagree": "malformed",
+		"wrong token": "wrong", "token prefix only": "wrong", "legacy wrong query token": "wrong", "ping wrong token": "wrong",
+	}
+	authCounts := func() map[string]float64 {
+		out := map[string]float64{}
+		for _, r := range []string{"missing", "malformed", "wrong"} {
+			var m dto.Metric
+			if err := p.m.AuthFailures.WithLabelValues(r).Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			out[r] = m.GetCounter().GetValue()
+		}
+		return out
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			if want := authReason[tc.name]; (want != "") != (tc.wantStatus == 401 || tc.wantStatus == 403) {
+				t.Fatalf("case has status %d but auth reason %q", tc.wantStatus, want)
+			}
+			before := authCounts()
+			defer func() {
+				after := authCounts()
+				for r := range after {
+					want := 0.0
+					if r == authReason[tc.name] {
+						want = 1
+					}
+					if got := after[r] - before[r]; got != want {
+						t.Errorf("hipaa_auth_failures_total{reason=%q} rose by %v, want %v", r, got, want)
+					}
+				}
+			}()
 			req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
 			if tc.auth != "" {
 				req.Header.Set("Authorization", tc.auth)

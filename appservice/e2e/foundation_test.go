@@ -118,10 +118,13 @@ func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
 	// No PHI anywhere we write.
 	metrics := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", st.Opts.MetricsPort))
 	for _, name := range []string{fmt.Sprintf(`hipaa_events_total{class="message",delivery="new"} %d`, messages), "hipaa_transactions_total", "hipaa_transaction_duration_seconds_bucket",
-		"hipaa_inbox_lag_events", "hipaa_audit_records_total"} {
+		"hipaa_inbox_lag_events", "hipaa_audit_records_total", `hipaa_jobs{state="pending"}`, `hipaa_jobs{state="failed"} 0`} {
 		if !bytes.Contains(metrics, []byte(name)) {
 			t.Errorf("metrics output lacks %s", name)
 		}
+	}
+	if bytes.Contains(metrics, []byte(`hipaa_jobs{state="done"}`)) {
+		t.Error(`metrics still count done jobs (a scan of the whole job table each refresh)`)
 	}
 	logs, err := os.ReadFile(st.ServiceLog)
 	if err != nil {
