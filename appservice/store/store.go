@@ -566,3 +566,51 @@ func (db *DB) OpenSide(uri string) (*sql.DB, string, error) {
 		return p, "postgres", nil
 	}
 }
+
+// ErrBackupPostgres says to back PostgreSQL up with its own tools.
+var ErrBackupPostgres = errors.New("the database is PostgreSQL: back it up with pg_dump or the server's own backups (a consistent snapshot, taken while the service runs)")
+
+// Backup writes a consistent snapshot of the SQLite database to path while the
+// service keeps running (VACUUM INTO reads one snapshot, like any reader, and
+// never blocks the writer). The file is created 0600 and must not exist yet;
+// it is fsynced, with its folder, before Backup returns. Copying the database
+// file instead can miss what is still in the WAL or tear pages mid-checkpoint.
+func (db *DB) Backup(ctx context.Context, path string) error {
+	if db.Dialect != SQLite {
+		return ErrBackupPostgres
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(path)
+		}
+	}()
+	if _, err := db.R.ExecContext(ctx, `VACUUM INTO $1`, path); err != nil {
+		return fmt.Errorf("snapshot the database: %w", err)
+	}
+	if err := syncFile(path); err != nil {
+		return err
+	}
+	if err := syncFile(filepath.Dir(path)); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,99 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// A backup taken while transactions keep arriving is one consistent moment:
+// every transaction in it is whole (its events and their audit records), its
+// chain verifies, and it holds nothing the live database does not.
+func TestBackupWhileIngesting(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	ctx := context.Background()
+	const perTxn = 10
+	var stored atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			evs := make([]*Event, perTxn)
+			for j := range evs {
+				evs[j] = &Event{ID: fmt.Sprintf("$e%d_%d", i, j), OriginTS: int64(i), RoomID: "!r:hs", Type: "m.room.encrypted", Sender: "@u:hs"}
+			}
+			if _, err := p.inbox.Store(ctx, fmt.Sprint("t", i), evs); err != nil {
+				t.Error(err)
+				return
+			}
+			stored.Add(perTxn)
+		}
+	}()
+	for stored.Load() < 2000 && !t.Failed() {
+		time.Sleep(time.Millisecond)
+	}
+	path := filepath.Join(t.TempDir(), "backup.db")
+	if err := p.db.Backup(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	for n := stored.Load(); stored.Load() < n+500 && !t.Failed(); {
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file: %v, mode %v", err, st.Mode().Perm())
+	}
+	b, err := store.Open(ctx, "sqlite3", path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var events, received, live int64
+	b.R.QueryRow(`SELECT COUNT(*) FROM inbox`).Scan(&events)
+	b.R.QueryRow(`SELECT COUNT(*) FROM audit WHERE rec LIKE '%"event.received"%'`).Scan(&received)
+	p.db.R.QueryRow(`SELECT COUNT(*) FROM inbox`).Scan(&live)
+	if events < 2000 || events%perTxn != 0 || received != events || events >= live {
+		t.Fatalf("backup holds %d events and %d event.received records (live: %d): want whole transactions, each event audited, fewer than live", events, received, live)
+	}
+	res, err := audit.Verify(ctx, b, p.chain.Keys())
+	if err != nil || res.Bad != nil || res.Records != res.HeadSeq || res.HeadSeq < received {
+		t.Fatalf("backup's chain: %+v, %v", res, err)
+	}
+	// Its last event is the live database's event at the same place.
+	var lastB, lastLive string
+	b.R.QueryRow(`SELECT event_id FROM inbox ORDER BY seq DESC LIMIT 1`).Scan(&lastB)
+	p.db.R.QueryRow(`SELECT event_id FROM inbox ORDER BY seq LIMIT 1 OFFSET $1`, events-1).Scan(&lastLive)
+	if lastB == "" || lastB != lastLive {
+		t.Fatalf("backup ends at %q, live has %q there", lastB, lastLive)
+	}
+
+	// It never overwrites a file, and leaves nothing behind when it fails.
+	if err := p.db.Backup(ctx, path); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("backup over an existing file: %v", err)
+	}
+	missing := filepath.Join(t.TempDir(), "no-such-dir", "b.db")
+	if err := p.db.Backup(ctx, missing); err == nil {
+		t.Fatal("backup into a missing folder succeeded")
+	}
+	if pg := newPipeline(t, "postgres"); !errors.Is(pg.db.Backup(ctx, filepath.Join(t.TempDir(), "pg.db")), store.ErrBackupPostgres) {
+		t.Fatal("PostgreSQL backup did not point to pg_dump")
+	}
+}
