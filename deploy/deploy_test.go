@@ -197,11 +197,7 @@ func TestMetricsExpositionLint(t *testing.T) {
 func TestSystemdUnits(t *testing.T) {
 	analyze := tool(t, "systemd-analyze", "systemd")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "matrix-hipaa")
-	build := exec.Command("go", "build", "-tags", "goolm", "-o", bin, "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildService(t, dir)
 	units := []string{"matrix-hipaa.service", "matrix-hipaa-verify.service", "matrix-hipaa-verify.timer"}
 	for _, u := range units {
 		b, err := os.ReadFile(filepath.Join("systemd", u))
@@ -251,4 +247,15 @@ func TestSystemdUnits(t *testing.T) {
 	if err != nil || !regexp.MustCompile(`(?m)^matrix-hipaa:x:\d+:\d+:[^:]*:/var/lib/matrix-hipaa:/usr/sbin/nologin$`).Match(passwd) {
 		t.Fatalf("sysusers did not create the service user: %v\n%s", err, passwd)
 	}
+}
+
+// buildService builds matrix-hipaa into dir.
+func buildService(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "matrix-hipaa")
+	build := exec.Command("go", "build", "-tags", "goolm", "-o", bin, "..")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }
