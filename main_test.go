@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -87,7 +88,23 @@ func TestBackupCommand(t *testing.T) {
 	if code, _, errOut := runCLI("backup", "-config", cfg, "-out", out); code != 1 || !strings.Contains(errOut, "exists") {
 		t.Fatalf("backup over an existing file: %d %q", code, errOut)
 	}
-	if code, _, _ := runCLI("backup", "-config", cfg); code != 2 {
-		t.Fatalf("backup without -out exited %d, want 2", code)
+	for _, bad := range [][]string{{}, {"-out", out + "2", "-dir", dir}, {"-out", out + "3", "-keep", "2"}, {"-dir", dir, "-keep", "-1"}} {
+		if code, _, _ := runCLI(append([]string{"backup", "-config", cfg}, bad...)...); code != 2 {
+			t.Fatalf("backup %v exited %d, want 2", bad, code)
+		}
+	}
+	// -dir names the copy by the time; -keep leaves the newest there, and
+	// only removes copies it named.
+	old := filepath.Join(filepath.Dir(out), "matrix-hipaa-20200101T000000Z.db")
+	os.WriteFile(old, nil, 0o600)
+	code, stdout, errOut = runCLI("backup", "-config", cfg, "-dir", filepath.Dir(out), "-keep", "1")
+	m := regexp.MustCompile(`backup written to (\S+/matrix-hipaa-\d{8}T\d{6}Z\.db): `).FindStringSubmatch(stdout)
+	if code != 0 || m == nil || !strings.Contains(stdout, "removed the older copy "+old+"\n") {
+		t.Fatalf("backup -dir -keep 1: %d %q %q", code, stdout, errOut)
+	}
+	for _, kept := range []string{m[1], out} {
+		if _, err := os.Stat(kept); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -97,3 +97,38 @@ func TestBackupWhileIngesting(t *testing.T) {
 		t.Fatal("PostgreSQL backup did not point to pg_dump")
 	}
 }
+
+func TestPruneBackups(t *testing.T) {
+	dir := t.TempDir()
+	var names []string
+	for i := range 5 {
+		n := BackupName(time.Date(2026, 11, 20+i, 3, 0, 0, 0, time.UTC))
+		names = append(names, n)
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Files that are not copies are never touched.
+	for _, other := range []string{"notes.txt", "matrix-hipaa.db", "matrix-hipaa-20260101T000000Z.db-wal"} {
+		os.WriteFile(filepath.Join(dir, other), []byte("x"), 0o600)
+	}
+	removed, err := PruneBackups(dir, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 3 || filepath.Base(removed[0]) != names[0] || filepath.Base(removed[2]) != names[2] {
+		t.Fatalf("removed %v, want the three oldest of %v", removed, names)
+	}
+	left, _ := os.ReadDir(dir)
+	var got []string
+	for _, e := range left {
+		got = append(got, e.Name())
+	}
+	want := []string{"matrix-hipaa-20260101T000000Z.db-wal", "matrix-hipaa-20261123T030000Z.db", "matrix-hipaa-20261124T030000Z.db", "matrix-hipaa.db", "notes.txt"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("left %v, want %v", got, want)
+	}
+	if removed, err := PruneBackups(dir, 2); err != nil || len(removed) != 0 {
+		t.Fatalf("second prune removed %v, %v", removed, err)
+	}
+}

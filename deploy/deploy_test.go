@@ -198,13 +198,13 @@ func TestSystemdUnits(t *testing.T) {
 	analyze := tool(t, "systemd-analyze", "systemd")
 	dir := t.TempDir()
 	bin := buildService(t, dir)
-	units := []string{"matrix-hipaa.service", "matrix-hipaa-verify.service", "matrix-hipaa-verify.timer"}
+	units := []string{"matrix-hipaa.service", "matrix-hipaa-verify.service", "matrix-hipaa-backup.service", "matrix-hipaa-verify.timer", "matrix-hipaa-backup.timer"}
 	for _, u := range units {
 		b, err := os.ReadFile(filepath.Join("systemd", u))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if u != "matrix-hipaa-verify.timer" && !bytes.Contains(b, []byte("ExecStart=/usr/local/bin/matrix-hipaa ")) {
+		if strings.HasSuffix(u, ".service") && !bytes.Contains(b, []byte("ExecStart=/usr/local/bin/matrix-hipaa ")) {
 			t.Fatalf("%s: ExecStart is not /usr/local/bin/matrix-hipaa", u)
 		}
 		b = bytes.ReplaceAll(b, []byte("/usr/local/bin/matrix-hipaa"), []byte(bin))
@@ -218,7 +218,7 @@ func TestSystemdUnits(t *testing.T) {
 			t.Errorf("systemd-analyze verify %s:\n%s", u, out)
 		}
 	}
-	for _, u := range units[:2] {
+	for _, u := range units[:3] {
 		out := run(t, dir, analyze, "security", "--offline=yes", "--no-pager", "--threshold=20", "./"+u)
 		if !strings.Contains(out, "Overall exposure level for "+u) {
 			t.Fatalf("no score for %s:\n%s", u, out)
@@ -232,7 +232,8 @@ func TestSystemdUnits(t *testing.T) {
 		}
 	}
 	// The command lines the units run are ones the binary accepts.
-	for _, args := range [][]string{{"run", "-config", "/nonexistent/config.yaml"}, {"audit", "verify", "-config", "/nonexistent/config.yaml"}} {
+	for _, args := range [][]string{{"run", "-config", "/nonexistent/config.yaml"}, {"audit", "verify", "-config", "/nonexistent/config.yaml"},
+		{"backup", "-config", "/nonexistent/config.yaml", "-dir", "/nonexistent", "-keep", "7"}} {
 		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "/nonexistent/config.yaml") {
 			t.Errorf("matrix-hipaa %v: %v, %s (want a complaint about the missing config)", args, err, out)

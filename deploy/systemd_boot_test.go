@@ -62,13 +62,14 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 	for _, d := range []string{"multi-user.target.wants", "timers.target.wants"} {
 		must(t, os.MkdirAll(filepath.Join(units, d), 0o755))
 	}
-	for _, u := range []string{"matrix-hipaa.service", "matrix-hipaa-verify.service", "matrix-hipaa-verify.timer"} {
+	for _, u := range []string{"matrix-hipaa.service", "matrix-hipaa-verify.service", "matrix-hipaa-verify.timer", "matrix-hipaa-backup.service", "matrix-hipaa-backup.timer"} {
 		b, err := os.ReadFile(filepath.Join("systemd", u))
 		must(t, err)
 		must(t, os.WriteFile(filepath.Join(units, u), bytes.ReplaceAll(b, []byte("/usr/local/bin/matrix-hipaa"), []byte(inside)), 0o644))
 	}
 	must(t, os.Symlink("../matrix-hipaa.service", filepath.Join(units, "multi-user.target.wants/matrix-hipaa.service")))
 	must(t, os.Symlink("../matrix-hipaa-verify.timer", filepath.Join(units, "timers.target.wants/matrix-hipaa-verify.timer")))
+	must(t, os.Symlink("../matrix-hipaa-backup.timer", filepath.Join(units, "timers.target.wants/matrix-hipaa-backup.timer")))
 	abs, _ := filepath.Abs("systemd/matrix-hipaa.sysusers")
 	run(t, ".", sysusers, "--root="+root, abs)
 	uid, gid := passwdIDs(t, filepath.Join(etc, "passwd"), "matrix-hipaa")
@@ -184,8 +185,8 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 		}
 	}
 	props("matrix-hipaa.service", map[string]string{"ActiveState": "active", "SubState": "running", "NRestarts": "0", "User": "matrix-hipaa"})
-	if got := sh("systemctl", "is-enabled", "matrix-hipaa-verify.timer"); strings.TrimSpace(got) != "enabled" {
-		t.Fatalf("verify timer: %q", got)
+	for _, timer := range []string{"matrix-hipaa-verify.timer", "matrix-hipaa-backup.timer"} {
+		props(timer, map[string]string{"ActiveState": "active", "UnitFileState": "enabled"})
 	}
 
 	// A transaction from "the homeserver" is taken and acknowledged.
@@ -217,11 +218,29 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 		t.Fatalf("verify unit's journal:\n%s", j)
 	}
 
+	// The daily backup, run now, leaves a checked copy only the service user reads.
+	sh("systemctl", "start", "matrix-hipaa-backup.service")
+	props("matrix-hipaa-backup.service", map[string]string{"Result": "success", "ActiveState": "inactive"})
+	if j := sh("journalctl", "-u", "matrix-hipaa-backup", "--no-pager"); !strings.Contains(j, "audit records intact") {
+		t.Fatalf("backup unit's journal:\n%s", j)
+	}
+	copies, _ := filepath.Glob(filepath.Join(state, "backups", "matrix-hipaa-*Z.db"))
+	if len(copies) != 1 {
+		t.Fatalf("backups: %v", copies)
+	}
+	for path, mode := range map[string]os.FileMode{filepath.Join(state, "backups"): 0o700 | os.ModeDir, copies[0]: 0o600} {
+		st, err := os.Stat(path)
+		must(t, err)
+		if st.Mode() != mode || int(st.Sys().(*syscall.Stat_t).Uid) != uid {
+			t.Errorf("%s: mode %v uid %d, want %v uid %d", path, st.Mode(), st.Sys().(*syscall.Stat_t).Uid, mode, uid)
+		}
+	}
+
 	// systemctl stop is a clean stop, recorded in the trail.
 	sh("systemctl", "stop", "matrix-hipaa")
 	props("matrix-hipaa.service", map[string]string{"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"})
 	export := sh("runuser", "-u", "matrix-hipaa", "--", inside, "audit", "export", "-config", "/etc/matrix-hipaa/config.yaml", "-format", "jsonl")
-	for _, want := range []string{`"type":"service.start"`, `"type":"event.received"`, `"event_id":"$booted"`, `"type":"audit.read","outcome":"success","actor":"os:matrix-hipaa","action":"verify"`, `"type":"service.stop"`} {
+	for _, want := range []string{`"type":"service.start"`, `"type":"event.received"`, `"event_id":"$booted"`, `"type":"audit.read","outcome":"success","actor":"os:matrix-hipaa","action":"verify"`, `"action":"backup"`, `"type":"service.stop"`} {
 		if !strings.Contains(export, want) {
 			t.Errorf("audit export lacks %s:\n%s", want, export)
 		}
