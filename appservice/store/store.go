@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/mattn/go-sqlite3"
+	"golang.org/x/sys/unix"
 )
 
 // writerDriver is SQLite for the one writer connection. Its WAL checkpoints
@@ -567,6 +568,9 @@ func (db *DB) OpenSide(uri string) (*sql.DB, string, error) {
 	}
 }
 
+// backupFlushEvery is how often a backup starts writing out what it has copied.
+const backupFlushEvery = 50 * time.Millisecond
+
 // ErrBackupPostgres says to back PostgreSQL up with its own tools.
 var ErrBackupPostgres = errors.New("the database is PostgreSQL: back it up with pg_dump or the server's own backups (a consistent snapshot, taken while the service runs)")
 
@@ -583,17 +587,38 @@ func (db *DB) Backup(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	f.Close()
 	ok := false
 	defer func() {
+		f.Close()
 		if !ok {
 			os.Remove(path)
 		}
 	}()
-	if _, err := db.R.ExecContext(ctx, `VACUUM INTO $1`, path); err != nil {
+	// Start writing the copy's pages to disk as they come, instead of one
+	// flush of the whole copy at the end: every acknowledgement's fsync
+	// would queue behind that (measured: up to 0.7 s).
+	done := make(chan struct{})
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		t := time.NewTicker(backupFlushEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+			}
+		}
+	}()
+	_, err = db.R.ExecContext(ctx, `VACUUM INTO $1`, path)
+	close(done)
+	<-flushed
+	if err != nil {
 		return fmt.Errorf("snapshot the database: %w", err)
 	}
-	if err := syncFile(path); err != nil {
+	if err := f.Sync(); err != nil {
 		return err
 	}
 	if err := syncFile(filepath.Dir(path)); err != nil {
