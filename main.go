@@ -72,6 +72,9 @@ Commands:
                                          a consistent copy of the SQLite database, taken
                                          while the service runs, its audit chain checked
                                          (-dir: named by the time, the newest N kept)
+  restore -config FILE -from COPY        put a backup copy in place (service stopped): the
+                                         copy's chain is checked first, the replaced files
+                                         are kept, and the restore is the next audit record
 `
 
 func main() {
@@ -125,6 +128,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	case "backup":
 		err = backupCommand(args[1:], stdout, stderr)
+	case "restore":
+		err = restoreCommand(args[1:], stdout, stderr)
 	case "rooms":
 		return listRooms(args[1:], stdout, stderr)
 	case "hold":
@@ -738,4 +743,56 @@ func backupCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// restoreCommand puts a backup copy in place of the stopped service's SQLite
+// database (appservice.Restore).
+func restoreCommand(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("restore", stderr)
+	from := fs.String("from", "", "the backup copy to restore")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *from == "" {
+		return errUsage{"usage: matrix-hipaa restore -config F -from COPY (with the service stopped)"}
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if cfg.Database.Type != "sqlite3" {
+		return store.ErrBackupPostgres
+	}
+	// The running service holds the database open; replacing it underneath
+	// would lose whatever it writes next.
+	if c, err := net.DialTimeout("tcp", cfg.AppService.Listen, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("the service is running (it answers on %s): stop it first", cfg.AppService.Listen)
+	}
+	keyFile := cfg.Resolve(cfg.Audit.KeyFile)
+	if _, err := os.Stat(keyFile); err != nil {
+		return fmt.Errorf("the audit key %s is needed to check the copy: restore it from the key vault first (%w)", keyFile, err)
+	}
+	keys, err := audit.LoadOrCreateKey(keyFile)
+	if err != nil {
+		return err
+	}
+	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
+	res, err := appservice.Restore(context.Background(), cfg.Resolve(cfg.Database.URI), cfg.Resolve(cfg.Audit.CheckpointFile), *from, keys, operator(), suffix, time.Now)
+	if err != nil {
+		return err
+	}
+	replaced := "could not be read"
+	switch {
+	case res.ReplacedHead > res.Head:
+		replaced = fmt.Sprintf("had %d records; records %d to %d are not in the restored chain", res.ReplacedHead, res.Head+1, res.ReplacedHead)
+	case res.ReplacedHead >= 0:
+		replaced = fmt.Sprintf("had %d records", res.ReplacedHead)
+	}
+	fmt.Fprintf(stdout, "restored from %s: chain head %d, then this restore recorded as record %d\nthe replaced chain %s\n", *from, res.Head, res.Head+1, replaced)
+	for _, k := range res.Kept {
+		fmt.Fprintf(stdout, "kept %s\n", k)
+	}
+	_, err = fmt.Fprintln(stdout, "start the service; keep the replaced files with the incident record (docs/deploy.md)")
+	return err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -66,7 +67,14 @@ func TestConfigErrorsPrintOnePerLine(t *testing.T) {
 func TestBackupCommand(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfg, config.Example(), 0o600); err != nil {
+	// The service's port, held open to play a running service for restore.
+	running, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer running.Close()
+	cfgText := strings.Replace(string(config.Example()), "  listen: 127.0.0.1:29330\n", "  listen: "+running.Addr().String()+"\n", 1)
+	if err := os.WriteFile(cfg, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
@@ -106,5 +114,22 @@ func TestBackupCommand(t *testing.T) {
 		if _, err := os.Stat(kept); err != nil {
 			t.Fatal(err)
 		}
+	}
+
+	// restore refuses while the service runs, then puts the first copy back:
+	// the records since (the listings and backups above) are gone, and the
+	// restore is the restored chain's next record.
+	if code, _, errOut := runCLI("restore", "-config", cfg, "-from", out); code != 1 || !strings.Contains(errOut, "the service is running") {
+		t.Fatalf("restore while running: %d %q", code, errOut)
+	}
+	running.Close()
+	code, stdout, errOut = runCLI("restore", "-config", cfg, "-from", out)
+	if code != 0 || !strings.Contains(stdout, "restored from "+out+": chain head 3, then this restore recorded as record 4\nthe replaced chain had 7 records; records 4 to 7 are not in the restored chain\n") ||
+		!strings.Contains(stdout, "kept "+filepath.Join(dir, "matrix-hipaa.db.replaced-")) {
+		t.Fatalf("restore: %d %q %q", code, stdout, errOut)
+	}
+	code, stdout, _ = runCLI("audit", "export", "-config", cfg, "-format", "jsonl")
+	if code != 0 || !strings.Contains(stdout, `"seq":4,`) || !strings.Contains(stdout, `"type":"admin.command","outcome":"success","actor":"`) || !strings.Contains(stdout, `"action":"restore","count":7`) {
+		t.Fatalf("restored trail:\n%s", stdout)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
 
 // A backup taken while transactions keep arriving is one consistent moment:
@@ -130,5 +133,85 @@ func TestPruneBackups(t *testing.T) {
 	}
 	if removed, err := PruneBackups(dir, 2); err != nil || len(removed) != 0 {
 		t.Fatalf("second prune removed %v, %v", removed, err)
+	}
+}
+
+// A restore checks the copy before touching anything, keeps what it replaces,
+// and records itself as the first new record of the restored chain.
+func TestRestore(t *testing.T) {
+	ctx := context.Background()
+	live, uri := storetest.Open(t, "sqlite3")
+	p := newPipelineOn(t, live)
+	store3 := func(from int) {
+		for i := from; i < from+3; i++ {
+			evs := make([]*Event, 10)
+			for j := range evs {
+				evs[j] = &Event{ID: fmt.Sprintf("$r%d_%d", i, j), OriginTS: int64(i), RoomID: "!r:hs", Type: "m.room.encrypted", Sender: "@u:hs"}
+			}
+			if _, err := p.inbox.Store(ctx, fmt.Sprint("t", i), evs); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	store3(0)
+	dir := t.TempDir()
+	copyPath := filepath.Join(dir, "copy.db")
+	if err := live.Backup(ctx, copyPath); err != nil {
+		t.Fatal(err)
+	}
+	store3(3)
+	var liveHead int64
+	live.R.QueryRow(`SELECT seq FROM audit_head`).Scan(&liveHead)
+	cpFile := filepath.Join(dir, "audit-checkpoints.jsonl")
+	os.WriteFile(cpFile, []byte("{}\n"), 0o600)
+	live.Close()
+
+	// A copy that does not verify changes nothing.
+	bad := filepath.Join(dir, "bad.db")
+	if err := copyNew(copyPath, bad); err != nil {
+		t.Fatal(err)
+	}
+	b, err := store.Open(ctx, "sqlite3", bad, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.W.Exec(`UPDATE audit SET ts = ts + 1 WHERE seq = 2`)
+	b.Close()
+	if _, err := Restore(ctx, uri, cpFile, bad, p.chain.Keys(), "os:tester", ".replaced-1", p.clock.Now); err == nil || !strings.Contains(err.Error(), "nothing was changed") {
+		t.Fatalf("restore of a tampered copy: %v", err)
+	}
+	for _, f := range []string{uri, cpFile} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("%s after a refused restore: %v", f, err)
+		}
+	}
+	if _, err := os.Stat(uri + ".restoring"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("staging file left behind: %v", err)
+	}
+
+	res, err := Restore(ctx, uri, cpFile, copyPath, p.chain.Keys(), "os:tester", ".replaced-2", p.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ReplacedHead != liveHead || res.Head >= liveHead || !slices.Contains(res.Kept, uri+".replaced-2") || !slices.Contains(res.Kept, cpFile+".replaced-2") {
+		t.Fatalf("restore: %+v (live head was %d)", res, liveHead)
+	}
+	if _, err := os.Stat(cpFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("checkpoint file still in place: %v", err)
+	}
+	r, err := store.Open(ctx, "sqlite3", uri, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var events int64
+	var last []byte
+	r.R.QueryRow(`SELECT COUNT(*) FROM inbox`).Scan(&events)
+	r.R.QueryRow(`SELECT rec FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&last)
+	if events != 30 || !strings.Contains(string(last), fmt.Sprintf(`"type":"admin.command","outcome":"success","actor":"os:tester","action":"restore","count":%d`, liveHead)) {
+		t.Fatalf("restored: %d events, last record %s", events, last)
+	}
+	if v, err := audit.Verify(ctx, r, p.chain.Keys()); err != nil || v.Bad != nil || v.HeadSeq != res.Head+1 {
+		t.Fatalf("restored chain: %+v %v", v, err)
 	}
 }

@@ -621,14 +621,15 @@ func (db *DB) Backup(ctx context.Context, path string) error {
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	if err := syncFile(filepath.Dir(path)); err != nil {
+	if err := SyncDir(filepath.Dir(path)); err != nil {
 		return err
 	}
 	ok = true
 	return nil
 }
 
-func syncFile(path string) error {
+// SyncDir fsyncs a folder, so that files created or renamed in it last.
+func SyncDir(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
