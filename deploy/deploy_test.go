@@ -128,7 +128,11 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 	}
 	var d struct {
 		Panels []struct {
+			ID      int    `json:"id"`
 			Title   string `json:"title"`
+			GridPos struct {
+				H, W, X, Y int
+			} `json:"gridPos"`
 			Targets []struct {
 				Expr string `json:"expr"`
 			} `json:"targets"`
@@ -136,6 +140,24 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 	}
 	if err := json.Unmarshal(dash, &d); err != nil {
 		t.Fatalf("dashboard is not JSON: %v", err)
+	}
+	// Grafana lays panels on a 24-column grid: IDs unique, none overlapping.
+	ids := map[int]bool{}
+	for i, p := range d.Panels {
+		if ids[p.ID] {
+			t.Errorf("panel id %d used twice", p.ID)
+		}
+		ids[p.ID] = true
+		g := p.GridPos
+		if g.W <= 0 || g.H <= 0 || g.X < 0 || g.X+g.W > 24 {
+			t.Errorf("panel %q lies off the grid: %+v", p.Title, g)
+		}
+		for _, q := range d.Panels[:i] {
+			h := q.GridPos
+			if g.X < h.X+h.W && h.X < g.X+g.W && g.Y < h.Y+h.H && h.Y < g.Y+g.H {
+				t.Errorf("panels %q and %q overlap", q.Title, p.Title)
+			}
+		}
 	}
 	exprs := 0
 	used := map[string]bool{}
