@@ -4,9 +4,11 @@ package appservice
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"time"
@@ -144,6 +146,23 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	return s, nil
 }
 
+// listen opens appservice.listen, with TLS when a certificate is configured.
+func (s *Service) listen() (net.Listener, error) {
+	as := s.Config.AppService
+	var certs *certFiles
+	if as.TLSCertFile != "" {
+		var err error
+		if certs, err = newCertFiles(s.Config.Resolve(as.TLSCertFile), s.Config.Resolve(as.TLSKeyFile), s.Log); err != nil {
+			return nil, fmt.Errorf("appservice TLS certificate: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", as.Listen)
+	if err != nil || certs == nil {
+		return ln, err
+	}
+	return tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}), nil
+}
+
 // Run serves until ctx ends. It writes service.start and service.stop audit
 // records; if the start record cannot be written the service does not start.
 func (s *Service) Run(ctx context.Context) error {
@@ -151,12 +170,12 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.Chain.AppendTx(ctx, s.DB, &audit.Record{Type: audit.TypeServiceStart, Outcome: audit.OutcomeSuccess, Detail: fmt.Sprintf("schema-%d", store.LatestVersion())}); err != nil {
 		return fmt.Errorf("cannot write the audit trail, refusing to start: %w", err)
 	}
-	ln, err := net.Listen("tcp", s.Config.AppService.Listen)
+	ln, err := s.listen()
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{Handler: s.Server, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
-		ErrorLog: nil}
+		ErrorLog: stdlog.New(s.Log.With().Str("component", "http").Logger(), "", 0)}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	var msrv *http.Server

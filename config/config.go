@@ -4,6 +4,7 @@
 package config
 
 import (
+	"crypto/tls"
 	_ "embed"
 	"fmt"
 	"net"
@@ -68,6 +69,10 @@ type AppService struct {
 	HSToken Secret `yaml:"hs_token"`
 	// MaxBodyBytes bounds a transaction body; larger ones get 413.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// TLSCertFile and TLSKeyFile (PEM), both or neither, make listen serve
+	// HTTPS; url must then be https://.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
 }
 
 type Database struct {
@@ -375,6 +380,7 @@ func (c *Config) validate(d *strictyaml.Doc) {
 			d.Errorf(t.key, "%s is too short: use at least 32 random characters (generate-registration makes them)", t.key)
 		}
 	}
+	c.validateTLS(d)
 	if c.AppService.MaxBodyBytes < 1024 {
 		d.Errorf("appservice.max_body_bytes", "appservice.max_body_bytes must be at least 1024")
 	}
@@ -416,6 +422,28 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	}
 	if c.Jobs.MaxBackoff < c.Jobs.Backoff {
 		d.Errorf("jobs.max_backoff", "jobs.max_backoff must not be shorter than jobs.backoff")
+	}
+}
+
+// validateTLS checks the service's own TLS settings: both files or neither,
+// an https:// url with them, and a certificate and key that load and match.
+func (c *Config) validateTLS(d *strictyaml.Doc) {
+	as := &c.AppService
+	switch {
+	case as.TLSCertFile == "" && as.TLSKeyFile == "":
+		return
+	case as.TLSCertFile == "":
+		d.Errorf("appservice.tls_key_file", "appservice.tls_key_file needs appservice.tls_cert_file beside it")
+		return
+	case as.TLSKeyFile == "":
+		d.Errorf("appservice.tls_cert_file", "appservice.tls_cert_file needs appservice.tls_key_file beside it")
+		return
+	}
+	if u, err := url.Parse(as.URL); err == nil && u.Scheme != "https" {
+		d.Errorf("appservice.url", "appservice.url must be https:// when the service serves TLS (appservice.tls_cert_file)")
+	}
+	if _, err := tls.LoadX509KeyPair(c.Resolve(as.TLSCertFile), c.Resolve(as.TLSKeyFile)); err != nil {
+		d.Errorf("appservice.tls_cert_file", "appservice.tls_cert_file and tls_key_file: %v", err)
 	}
 }
 

@@ -2,12 +2,20 @@ package config
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -78,6 +86,10 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"section as scalar", "metrics:\n  # Prometheus metrics at http://<listen>/metrics. Empty disables them.\n  listen: 127.0.0.1:29331", "metrics: 5", "metrics: expected a mapping"},
 		{"too many workers", "workers: 4", "workers: 1000", "jobs.workers must be between 1 and 256"},
 		{"two documents", "jobs:", "---\njobs:", "only one YAML document is allowed"},
+		{"tls cert without key", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: c.pem\n", "appservice.tls_cert_file needs appservice.tls_key_file beside it"},
+		{"tls key without cert", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_key_file: k.pem\n", "appservice.tls_key_file needs appservice.tls_cert_file beside it"},
+		{"tls with an http url", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: c.pem\n  tls_key_file: k.pem\n", "appservice.url must be https:// when the service serves TLS"},
+		{"tls files missing", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: no-such.pem\n  tls_key_file: k.pem\n", "appservice.tls_cert_file and tls_key_file: open no-such.pem"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -233,4 +245,44 @@ func TestPurgeHistoryNeedsSynapse(t *testing.T) {
 		t.Fatalf("purge on dendrite: %v", err)
 	}
 	strictyamltest.ExpectPositions(t, err, "config.yaml")
+}
+
+// A certificate and key that load and match, with an https:// url, are
+// accepted; a key that belongs to another certificate is not.
+func TestTLSConfig(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir, "a")
+	_, otherKey := selfSigned(t, dir, "b")
+	base := strings.Replace(string(Example()), "  url: http://127.0.0.1:29330", "  url: https://127.0.0.1:29330", 1)
+	with := func(c, k string) string {
+		return strings.Replace(base, "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: "+c+"\n  tls_key_file: "+k+"\n", 1)
+	}
+	cfg, err := Parse(filepath.Join(dir, "config.yaml"), []byte(with(cert, key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AppService.TLSCertFile != cert {
+		t.Fatalf("tls_cert_file %q", cfg.AppService.TLSCertFile)
+	}
+	if _, err := Parse(filepath.Join(dir, "config.yaml"), []byte(with(cert, otherKey))); err == nil || !strings.Contains(err.Error(), "private key does not match public key") {
+		t.Fatalf("mismatched key: %v", err)
+	}
+}
+
+func selfSigned(t *testing.T, dir, name string) (string, string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(k)
+	cert, key := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return cert, key
 }

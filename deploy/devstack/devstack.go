@@ -134,10 +134,17 @@ type Options struct {
 	// JobMaxAttempts, if set, caps job attempts (with a short backoff), so a
 	// test can see an action fail for good in seconds.
 	JobMaxAttempts int
+	// TLS, if set, makes the service serve HTTPS with this certificate and
+	// key, and Dendrite trust CAFile (SSL_CERT_FILE) to reach it.
+	TLS *TLSFiles
 	// Database overrides the service's database (type, uri); default SQLite.
 	DatabaseType, DatabaseURI string
 	Log                       io.Writer // process output; default discarded
 }
+
+// TLSFiles are PEM files: the service's certificate and key, and the CA
+// that issued it.
+type TLSFiles struct{ CertFile, KeyFile, CAFile string }
 
 // Stack is a prepared (and possibly running) Dendrite + matrix-hipaa pair.
 type Stack struct {
@@ -217,6 +224,10 @@ func (s *Stack) writeServiceConfig() error {
 	as := cfg["appservice"].(map[string]any)
 	as["listen"] = fmt.Sprintf("127.0.0.1:%d", o.ASPort)
 	as["url"] = fmt.Sprintf("http://127.0.0.1:%d", o.ASPort)
+	if o.TLS != nil {
+		as["url"] = fmt.Sprintf("https://127.0.0.1:%d", o.ASPort)
+		as["tls_cert_file"], as["tls_key_file"] = o.TLS.CertFile, o.TLS.KeyFile
+	}
 	cfg["metrics"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.MetricsPort)}
 	cfg["logging"] = map[string]any{"level": "debug", "format": "json"}
 	if o.AdminToken != "" {
@@ -318,7 +329,10 @@ func (s *Stack) writeDendriteConfig(dir string) error {
 	js := global["jetstream"].(map[string]any)
 	js["in_memory"] = !s.Opts.PersistentJetStream
 	js["storage_path"] = filepath.Join(dir, "jetstream")
-	cfg["app_service_api"].(map[string]any)["config_files"] = []string{filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml")}
+	asAPI := cfg["app_service_api"].(map[string]any)
+	asAPI["config_files"] = []string{filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml")}
+	// generate-config -ci turns certificate checks off; a hospital's would not.
+	asAPI["disable_tls_validation"] = false
 	client := cfg["client_api"].(map[string]any)
 	client["registration_disabled"] = true // accounts come from the shared secret API
 	client["registration_shared_secret"] = s.SharedSecret
@@ -347,6 +361,9 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 		"-config", filepath.Join(dir, "dendrite.yaml"),
 		"-http-bind-address", fmt.Sprintf("127.0.0.1:%d", s.Opts.HSPort))
 	cmd.Dir = dir
+	if s.Opts.TLS != nil {
+		cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+s.Opts.TLS.CAFile)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -199,3 +199,12 @@ func FreePort(t testing.TB) int {
 	}
 	return port
 }
+
+// ServerPair issues another server certificate (localhost, 127.0.0.1) from
+// the CA, with the given serial, and writes it and its key as PEM files.
+func (p *PKI) ServerPair(t testing.TB, name string, serial int64) (cert, key string) {
+	t.Helper()
+	der, k := p.issue(t, "localhost", x509.ExtKeyUsageServerAuth, serial)
+	kb, _ := x509.MarshalECPrivateKey(k)
+	return writePEM(t, p.Dir, name+".pem", "CERTIFICATE", der), writePEM(t, p.Dir, name+".key", "EC PRIVATE KEY", kb)
+}
