@@ -238,7 +238,7 @@ func runService(args []string, stderr io.Writer) error {
 		}()
 	}
 	if addr := cfg.Admin.Listen; addr != "" {
-		ln, err := net.Listen("tcp", addr)
+		ln, err := appservice.Listen(addr, cfg.Resolve(cfg.Admin.TLSCertFile), cfg.Resolve(cfg.Admin.TLSKeyFile), log.With().Str("component", "admin-api").Logger())
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}

@@ -149,14 +149,20 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 // listen opens appservice.listen, with TLS when a certificate is configured.
 func (s *Service) listen() (net.Listener, error) {
 	as := s.Config.AppService
+	return Listen(as.Listen, s.Config.Resolve(as.TLSCertFile), s.Config.Resolve(as.TLSKeyFile), s.Log)
+}
+
+// Listen opens addr for HTTP, or HTTPS (TLS 1.2+) when certFile and keyFile
+// are given; a renewed certificate in those files is served without a restart.
+func Listen(addr, certFile, keyFile string, log zerolog.Logger) (net.Listener, error) {
 	var certs *certFiles
-	if as.TLSCertFile != "" {
+	if certFile != "" {
 		var err error
-		if certs, err = newCertFiles(s.Config.Resolve(as.TLSCertFile), s.Config.Resolve(as.TLSKeyFile), s.Log); err != nil {
-			return nil, fmt.Errorf("appservice TLS certificate: %w", err)
+		if certs, err = newCertFiles(certFile, keyFile, log); err != nil {
+			return nil, fmt.Errorf("TLS certificate: %w", err)
 		}
 	}
-	ln, err := net.Listen("tcp", as.Listen)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil || certs == nil {
 		return ln, err
 	}

@@ -125,6 +125,9 @@ type Admin struct {
 	Token  Secret   `yaml:"token"`
 	Room   string   `yaml:"room"`
 	Users  []string `yaml:"users"`
+	// TLSCertFile and TLSKeyFile (PEM), both or neither, make listen serve HTTPS.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
 }
 
 // IsAdmin reports whether user may give commands in the management room.
@@ -425,26 +428,34 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	}
 }
 
-// validateTLS checks the service's own TLS settings: both files or neither,
-// an https:// url with them, and a certificate and key that load and match.
+// validateTLS checks the service's own TLS settings: for each listener,
+// both files or neither, and a certificate and key that load and match; the
+// application service's url must then be https://.
 func (c *Config) validateTLS(d *strictyaml.Doc) {
-	as := &c.AppService
+	if c.checkTLSPair(d, "appservice", c.AppService.TLSCertFile, c.AppService.TLSKeyFile) {
+		if u, err := url.Parse(c.AppService.URL); err == nil && u.Scheme != "https" {
+			d.Errorf("appservice.url", "appservice.url must be https:// when the service serves TLS (appservice.tls_cert_file)")
+		}
+	}
+	c.checkTLSPair(d, "admin", c.Admin.TLSCertFile, c.Admin.TLSKeyFile)
+}
+
+// checkTLSPair reports whether section's TLS files are set, and says what is
+// wrong with them if they are.
+func (c *Config) checkTLSPair(d *strictyaml.Doc, section, cert, key string) bool {
 	switch {
-	case as.TLSCertFile == "" && as.TLSKeyFile == "":
-		return
-	case as.TLSCertFile == "":
-		d.Errorf("appservice.tls_key_file", "appservice.tls_key_file needs appservice.tls_cert_file beside it")
-		return
-	case as.TLSKeyFile == "":
-		d.Errorf("appservice.tls_cert_file", "appservice.tls_cert_file needs appservice.tls_key_file beside it")
-		return
+	case cert == "" && key == "":
+		return false
+	case cert == "":
+		d.Errorf(section+".tls_key_file", "%s.tls_key_file needs %s.tls_cert_file beside it", section, section)
+	case key == "":
+		d.Errorf(section+".tls_cert_file", "%s.tls_cert_file needs %s.tls_key_file beside it", section, section)
+	default:
+		if _, err := tls.LoadX509KeyPair(c.Resolve(cert), c.Resolve(key)); err != nil {
+			d.Errorf(section+".tls_cert_file", "%s.tls_cert_file and tls_key_file: %v", section, err)
+		}
 	}
-	if u, err := url.Parse(as.URL); err == nil && u.Scheme != "https" {
-		d.Errorf("appservice.url", "appservice.url must be https:// when the service serves TLS (appservice.tls_cert_file)")
-	}
-	if _, err := tls.LoadX509KeyPair(c.Resolve(as.TLSCertFile), c.Resolve(as.TLSKeyFile)); err != nil {
-		d.Errorf("appservice.tls_cert_file", "appservice.tls_cert_file and tls_key_file: %v", err)
-	}
+	return true
 }
 
 func checkURL(d *strictyaml.Doc, key, v string) {

@@ -89,6 +89,7 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"tls cert without key", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: c.pem\n", "appservice.tls_cert_file needs appservice.tls_key_file beside it"},
 		{"tls key without cert", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_key_file: k.pem\n", "appservice.tls_key_file needs appservice.tls_cert_file beside it"},
 		{"tls with an http url", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: c.pem\n  tls_key_file: k.pem\n", "appservice.url must be https:// when the service serves TLS"},
+		{"admin tls key without cert", "  listen: \"\"\n  token: \"\"", "  listen: \"\"\n  token: \"\"\n  tls_key_file: k.pem", "admin.tls_key_file needs admin.tls_cert_file beside it"},
 		{"tls files missing", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: no-such.pem\n  tls_key_file: k.pem\n", "appservice.tls_cert_file and tls_key_file: open no-such.pem"},
 	}
 	for _, tc := range cases {

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +21,8 @@ import (
 // against the test CA): every event arrives and is audited once.
 func TestHomeserverPushesOverTLS(t *testing.T) {
 	pki := audittest.NewPKI(t, t.TempDir())
-	st := startStack(t, devstack.Options{TLS: &devstack.TLSFiles{CertFile: pki.SrvCert, KeyFile: pki.SrvKey, CAFile: pki.CAFile}})
+	token := strings.Repeat("t", 40)
+	st := startStack(t, devstack.Options{TLS: &devstack.TLSFiles{CertFile: pki.SrvCert, KeyFile: pki.SrvKey, CAFile: pki.CAFile}, AdminToken: token})
 	ctx := context.Background()
 	alice := newUser(t, st, "alice")
 	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
@@ -41,5 +44,18 @@ func TestHomeserverPushesOverTLS(t *testing.T) {
 	}
 	if out := verify(t, st); !strings.HasPrefix(out, "OK: ") {
 		t.Fatalf("verify: %s", out)
+	}
+	// The admin API serves the same certificate.
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}}
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/_hipaa/admin/v1/rooms", st.Opts.AdminPort), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("X-Hipaa-Actor", "records office")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.TLS == nil {
+		t.Fatalf("admin API over HTTPS: %d", resp.StatusCode)
 	}
 }

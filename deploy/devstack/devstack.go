@@ -134,8 +134,9 @@ type Options struct {
 	// JobMaxAttempts, if set, caps job attempts (with a short backoff), so a
 	// test can see an action fail for good in seconds.
 	JobMaxAttempts int
-	// TLS, if set, makes the service serve HTTPS with this certificate and
-	// key, and Dendrite trust CAFile (SSL_CERT_FILE) to reach it.
+	// TLS, if set, makes the service (and its admin API, if on) serve HTTPS
+	// with this certificate and key, and Dendrite trust CAFile
+	// (SSL_CERT_FILE) to reach it.
 	TLS *TLSFiles
 	// Database overrides the service's database (type, uri); default SQLite.
 	DatabaseType, DatabaseURI string
@@ -231,7 +232,11 @@ func (s *Stack) writeServiceConfig() error {
 	cfg["metrics"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.MetricsPort)}
 	cfg["logging"] = map[string]any{"level": "debug", "format": "json"}
 	if o.AdminToken != "" {
-		cfg["admin"] = map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.AdminPort), "token": o.AdminToken}
+		adm := map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", o.AdminPort), "token": o.AdminToken}
+		if o.TLS != nil {
+			adm["tls_cert_file"], adm["tls_key_file"] = o.TLS.CertFile, o.TLS.KeyFile
+		}
+		cfg["admin"] = adm
 	}
 	if len(o.AuditExporters) > 0 {
 		a := cfg["audit"].(map[string]any)
