@@ -44,6 +44,8 @@ Commands:
   policy validate FILE                   check a policy file (every error as file:line:col)
   policy explain -policy FILE -room ID [-alias A]... [-space ID]...
                                          which settings apply to a room, and why
+  status -config FILE                    what the database says of the service: events,
+                                         backlog, jobs, the audit chain and its exporters
   rooms -config FILE [-problems]         rooms the service knows: encryption, policy, the
                                          bot's power, and actions that failed for good
                                          (-problems: only rooms needing attention; exit 1 if any)
@@ -130,6 +132,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = backupCommand(args[1:], stdout, stderr)
 	case "restore":
 		err = restoreCommand(args[1:], stdout, stderr)
+	case "status":
+		err = statusCommand(args[1:], stdout, stderr)
 	case "rooms":
 		return listRooms(args[1:], stdout, stderr)
 	case "hold":
@@ -795,4 +799,66 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = fmt.Fprintln(stdout, "start the service; keep the replaced files with the incident record (docs/deploy.md)")
 	return err
+}
+
+// statusCommand prints the service's state as its database shows it.
+func statusCommand(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("status", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	dbFile := ""
+	if cfg.Database.Type == "sqlite3" {
+		dbFile = cfg.Resolve(cfg.Database.URI)
+	}
+	st, err := appservice.ReadStatus(ctx, db, pol, dbFile)
+	outcome := audit.OutcomeSuccess
+	if err != nil {
+		outcome = audit.OutcomeFailure
+	}
+	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: outcome, Actor: operator(), Action: "status"}); aerr != nil {
+		return errors.Join(err, fmt.Errorf("could not record this command in the audit trail: %w", aerr))
+	}
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	when := func(ms int64) string {
+		if ms == 0 {
+			return "never"
+		}
+		t := time.UnixMilli(ms)
+		return fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), now.Sub(t).Round(time.Second))
+	}
+	size := "(PostgreSQL)"
+	if st.DatabaseBytes >= 0 {
+		size = fmt.Sprintf("%.1f MiB", float64(st.DatabaseBytes)/(1<<20))
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "database\t%s, schema %d, %s\n", cfg.Database.Type, st.Schema, size)
+	fmt.Fprintf(tw, "events received\t%d, the last %s\n", st.EventsReceived, when(st.LastReceived))
+	fmt.Fprintf(tw, "waiting for policy\t%d\n", st.Waiting)
+	fmt.Fprintf(tw, "actions\t%d pending, %d failed for good\n", st.JobsPending, st.JobsFailed)
+	fmt.Fprintf(tw, "audit chain\t%d records, the last %s\n", st.AuditHead, when(st.AuditHeadTime))
+	fmt.Fprintf(tw, "signed checkpoint\tvouches for record %d, written %s\n", st.CheckpointSeq, when(st.CheckpointTime))
+	for _, e := range st.Exporters {
+		fmt.Fprintf(tw, "exporter %s\t%d records behind, last delivery %s\n", e.Name, e.Behind, when(e.LastDelivered))
+	}
+	fmt.Fprintf(tw, "legal holds\t%d standing\n", st.HoldsStanding)
+	fmt.Fprintf(tw, "rooms\t%d known, %d need attention (matrix-hipaa rooms -problems)\n", st.Rooms, st.RoomIssues)
+	return tw.Flush()
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 func runCLI(args ...string) (int, string, string) {
@@ -131,5 +132,39 @@ func TestBackupCommand(t *testing.T) {
 	code, stdout, _ = runCLI("audit", "export", "-config", cfg, "-format", "jsonl")
 	if code != 0 || !strings.Contains(stdout, `"seq":4,`) || !strings.Contains(stdout, `"type":"admin.command","outcome":"success","actor":"`) || !strings.Contains(stdout, `"action":"restore","count":7`) {
 		t.Fatalf("restored trail:\n%s", stdout)
+	}
+}
+
+func TestStatusCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, config.Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI("hold", "-config", cfg, "-room", "!ward:example.org", "-reason", "case 7"); code != 0 {
+		t.Fatalf("hold: %d %s", code, errOut)
+	}
+	code, out, errOut := runCLI("status", "-config", cfg)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, errOut)
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^database +sqlite3, schema \d+, [0-9.]+ MiB$`),
+		regexp.MustCompile(`(?m)^events received +0, the last never$`),
+		regexp.MustCompile(`(?m)^actions +0 pending, 0 failed for good$`),
+		regexp.MustCompile(`(?m)^audit chain +1 records, the last 20\d\d-`),
+		regexp.MustCompile(`(?m)^legal holds +1 standing$`),
+		regexp.MustCompile(`(?m)^rooms +0 known, 0 need attention`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("status lacks %s:\n%s", want, out)
+		}
+	}
+	// Asking is an administrator's command, on the record.
+	if _, out, _ := runCLI("audit", "export", "-config", cfg, "-format", "jsonl"); !strings.Contains(out, `"action":"status"`) {
+		t.Fatalf("status not audited:\n%s", out)
 	}
 }

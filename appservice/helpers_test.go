@@ -115,6 +115,13 @@ func (p *pipeline) put(t testing.TB, txnID string, body []byte) *httptest.Respon
 	return rec
 }
 
+func (p *pipeline) exec(t testing.TB, q string, args ...any) {
+	t.Helper()
+	if _, err := p.db.W.ExecContext(context.Background(), q, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (p *pipeline) count(t testing.TB, q string, args ...any) int {
 	t.Helper()
 	var n int
