@@ -229,6 +229,15 @@ func TestSystemdUnits(t *testing.T) {
 		if strings.HasSuffix(u, ".service") && !bytes.Contains(b, []byte("ExecStart=/usr/local/bin/matrix-hipaa ")) {
 			t.Fatalf("%s: ExecStart is not /usr/local/bin/matrix-hipaa", u)
 		}
+		// Documentation= points at docs/ as docs/deploy.md installs it.
+		for _, m := range regexp.MustCompile(`file:/usr/share/doc/matrix-hipaa/(\S+)`).FindAllSubmatch(b, -1) {
+			if _, err := os.Stat(filepath.Join("..", "docs", string(m[1]))); err != nil {
+				t.Errorf("%s: Documentation names %s, which docs/ lacks", u, m[1])
+			}
+		}
+		if bytes.Contains(b, []byte("man:")) {
+			t.Errorf("%s: names a man page; there is none", u)
+		}
 		b = bytes.ReplaceAll(b, []byte("/usr/local/bin/matrix-hipaa"), []byte(bin))
 		if err := os.WriteFile(filepath.Join(dir, u), b, 0o644); err != nil {
 			t.Fatal(err)
