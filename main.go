@@ -488,14 +488,7 @@ func listRooms(args []string, stdout, stderr io.Writer) int {
 	}
 	defer db.Close()
 	rooms, err := appservice.ListRooms(ctx, db, pol)
-	outcome := audit.OutcomeSuccess
-	if err != nil {
-		outcome = audit.OutcomeFailure
-	}
-	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: outcome, Actor: operator(), Action: "rooms", Count: int64(len(rooms))}); aerr != nil {
-		return fail(fmt.Errorf("could not record this command in the audit trail: %w", aerr))
-	}
-	if err != nil {
+	if err := recordCommand(ctx, db, chain, "rooms", int64(len(rooms)), err); err != nil {
 		return fail(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -749,6 +742,20 @@ func backupCommand(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// recordCommand puts an administrator's read-only command in the audit
+// trail, its outcome that of err, and returns err (joined with any failure
+// to record: an unrecorded read is not shown).
+func recordCommand(ctx context.Context, db *store.DB, chain *audit.Chain, action string, count int64, err error) error {
+	rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: operator(), Action: action, Count: count}
+	if err != nil {
+		rec.Outcome = audit.OutcomeFailure
+	}
+	if aerr := chain.AppendTx(ctx, db, rec); aerr != nil {
+		return errors.Join(err, fmt.Errorf("could not record this command in the audit trail: %w", aerr))
+	}
+	return err
+}
+
 // restoreCommand puts a backup copy in place of the stopped service's SQLite
 // database (appservice.Restore).
 func restoreCommand(args []string, stdout, stderr io.Writer) error {
@@ -781,7 +788,7 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
+	suffix := ".replaced-" + appservice.Stamp(time.Now())
 	res, err := appservice.Restore(context.Background(), cfg.Resolve(cfg.Database.URI), cfg.Resolve(cfg.Audit.CheckpointFile), *from, keys, operator(), suffix, time.Now)
 	if err != nil {
 		return err
@@ -826,14 +833,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 		dbFile = cfg.Resolve(cfg.Database.URI)
 	}
 	st, err := appservice.ReadStatus(ctx, db, pol, dbFile)
-	outcome := audit.OutcomeSuccess
-	if err != nil {
-		outcome = audit.OutcomeFailure
-	}
-	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: outcome, Actor: operator(), Action: "status"}); aerr != nil {
-		return errors.Join(err, fmt.Errorf("could not record this command in the audit trail: %w", aerr))
-	}
-	if err != nil {
+	if err := recordCommand(ctx, db, chain, "status", 0, err); err != nil {
 		return err
 	}
 	now := time.Now()

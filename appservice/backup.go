@@ -52,14 +52,13 @@ func backupAndCheck(ctx context.Context, db *store.DB, chain *audit.Chain, path 
 	return res, nil
 }
 
-const backupLayout = "20060102T150405Z"
-
 var backupFile = regexp.MustCompile(`^matrix-hipaa-\d{8}T\d{6}Z\.db$`)
 
+// Stamp is t in the compact UTC form file names carry; it sorts by time.
+func Stamp(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
+
 // BackupName is the file name of a copy taken at t; names sort by time.
-func BackupName(t time.Time) string {
-	return "matrix-hipaa-" + t.UTC().Format(backupLayout) + ".db"
-}
+func BackupName(t time.Time) string { return "matrix-hipaa-" + Stamp(t) + ".db" }
 
 // PruneBackups removes all but the newest keep copies named by BackupName in
 // dir, leaving every other file alone, and returns what it removed.
