@@ -10,11 +10,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -67,13 +74,24 @@ func main() {
 	if *dbType == "postgres" {
 		dropTables(*pgURL)
 	}
-	ours := startOurs(*dir, *dbType, *pgURL, *policyFile)
+	ours := startOurs(*dir, *dbType, *pgURL, *policyFile, false)
 	defer ours.stop()
 	peer := startPeer()
 	defer peer.stop()
 	servers := map[string]*target{"matrix-hipaa": ours, "mautrix": peer}
+	if strings.Contains(*targets, "matrix-hipaa-tls") {
+		// The same service on its own database, serving HTTPS.
+		tlsDir := filepath.Join(*dir, "tls")
+		check(os.MkdirAll(tlsDir, 0o700))
+		if *dbType == "postgres" {
+			check(fmt.Errorf("target matrix-hipaa-tls runs on SQLite only"))
+		}
+		withTLS := startOurs(tlsDir, "sqlite3", "", *policyFile, true)
+		defer withTLS.stop()
+		servers["matrix-hipaa-tls"] = withTLS
+	}
 	if *fullDir != "" {
-		full := startOurs(*fullDir, "sqlite3", "", *policyFile)
+		full := startOurs(*fullDir, "sqlite3", "", *policyFile, false)
 		defer full.stop()
 		var n int64
 		full.svc.DB.R.QueryRow(`SELECT COUNT(*) FROM inbox`).Scan(&n)
@@ -86,7 +104,7 @@ func main() {
 	results := map[string][]float64{}
 	for r := 1; r <= *rounds; r++ {
 		for _, name := range strings.Split(*targets, ",") {
-			res := drive(servers[name].url, gen, *duration)
+			res := drive(servers[name], gen, *duration)
 			results[name] = append(results[name], res.rate)
 			fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f %10s\n", r, name, res.txns, res.rate, res.p50, res.p99, res.max, settle(servers[name].svc))
 		}
@@ -103,7 +121,7 @@ func main() {
 		after := map[string][]float64{}
 		for r := 1; r <= *rounds; r++ {
 			for _, name := range strings.Split(*targets, ",") {
-				res := drive(servers[name].url, gen, *duration)
+				res := drive(servers[name], gen, *duration)
 				after[name] = append(after[name], res.rate)
 				fmt.Printf("%-6d %-14s %10d %10.0f %9.2f %9.2f %9.2f %10s\n", r, name+"+full", res.txns, res.rate, res.p50, res.p99, res.max, settle(servers[name].svc))
 			}
@@ -139,9 +157,10 @@ func check(err error) {
 }
 
 type target struct {
-	url  string
-	svc  *hipaa.Service
-	stop func()
+	url    string
+	svc    *hipaa.Service
+	client *http.Client // nil: plain HTTP
+	stop   func()
 }
 
 func listen() net.Listener {
@@ -150,8 +169,9 @@ func listen() net.Listener {
 	return l
 }
 
-// startOurs runs the whole matrix-hipaa service (inbox, dispatcher, job runner).
-func startOurs(dir, dbType, pgURL, policyFile string) *target {
+// startOurs runs the whole matrix-hipaa service (inbox, dispatcher, job
+// runner), with useTLS over HTTPS with a certificate made here.
+func startOurs(dir, dbType, pgURL, policyFile string, useTLS bool) *target {
 	l := listen()
 	addr := l.Addr().String()
 	l.Close()
@@ -165,17 +185,23 @@ func startOurs(dir, dbType, pgURL, policyFile string) *target {
 		check(err)
 		pol = fmt.Sprintf("policy: %q\n", abs)
 	}
+	scheme, tlsKeys, client := "http", "", (*http.Client)(nil)
+	if useTLS {
+		cert, key, pool := selfSigned(dir)
+		scheme, tlsKeys = "https", fmt.Sprintf("  tls_cert_file: %q\n  tls_key_file: %q\n", cert, key)
+		client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
 	cfgText := fmt.Sprintf(`homeserver:
   address: http://127.0.0.1:1
   domain: loadtest.example
 appservice:
   listen: %s
-  url: http://%s
+  url: %s://%s
   as_token: %q
   hs_token: %q
-%s%slogging:
+%s%s%slogging:
   level: warn
-`, addr, addr, hsToken+"as", hsToken, db, pol)
+`, addr, scheme, addr, hsToken+"as", hsToken, tlsKeys, db, pol)
 	path := filepath.Join(dir, "config.yaml")
 	check(os.WriteFile(path, []byte(cfgText), 0o600))
 	cfg, err := config.Load(path)
@@ -190,7 +216,7 @@ appservice:
 	done := make(chan struct{})
 	go func() { check(svc.Run(ctx)); close(done) }()
 	waitListen(addr)
-	return &target{url: "http://" + addr, svc: svc, stop: func() { cancel(); <-done; logFile.Close() }}
+	return &target{url: scheme + "://" + addr, svc: svc, client: client, stop: func() { cancel(); <-done; logFile.Close() }}
 }
 
 // startPeer runs mautrix's own appservice transaction handler: it parses the
@@ -291,14 +317,18 @@ type result struct {
 // Bodies are made before the clock starts, up to 256 MiB of them, so the
 // generator takes no CPU from the target while it is measured; should a run
 // use them all, more are made on the spot and that time is left out.
-func drive(url string, g *generator, d time.Duration) result {
+func drive(tg *target, g *generator, d time.Duration) result {
+	url := tg.url
 	size := len(g.txn())
 	bodies := make([][]byte, max(64, min(200_000, (256<<20)/size)))
 	for i := range bodies {
 		bodies[i] = g.txn()
 	}
 	var making time.Duration
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	client := tg.client
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	}
 	var lat []time.Duration
 	start := time.Now()
 	n := 0
@@ -430,4 +460,26 @@ func dropTables(url string) {
 		_, err := db.Exec(`DROP TABLE IF EXISTS "` + t + `" CASCADE`)
 		check(err)
 	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key into dir and
+// returns their paths and a pool that trusts the certificate.
+func selfSigned(dir string) (string, string, *x509.CertPool) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	check(err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	check(err)
+	kb, err := x509.MarshalECPrivateKey(k)
+	check(err)
+	cert, key := filepath.Join(dir, "tls.pem"), filepath.Join(dir, "tls.key")
+	check(os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	check(os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	parsed, err := x509.ParseCertificate(der)
+	check(err)
+	pool := x509.NewCertPool()
+	pool.AddCert(parsed)
+	return cert, key, pool
 }
