@@ -31,6 +31,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/config/strictyaml"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
+	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
 const usage = `matrix-hipaa: HIPAA policy for a Matrix homeserver
@@ -41,6 +42,8 @@ Commands:
                         [-out FILE]      (fills in tokens on first use)
   run -config FILE                       run the service
   example-policy                         print the commented example policy
+  config validate FILE                   check a config and the files it names (policy,
+                                         roster, TLS, audit keys) before a restart
   policy validate FILE                   check a policy file (every error as file:line:col)
   policy explain -policy FILE -room ID [-alias A]... [-space ID]...
                                          which settings apply to a room, and why
@@ -108,6 +111,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "unknown policy command %q\n\n%s", args[1], usage)
 			return 2
 		}
+	case "config":
+		if len(args) != 3 || args[1] != "validate" {
+			fmt.Fprint(stderr, "usage: matrix-hipaa config validate FILE\n")
+			return 2
+		}
+		return configValidate(args[2], stdout, stderr)
 	case "generate-registration":
 		err = generateRegistration(args[1:], stdout, stderr)
 	case "run":
@@ -861,4 +870,45 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(tw, "legal holds\t%d standing\n", st.HoldsStanding)
 	fmt.Fprintf(tw, "rooms\t%d known, %d need attention (matrix-hipaa rooms -problems)\n", st.Rooms, st.RoomIssues)
 	return tw.Flush()
+}
+
+// configValidate checks a config and every file it points at, as the service
+// would at start, without opening the database: for an admin before a restart.
+func configValidate(path string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	var problems []error
+	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
+	problems = append(problems, err)
+	clinicians := -1
+	if cfg.Roster != "" {
+		file := cfg.Resolve(cfg.Roster)
+		data, err := os.ReadFile(file)
+		if err == nil {
+			var list []roster.Clinician
+			list, err = roster.Parse(file, data)
+			clinicians = len(list)
+		}
+		problems = append(problems, err)
+	}
+	for _, key := range []string{cfg.Audit.KeyFile, cfg.Audit.SigningKeyFile} {
+		// Missing keys are made at first start; others must be private.
+		if st, err := os.Stat(cfg.Resolve(key)); err == nil && st.Mode().Perm()&0o077 != 0 {
+			problems = append(problems, fmt.Errorf("%s is readable by other users (mode %04o): run chmod 600 on it", cfg.Resolve(key), st.Mode().Perm()))
+		}
+	}
+	if err := errors.Join(problems...); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: valid (homeserver %s, %s; database %s; policy %s with %d room overrides, hash %s",
+		path, cfg.Homeserver.Domain, cfg.Homeserver.Software, cfg.Database.Type, cfg.Resolve(cfg.Policy), len(pol.Rooms), pol.Hash)
+	if clinicians >= 0 {
+		fmt.Fprintf(stdout, "; roster of %d clinicians", clinicians)
+	}
+	fmt.Fprintln(stdout, ")")
+	return 0
 }

@@ -168,3 +168,46 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatalf("status not audited:\n%s", out)
 	}
 }
+
+// config validate checks the config and every file it names, reporting each
+// problem where it is, and touches no database.
+func TestConfigValidate(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	write := func(name string, data []byte, mode os.FileMode) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), data, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("config.yaml", config.Example(), 0o600)
+	write("policy.yaml", policy.Example(), 0o600)
+	code, out, errOut := runCLI("config", "validate", cfg)
+	if code != 0 || !strings.Contains(out, cfg+": valid (homeserver example.org, ") {
+		t.Fatalf("good config: %d %q %q", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "matrix-hipaa.db")); !os.IsNotExist(err) {
+		t.Fatalf("validate touched the database: %v", err)
+	}
+
+	broken, err := os.ReadFile("policy/testdata/broken.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("policy.yaml", broken, 0o600)
+	write("audit.key", []byte(strings.Repeat("ab", 32)+"\n"), 0o644)
+	write("roster.yaml", []byte("clinicians:\n  - user_id: \"@a:example.org\"\n    npi: \"1234567890\"\n    role: physician\n    verified_by: office\n"), 0o600)
+	write("config.yaml", []byte(strings.Replace(string(config.Example()), "\nroster: \"\"\n", "\nroster: roster.yaml\n", 1)), 0o600)
+	code, _, errOut = runCLI("config", "validate", cfg)
+	if code != 1 {
+		t.Fatalf("broken files: exit %d", code)
+	}
+	for _, want := range []string{filepath.Join(dir, "policy.yaml") + ":", filepath.Join(dir, "roster.yaml") + ":", "audit.key is readable by other users (mode 0644)"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, errOut)
+		}
+	}
+	if code, _, _ := runCLI("config", "validate"); code != 2 {
+		t.Fatalf("no file: exit %d, want 2", code)
+	}
+}
