@@ -823,20 +823,16 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		return err
-	}
-	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
-	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	cfg, db, chain, err := openData(ctx, *cfgPath)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
+	if err != nil {
+		return err
+	}
 	dbFile := ""
 	if cfg.Database.Type == "sqlite3" {
 		dbFile = cfg.Resolve(cfg.Database.URI)
@@ -894,12 +890,7 @@ func configValidate(path string, stdout, stderr io.Writer) int {
 		}
 		problems = append(problems, err)
 	}
-	for _, key := range []string{cfg.Audit.KeyFile, cfg.Audit.SigningKeyFile} {
-		// Missing keys are made at first start; others must be private.
-		if st, err := os.Stat(cfg.Resolve(key)); err == nil && st.Mode().Perm()&0o077 != 0 {
-			problems = append(problems, fmt.Errorf("%s is readable by other users (mode %04o): run chmod 600 on it", cfg.Resolve(key), st.Mode().Perm()))
-		}
-	}
+	problems = append(problems, audit.CheckKeyFiles(cfg.Resolve(cfg.Audit.KeyFile), cfg.Resolve(cfg.Audit.SigningKeyFile)))
 	if err := errors.Join(problems...); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -86,6 +87,33 @@ func loadOrCreateSecret(path, what string, n int) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
+	return checkSecret(path, what, n, data)
+}
+
+// CheckKeyFiles checks the audit key and signing key files that exist as the
+// service reads them at start (private, hex, long enough); missing ones are
+// fine, the service makes them.
+func CheckKeyFiles(keyFile, signingKeyFile string) error {
+	var errs []error
+	for _, k := range []struct {
+		path, what string
+		n          int
+	}{{keyFile, "audit key", 32}, {signingKeyFile, "audit signing key", ed25519.SeedSize}} {
+		data, err := os.ReadFile(k.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			_, err = checkSecret(k.path, k.what, k.n, data)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// checkSecret decodes a secret file's contents, refusing one other users can
+// read or that is too short.
+func checkSecret(path, what string, n int, data []byte) ([]byte, error) {
 	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%s %s is readable by other users (mode %04o): run chmod 600 on it", what, path, st.Mode().Perm())
 	}
