@@ -48,6 +48,7 @@ func RegisterDiscovery(r *Runner, hs *homeserver.Client, in *Inbox) {
 			if json.Unmarshal(raw, &head) != nil {
 				continue
 			}
+			raw = withRoomID(raw, p.Room)
 			if head.Type == "m.room.create" && head.StateKey != nil && *head.StateKey == "" {
 				create = raw
 				continue
@@ -61,16 +62,29 @@ func RegisterDiscovery(r *Runner, hs *homeserver.Client, in *Inbox) {
 		if err != nil {
 			return err
 		}
-		events, err := ParseTransaction(body)
+		txn, err := ParseTransaction(body)
 		if err != nil {
 			return Permanent(fmt.Errorf("room state: %w", err))
 		}
-		for _, e := range events {
-			if e.RoomID == "" {
-				e.RoomID = p.Room
-			}
-		}
-		_, err = in.Store(ctx, fmt.Sprintf("discover-%d", j.ID), events)
+		_, err = in.StoreTransaction(ctx, fmt.Sprintf("discover-%d", j.ID), txn)
 		return err
 	})
+}
+
+// withRoomID gives a state event from /state the room_id it may leave out,
+// so the inbox can route it.
+func withRoomID(raw json.RawMessage, room string) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return raw
+	}
+	if _, ok := m["room_id"]; ok {
+		return raw
+	}
+	m["room_id"], _ = json.Marshal(room)
+	out, err := json.Marshal(m)
+	if err != nil {
+		return raw
+	}
+	return out
 }

@@ -119,7 +119,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		e.Raw = raw
 		if len(raw) > 0 {
 			// The stored JSON has the fields not kept in columns (state key, membership).
-			if full, err := parseEvent(gjson.ParseBytes(raw), 0); err == nil {
+			if full, rej := parseEvent(gjson.ParseBytes(raw), 0); rej == nil {
 				e.StateKey, e.Content = full.StateKey, full.Content
 			}
 		}

@@ -110,6 +110,13 @@ func (in *Inbox) Notify() <-chan struct{} { return in.notify }
 // already stored (a re-sent transaction, perhaps with more events appended)
 // are skipped, so each event is stored and audited once.
 func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int, error) {
+	return in.StoreTransaction(ctx, txnID, Transaction{Events: events})
+}
+
+// StoreTransaction is Store for a parsed transaction: its refused events are
+// audited (event.received, failure) in the same commit as the others.
+func (in *Inbox) StoreTransaction(ctx context.Context, txnID string, txn Transaction) (int, error) {
+	events := txn.Events
 	if len(events) > 0 {
 		in.lastSeen.Store(time.Now().UnixMilli())
 	}
@@ -134,14 +141,15 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 	inserted := make(map[string]struct{}, len(uniq))
 	var recs []*audit.Record
 	var err error
-	if in.db.Dialect == store.Postgres {
-		recs, err = in.storePG(ctx, txnID, uniq, now, inserted)
+	refused := in.refusedRecords(txn.Rejected, now)
+	if in.db.Dialect == store.Postgres && len(uniq) > 0 {
+		recs, err = in.storePG(ctx, txnID, uniq, refused, now, inserted)
 	} else {
 		err = in.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 			if err := insertEvents(ctx, in.db, tx, txnID, uniq, now.UnixMilli(), inserted); err != nil {
 				return err
 			}
-			recs = in.records(uniq, inserted, now)
+			recs = append(in.records(uniq, inserted, now), refused...)
 			if err := in.chain.Append(ctx, tx, recs...); err != nil {
 				in.metrics.AuditFailures.Inc()
 				return err
@@ -164,13 +172,35 @@ func (in *Inbox) Store(ctx context.Context, txnID string, events []*Event) (int,
 		}
 		in.metrics.Events.WithLabelValues(e.class(), delivery).Inc()
 	}
-	if len(recs) > 0 {
+	for range txn.Rejected {
+		in.metrics.Events.WithLabelValues("malformed", "refused").Inc()
+	}
+	if len(recs) > len(refused) {
 		select {
 		case in.notify <- struct{}{}:
 		default:
 		}
 	}
-	return len(recs), nil
+	return len(recs) - len(refused), nil
+}
+
+// refusedRecords audit the events of a transaction that were refused one
+// by one: what could be read of each, and why, from a closed set.
+func (in *Inbox) refusedRecords(rejected []Rejected, now time.Time) []*audit.Record {
+	keys := in.chain.Keys()
+	recs := make([]*audit.Record, 0, len(rejected))
+	for _, r := range rejected {
+		rec := &audit.Record{Time: now, Type: audit.TypeEventReceived, Outcome: audit.OutcomeFailure,
+			EventID: r.EventID, EventType: r.Type, Detail: "malformed:" + r.Reason}
+		if r.Sender != "" {
+			rec.Actor = keys.User(r.Sender)
+		}
+		if r.RoomID != "" {
+			rec.Room = keys.Room(r.RoomID)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
 }
 
 // records are the event.received records of the events that were new.
@@ -201,10 +231,7 @@ func (in *Inbox) records(events []*Event, inserted map[string]struct{}, now time
 // chain head and stores the events; the second appends their records and
 // commits. Anything that fails rolls back (or, failing that, the connection
 // is dropped), so nothing is acknowledged that is not committed.
-func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, now time.Time, inserted map[string]struct{}) ([]*audit.Record, error) {
-	if len(events) == 0 {
-		return nil, nil
-	}
+func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, refused []*audit.Record, now time.Time, inserted map[string]struct{}) ([]*audit.Record, error) {
 	var recs []*audit.Record
 	err := in.db.Pipelined(ctx, func(c *pgx.Conn) error {
 		q, args := inboxInsertPG(txnID, events, now.UnixMilli())
@@ -237,7 +264,7 @@ func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, now
 		if err := br.Close(); err != nil {
 			return err
 		}
-		recs = in.records(events, inserted, now)
+		recs = append(in.records(events, inserted, now), refused...)
 		b = &pgx.Batch{}
 		if len(recs) > 0 {
 			q, args := in.chain.SealPG(head, recs)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/tidwall/gjson"
 )
 
 // Server is our own implementation of the homeserver → application service
@@ -108,8 +107,10 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 	case header != "":
 		t, ok := strings.CutPrefix(header, "Bearer ")
 		if !ok {
+			// Another scheme carries no hs_token: unauthenticated, not a
+			// wrong token.
 			s.metrics.AuthFailures.WithLabelValues("malformed").Inc()
-			matrixError(w, http.StatusForbidden, "M_FORBIDDEN", "Authorization must be a Bearer token")
+			matrixError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Authorization must be a Bearer token")
 			return false
 		}
 		token = t
@@ -143,112 +144,6 @@ func routeKind(path string) string {
 	return "other"
 }
 
-// errBadJSON is valid JSON of the wrong shape.
-type errBadJSON struct{ msg string }
-
-func (e errBadJSON) Error() string { return e.msg }
-
-// ParseTransaction decodes a transaction body. Syntax errors and shape errors
-// are told apart so the homeserver gets M_NOT_JSON or M_BAD_JSON. It reads
-// only the routing fields of each event in one pass (gjson): this is the
-// ingest hot path, and the content is kept raw for policy to read later.
-func ParseTransaction(body []byte) ([]*Event, error) {
-	if !gjson.ValidBytes(body) {
-		return nil, errors.New("body is not JSON")
-	}
-	root := gjson.ParseBytes(body)
-	if !root.IsObject() {
-		return nil, errBadJSON{"transaction must be a JSON object"}
-	}
-	list := root.Get("events")
-	if !list.Exists() || list.Type == gjson.Null {
-		return nil, nil
-	}
-	if !list.IsArray() {
-		return nil, errBadJSON{"events must be a list"}
-	}
-	var events []*Event
-	var bad error
-	i := 0
-	list.ForEach(func(_, v gjson.Result) bool {
-		e, err := parseEvent(v, i)
-		if err != nil {
-			bad = err
-			return false
-		}
-		events = append(events, e)
-		i++
-		return true
-	})
-	if bad != nil {
-		return nil, bad
-	}
-	return events, nil
-}
-
-func parseEvent(v gjson.Result, i int) (*Event, error) {
-	if !v.IsObject() {
-		return nil, errBadJSON{fmt.Sprintf("events[%d] is not an object", i)}
-	}
-	e := &Event{}
-	var content gjson.Result
-	var err error
-	str := func(k, val gjson.Result, dst *string) {
-		if val.Type != gjson.String {
-			err = errBadJSON{fmt.Sprintf("events[%d].%s must be a string", i, k.String())}
-			return
-		}
-		*dst = val.String()
-	}
-	v.ForEach(func(k, val gjson.Result) bool {
-		switch k.String() {
-		case "event_id":
-			str(k, val, &e.ID)
-		case "room_id":
-			str(k, val, &e.RoomID)
-		case "type":
-			str(k, val, &e.Type)
-		case "sender":
-			str(k, val, &e.Sender)
-		case "state_key":
-			if val.Type != gjson.Null {
-				var sk string
-				str(k, val, &sk)
-				e.StateKey = &sk
-			}
-		case "origin_server_ts":
-			// A number, as the spec has it; anything else stores as 0 and
-			// still dedupes (every re-send carries the same value).
-			if val.Type == gjson.Number {
-				e.OriginTS = val.Int()
-			}
-		case "content":
-			content = val
-		}
-		return err == nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case e.ID == "":
-		return nil, errBadJSON{fmt.Sprintf("events[%d] has no event_id", i)}
-	case e.RoomID == "":
-		return nil, errBadJSON{fmt.Sprintf("events[%d] has no room_id", i)}
-	case e.Type == "":
-		return nil, errBadJSON{fmt.Sprintf("events[%d] has no type", i)}
-	case e.Sender == "":
-		return nil, errBadJSON{fmt.Sprintf("events[%d] has no sender", i)}
-	}
-	if e.Type == "m.room.member" && content.IsObject() {
-		if m := content.Get("membership"); m.Type == gjson.String {
-			e.Content.Membership = m.String()
-		}
-	}
-	e.Raw = json.RawMessage(v.Raw)
-	return e, nil
-}
-
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if r.ContentLength > s.maxBody {
 		matrixError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", fmt.Sprintf("body larger than %d bytes", s.maxBody))
@@ -278,7 +173,7 @@ func (s *Server) putTransaction(w http.ResponseWriter, r *http.Request, txnID st
 		s.metrics.Transactions.WithLabelValues("rejected").Inc()
 		return
 	}
-	events, err := ParseTransaction(body)
+	txn, err := ParseTransaction(body)
 	if err != nil {
 		s.metrics.Transactions.WithLabelValues("rejected").Inc()
 		var bad errBadJSON
@@ -290,7 +185,12 @@ func (s *Server) putTransaction(w http.ResponseWriter, r *http.Request, txnID st
 		s.log.Warn().Str("txn_id", txnID).Msg("rejected malformed transaction")
 		return
 	}
-	n, err := s.inbox.Store(r.Context(), txnID, events)
+	if len(txn.Rejected) > 0 {
+		s.log.Warn().Str("txn_id", txnID).Int("refused", len(txn.Rejected)).Str("reason", txn.Rejected[0].Reason).
+			Msg("refused malformed events; storing the rest")
+	}
+	events := txn.Events
+	n, err := s.inbox.StoreTransaction(r.Context(), txnID, txn)
 	if err != nil {
 		s.metrics.Transactions.WithLabelValues("error").Inc()
 		// Not acknowledged: the homeserver will retry the same transaction.

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -170,9 +171,10 @@ func TestEnsureTokensWritesBackAtomically(t *testing.T) {
 		t.Fatalf("second EnsureTokens changed=%v err=%v", changed, err)
 	}
 	reg := again.Registration()
-	if reg.Namespaces.Users[0].Exclusive || reg.Namespaces.Users[0].Regex != `@.*:example\.org` || reg.ASToken != as || reg.SenderLocalpart != "hipaa" {
+	if reg.Namespaces.Users[0].Exclusive || reg.ASToken != as || reg.SenderLocalpart != "hipaa" {
 		t.Fatalf("registration %+v", reg)
 	}
+	checkUserNamespace(t, reg.Namespaces.Users[0].Regex)
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Fatalf("temp files left behind: %v", entries)
@@ -286,4 +288,28 @@ func selfSigned(t *testing.T, dir, name string) (string, string) {
 	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return cert, key
+}
+
+// checkUserNamespace: the namespace claims exactly the local users. Unanchored,
+// `@.*:example\.org` also claimed @x:example.org.evil.com, a user of another
+// server, whom the service would then act as and be sent events for.
+func checkUserNamespace(t *testing.T, expr string) {
+	t.Helper()
+	// Homeservers match the whole user ID (Synapse re.match, Dendrite MatchString).
+	re := regexp.MustCompile(expr)
+	for id, want := range map[string]bool{
+		"@alice:example.org": true, "@a.b_c=d/e+f:example.org": true,
+		"@x:example.org.evil.com": false, "@x:exampleXorg": false, "@x:evil.com:example.org": false,
+		"x@y:example.org": false, "@x:example.org\n": false, "@:example.org": false,
+	} {
+		if re.MatchString(id) != want {
+			t.Errorf("namespace %q matches %q: %v, want %v", expr, id, !want, want)
+		}
+	}
+}
+
+func TestHostileUserNamespaceIsAnchored(t *testing.T) {
+	c := &Config{}
+	c.Homeserver.Domain = "example.org"
+	checkUserNamespace(t, c.Registration().Namespaces.Users[0].Regex)
 }

@@ -46,11 +46,18 @@ func (c *Config) Registration() Registration {
 		SenderLocalpart: c.AppService.Bot,
 		RateLimited:     false,
 		Namespaces: Namespaces{
-			Users:   []Namespace{{Exclusive: false, Regex: "@.*:" + regexp.QuoteMeta(c.Homeserver.Domain)}},
+			Users:   []Namespace{{Exclusive: false, Regex: UserNamespace(c.Homeserver.Domain)}},
 			Aliases: []Namespace{},
 			Rooms:   []Namespace{},
 		},
 	}
+}
+
+// UserNamespace is the regex of every local user: anchored at both ends
+// (homeservers search with it, so `@.*:example\.org` alone also matched
+// @x:example.org.evil.com), and a localpart has no colon.
+func UserNamespace(domain string) string {
+	return "^@[^:]+:" + regexp.QuoteMeta(domain) + "$"
 }
 
 // EnsureTokens fills empty as_token/hs_token with fresh random 64-character

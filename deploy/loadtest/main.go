@@ -371,9 +371,9 @@ func fill(svc *hipaa.Service, n int) {
 	for done := 0; done < n; {
 		batch := min(1000, n-done)
 		g.n = batch
-		evs, err := hipaa.ParseTransaction(g.txn())
+		txn, err := hipaa.ParseTransaction(g.txn())
 		check(err)
-		_, err = svc.Inbox.Store(ctx, fmt.Sprintf("fill%s%d", g.salt, done), evs)
+		_, err = svc.Inbox.Store(ctx, fmt.Sprintf("fill%s%d", g.salt, done), txn.Events)
 		check(err)
 		done += batch
 		if done%500000 == 0 {
