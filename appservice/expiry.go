@@ -37,7 +37,7 @@ const reasonExpired = "This room's message lifetime has ended."
 // The time counts from when the service received it, not from the event's
 // own timestamp, which its sender's client sets.
 func expiryFor(ev *Event, s policy.Effective, room policy.RoomState) (Expiry, bool) {
-	life := s.Lifetime(time.Duration(room.MaxLifetime) * time.Millisecond)
+	life := s.Lifetime(room.MaxLifetime)
 	if life <= 0 || ev.StateKey != nil || ev.Type == "m.room.redaction" || ev.ReceivedAt == 0 {
 		return Expiry{}, false
 	}
@@ -309,7 +309,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 			return 0, err
 		}
 		eff := pol.For(policy.Room{ID: room, Aliases: splitList(aliases), Spaces: splitList(spaces)})
-		life := eff.Lifetime(time.Duration(roomMax) * time.Millisecond)
+		life := eff.Lifetime(roomMax)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})
 		}
@@ -370,7 +370,7 @@ func lifetimeText(d time.Duration) string {
 // lifetime: when the room is created with one, and when the room's own
 // m.room.retention changes it. (Policy changes are told by NoticeLifetimeChanges.)
 func lifetimeNotice(ev *Event, room *RoomInfo, s policy.Effective) (policy.Action, bool) {
-	lifetime := func(roomMax int64) time.Duration { return s.Lifetime(time.Duration(roomMax) * time.Millisecond) }
+	lifetime := func(roomMax int64) time.Duration { return s.Lifetime(roomMax) }
 	now := lifetime(room.State.MaxLifetime)
 	switch {
 	case ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" && now > 0:

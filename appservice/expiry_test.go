@@ -17,7 +17,8 @@ import (
 
 func TestExpiryFor(t *testing.T) {
 	sk := ""
-	day := policy.Effective{Retention: config.Duration(24 * time.Hour)}
+	day := policy.Effective{Retention: config.Duration(24 * time.Hour), RoomRetention: policy.RoomRetentionHonour}
+	honour := policy.Effective{RoomRetention: policy.RoomRetentionHonour}
 	cases := []struct {
 		name string
 		ev   Event
@@ -33,7 +34,8 @@ func TestExpiryFor(t *testing.T) {
 		{"no lifetime", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, policy.RoomState{}, 0},
 		{"the room's m.room.retention tightens", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 3_600_000}, 1000 + 3_600_000},
 		{"and cannot loosen", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 10 * 86_400_000}, 1000 + 86_400_000},
-		{"the room sets one where policy keeps", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, policy.RoomState{MaxLifetime: 60_000}, 1000 + 60_000},
+		{"the room sets one where policy keeps", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, honour, policy.RoomState{MaxLifetime: 60_000}, 1000 + 60_000},
+		{"the room's wish is ignored unless honoured", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Builtin(), policy.RoomState{MaxLifetime: 60_000}, 0},
 	}
 	for _, c := range cases {
 		got, ok := expiryFor(&c.ev, c.s, c.room)
@@ -226,7 +228,7 @@ func TestLifetimeText(t *testing.T) {
 // room's own m.room.retention changes it, and when a new policy does.
 func TestLifetimeNotices(t *testing.T) {
 	sk := ""
-	s := policy.Effective{Retention: config.Duration(72 * time.Hour)}
+	s := policy.Effective{Retention: config.Duration(72 * time.Hour), RoomRetention: policy.RoomRetentionHonour}
 	room := &RoomInfo{ID: "!r:h"}
 	create := &Event{ID: "$c", Type: "m.room.create", Sender: "@doc:h", StateKey: &sk, RoomID: "!r:h"}
 	room.Apply(create)

@@ -44,14 +44,17 @@ func (r *RoomInfo) Apply(e *Event) {
 	if e.StateKey == nil {
 		return
 	}
+	if singletonState[e.Type] && *e.StateKey != "" {
+		// Not the room's setting: state with another key is any member's
+		// to send, and counting it would let them switch policy off.
+		return
+	}
 	c := gjson.ParseBytes(e.Raw).Get("content")
 	switch e.Type {
 	case "m.room.create":
-		// Room versions up to 10 name the creator in content; from 11 it is the sender.
+		// The sender, not content.creator: the field is the client's to
+		// fill in, and the sender is who the room's power went to.
 		r.State.Creator = e.Sender
-		if v := c.Get("creator"); v.Type == gjson.String {
-			r.State.Creator = v.String()
-		}
 	case "m.room.encryption":
 		r.State.Encrypted = c.Get("algorithm").String() != ""
 	case "m.room.join_rules":
@@ -59,13 +62,15 @@ func (r *RoomInfo) Apply(e *Event) {
 	case "m.room.guest_access":
 		r.State.GuestAccess = c.Get("guest_access").String()
 	case "m.room.retention":
-		if *e.StateKey != "" {
-			return
-		}
 		prev := r.State.MaxLifetime
 		r.State.MaxLifetime = 0
-		if v := c.Get("max_lifetime"); v.Type == gjson.Number && v.Int() > 0 {
-			r.State.MaxLifetime = v.Int()
+		if v := c.Get("max_lifetime"); v.Type == gjson.Number && v.Num > 0 {
+			// Clamped, never wrapped: 2^64-1 (which Int() makes negative)
+			// is the longest lifetime, not none, and not a tiny one.
+			r.State.MaxLifetime = policy.RoomLifetime(policy.MaxLifetime.Milliseconds()).Milliseconds()
+			if v.Num < float64(policy.MaxLifetime.Milliseconds()) {
+				r.State.MaxLifetime = policy.RoomLifetime(v.Int()).Milliseconds()
+			}
 		}
 		r.prevMaxLifetime, r.retentionChanged = prev, prev != r.State.MaxLifetime
 	case "m.room.canonical_alias":
@@ -89,6 +94,13 @@ func (r *RoomInfo) Apply(e *Event) {
 		return
 	}
 	r.dirty = true
+}
+
+// singletonState are the state types the room has one of, under the empty
+// state key.
+var singletonState = map[string]bool{
+	"m.room.create": true, "m.room.encryption": true, "m.room.join_rules": true, "m.room.guest_access": true,
+	"m.room.canonical_alias": true, "m.room.retention": true,
 }
 
 // roomCache keeps rooms' tracked state in memory between batches. The

@@ -83,3 +83,61 @@ func TestRoomStateTracking(t *testing.T) {
 		})
 	}
 }
+
+// State a member sends under another state key is not the room's setting,
+// and the creator is who sent m.room.create, whatever its content claims:
+// otherwise `m.room.encryption` with state_key "x" made a room count as
+// encrypted (so it was never made so), and content.creator chose whom the
+// service acts as.
+func TestHostileOddStateKeysAndCreatorField(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			room := "!odd:h"
+			evs := []map[string]any{
+				stateEvent("$c", room, "@alice:h", "m.room.create", "", map[string]any{"room_version": "10", "creator": "@mallory:evil.example"}),
+				stateEvent("$e", room, "@mallory:h", "m.room.encryption", "x", map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}),
+				stateEvent("$j", room, "@mallory:h", "m.room.join_rules", "x", map[string]any{"join_rule": "public"}),
+				stateEvent("$g", room, "@mallory:h", "m.room.guest_access", "x", map[string]any{"guest_access": "can_join"}),
+				stateEvent("$a", room, "@mallory:h", "m.room.canonical_alias", "x", map[string]any{"alias": "#cafe:h"}),
+				stateEvent("$r", room, "@mallory:h", "m.room.retention", "x", map[string]any{"max_lifetime": 1}),
+				stateEvent("$c2", room, "@mallory:h", "m.room.create", "x", map[string]any{"creator": "@mallory:h"}),
+				msgEvent("$m", room, "@alice:h", "after"),
+			}
+			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != 200 {
+				t.Fatal(rec.Code)
+			}
+			var seen string
+			p.disp.decider = deciderFunc(func(e *Event, r *RoomInfo) Decision {
+				seen = fmt.Sprintf("enc=%v join=%q guest=%q creator=%s aliases=%v life=%d", r.State.Encrypted, r.State.JoinRule, r.State.GuestAccess, r.State.Creator, r.Aliases, r.State.MaxLifetime)
+				return Decision{}
+			})
+			if _, err := p.disp.DispatchBatch(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if want := `enc=false join="" guest="" creator=@alice:h aliases=[] life=0`; seen != want {
+				t.Fatalf("room as policy saw it: %s, want %s", seen, want)
+			}
+		})
+	}
+}
+
+// A max_lifetime of 2^64-1 or 18446744073710 ms is stored clamped to the
+// longest lifetime, never wrapped to a tiny or negative one.
+func TestHostileMaxLifetimeStoredClamped(t *testing.T) {
+	sk := ""
+	for raw, want := range map[string]int64{
+		"18446744073709551615": policy.MaxLifetime.Milliseconds(),
+		"18446744073710":       policy.MaxLifetime.Milliseconds(),
+		"1e300":                policy.MaxLifetime.Milliseconds(),
+		"1":                    1,
+		"-1":                   0,
+		"86400000":             86400000,
+	} {
+		r := &RoomInfo{ID: "!r:h"}
+		r.Apply(&Event{ID: "$r", Type: "m.room.retention", StateKey: &sk, Raw: []byte(`{"content":{"max_lifetime":` + raw + `}}`)})
+		if r.State.MaxLifetime != want {
+			t.Errorf("max_lifetime %s stored as %d, want %d", raw, r.State.MaxLifetime, want)
+		}
+	}
+}

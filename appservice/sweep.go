@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -99,8 +98,7 @@ func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain
 		}
 		r := policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)}
 		before, after := old.For(r), pol.For(r)
-		rm := time.Duration(roomMax) * time.Millisecond
-		if l := after.Lifetime(rm); l != before.Lifetime(rm) {
+		if l := after.Lifetime(roomMax); l != before.Lifetime(roomMax) {
 			todo = append(todo, change{id, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: creator, Reason: lifetimeText(l)}, after.DryRun})
 		}
 	}

@@ -89,3 +89,22 @@ func (v *UnverifiedSessions) UnmarshalYAML(n *yaml.Node) error {
 	*v = UnverifiedSessions(s)
 	return err
 }
+
+// RoomRetention says whether a room's own m.room.retention (MSC1763
+// max_lifetime, which any member with the power to send that state sets)
+// may shorten its messages' lifetime. Built in: ignore. A shorter lifetime
+// deletes records for good, and the room's admins are not the hospital: a
+// room admin who sets 1 ms, or a value that wraps, must not be able to
+// delete a room's history. Honouring it is the policy author's decision.
+type RoomRetention string
+
+const (
+	RoomRetentionHonour RoomRetention = "honour"
+	RoomRetentionIgnore RoomRetention = "ignore"
+)
+
+func (v *RoomRetention) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(RoomRetentionHonour), string(RoomRetentionIgnore))
+	*v = RoomRetention(s)
+	return err
+}

@@ -59,9 +59,12 @@ type Settings struct {
 	PublicRooms *Permission      `yaml:"public_rooms"`
 	GuestAccess *Permission      `yaml:"guest_access"`
 	Retention   *config.Duration `yaml:"retention"`
+	// RoomRetention: whether a room's own m.room.retention (MSC1763
+	// max_lifetime) may shorten the lifetime (honour) or not (ignore, built in).
+	RoomRetention *RoomRetention `yaml:"room_retention"`
 	// RetentionMin and RetentionMax bound what a room's own m.room.retention
-	// (MSC1763 max_lifetime) can do: it may shorten the lifetime, never below
-	// the minimum; the maximum caps every lifetime.
+	// can do: it may shorten the lifetime, never below the minimum (built in:
+	// DefaultRetentionMin); the maximum caps every lifetime.
 	RetentionMin *config.Duration `yaml:"retention_min"`
 	RetentionMax *config.Duration `yaml:"retention_max"`
 	// Retroactive: a longer lifetime (or none) applies to messages already
@@ -71,9 +74,13 @@ type Settings struct {
 	// Members: verified limits the room to people on the verified roster
 	// (and, with Roles, to those roles); AnnounceRoles has the bot name a
 	// verified person's role when they join.
-	Members       *Members  `yaml:"members"`
-	Roles         *[]string `yaml:"roles"`
-	AnnounceRoles *bool     `yaml:"announce_roles"`
+	Members *Members `yaml:"members"`
+	// PlaintextAllowedTypes are message event types let through unencrypted
+	// where encryption is required (e.g. a bridge's own type); every other
+	// unencrypted message event is plaintext.
+	PlaintextAllowedTypes *[]string `yaml:"plaintext_allowed_types"`
+	Roles                 *[]string `yaml:"roles"`
+	AnnounceRoles         *bool     `yaml:"announce_roles"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -91,10 +98,35 @@ func Builtin() Effective {
 	return Effective{
 		Encryption: EncryptionRequired, Plaintext: PlaintextRedact, Attachments: AttachmentsEncryptedOnly,
 		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
+		RoomRetention: RoomRetentionIgnore, RetentionMin: config.Duration(DefaultRetentionMin),
 		// Not "verified": a deployment without a roster must not empty every room.
 		Members: MembersAny,
 		Source:  map[string]string{},
 	}
+}
+
+// DefaultRetentionMin is the shortest lifetime a room's own m.room.retention
+// can give where it is honoured and the policy sets no retention_min: short
+// enough for rooms that want messages gone within the shift, long enough
+// that a room admin cannot make a room's history vanish at once.
+const DefaultRetentionMin = time.Hour
+
+// MaxLifetime is the longest lifetime the service reckons with (100 years).
+// A room's max_lifetime above it is clamped to it: milliseconds that would
+// overflow a time.Duration once wrapped to microseconds and deleted
+// everything (18446744073710 ms became 448 µs).
+const MaxLifetime = 100 * 365 * 24 * time.Hour
+
+// RoomLifetime converts a room's max_lifetime (ms, as MSC1763 has it) to a
+// duration, clamped to [0, MaxLifetime], never wrapped.
+func RoomLifetime(ms int64) time.Duration {
+	switch {
+	case ms <= 0:
+		return 0
+	case ms >= MaxLifetime.Milliseconds():
+		return MaxLifetime
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // Load reads and validates a policy file.
@@ -146,6 +178,23 @@ func checkRoles(d *strictyaml.Doc, at string, s *Settings) {
 	}
 }
 
+// checkAllowedTypes refuses types that can never be plaintext or that
+// would let every message through.
+func checkAllowedTypes(d *strictyaml.Doc, at string, s *Settings) {
+	if s.PlaintextAllowedTypes == nil {
+		return
+	}
+	for i, t := range *s.PlaintextAllowedTypes {
+		k := fmt.Sprintf("%s.plaintext_allowed_types[%d]", at, i)
+		switch t {
+		case "m.room.message", "m.sticker":
+			d.Errorf(k, "%s: %s is what encryption protects; use plaintext: allow instead", k, t)
+		case "", "m.room.encrypted", "m.room.redaction":
+			d.Errorf(k, "%s: %q is not a type that can be plaintext", k, t)
+		}
+	}
+}
+
 // Grace is how long an unverified session may stay under sign_out.
 func (p *Policy) Grace() time.Duration {
 	if g := p.UnverifiedSessionGrace.D(); g > 0 {
@@ -165,6 +214,7 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 		d.Errorf("version", "version %d is not supported (this build knows version 1)", p.Version)
 	}
 	checkRetention(d, "defaults", &p.Defaults)
+	checkAllowedTypes(d, "defaults", &p.Defaults)
 	checkRoles(d, "defaults", &p.Defaults)
 	if g := p.UnverifiedSessionGrace.D(); g < 0 || (g > 0 && g < MinSessionIdleTimeout) {
 		d.Errorf("unverified_session_grace", "unverified_session_grace must be at least %s", MinSessionIdleTimeout)
@@ -176,6 +226,7 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 		at := fmt.Sprintf("rooms[%d]", i)
 		checkRetention(d, at, &p.Rooms[i].Settings)
 		checkRoles(d, at, &p.Rooms[i].Settings)
+		checkAllowedTypes(d, at, &p.Rooms[i].Settings)
 		n := 0
 		for _, m := range []string{o.RoomID, o.Alias, o.Space} {
 			if m != "" {
@@ -227,10 +278,14 @@ func prefix(at string) string {
 
 // Lifetime is how long a message in the room lives (0: kept). It is the
 // policy's retention, shortened by the room's own m.room.retention
-// max_lifetime (MSC1763) where that is shorter, but never below
-// retention_min; and never longer than retention_max. A room can tighten its
-// lifetime, never loosen it.
-func (e *Effective) Lifetime(roomMax time.Duration) time.Duration {
+// max_lifetime (MSC1763, in ms) where the policy honours it and it is
+// shorter, but never below retention_min; and never longer than
+// retention_max. A room can tighten its lifetime, never loosen it.
+func (e *Effective) Lifetime(roomMaxMs int64) time.Duration {
+	roomMax := RoomLifetime(roomMaxMs)
+	if e.RoomRetention != RoomRetentionHonour {
+		roomMax = 0
+	}
 	l := e.Retention.D()
 	if roomMax > 0 && (l == 0 || roomMax < l) {
 		l = max(roomMax, e.RetentionMin.D())
@@ -258,19 +313,22 @@ type Room struct {
 // Effective is the resolved setting of every knob for one room, with where
 // each came from, for `policy explain` and audit.
 type Effective struct {
-	Encryption   Encryption
-	Plaintext    Plaintext
-	Attachments  Attachments
-	PublicRooms  Permission
-	GuestAccess  Permission
-	Retention    config.Duration
-	RetentionMin config.Duration
-	RetentionMax config.Duration
-	Retroactive  bool
-	DryRun       bool
-	Members      Members
-	Roles        []string // empty: any verified role
-	Announce     bool
+	Encryption    Encryption
+	Plaintext     Plaintext
+	Attachments   Attachments
+	PublicRooms   Permission
+	GuestAccess   Permission
+	Retention     config.Duration
+	RoomRetention RoomRetention
+	RetentionMin  config.Duration
+	RetentionMax  config.Duration
+	Retroactive   bool
+	DryRun        bool
+	Members       Members
+	Roles         []string // empty: any verified role
+	// PlaintextAllowedTypes: see Settings.
+	PlaintextAllowedTypes []string
+	Announce              bool
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -323,7 +381,8 @@ func (p *Policy) For(r Room) Effective {
 }
 
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
-	"retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true}
+	"room_retention": true, "retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true,
+	"plaintext_allowed_types": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -332,6 +391,7 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.PublicRooms, s.PublicRooms, "public_rooms", source, e.Source)
 	override(&e.GuestAccess, s.GuestAccess, "guest_access", source, e.Source)
 	override(&e.Retention, s.Retention, "retention", source, e.Source)
+	override(&e.RoomRetention, s.RoomRetention, "room_retention", source, e.Source)
 	override(&e.RetentionMin, s.RetentionMin, "retention_min", source, e.Source)
 	override(&e.RetentionMax, s.RetentionMax, "retention_max", source, e.Source)
 	override(&e.Retroactive, s.Retroactive, "retroactive", source, e.Source)
@@ -339,6 +399,7 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Members, s.Members, "members", source, e.Source)
 	override(&e.Roles, s.Roles, "roles", source, e.Source)
 	override(&e.Announce, s.AnnounceRoles, "announce_roles", source, e.Source)
+	override(&e.PlaintextAllowedTypes, s.PlaintextAllowedTypes, "plaintext_allowed_types", source, e.Source)
 }
 
 // override sets *dst from a knob that is set here, noting where it came from.
@@ -358,10 +419,11 @@ func (e Effective) Explain() string {
 	rows := [][2]string{
 		{"encryption", string(e.Encryption)}, {"plaintext", string(e.Plaintext)}, {"attachments", string(e.Attachments)},
 		{"public_rooms", string(e.PublicRooms)}, {"guest_access", string(e.GuestAccess)}, {"retention", retention},
-		{"retention_min", durationOrNone(e.RetentionMin)}, {"retention_max", durationOrNone(e.RetentionMax)},
+		{"room_retention", string(e.RoomRetention)}, {"retention_min", durationOrNone(e.RetentionMin)}, {"retention_max", durationOrNone(e.RetentionMax)},
 		{"retroactive", fmt.Sprint(e.Retroactive)},
 		{"dry_run", fmt.Sprint(e.DryRun)},
 		{"members", string(e.Members)}, {"roles", rolesOrAny(e.Roles)}, {"announce_roles", fmt.Sprint(e.Announce)},
+		{"plaintext_allowed_types", listOrNone(e.PlaintextAllowedTypes)},
 	}
 	var b strings.Builder
 	for _, r := range rows {
@@ -375,6 +437,13 @@ func rolesOrAny(r []string) string {
 		return "any"
 	}
 	return strings.Join(r, ",")
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ",")
 }
 
 func durationOrNone(d config.Duration) string {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -49,6 +50,8 @@ func TestValidationTable(t *testing.T) {
 		{"bad glob", "version: 1\nrooms:\n  - alias: \"#[:x\"\n", `is not a valid pattern`},
 		{"rooms not a list", "version: 1\nrooms: {a: 1}\n", "rooms: expected a list"},
 		{"negative retention", "version: 1\ndefaults:\n  retention: -1h\n", "is negative"},
+		{"allowing plain messages by type", "version: 1\ndefaults:\n  plaintext_allowed_types: [m.room.message]\n", "defaults.plaintext_allowed_types[0]: m.room.message is what encryption protects"},
+		{"allowing the ciphertext type", "version: 1\nrooms:\n  - room_id: \"!a:h\"\n    plaintext_allowed_types: [org.x, m.room.encrypted]\n", "rooms[0].plaintext_allowed_types[1]"},
 		{"idle timeout too short", "version: 1\nsession_idle_timeout: 20s\n", "p.yaml:2:23: session_idle_timeout must be 0 (off) or at least 1m0s"},
 		{"idle timeout per room", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    session_idle_timeout: 1h\n", `unknown key "session_idle_timeout" in rooms[0]`},
 		{"unknown knob in override", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    encrytion: required\n", `unknown key "encrytion" in rooms[0] (did you mean "encryption"?)`},
@@ -122,6 +125,7 @@ rooms:
 			got := p.For(tc.room)
 			src := got.Source
 			got.Source, tc.want.Source = nil, nil
+			tc.want.RoomRetention, tc.want.RetentionMin = Builtin().RoomRetention, Builtin().RetentionMin
 			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
 				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
 			}
@@ -197,14 +201,18 @@ func FuzzParse(f *testing.F) {
 func TestLifetimeTightenNeverLoosen(t *testing.T) {
 	h := time.Hour
 	e := func(l, lo, hi time.Duration) Effective {
-		return Effective{Retention: config.Duration(l), RetentionMin: config.Duration(lo), RetentionMax: config.Duration(hi)}
+		return Effective{Retention: config.Duration(l), RetentionMin: config.Duration(lo), RetentionMax: config.Duration(hi), RoomRetention: RoomRetentionHonour}
 	}
+	ignoring := e(72*h, 0, 0)
+	ignoring.RoomRetention = RoomRetentionIgnore
 	cases := []struct {
 		name    string
 		eff     Effective
 		roomMax time.Duration
 		want    time.Duration
 	}{
+		{"room retention ignored", ignoring, 1 * h, 72 * h},
+		{"builtin ignores the room", Builtin(), 1 * h, 0},
 		{"policy only", e(72*h, 0, 0), 0, 72 * h},
 		{"room tightens", e(72*h, 0, 0), 24 * h, 24 * h},
 		{"room cannot loosen", e(72*h, 0, 0), 200 * h, 72 * h},
@@ -216,7 +224,7 @@ func TestLifetimeTightenNeverLoosen(t *testing.T) {
 		{"nothing set: kept", e(0, 0, 0), 0, 0},
 	}
 	for _, c := range cases {
-		if got := c.eff.Lifetime(c.roomMax); got != c.want {
+		if got := c.eff.Lifetime(c.roomMax.Milliseconds()); got != c.want {
 			t.Errorf("%s: %s, want %s", c.name, got, c.want)
 		}
 	}
@@ -253,6 +261,46 @@ func TestMayExpire(t *testing.T) {
 		}
 		if p.MayExpire() != want {
 			t.Errorf("%q: MayExpire %v, want %v", src, p.MayExpire(), want)
+		}
+	}
+}
+
+// A room admin's max_lifetime cannot become mass deletion: values that
+// would overflow once converted are clamped to the longest lifetime, never
+// wrapped to a tiny one; 1 ms is lifted to retention_min where honoured; and
+// by default the room's wish is ignored.
+func TestHostileRoomMaxLifetimeIsClampedNotWrapped(t *testing.T) {
+	pol, err := Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	honour, err := Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\n  room_retention: honour\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	month := 30 * 24 * time.Hour
+	cases := []struct {
+		name string
+		pol  *Policy
+		ms   int64
+		want time.Duration
+	}{
+		{"18446744073710 ms, once 448 µs", honour, 18446744073710, month},
+		{"max int64 ms", honour, math.MaxInt64, month},
+		{"1 ms, honoured: the built-in minimum", honour, 1, DefaultRetentionMin},
+		{"1 ms, built-in: ignored", pol, 1, month},
+		{"negative", honour, -5, month},
+		{"a day, honoured", honour, 86400000, 24 * time.Hour},
+	}
+	for _, c := range cases {
+		eff := c.pol.For(Room{ID: "!r:h"})
+		if got := eff.Lifetime(c.ms); got != c.want {
+			t.Errorf("%s: lifetime %s, want %s", c.name, got, c.want)
+		}
+	}
+	for ms, want := range map[int64]time.Duration{18446744073710: MaxLifetime, math.MaxInt64: MaxLifetime, 0: 0, -1: 0, 1500: 1500 * time.Millisecond} {
+		if got := RoomLifetime(ms); got != want || got < 0 {
+			t.Errorf("RoomLifetime(%d) = %s, want %s", ms, got, want)
 		}
 	}
 }

@@ -30,6 +30,12 @@ func TestDecide(t *testing.T) {
 	noGuests := Event{ID: "$g2", Type: "m.room.guest_access", Sender: "@doc:h", StateKey: sk(""), Content: json.RawMessage(`{"guest_access":"forbidden"}`)}
 	stateMsg := Event{ID: "$sm", Type: "m.room.message", Sender: "@doc:h", StateKey: sk("x"), Content: json.RawMessage(`{"body":"odd"}`)}
 	garbage := Event{ID: "$x", Type: "m.room.message", Sender: "@doc:h", Content: json.RawMessage(`not json`)}
+	poll := Event{ID: "$p", Type: "m.poll.start", Sender: "@doc:h", Content: json.RawMessage(`{"m.poll.start":{"question":{"m.text":"Transfer bed 4?"},"answers":[{"id":"y","m.text":"yes"}]}}`)}
+	textReaction := Event{ID: "$tr", Type: "m.reaction", Sender: "@doc:h", Content: json.RawMessage(`{"m.relates_to":{"rel_type":"m.annotation","event_id":"$t","key":"HIV+ confirmed"}}`)}
+	emojiReaction := Event{ID: "$er", Type: "m.reaction", Sender: "@doc:h", Content: json.RawMessage(`{"m.relates_to":{"rel_type":"m.annotation","event_id":"$t","key":"👍🏽"}}`)}
+	custom := Event{ID: "$cu", Type: "org.example.chart_note", Sender: "@doc:h", Content: json.RawMessage(`{"note":"allergic to penicillin"}`)}
+	beacon := Event{ID: "$be", Type: "m.beacon", Sender: "@doc:h", Content: json.RawMessage(`{"m.relates_to":{"rel_type":"m.reference","event_id":"$x"},"org.matrix.msc3488.location":{"uri":"geo:51.5,-0.1"}}`)}
+	redaction := Event{ID: "$rd", Type: "m.room.redaction", Sender: "@doc:h", Content: json.RawMessage(`{"redacts":"$t","reason":"typo"}`)}
 
 	cases := []struct {
 		name     string
@@ -49,6 +55,13 @@ func TestDecide(t *testing.T) {
 		{"sticker is plaintext too", sticker, RoomState{Encrypted: true}, strict(),
 			[]string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
 		{"encrypted message never touched", encrypted, RoomState{Encrypted: true}, strict(), nil},
+		{"a poll in clear is plaintext", poll, RoomState{Encrypted: true}, strict(), []string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
+		{"a reaction with a text key is plaintext", textReaction, RoomState{Encrypted: true}, strict(), []string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
+		{"an emoji reaction is not (Element sends them unencrypted)", emojiReaction, RoomState{Encrypted: true}, strict(), nil},
+		{"a custom type in clear is plaintext", custom, RoomState{Encrypted: true}, strict(), []string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
+		{"a live location in clear is plaintext", beacon, RoomState{Encrypted: true}, strict(), []string{"redact/plaintext/@doc:h/", "notice/plaintext/@doc:h/"}},
+		{"a type the policy allows", custom, RoomState{Encrypted: true}, with(func(e *Effective) { e.PlaintextAllowedTypes = []string{"org.example.chart_note"} }), nil},
+		{"a redaction is never plaintext", redaction, RoomState{Encrypted: true}, strict(), nil},
 		{"already redacted: nothing left", redacted, RoomState{Encrypted: true}, strict(), nil},
 		{"the bot's own notice is exempt", botNotice, RoomState{Encrypted: true}, strict(), nil},
 		{"state event with a message type is exempt", stateMsg, RoomState{Encrypted: true}, strict(), nil},
@@ -126,5 +139,16 @@ func TestEveryRuleIsListedOnce(t *testing.T) {
 	}
 	if len(seen) != 6 {
 		t.Fatalf("%d rules", len(seen))
+	}
+}
+
+func TestIsEmoji(t *testing.T) {
+	for s, want := range map[string]bool{
+		"👍": true, "👍🏽": true, "❤️": true, "✅": true, "👨‍⚕️": true, "🇺🇸": true, "1️⃣": true, "#⃣": true, "🏴󠁧󠁢󠁳󠁣󠁴󠁿": true,
+		"": false, "ok": false, "HIV": false, "1": false, "👍 yes": false, "12": false, "bed 4": false, "👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍": false,
+	} {
+		if IsEmoji(s) != want {
+			t.Errorf("IsEmoji(%q) = %v", s, !want)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -282,14 +283,23 @@ func (b *Bot) SendNotice(ctx context.Context, room, inviter, target, text, txnID
 	if target != "" {
 		content.Body = target + ": " + text
 		content.Format = event.FormatHTML
-		content.FormattedBody = fmt.Sprintf(`<a href="https://matrix.to/#/%s">%s</a>: %s`, target, target, strings.ReplaceAll(htmlEscape(text), "\n", "<br>"))
+		content.FormattedBody = noticeHTML(target, text)
 		content.Mentions.UserIDs = []id.UserID{uid}
 	}
 	_, err := cli.SendMessageEvent(ctx, rid, event.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txnID})
 	return err
 }
 
-var htmlEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;")
+// noticeHTML is a notice's formatted body: a mention of target, then the
+// text. The user ID is the sender's own choice (a remote server may name its
+// users with < and "), so it is URL-encoded in the link and HTML-escaped
+// everywhere: it must never put markup into the bot's message.
+func noticeHTML(target, text string) string {
+	href := "https://matrix.to/#/" + url.PathEscape(target)
+	return fmt.Sprintf(`<a href="%s">%s</a>: %s`, htmlEscape(href), htmlEscape(target), strings.ReplaceAll(htmlEscape(text), "\n", "<br>"))
+}
+
+var htmlEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;", "'", "&#39;")
 
 func htmlEscape(s string) string { return htmlEscaper.Replace(s) }
 

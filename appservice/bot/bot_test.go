@@ -3,6 +3,11 @@ package bot
 import (
 	"context"
 	"database/sql"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
 	"testing"
 
 	"go.mau.fi/util/dbutil"
@@ -66,5 +71,62 @@ func TestBotStoresBesideAnotherSchema(t *testing.T) {
 	var version int
 	if err := raw.QueryRow(`SELECT version FROM crypto_version`).Scan(&version); err != nil || version == 0 {
 		t.Fatalf("crypto_version in our schema: %d, %v", version, err)
+	}
+}
+
+// A user ID is its server's choice: a remote server may name a user
+// @x"><img src=x onerror=alert(1)>:evil.example. Mentioned in a notice, it
+// must stay text: one link to matrix.to, its href the URL-encoded ID, and no
+// other markup.
+func TestHostileUserIDInNoticeIsEscaped(t *testing.T) {
+	for _, target := range []string{
+		`@x"><img src=x onerror=alert(1)>:evil.example`,
+		`@a'b<script>alert(1)</script>:evil.example`,
+		`@plain:hospital.example`,
+		`@q?x=1#frag&y:evil.example`,
+	} {
+		html := noticeHTML(target, "This room requires <b>end-to-end</b> encryption.")
+		dec := xml.NewDecoder(strings.NewReader("<root>" + html + "</root>"))
+		var elements []string
+		var href, linkText string
+		inLink := false
+		for {
+			tok, err := dec.Token()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%q: formatted body is not well-formed: %v\n%s", target, err, html)
+			}
+			switch x := tok.(type) {
+			case xml.StartElement:
+				elements = append(elements, x.Name.Local)
+				if x.Name.Local == "a" {
+					inLink = true
+					if len(x.Attr) != 1 || x.Attr[0].Name.Local != "href" {
+						t.Fatalf("%q: link attributes %v", target, x.Attr)
+					}
+					href = x.Attr[0].Value
+				}
+			case xml.EndElement:
+				if x.Name.Local == "a" {
+					inLink = false
+				}
+			case xml.CharData:
+				if inLink {
+					linkText += string(x)
+				}
+			}
+		}
+		if fmt.Sprint(elements) != "[root a]" {
+			t.Fatalf("%q: elements %v, want only the link", target, elements)
+		}
+		if linkText != target {
+			t.Fatalf("%q: link text %q", target, linkText)
+		}
+		u, err := url.Parse(href)
+		if err != nil || u.Host != "matrix.to" || u.Path != "/" || u.Fragment != "/"+target {
+			t.Fatalf("%q: href %q (fragment %q)", target, href, u.Fragment)
+		}
 	}
 }
