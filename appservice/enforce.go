@@ -6,9 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
-	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -100,19 +100,48 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		Bot:      d.Bot,
 	})
 	for _, a := range actions {
+		a = d.actorFor(a)
 		key := fmt.Sprintf("%s:%s:%s", a.Kind, a.Rule, a.EventID)
 		if a.Kind == policy.ActQuarantineMedia {
 			key += ":" + a.Value // a file and its thumbnail
 		}
 		if a.Kind == policy.ActNotice {
-			// The window comes from the event's own timestamp, so a replayed
-			// decision lands on the same key.
-			bucket := gjson.GetBytes(ev.Raw, "origin_server_ts").Int() / noticeWindow.Milliseconds()
+			// The window comes from when the service received the event: the
+			// same for a replayed decision, and not the event's own
+			// origin_server_ts, which its (perhaps remote) server chooses and
+			// could vary to get one notice per message.
+			bucket := ev.ReceivedAt / noticeWindow.Milliseconds()
 			key = fmt.Sprintf("%s:%s:%s:%s:%d", a.Kind, a.Rule, ev.RoomID, a.Target, bucket)
 		}
 		dec.add(jobFor(a, ev.RoomID, key, ev.Type, settings.DryRun, pol.Hash, d.Keys))
 	}
 	return dec
+}
+
+// actorFor keeps actions from being queued as someone the service cannot act
+// as. The application service acts only as local users: an action as a
+// remote sender or creator would fail on every retry. The bot acts instead
+// where it has the power (else the job fails once, and the room is listed as
+// a problem); a notice's inviter is dropped, so a bot not yet in the room
+// fails once rather than retrying.
+func (d *PolicyDecider) actorFor(a policy.Action) policy.Action {
+	if a.ActAs == "" || sameServer(a.ActAs, d.Bot) {
+		return a
+	}
+	switch a.Kind {
+	case policy.ActNotice, policy.ActBotJoin:
+		a.ActAs = ""
+	default:
+		a.ActAs = d.Bot
+	}
+	return a
+}
+
+// sameServer reports whether two Matrix IDs are on one server.
+func sameServer(a, b string) bool {
+	_, sa, okA := strings.Cut(a, ":")
+	_, sb, okB := strings.Cut(b, ":")
+	return okA && okB && sa == sb
 }
 
 // jobFor turns a policy action in a room into its durable job and the
@@ -165,7 +194,7 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 		}
 		return nil
 	}
-	r.Handle(string(policy.ActRedact), redactHandler(hs))
+	r.Handle(string(policy.ActRedact), redactHandler(hs, botUser))
 	// Room settings are set as the creator (who has the power in rooms
 	// people create); if the creator may not (left, or demoted), as the bot,
 	// which may have been given the power.
@@ -182,6 +211,11 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 				if berr := b.SendState(ctx, p.Room, eventType, key, want); berr == nil {
 					actor, err = botUser, nil
 				}
+			}
+			if actor == botUser && errors.Is(err, mautrix.MForbidden) {
+				// Queued as the bot (the creator is on another server) and
+				// the bot lacks the power: listed as a problem, not retried.
+				return Permanent(err)
 			}
 			if err != nil {
 				return err
@@ -243,7 +277,11 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 		if err := needBot(); err != nil {
 			return err
 		}
-		return waitForBot(b.SendNotice(ctx, p.Room, p.ActAs, p.Target, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID)))
+		err = waitForBot(b.SendNotice(ctx, p.Room, p.ActAs, p.Target, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID)))
+		if p.ActAs == "" && errors.Is(err, mautrix.MForbidden) {
+			return Permanent(fmt.Errorf("the bot is not in the room and no local member can invite it: %w", err))
+		}
+		return err
 	})
 	TrackProblems(r)
 }
@@ -269,13 +307,19 @@ func TrackProblems(r *Runner) {
 // redactHandler redacts the job's event as ActAs (its sender: anyone may
 // redact their own events). A fixed transaction ID per job makes a retried
 // redaction a no-op.
-func redactHandler(hs *homeserver.Client) Handler {
+func redactHandler(hs *homeserver.Client, botUser string) Handler {
 	return func(ctx context.Context, j *Job) error {
 		var p actionPayload
 		if err := json.Unmarshal(j.Payload, &p); err != nil {
 			return Permanent(fmt.Errorf("bad job payload: %w", err))
 		}
-		return hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
+		err := hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
+		if p.ActAs == botUser && errors.Is(err, mautrix.MForbidden) {
+			// A remote sender's message, and the bot lacks the power: no
+			// retry will change that; the room is listed as a problem.
+			return Permanent(fmt.Errorf("the bot may not redact others' messages in this room: %w", err))
+		}
+		return err
 	}
 }
 

@@ -224,12 +224,18 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 		}
 		txn := fmt.Sprintf("hipaa-job-%d", j.ID)
 		err := errors.New("not tried")
-		if asBot {
+		// A remote sender's message: the service cannot act as them, only
+		// the bot can redact it (with the power to).
+		remote := !sameServer(p.ActAs, bot)
+		if asBot || remote {
 			err = hs.Redact(ctx, bot, p.Room, p.EventID, p.Reason, txn)
 		}
-		if err != nil && (!asBot || errors.Is(err, mautrix.MForbidden)) {
+		if err != nil && !remote && (!asBot || errors.Is(err, mautrix.MForbidden)) {
 			// The sender may always redact their own message.
 			err = hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, txn+"-sender")
+		}
+		if remote && errors.Is(err, mautrix.MForbidden) {
+			return Permanent(fmt.Errorf("the bot may not redact a remote member's message here: %w", err))
 		}
 		if err != nil || !purge {
 			return err

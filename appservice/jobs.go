@@ -19,6 +19,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // JobSpec is an action to take, as decided by policy. DedupeKey makes
@@ -41,6 +42,7 @@ type Job struct {
 	Payload  json.RawMessage
 	Attempts int
 	DryRun   bool
+	Priority int
 }
 
 // Handler applies one job. It must be idempotent: after a crash a job that
@@ -88,7 +90,7 @@ func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) er
 	const per = 100
 	for start := 0; start < len(jobs); start += per {
 		chunk := jobs[start:min(start+per, len(jobs))]
-		args := make([]any, 0, 8*len(chunk))
+		args := make([]any, 0, 9*len(chunk))
 		for _, j := range chunk {
 			due := j.DueAt
 			if due.IsZero() {
@@ -98,15 +100,45 @@ func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) er
 			if payload == nil {
 				payload = json.RawMessage("{}")
 			}
-			args = append(args, j.Kind, j.DedupeKey, []byte(payload), "pending", due.UnixMilli(), now.UnixMilli(), now.UnixMilli(), j.DryRun)
+			args = append(args, j.Kind, j.DedupeKey, []byte(payload), "pending", due.UnixMilli(), now.UnixMilli(), now.UnixMilli(), j.DryRun, PriorityOf(j.Kind))
 		}
-		q := store.ValuesQuery(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run) VALUES `, 8, len(chunk),
+		q := store.ValuesQuery(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run, priority) VALUES `, 9, len(chunk),
 			` ON CONFLICT (dedupe_key) DO NOTHING`)
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("enqueue %s job: %w", chunk[0].Kind, err)
 		}
 	}
 	return nil
+}
+
+// Job priorities: the runner starts every due job of a higher priority
+// before any of a lower one, and keeps one worker for urgent jobs alone, so
+// a flood of routine work (a remote server's users sending plaintext, a
+// policy change rescheduling thousands of expiries) cannot delay a wipe.
+const (
+	PriorityRoutine = 0
+	PriorityNormal  = 1
+	PriorityUrgent  = 2
+)
+
+// priorities are the job kinds that are not normal.
+var priorities = map[string]int{
+	// What an administrator asked for, and what stops PHI from staying
+	// where it must not.
+	JobWipe: PriorityUrgent, JobAdminCommand: PriorityUrgent, JobDeviceSignOut: PriorityUrgent, JobCheckMember: PriorityUrgent,
+	string(policy.ActRedact): PriorityUrgent, string(policy.ActEnableEncryption): PriorityUrgent,
+	string(policy.ActSetJoinRule): PriorityUrgent, string(policy.ActSetGuestAccess): PriorityUrgent,
+	string(policy.ActQuarantineMedia): PriorityUrgent,
+	// Telling people, and housekeeping.
+	string(policy.ActNotice): PriorityRoutine, JobDeviceWarn: PriorityRoutine, JobPurge: PriorityRoutine,
+}
+
+// PriorityOf is the priority a job of this kind is queued with.
+func PriorityOf(kind string) int {
+	if p, ok := priorities[kind]; ok {
+		return p
+	}
+	return PriorityNormal
 }
 
 // Runner applies due jobs with bounded concurrency, retrying failures with
@@ -126,7 +158,7 @@ type Runner struct {
 
 	wake     chan struct{}
 	mu       sync.Mutex
-	inFlight map[int64]bool
+	inFlight map[int64]bool // job ID → urgent
 
 	// onOutcome, if set, runs inside the transaction that records a job as
 	// done or failed for good, so what it keeps can never disagree with the
@@ -217,15 +249,25 @@ func (r *Runner) Run(ctx context.Context) {
 // RunDue applies every job due now and waits for them; tests drive it with a fake clock.
 func (r *Runner) RunDue(ctx context.Context) (int, error) {
 	sem := make(chan struct{}, r.workers)
-	var wg sync.WaitGroup
-	n, err := r.startDue(ctx, sem, &wg)
-	wg.Wait()
-	return n, err
+	total := 0
+	for {
+		var wg sync.WaitGroup
+		n, err := r.startDue(ctx, sem, &wg)
+		wg.Wait()
+		total += n
+		if err != nil || n == 0 {
+			return total, err
+		}
+	}
 }
 
 func (r *Runner) nextDue(ctx context.Context) (time.Time, bool, error) {
 	var due sql.NullInt64
-	err := r.db.R.QueryRowContext(ctx, `SELECT MIN(due_at) FROM job WHERE state = 'pending'`).Scan(&due)
+	// One lookup per priority, each the first entry of its part of the index.
+	err := r.db.R.QueryRowContext(ctx, `SELECT MIN(d) FROM (
+		SELECT MIN(due_at) AS d FROM job WHERE state = 'pending' AND priority = 2
+		UNION ALL SELECT MIN(due_at) FROM job WHERE state = 'pending' AND priority = 1
+		UNION ALL SELECT MIN(due_at) FROM job WHERE state = 'pending' AND priority = 0) m`).Scan(&due)
 	if err != nil || !due.Valid {
 		return time.Time{}, false, err
 	}
@@ -233,45 +275,36 @@ func (r *Runner) nextDue(ctx context.Context) (time.Time, bool, error) {
 }
 
 func (r *Runner) startDue(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) (int, error) {
-	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run FROM job
-		WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, id LIMIT 256`, r.now().UnixMilli())
-	if err != nil {
-		return 0, err
-	}
+	// Highest priority first; each priority's due jobs are one range of
+	// the (state, priority, due_at) index, however many lower ones wait.
 	var due []*Job
-	for rows.Next() {
-		j := &Job{}
-		var payload []byte
-		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun); err != nil {
-			rows.Close()
+	for prio := PriorityUrgent; prio >= PriorityRoutine && len(due) < dueBatch; prio-- {
+		page, err := r.dueJobs(ctx, prio, dueBatch-len(due))
+		if err != nil {
 			return 0, err
 		}
-		j.Payload = payload
-		due = append(due, j)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, err
+		due = append(due, page...)
 	}
 	started := 0
 	for _, j := range due {
 		r.mu.Lock()
 		busy := r.inFlight[j.ID]
-		if !busy {
-			r.inFlight[j.ID] = true
-		}
 		r.mu.Unlock()
 		if busy {
 			continue
 		}
+		if j.Priority < PriorityUrgent && r.workers > 1 && r.running(false) >= r.workers-1 {
+			// The last worker is kept for urgent jobs.
+			break
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			r.mu.Lock()
-			delete(r.inFlight, j.ID)
-			r.mu.Unlock()
 			return started, ctx.Err()
 		}
+		r.mu.Lock()
+		r.inFlight[j.ID] = j.Priority >= PriorityUrgent
+		r.mu.Unlock()
 		started++
 		wg.Add(1)
 		go func(j *Job) {
@@ -286,6 +319,42 @@ func (r *Runner) startDue(ctx context.Context, sem chan struct{}, wg *sync.WaitG
 		}(j)
 	}
 	return started, nil
+}
+
+// dueBatch is how many due jobs one look at the table takes.
+const dueBatch = 256
+
+// running counts jobs in flight, urgent ones or the others.
+func (r *Runner) running(urgent bool) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, u := range r.inFlight {
+		if u == urgent {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *Runner) dueJobs(ctx context.Context, prio, limit int) ([]*Job, error) {
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run FROM job
+		WHERE state = 'pending' AND priority = $1 AND due_at <= $2 ORDER BY due_at, id LIMIT $3`, prio, r.now().UnixMilli(), limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var due []*Job
+	for rows.Next() {
+		j := &Job{Priority: prio}
+		var payload []byte
+		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun); err != nil {
+			return nil, err
+		}
+		j.Payload = payload
+		due = append(due, j)
+	}
+	return due, rows.Err()
 }
 
 func (r *Runner) apply(ctx context.Context, j *Job) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -272,5 +273,77 @@ func TestProblemsFollowJobOutcomes(t *testing.T) {
 				t.Fatalf("problem not cleared by a later success: %+v", got)
 			}
 		})
+	}
+}
+
+// A flood of routine work (notices to a remote server's users, thousands of
+// them, each stuck on a slow homeserver) fills every worker but the one kept
+// for urgent jobs; a wipe queued afterwards, from another process as the
+// wipe command does, still starts within a second. Before priorities the
+// wipe waited behind every notice due before it.
+func TestHostileFloodCannotDelayAWipe(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			p.runner.workers = 4
+			release := make(chan struct{})
+			defer close(release)
+			var notices atomic.Int64
+			p.runner.Handle(string(policy.ActNotice), func(ctx context.Context, j *Job) error {
+				notices.Add(1)
+				select { // the homeserver never answers
+				case <-release:
+				case <-ctx.Done():
+				}
+				return nil
+			})
+			wipeStarted := make(chan time.Time, 1)
+			p.runner.Handle(JobWipe, func(ctx context.Context, j *Job) error {
+				wipeStarted <- time.Now()
+				return nil
+			})
+			flood := make([]JobSpec, 5000)
+			for i := range flood {
+				flood[i] = JobSpec{Kind: string(policy.ActNotice), DedupeKey: fmt.Sprintf("notice:%d", i), Payload: json.RawMessage(`{}`)}
+			}
+			p.enqueue(t, flood...)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go p.runner.Run(ctx)
+			for deadline := time.Now().Add(10 * time.Second); notices.Load() < 3; {
+				if time.Now().After(deadline) {
+					t.Fatalf("the flood never occupied the workers (%d running)", notices.Load())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			queued := time.Now()
+			p.enqueue(t, JobSpec{Kind: JobWipe, DedupeKey: "wipe:1", Payload: json.RawMessage(`{}`)})
+			select {
+			case at := <-wipeStarted:
+				t.Logf("wipe started %s after it was queued, behind %d routine jobs", at.Sub(queued).Round(time.Millisecond), len(flood))
+				if at.Sub(queued) > time.Second {
+					t.Fatalf("the wipe started %s after it was queued", at.Sub(queued))
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the wipe never started behind the flood")
+			}
+			if n := notices.Load(); n != 3 {
+				t.Fatalf("%d routine jobs running, want 3 (one worker of 4 kept for urgent work)", n)
+			}
+		})
+	}
+}
+
+// Every kind the service queues has the priority its purpose asks.
+func TestJobPriorities(t *testing.T) {
+	for kind, want := range map[string]int{
+		JobWipe: PriorityUrgent, JobAdminCommand: PriorityUrgent, "redact": PriorityUrgent, "enable_encryption": PriorityUrgent,
+		JobCheckMember: PriorityUrgent, JobDeviceSignOut: PriorityUrgent,
+		JobExpire: PriorityNormal, JobDiscoverRoom: PriorityNormal, "bot_join": PriorityNormal, JobIdleLogoff: PriorityNormal,
+		"notice": PriorityRoutine, JobDeviceWarn: PriorityRoutine, JobPurge: PriorityRoutine,
+	} {
+		if got := PriorityOf(kind); got != want {
+			t.Errorf("%s: priority %d, want %d", kind, got, want)
+		}
 	}
 }

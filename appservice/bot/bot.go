@@ -57,7 +57,10 @@ type Options struct {
 	URI        string // the database URI (PostgreSQL: for the side pool)
 	PickleKey  []byte
 	Inviter    Inviter
-	Log        zerolog.Logger
+	// Admin reports whether a user is one of the service's administrators,
+	// whose invites the bot accepts wherever they are from (nil: none).
+	Admin func(user string) bool
+	Log   zerolog.Logger
 }
 
 // Bot is the E2EE bot. Its methods are safe for concurrent use.
@@ -163,6 +166,10 @@ func (b *Bot) start(ctx context.Context) error {
 	// say) is joined, so it can serve that room too.
 	cli.Syncer.(*syncer).OnEventType(event.StateMember, func(ctx context.Context, evt *event.Event) {
 		if evt.GetStateKey() == b.opts.UserID && evt.Content.AsMember().Membership == event.MembershipInvite {
+			if !b.AcceptsInvite(string(evt.Sender)) {
+				b.log.Info().Str("room_id", string(evt.RoomID)).Msg("ignored an invite from another server")
+				return
+			}
 			if _, err := cli.JoinRoomByID(ctx, evt.RoomID); err != nil {
 				b.log.Warn().Str("error", err.Error()).Str("room_id", string(evt.RoomID)).Msg("could not accept an invite")
 			}
@@ -172,6 +179,19 @@ func (b *Bot) start(ctx context.Context) error {
 	b.cli, b.helper = cli, helper
 	b.mu.Unlock()
 	return nil
+}
+
+// AcceptsInvite reports whether the bot joins a room when inviter invites
+// it: users of its own server and administrators only. A room the bot joins
+// is a room whose keys it is sent and whose members it serves; another
+// server's users could otherwise flood it with rooms.
+func (b *Bot) AcceptsInvite(inviter string) bool {
+	if b.opts.Admin != nil && b.opts.Admin(inviter) {
+		return true
+	}
+	_, own, _ := id.UserID(b.opts.UserID).ParseAndValidateRelaxed()
+	_, theirs, err := id.UserID(inviter).ParseAndValidateRelaxed()
+	return err == nil && own != "" && theirs == own
 }
 
 // ownVersionTables creates, in the connection's own schema, the tables where

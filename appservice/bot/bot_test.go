@@ -130,3 +130,23 @@ func TestHostileUserIDInNoticeIsEscaped(t *testing.T) {
 		}
 	}
 }
+
+// The bot joins rooms it is invited to only by users of its own server and
+// by administrators: another server's users cannot flood it with rooms.
+func TestHostileRemoteInvitesAreIgnored(t *testing.T) {
+	b := New(Options{UserID: "@hipaa:hospital.example", Admin: func(u string) bool { return u == "@ciso:partner.example" }})
+	for inviter, want := range map[string]bool{
+		"@alice:hospital.example":         true,
+		"@ciso:partner.example":           true,
+		"@mallory:evil.example":           false,
+		"@mallory:hospital.example.evil":  false,
+		"@mallory:evil.example:8448":      false,
+		"":                                false,
+		"not a user id":                   false,
+		"@x:hospital.example:hospital.ex": false,
+	} {
+		if got := b.AcceptsInvite(inviter); got != want {
+			t.Errorf("invite from %q accepted: %v, want %v", inviter, got, want)
+		}
+	}
+}
