@@ -45,7 +45,7 @@ Commands:
   config validate FILE                   check a config and the files it names (policy,
                                          roster, TLS, audit keys) before a restart
   policy validate FILE                   check a policy file (every error as file:line:col)
-  policy explain -policy FILE -room ID [-alias A]... [-space ID]...
+  policy explain -policy FILE -room ID [-alias A]... [-space ID]... [-claimed-alias A]... [-claimed-space ID]...
                                          which settings apply to a room, and why
   status -config FILE                    what the database says of the service: events,
                                          backlog, jobs, the audit chain and its exporters
@@ -443,6 +443,9 @@ func policyValidate(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: valid (version %d, %d room overrides, hash %s)\n", args[0], p.Version, len(p.Rooms), p.Hash)
+	for _, w := range p.Warnings() {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", args[0], w)
+	}
 	return 0
 }
 
@@ -457,8 +460,11 @@ func policyExplain(args []string, stdout, stderr io.Writer) error {
 	file := fs.String("policy", "policy.yaml", "policy file")
 	room := fs.String("room", "", "room ID")
 	var aliases, spaces listFlag
-	fs.Var(&aliases, "alias", "an alias of the room (repeatable)")
-	fs.Var(&spaces, "space", "the ID of a space the room is in (repeatable)")
+	var claimedAliases, claimedSpaces listFlag
+	fs.Var(&aliases, "alias", "an alias of the room, confirmed by the directory (repeatable)")
+	fs.Var(&spaces, "space", "the ID of a space that lists the room (repeatable)")
+	fs.Var(&claimedAliases, "claimed-alias", "an alias only the room's own state claims (repeatable)")
+	fs.Var(&claimedSpaces, "claimed-space", "a parent space only the room's own state claims (repeatable)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -469,7 +475,7 @@ func policyExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e := p.For(policy.Room{ID: *room, Aliases: aliases, Spaces: spaces})
+	e := p.For(policy.Room{ID: *room, Aliases: claimedAliases, Spaces: claimedSpaces, VerifiedAliases: aliases, VerifiedSpaces: spaces})
 	fmt.Fprintf(stdout, "room %s under policy %s (hash %s):\n%s", *room, *file, p.Hash, e.Explain())
 	return nil
 }

@@ -28,6 +28,8 @@ type PolicyDecider struct {
 	// ManagementRoom (admin.room), if set: every message in it becomes an
 	// admin_command job, which reads it and acts if it is a command.
 	ManagementRoom string
+	// Links are the rooms' confirmed aliases and spaces (nil: none).
+	Links *Links
 }
 
 // JobAdminCommand reads one message of the management room and runs the
@@ -73,6 +75,9 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		payload, _ := json.Marshal(CommandPayload{Room: ev.RoomID, EventID: ev.ID, Sender: ev.Sender})
 		dec.Jobs = append(dec.Jobs, JobSpec{Kind: JobAdminCommand, DedupeKey: "admin_command:" + ev.ID, Payload: payload})
 	}
+	if job, ok := linkJob(ev); ok {
+		dec.Jobs = append(dec.Jobs, job)
+	}
 	pol := d.Policy.Current()
 	// Most traffic is ciphertext, which no rule ever acts on; it matters only
 	// where messages can expire.
@@ -80,7 +85,7 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	if cipher && !pol.MayExpire() && room.State.MaxLifetime == 0 {
 		return dec
 	}
-	settings := pol.For(room.PolicyRoom())
+	settings := pol.For(room.PolicyRoom(d.Links.Of(room.ID)))
 	if exp, ok := expiryFor(ev, settings, room.State); ok {
 		dec.Expiries = append(dec.Expiries, exp)
 	}

@@ -296,6 +296,10 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 // messages get the new lifetime too (none: they are kept). It returns how
 // many it changed.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
+	links, err := loadLinks(ctx, db)
+	if err != nil {
+		return 0, err
+	}
 	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, ''), COALESCE(r.max_lifetime_ms, 0)
 		FROM (SELECT DISTINCT room_id FROM expiry WHERE state = 'pending') e LEFT JOIN room_state r ON r.room_id = e.room_id`)
 	if err != nil {
@@ -314,7 +318,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(policy.Room{ID: room, Aliases: splitList(aliases), Spaces: splitList(spaces)})
+		eff := pol.For(policyRoom(room, splitList(aliases), splitList(spaces), links))
 		life := eff.Lifetime(roomMax)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})

@@ -269,6 +269,7 @@ func TestLifetimeNotices(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			p.exec(t, `INSERT INTO room_link (room_id, kind, value, verified_at) VALUES ('!a:h', 'alias', '#icu-1:h', 0)`)
 			old, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\n"))
 			pol, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\nrooms:\n  - alias: \"#icu-*:h\"\n    retention: 72h\n"))
 			n, err := NoticeLifetimeChanges(ctx, p.db, p.chain, old, pol)

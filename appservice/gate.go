@@ -73,7 +73,11 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 		if err != nil {
 			return err
 		}
-		settings := g.Policy().For(rooms[p.Room].PolicyRoom())
+		links, err := loadRoomLinks(ctx, r.db, p.Room)
+		if err != nil {
+			return err
+		}
+		settings := g.Policy().For(rooms[p.Room].PolicyRoom(map[string]RoomLinks{p.Room: links}))
 		entry, err := LookupClinician(ctx, r.db, p.User)
 		if err != nil {
 			return err
@@ -189,6 +193,10 @@ func NewMemberSweeper(db *store.DB, pol func() *policy.Policy, exempt func(strin
 // Sweep checks every joined or invited member of every gated room once and
 // returns how many removals it queued.
 func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
+	links, err := loadLinks(ctx, s.DB)
+	if err != nil {
+		return 0, err
+	}
 	pol := s.Policy()
 	rows, err := s.DB.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces FROM room_state`)
 	if err != nil {
@@ -205,7 +213,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 			rows.Close()
 			return 0, err
 		}
-		if e := pol.For(policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)}); e.Members == policy.MembersVerified {
+		if e := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links)); e.Members == policy.MembersVerified {
 			rooms = append(rooms, gated{id, creator, e})
 		}
 	}

@@ -37,6 +37,10 @@ func (r *RoomReport) Underpowered() bool { return r.BotJoined && r.BotPower < r.
 
 // ListRooms reports every room the service knows, sorted by ID.
 func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomReport, error) {
+	links, err := loadLinks(ctx, db)
+	if err != nil {
+		return nil, err
+	}
 	byID := map[string]*RoomReport{}
 	get := func(id string) *RoomReport {
 		r := byID[id]
@@ -46,7 +50,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		return r
 	}
-	err := queryEach(ctx, db, `SELECT room_id, encrypted, join_rule, guest_access, aliases, spaces FROM room_state`, func(rows *sql.Rows) error {
+	err = queryEach(ctx, db, `SELECT room_id, encrypted, join_rule, guest_access, aliases, spaces FROM room_state`, func(rows *sql.Rows) error {
 		var id, jr, ga, aliases, spaces string
 		var enc bool
 		if err := rows.Scan(&id, &enc, &jr, &ga, &aliases, &spaces); err != nil {
@@ -54,7 +58,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		r := get(id)
 		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		r.EncryptionRequired = pol.For(policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)}).Encryption == policy.EncryptionRequired
+		r.EncryptionRequired = pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links)).Encryption == policy.EncryptionRequired
 		return nil
 	})
 	if err != nil {

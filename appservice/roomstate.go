@@ -33,9 +33,10 @@ type RoomInfo struct {
 // has seen in this room.
 func (r *RoomInfo) Fresh() bool { return r.fresh }
 
-// PolicyRoom is the room as policy matches it.
-func (r *RoomInfo) PolicyRoom() policy.Room {
-	return policy.Room{ID: r.ID, Aliases: r.Aliases, Spaces: r.Spaces}
+// PolicyRoom is the room as policy matches it: its claims, and of them
+// what links (from room_link) confirms.
+func (r *RoomInfo) PolicyRoom(links map[string]RoomLinks) policy.Room {
+	return policyRoom(r.ID, r.Aliases, r.Spaces, links)
 }
 
 // Apply updates the room from one event, if it is a state event that matters.

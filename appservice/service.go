@@ -114,7 +114,11 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		db.Close()
 		return nil, err
 	}
-	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room}, m, log, s.Runner.Wake)
+	links, err := LoadLinks(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("load confirmed room links: %w", err)
+	}
+	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room, Links: links}, m, log, s.Runner.Wake)
 	hs := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal())
 	s.HS = hs
 	s.Bot = bot.New(bot.Options{
@@ -123,6 +127,10 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
+	RegisterLinkVerification(s.Runner, hs, links, cfg.BotMXID(), func(ctx context.Context) error {
+		_, err := SweepRooms(ctx, db, chain, s.Policy.Current())
+		return err
+	})
 	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
 	RegisterWipe(s.Runner, hs, s.Policy.Current, s.WipeCaps)

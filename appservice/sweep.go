@@ -15,6 +15,10 @@ import (
 // whenever a new policy comes into force. Each gets an enable_encryption job
 // as its creator and a policy.decision record. It returns how many it enrolled.
 func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *policy.Policy) (int, error) {
+	links, err := loadLinks(ctx, db)
+	if err != nil {
+		return 0, err
+	}
 	rows, err := db.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces FROM room_state WHERE NOT encrypted AND creator <> ''`)
 	if err != nil {
 		return 0, err
@@ -30,7 +34,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)})
+		eff := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links))
 		if eff.Encryption == policy.EncryptionRequired {
 			todo = append(todo, candidate{id, creator, eff})
 		}
@@ -79,6 +83,10 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 // lifetime a new policy changed: one notice job per room (dry-run aware,
 // audited as a policy.decision), at most once per room and policy version.
 func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain, old, pol *policy.Policy) (int, error) {
+	links, err := loadLinks(ctx, db)
+	if err != nil {
+		return 0, err
+	}
 	rows, err := db.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces, max_lifetime_ms FROM room_state WHERE creator <> ''`)
 	if err != nil {
 		return 0, err
@@ -96,7 +104,7 @@ func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain
 			rows.Close()
 			return 0, err
 		}
-		r := policy.Room{ID: id, Aliases: splitList(aliases), Spaces: splitList(spaces)}
+		r := policyRoom(id, splitList(aliases), splitList(spaces), links)
 		before, after := old.For(r), pol.For(r)
 		if l := after.Lifetime(roomMax); l != before.Lifetime(roomMax) {
 			todo = append(todo, change{id, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: creator, Reason: lifetimeText(l)}, after.DryRun})

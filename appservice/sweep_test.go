@@ -23,18 +23,24 @@ func TestSweepRooms(t *testing.T) {
 				{"!b:h", "@alice:h", "", true},
 				{"!cafe:h", "@bob:h", "!cafeteria:h", false},
 				{"!nocreator:h", "", "", false},
+				// Claims the cafeteria space, which does not list it.
+				{"!claims:h", "@mallory:h", "!cafeteria:h", false},
 			} {
 				if _, err := p.db.W.Exec(`INSERT INTO room_state (room_id, creator, encrypted, spaces, updated_at) VALUES ($1, $2, $3, $4, 0)`, r.id, r.creator, r.encrypted, r.spaces); err != nil {
 					t.Fatal(err)
 				}
 			}
+			p.exec(t, `INSERT INTO room_link (room_id, kind, value, verified_at) VALUES ('!cafe:h', 'space', '!cafeteria:h', 0)`)
 			pol, err := policy.Parse("p.yaml", []byte("version: 1\nrooms:\n  - space: \"!cafeteria:h\"\n    encryption: optional\n"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			n, err := SweepRooms(ctx, p.db, p.chain, pol)
-			if err != nil || n != 1 {
-				t.Fatalf("first sweep enrolled %d (%v), want 1", n, err)
+			if err != nil || n != 2 {
+				t.Fatalf("first sweep enrolled %d (%v), want 2 (!a:h, and !claims:h whose space link is not confirmed)", n, err)
+			}
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'enable_encryption' AND payload LIKE '%!claims:h%'`); c != 1 {
+				t.Fatalf("%d jobs for the room that only claims a looser space", c)
 			}
 			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'enable_encryption' AND payload LIKE '%!a:h%' AND payload LIKE '%@alice:h%'`); c != 1 {
 				t.Fatalf("%d jobs for !a:h as its creator", c)
@@ -46,11 +52,11 @@ func TestSweepRooms(t *testing.T) {
 				t.Fatalf("second sweep under the same policy enrolled %d", n)
 			}
 			dry, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  dry_run: true\n"))
-			if n, _ := SweepRooms(ctx, p.db, p.chain, dry); n != 2 {
-				t.Fatalf("sweep under a new policy enrolled %d, want 2 (!a:h and now !cafe:h)", n)
+			if n, _ := SweepRooms(ctx, p.db, p.chain, dry); n != 3 {
+				t.Fatalf("sweep under a new policy enrolled %d, want 3 (!a:h, !claims:h and now !cafe:h)", n)
 			}
-			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE dry_run`); c != 4 {
-				t.Fatalf("%d dry-run jobs, want 4 (encryption and bot join, two rooms)", c)
+			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE dry_run`); c != 6 {
+				t.Fatalf("%d dry-run jobs, want 6 (encryption and bot join, three rooms)", c)
 			}
 			decisions := 0
 			for _, r := range p.exported(t) {
@@ -58,8 +64,8 @@ func TestSweepRooms(t *testing.T) {
 					decisions++
 				}
 			}
-			if decisions != 6 {
-				t.Fatalf("%d sweep decisions audited, want 6", decisions)
+			if decisions != 10 {
+				t.Fatalf("%d sweep decisions audited, want 10 (two per enrolment, five enrolments)", decisions)
 			}
 		})
 	}

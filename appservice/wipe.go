@@ -275,6 +275,10 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 	if w.Scope == "none" {
 		return 0, nil
 	}
+	links, err := loadLinks(ctx, db)
+	if err != nil {
+		return 0, err
+	}
 	rows, err := db.R.QueryContext(ctx, `SELECT i.event_id, i.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, '') FROM inbox i
 		LEFT JOIN room_state r ON r.room_id = i.room_id
 		WHERE i.sender = $1 AND i.received_at >= $2 AND i.event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') ORDER BY i.seq`, w.User, w.Since)
@@ -290,7 +294,7 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		if w.Scope == "all" || pol.For(policy.Room{ID: m.room, Aliases: splitList(aliases), Spaces: splitList(spaces)}).Encryption == policy.EncryptionRequired {
+		if w.Scope == "all" || pol.For(policyRoom(m.room, splitList(aliases), splitList(spaces), links)).Encryption == policy.EncryptionRequired {
 			todo = append(todo, m)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -90,6 +91,12 @@ type Override struct {
 	Alias    string `yaml:"alias"`
 	Space    string `yaml:"space"`
 	Settings `yaml:",inline"`
+
+	// loosens lists the knobs this override sets looser than the defaults
+	// (empty: it only tightens or restates them); tightening is the
+	// override without them, what applies on a room's unverified claim.
+	loosens    []string
+	tightening Settings
 }
 
 // Builtin is what applies when policy.yaml says nothing: the strict choice
@@ -149,6 +156,13 @@ func Parse(file string, data []byte) (*Policy, error) {
 		return nil, err
 	}
 	p.Hash = HashOf(data)
+	base := Builtin()
+	base.apply(&p.Defaults, "defaults")
+	for i := range p.Rooms {
+		o := &p.Rooms[i]
+		o.loosens = o.looserThan(base)
+		o.tightening = o.Settings.without(o.loosens)
+	}
 	p.mayExpire = setsLifetime(&p.Defaults)
 	for i := range p.Rooms {
 		p.mayExpire = p.mayExpire || setsLifetime(&p.Rooms[i].Settings)
@@ -304,10 +318,19 @@ func validRoomID(s string) bool {
 }
 
 // Room is what policy needs to know about a room to match overrides.
+//
+// Aliases and Spaces are what the room's own state claims (m.room.canonical_alias,
+// m.space.parent), which any room admin can set; the Verified lists are the
+// claims the service has confirmed with the homeserver (the alias resolves to
+// this room in the directory; the parent space lists the room in its
+// m.space.child). An override that loosens anything applies only through a
+// verified alias or space, so room state can tighten policy, never loosen it.
 type Room struct {
-	ID      string
-	Aliases []string // canonical and alternative aliases
-	Spaces  []string // IDs of the spaces the room is in (m.space.parent / m.space.child)
+	ID              string
+	Aliases         []string // canonical and alternative aliases, as claimed
+	Spaces          []string // parent spaces, as claimed
+	VerifiedAliases []string
+	VerifiedSpaces  []string
 }
 
 // Effective is the resolved setting of every knob for one room, with where
@@ -333,25 +356,137 @@ type Effective struct {
 	Source map[string]string
 }
 
-// matches reports whether o applies to r.
-func (o *Override) matches(r Room) bool {
+// matches reports whether o applies to r: by room ID, or by an alias or
+// space the service has verified, or (verifiedOnly false) one the room's
+// state claims.
+func (o *Override) matches(r Room, verifiedOnly bool) bool {
+	aliases, spaces := r.VerifiedAliases, r.VerifiedSpaces
+	if !verifiedOnly {
+		aliases, spaces = append(slices.Clip(r.Aliases), r.VerifiedAliases...), append(slices.Clip(r.Spaces), r.VerifiedSpaces...)
+	}
 	switch {
 	case o.RoomID != "":
 		return o.RoomID == r.ID
 	case o.Alias != "":
-		for _, a := range r.Aliases {
+		for _, a := range aliases {
 			if ok, _ := path.Match(o.Alias, a); ok {
 				return true
 			}
 		}
 	case o.Space != "":
-		for _, s := range r.Spaces {
+		for _, s := range spaces {
 			if s == o.Space {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// Loosens lists the knobs override i sets looser than the defaults.
+func (p *Policy) Loosens(i int) []string { return p.Rooms[i].loosens }
+
+// Warnings are what `policy validate` points out without refusing the file:
+// alias and space overrides that loosen policy, which apply only where the
+// homeserver confirms the alias or the space's listing.
+func (p *Policy) Warnings() []string {
+	var out []string
+	for i := range p.Rooms {
+		o := &p.Rooms[i]
+		if len(o.loosens) == 0 || o.RoomID != "" {
+			continue
+		}
+		how := "the alias resolves to the room in the homeserver's directory"
+		if o.Space != "" {
+			how = "the space lists the room in its m.space.child"
+		}
+		out = append(out, fmt.Sprintf("%s loosens or changes lifetimes (%s): these apply only where %s; on a room's own unconfirmed claim, only what the override tightens applies",
+			o.describe(i), strings.Join(o.loosens, ", "), how))
+	}
+	return out
+}
+
+// looserThan lists the knobs s sets looser than base. Lifetimes count both
+// ways: a longer one keeps PHI, a shorter one deletes the record.
+func (s *Settings) looserThan(base Effective) []string {
+	var out []string
+	add := func(cond bool, knob string) {
+		if cond {
+			out = append(out, knob)
+		}
+	}
+	add(s.Encryption != nil && *s.Encryption == EncryptionOptional && base.Encryption == EncryptionRequired, "encryption")
+	add(s.Plaintext != nil && plaintextRank[*s.Plaintext] < plaintextRank[base.Plaintext], "plaintext")
+	add(s.Attachments != nil && *s.Attachments == AttachmentsAllow && base.Attachments != AttachmentsAllow, "attachments")
+	add(s.PublicRooms != nil && *s.PublicRooms == Allow && base.PublicRooms != Allow, "public_rooms")
+	add(s.GuestAccess != nil && *s.GuestAccess == Allow && base.GuestAccess != Allow, "guest_access")
+	add(s.Retention != nil && *s.Retention != base.Retention, "retention")
+	add(s.RoomRetention != nil && *s.RoomRetention != base.RoomRetention, "room_retention")
+	add(s.RetentionMin != nil && *s.RetentionMin != base.RetentionMin, "retention_min")
+	add(s.RetentionMax != nil && *s.RetentionMax != base.RetentionMax, "retention_max")
+	add(s.Retroactive != nil && *s.Retroactive != base.Retroactive, "retroactive")
+	add(s.DryRun != nil && *s.DryRun && !base.DryRun, "dry_run")
+	add(s.Members != nil && *s.Members == MembersAny && base.Members == MembersVerified, "members")
+	add(s.Roles != nil && !rolesWithin(*s.Roles, base.Roles), "roles")
+	add(s.PlaintextAllowedTypes != nil && !within(*s.PlaintextAllowedTypes, base.PlaintextAllowedTypes), "plaintext_allowed_types")
+	return out
+}
+
+// without is s with the named knobs unset.
+func (s Settings) without(knobs []string) Settings {
+	for _, k := range knobs {
+		switch k {
+		case "encryption":
+			s.Encryption = nil
+		case "plaintext":
+			s.Plaintext = nil
+		case "attachments":
+			s.Attachments = nil
+		case "public_rooms":
+			s.PublicRooms = nil
+		case "guest_access":
+			s.GuestAccess = nil
+		case "retention":
+			s.Retention = nil
+		case "room_retention":
+			s.RoomRetention = nil
+		case "retention_min":
+			s.RetentionMin = nil
+		case "retention_max":
+			s.RetentionMax = nil
+		case "retroactive":
+			s.Retroactive = nil
+		case "dry_run":
+			s.DryRun = nil
+		case "members":
+			s.Members = nil
+		case "roles":
+			s.Roles = nil
+		case "plaintext_allowed_types":
+			s.PlaintextAllowedTypes = nil
+		}
+	}
+	return s
+}
+
+var plaintextRank = map[Plaintext]int{PlaintextAllow: 0, PlaintextWarn: 1, PlaintextRedact: 2}
+
+// rolesWithin: limiting to roles is no looser than base when base allows
+// any role, or when every role is one base allows too.
+func rolesWithin(roles, base []string) bool {
+	if len(base) == 0 {
+		return true
+	}
+	return len(roles) > 0 && within(roles, base)
+}
+
+func within(list, base []string) bool {
+	for _, x := range list {
+		if !slices.Contains(base, x) {
+			return false
+		}
+	}
+	return true
 }
 
 func (o *Override) describe(i int) string {
@@ -373,8 +508,14 @@ func (p *Policy) For(r Room) Effective {
 	}
 	e.apply(&p.Defaults, "defaults")
 	for i := range p.Rooms {
-		if p.Rooms[i].matches(r) {
-			e.apply(&p.Rooms[i].Settings, p.Rooms[i].describe(i))
+		o := &p.Rooms[i]
+		switch {
+		case o.matches(r, len(o.loosens) > 0):
+			e.apply(&o.Settings, o.describe(i))
+		case len(o.loosens) > 0 && o.matches(r, false):
+			// Only claimed: what it tightens applies, what it loosens waits
+			// for the homeserver to confirm the claim.
+			e.apply(&o.tightening, o.describe(i)+" as claimed")
 		}
 	}
 	return e

@@ -122,6 +122,8 @@ rooms:
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			// Verified claims (TestHostileClaimsCannotLoosen has the others).
+			tc.room.VerifiedAliases, tc.room.VerifiedSpaces = tc.room.Aliases, tc.room.Spaces
 			got := p.For(tc.room)
 			src := got.Source
 			got.Source, tc.want.Source = nil, nil
@@ -302,5 +304,109 @@ func TestHostileRoomMaxLifetimeIsClampedNotWrapped(t *testing.T) {
 		if got := RoomLifetime(ms); got != want || got < 0 {
 			t.Errorf("RoomLifetime(%d) = %s, want %s", ms, got, want)
 		}
+	}
+}
+
+// A room admin can claim any alias or space parent in the room's own state.
+// A claim may tighten policy; only a claim the homeserver confirms may bring
+// a looser override. validate warns of each override that loosens.
+func TestHostileClaimsCannotLoosen(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: 1
+defaults:
+  retention: 30d
+rooms:
+  - space: "!cafe:h.org"
+    encryption: optional
+    plaintext: allow
+  - alias: "#icu-*:h.org"
+    members: verified
+    retention_max: 60d
+  - alias: "#research-*:h.org"
+    dry_run: true
+  - alias: "#strict-*:h.org"
+    plaintext: redact
+    guest_access: forbid
+  - room_id: "!trial:h.org"
+    encryption: optional
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		room Room
+		want string // encryption/plaintext/members/dry_run/retention_max
+	}{
+		{"claimed space parent: ignored", Room{ID: "!x:h.org", Spaces: []string{"!cafe:h.org"}}, "required/redact/any/false/0s"},
+		{"verified space parent: applies", Room{ID: "!x:h.org", Spaces: []string{"!cafe:h.org"}, VerifiedSpaces: []string{"!cafe:h.org"}}, "optional/allow/any/false/0s"},
+		{"claimed alias that tightens members: applies", Room{ID: "!x:h.org", Aliases: []string{"#icu-2:h.org"}}, "required/redact/verified/false/0s"},
+		{"claimed alias that changes lifetimes: ignored", Room{ID: "!x:h.org", Aliases: []string{"#icu-2:h.org"}}, "required/redact/verified/false/0s"},
+		{"verified icu alias: all of it", Room{ID: "!x:h.org", Aliases: []string{"#icu-2:h.org"}, VerifiedAliases: []string{"#icu-2:h.org"}}, "required/redact/verified/false/1440h0m0s"},
+		{"claimed research alias cannot turn on dry run", Room{ID: "!x:h.org", Aliases: []string{"#research-1:h.org"}}, "required/redact/any/false/0s"},
+		{"a strict alias restating the defaults applies on a claim", Room{ID: "!x:h.org", Aliases: []string{"#strict-1:h.org"}}, "required/redact/any/false/0s"},
+		{"room_id needs no verification", Room{ID: "!trial:h.org"}, "optional/redact/any/false/0s"},
+	}
+	for _, c := range cases {
+		e := p.For(c.room)
+		if got := fmt.Sprintf("%s/%s/%s/%v/%s", e.Encryption, e.Plaintext, e.Members, e.DryRun, e.RetentionMax.D()); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+	for i, want := range [][]string{{"encryption", "plaintext"}, {"retention_max"}, {"dry_run"}, nil, {"encryption"}} {
+		if got := p.Loosens(i); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("rooms[%d] loosens %v, want %v", i, got, want)
+		}
+	}
+	w := p.Warnings()
+	if len(w) != 3 || !strings.Contains(w[0], "rooms[0] (space !cafe:h.org) loosens or changes lifetimes (encryption, plaintext)") ||
+		!strings.Contains(w[1], "rooms[1] (alias #icu-*:h.org) loosens or changes lifetimes (retention_max)") || !strings.Contains(w[2], "dry_run") {
+		t.Fatalf("warnings:\n%s", strings.Join(w, "\n"))
+	}
+}
+
+// Every knob an override can loosen is withheld on a claim: with all of
+// them set loose, what remains tightens nothing back.
+func TestWithheldKnobsCoverEveryLooseKnob(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: 1
+defaults:
+  members: verified
+  roles: [physician]
+  retention: 30d
+rooms:
+  - alias: "#x:h"
+    encryption: optional
+    plaintext: allow
+    attachments: allow
+    public_rooms: allow
+    guest_access: allow
+    retention: 0
+    room_retention: honour
+    retention_min: 1m
+    retention_max: 90d
+    retroactive: true
+    dry_run: true
+    members: any
+    plaintext_allowed_types: [org.x]
+  - alias: "#y:h"
+    roles: [physician, nurse]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := Builtin()
+	base.apply(&p.Defaults, "defaults")
+	if n := len(p.Rooms[0].loosens) + len(p.Rooms[1].loosens); n != 14 {
+		t.Fatalf("loosens %v and %v, want all 14 knobs", p.Rooms[0].loosens, p.Rooms[1].loosens)
+	}
+	for _, o := range p.Rooms {
+		if rest := o.tightening.looserThan(base); len(rest) != 0 {
+			t.Fatalf("withheld on a claim, yet still loosening: %v", rest)
+		}
+	}
+	claimed := p.For(Room{ID: "!r:h", Aliases: []string{"#x:h", "#y:h"}})
+	strict := p.For(Room{ID: "!r:h"})
+	claimed.Source, strict.Source = nil, nil
+	if fmt.Sprintf("%+v", claimed) != fmt.Sprintf("%+v", strict) {
+		t.Fatalf("a claimed alias changed the room's policy:\n%+v\n%+v", claimed, strict)
 	}
 }

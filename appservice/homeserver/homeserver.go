@@ -319,3 +319,17 @@ func (c *Client) DeviceInventory(ctx context.Context, user string) ([]Device, er
 	}
 	return out, nil
 }
+
+// ResolveAlias looks an alias up in the room directory as user; an alias
+// that does not exist is mautrix.MNotFound.
+func (c *Client) ResolveAlias(ctx context.Context, user, alias string) (string, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return "", err
+	}
+	resp, err := cli.ResolveAlias(ctx, id.RoomAlias(alias))
+	if err != nil {
+		return "", err
+	}
+	return string(resp.RoomID), nil
+}
