@@ -33,9 +33,13 @@ func policyRoom(id string, aliases, spaces []string, links map[string]RoomLinks)
 	return policy.Room{ID: id, Aliases: aliases, Spaces: spaces, VerifiedAliases: l.Aliases, VerifiedSpaces: l.Spaces}
 }
 
-// loadLinks reads every confirmed link.
-func loadLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, error) {
-	rows, err := db.R.QueryContext(ctx, `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`)
+// loadLinks reads every confirmed link, or (rooms given) those of the rooms.
+func loadLinks(ctx context.Context, db *store.DB, rooms ...string) (map[string]RoomLinks, error) {
+	q, args := `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`, []any(nil)
+	if len(rooms) == 1 {
+		q, args = `SELECT room_id, kind, value FROM room_link WHERE room_id = $1 ORDER BY kind, value`, []any{rooms[0]}
+	}
+	rows, err := db.R.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -283,24 +287,8 @@ func firstAllowed[T any](actors []string, f func(string) (T, error)) (T, error) 
 }
 
 func loadRoomLinks(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
-	rows, err := db.R.QueryContext(ctx, `SELECT kind, value FROM room_link WHERE room_id = $1 ORDER BY kind, value`, room)
-	if err != nil {
-		return RoomLinks{}, err
-	}
-	defer rows.Close()
-	var l RoomLinks
-	for rows.Next() {
-		var kind, value string
-		if err := rows.Scan(&kind, &value); err != nil {
-			return l, err
-		}
-		if kind == "alias" {
-			l.Aliases = append(l.Aliases, value)
-		} else {
-			l.Spaces = append(l.Spaces, value)
-		}
-	}
-	return l, rows.Err()
+	m, err := loadLinks(ctx, db, room)
+	return m[room], err
 }
 
 func uniq(l []string) []string {
