@@ -159,6 +159,11 @@ type Runner struct {
 	wake     chan struct{}
 	mu       sync.Mutex
 	inFlight map[int64]bool // job ID → urgent
+	// gen counts looks at the job table; finished notes, per job, the
+	// generation current when it last finished. A look that began before
+	// a job finished may still list it as pending: it must not run again.
+	gen      int64
+	finished map[int64]int64
 
 	// onOutcome, if set, runs inside the transaction that records a job as
 	// done or failed for good, so what it keeps can never disagree with the
@@ -184,7 +189,7 @@ func NewRunner(db *store.DB, chain *audit.Chain, m *Metrics, log zerolog.Logger,
 		db: db, chain: chain, metrics: m, log: log, now: now,
 		handlers: map[string]Handler{}, workers: max(opt.Workers, 1), maxAttempts: max(opt.MaxAttempts, 1),
 		backoff: opt.Backoff, maxBackoff: opt.MaxBackoff,
-		wake: make(chan struct{}, 1), inFlight: map[int64]bool{},
+		wake: make(chan struct{}, 1), inFlight: map[int64]bool{}, finished: map[int64]int64{},
 	}
 }
 
@@ -275,6 +280,15 @@ func (r *Runner) nextDue(ctx context.Context) (time.Time, bool, error) {
 }
 
 func (r *Runner) startDue(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) (int, error) {
+	r.mu.Lock()
+	r.gen++
+	gen := r.gen
+	for id, g := range r.finished {
+		if g < gen-1 {
+			delete(r.finished, id)
+		}
+	}
+	r.mu.Unlock()
 	// Highest priority first; each priority's due jobs are one range of
 	// the (state, priority, due_at) index, however many lower ones wait.
 	var due []*Job
@@ -288,7 +302,10 @@ func (r *Runner) startDue(ctx context.Context, sem chan struct{}, wg *sync.WaitG
 	started := 0
 	for _, j := range due {
 		r.mu.Lock()
-		busy := r.inFlight[j.ID]
+		_, busy := r.inFlight[j.ID]
+		if g, ok := r.finished[j.ID]; ok && g >= gen {
+			busy = true // finished since this look began: its row is stale
+		}
 		r.mu.Unlock()
 		if busy {
 			continue
@@ -313,6 +330,7 @@ func (r *Runner) startDue(ctx context.Context, sem chan struct{}, wg *sync.WaitG
 			defer func() {
 				r.mu.Lock()
 				delete(r.inFlight, j.ID)
+				r.finished[j.ID] = r.gen
 				r.mu.Unlock()
 			}()
 			r.apply(ctx, j)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -345,5 +346,59 @@ func TestJobPriorities(t *testing.T) {
 		if got := PriorityOf(kind); got != want {
 			t.Errorf("%s: priority %d, want %d", kind, got, want)
 		}
+	}
+}
+
+// A look at the job table that began before a job finished still lists it
+// as pending; the runner must not start it again (the flood e2e test saw
+// 514 outcomes recorded for 300 notices). Every job runs once.
+func TestJobsRunOnceUnderConcurrentLooks(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			p.runner.workers = 4
+			var mu sync.Mutex
+			runs := map[int64]int{}
+			p.runner.Handle(string(policy.ActNotice), func(ctx context.Context, j *Job) error {
+				mu.Lock()
+				runs[j.ID]++
+				mu.Unlock()
+				time.Sleep(time.Duration(10+j.ID%20) * time.Millisecond) // a homeserver round trip
+				return nil
+			})
+			const n = 200
+			specs := make([]JobSpec, n)
+			for i := range specs {
+				specs[i] = JobSpec{Kind: string(policy.ActNotice), DedupeKey: fmt.Sprintf("n:%d", i), Payload: json.RawMessage(`{}`)}
+			}
+			p.enqueue(t, specs...)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go p.runner.Run(ctx)
+			for deadline := time.Now().Add(30 * time.Second); p.count(t, `SELECT COUNT(*) FROM job WHERE state = 'done'`) < n; {
+				if time.Now().After(deadline) {
+					t.Fatal("jobs not done")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(200 * time.Millisecond)
+			cancel()
+			mu.Lock()
+			defer mu.Unlock()
+			for id, c := range runs {
+				if c != 1 {
+					t.Fatalf("job %d ran %d times", id, c)
+				}
+			}
+			applied := 0
+			for _, r := range p.exported(t) {
+				if r["type"] == "job.applied" {
+					applied++
+				}
+			}
+			if len(runs) != n || applied != n {
+				t.Fatalf("%d jobs ran, %d outcomes audited, want %d", len(runs), applied, n)
+			}
+		})
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 var (
@@ -153,6 +154,8 @@ type auditLine struct {
 	EventType string `json:"event_type"`
 	Detail    string `json:"detail"`
 	Action    string `json:"action"`
+	// PolicyVersion is the policy file's hash (policy.load records).
+	PolicyVersion string `json:"policy_version"`
 }
 
 // export runs `matrix-hipaa audit export` and parses its output.
@@ -236,8 +239,10 @@ func setPolicy(t *testing.T, st *devstack.Stack, yaml []byte) {
 	if err := os.WriteFile(filepath.Join(filepath.Dir(st.ServiceConfig), "policy.yaml"), yaml, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// This file's load, not an earlier one's.
+	hash := policy.HashOf(yaml)
 	waitAudit(t, st, "the new policy in force", func(l auditLine) bool {
-		return l.Type == "policy.load" && l.Outcome == "success" && l.Detail == "file-changed"
+		return l.Type == "policy.load" && l.Outcome == "success" && l.Detail == "file-changed" && l.PolicyVersion == hash
 	})
 }
 
