@@ -357,7 +357,9 @@ func TestRedTeamRemoteFloodAndWipeBehindIt(t *testing.T) {
 	if n := countAudit(t, st, func(l auditLine) bool { return l.Type == "job.applied" && l.Action == "notice" }); n != senders {
 		t.Fatalf("%d notices sent to %d senders of 3 back-dated messages each, want one each", n, senders)
 	}
-	if n := countAudit(t, st, func(l auditLine) bool { return (l.Type == "job.applied" || l.Type == "job.failed") && l.Action == "redact" }); n != 0 {
+	if n := countAudit(t, st, func(l auditLine) bool {
+		return (l.Type == "job.applied" || l.Type == "job.failed") && l.Action == "redact"
+	}); n != 0 {
 		t.Fatalf("%d redactions under plaintext: warn", n)
 	}
 	verify(t, st)
