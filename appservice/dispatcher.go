@@ -102,7 +102,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	if err := d.db.R.QueryRowContext(ctx, `SELECT seq FROM dispatch_cursor WHERE id = 1`).Scan(&cursor); err != nil {
 		return 0, fmt.Errorf("read dispatch cursor: %w", err)
 	}
-	rows, err := d.db.R.QueryContext(ctx, `SELECT seq, event_id, room_id, event_type, sender, received_at, content FROM inbox
+	rows, err := d.db.R.QueryContext(ctx, `SELECT seq, event_id, room_id, event_type, sender, received_at, origin_ts, content FROM inbox
 		WHERE seq > $1 ORDER BY seq LIMIT $2`, cursor, d.batch)
 	if err != nil {
 		return 0, err
@@ -112,7 +112,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	for rows.Next() {
 		e := &Event{}
 		var raw []byte
-		if err := rows.Scan(&last, &e.ID, &e.RoomID, &e.Type, &e.Sender, &e.ReceivedAt, &raw); err != nil {
+		if err := rows.Scan(&last, &e.ID, &e.RoomID, &e.Type, &e.Sender, &e.ReceivedAt, &e.OriginTS, &raw); err != nil {
 			rows.Close()
 			return 0, err
 		}

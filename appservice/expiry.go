@@ -23,6 +23,8 @@ import (
 type Expiry struct {
 	EventID, RoomID, Sender string
 	ReceivedAt, DueAt       int64
+	// OriginTS is the homeserver's timestamp, for the purge bound.
+	OriginTS int64
 }
 
 // JobExpire is the job kind that redacts an expired message.
@@ -42,7 +44,7 @@ func expiryFor(ev *Event, s policy.Effective, room policy.RoomState) (Expiry, bo
 		return Expiry{}, false
 	}
 	return Expiry{EventID: ev.ID, RoomID: ev.RoomID, Sender: ev.Sender, ReceivedAt: ev.ReceivedAt,
-		DueAt: ev.ReceivedAt + life.Milliseconds()}, true
+		DueAt: ev.ReceivedAt + life.Milliseconds(), OriginTS: ev.OriginTS}, true
 }
 
 // scheduleExpiries stores expiries inside the dispatcher's transaction. An
@@ -50,11 +52,11 @@ func expiryFor(ev *Event, s policy.Effective, room policy.RoomState) (Expiry, bo
 func scheduleExpiries(ctx context.Context, db *store.DB, tx *sql.Tx, list []Expiry) error {
 	for start := 0; start < len(list); start += 100 {
 		chunk := list[start:min(start+100, len(list))]
-		args := make([]any, 0, 6*len(chunk))
+		args := make([]any, 0, 7*len(chunk))
 		for _, e := range chunk {
-			args = append(args, e.EventID, e.RoomID, e.Sender, e.ReceivedAt, e.DueAt, "pending")
+			args = append(args, e.EventID, e.RoomID, e.Sender, e.ReceivedAt, e.DueAt, "pending", e.OriginTS)
 		}
-		q := store.ValuesQuery(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES `, 6, len(chunk),
+		q := store.ValuesQuery(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES `, 7, len(chunk),
 			` ON CONFLICT (received_at, event_id) DO NOTHING`)
 		if _, err := db.Exec(ctx, tx, q, args...); err != nil {
 			return fmt.Errorf("schedule expiries: %w", err)
@@ -260,10 +262,12 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 	})
 }
 
-// purgeBound is how far a room's history may be purged: up to (not
-// including) the oldest of its messages that has not expired yet, and not at
-// all while a legal hold stands on the room or on any user (a user's held
-// messages may be anywhere), or while nothing in it has expired.
+// purgeBound is how far a room's history may be purged, in the homeserver's
+// own timestamps (Synapse purges by them; a sender's server sets them, so
+// our receive times could differ by any amount): up to (not including) the
+// oldest of its messages that has not expired yet, and not at all while a
+// legal hold stands on the room or on any user (a user's held messages may
+// be anywhere), or while nothing in it has expired.
 func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, error) {
 	var holds int
 	if err := db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM legal_hold WHERE released_at = 0 AND (room_id = $1 OR user_id <> '')`, room).Scan(&holds); err != nil {
@@ -273,10 +277,10 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 		return 0, false, nil
 	}
 	var expired, waiting sql.NullInt64
-	if err := db.R.QueryRowContext(ctx, `SELECT MAX(received_at) FROM expiry WHERE room_id = $1 AND state = 'queued'`, room).Scan(&expired); err != nil {
+	if err := db.R.QueryRowContext(ctx, `SELECT MAX(origin_ts) FROM expiry WHERE room_id = $1 AND state = 'queued'`, room).Scan(&expired); err != nil {
 		return 0, false, err
 	}
-	if err := db.R.QueryRowContext(ctx, `SELECT MIN(received_at) FROM expiry WHERE room_id = $1 AND state IN ('pending', 'held')`, room).Scan(&waiting); err != nil {
+	if err := db.R.QueryRowContext(ctx, `SELECT MIN(origin_ts) FROM expiry WHERE room_id = $1 AND state IN ('pending', 'held')`, room).Scan(&waiting); err != nil {
 		return 0, false, err
 	}
 	if !expired.Valid {
@@ -286,7 +290,7 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 	if waiting.Valid && waiting.Int64 < upTo {
 		upTo = waiting.Int64
 	}
-	return upTo, true, nil
+	return upTo, upTo > 1, nil
 }
 
 // RescheduleExpiries applies a new policy to messages already waiting: a

@@ -55,11 +55,11 @@ func TestExpiryPump(t *testing.T) {
 			ctx := context.Background()
 			t0 := p.clock.Now().UnixMilli()
 			sched := []Expiry{
-				{"$late", "!a:h", "@u:h", t0, t0 + 10_000},
-				{"$soon", "!a:h", "@u:h", t0, t0 + 5_000},
-				{"$last", "!a:h", "@v:h", t0, t0 + 20_000},
-				{"$held", "!legal:h", "@u:h", t0, t0 + 7_000},
-				{"$heldUser", "!a:h", "@suspect:h", t0, t0 + 8_000},
+				{"$late", "!a:h", "@u:h", t0, t0 + 10_000, 0},
+				{"$soon", "!a:h", "@u:h", t0, t0 + 5_000, 0},
+				{"$last", "!a:h", "@v:h", t0, t0 + 20_000, 0},
+				{"$held", "!legal:h", "@u:h", t0, t0 + 7_000, 0},
+				{"$heldUser", "!a:h", "@suspect:h", t0, t0 + 8_000, 0},
 			}
 			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 				if err := scheduleExpiries(ctx, p.db, tx, sched); err != nil {
@@ -167,8 +167,8 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 			hour := int64(time.Hour / time.Millisecond)
 			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 				return scheduleExpiries(ctx, p.db, tx, []Expiry{
-					{"$a1", "!a:h", "@u:h", t0, t0 + hour}, {"$a2", "!a:h", "@u:h", t0 + 1000, t0 + 1000 + hour},
-					{"$b1", "!b:h", "@u:h", t0, t0 + hour},
+					{"$a1", "!a:h", "@u:h", t0, t0 + hour, 0}, {"$a2", "!a:h", "@u:h", t0 + 1000, t0 + 1000 + hour, 0},
+					{"$b1", "!b:h", "@u:h", t0, t0 + hour, 0},
 				})
 			}); err != nil {
 				t.Fatal(err)
@@ -293,8 +293,11 @@ func TestPurgeBound(t *testing.T) {
 		t.Run(dbType, func(t *testing.T) {
 			p := newPipeline(t, dbType)
 			ctx := context.Background()
-			ins := func(id, room, state string, received int64) {
-				if _, err := p.db.W.Exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES ($1, $2, '@u:h', $3, 0, $4)`, id, room, received, state); err != nil {
+			// The homeserver's timestamps are what count; receipt here is
+			// a day later, as after an outage.
+			ins := func(id, room, state string, origin int64) {
+				if _, err := p.db.W.Exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES ($1, $2, '@u:h', $3, 0, $4, $5)`,
+					id, room, origin+86_400_000, state, origin); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -317,6 +320,12 @@ func TestPurgeBound(t *testing.T) {
 			ins("$p2", "!b:h", "pending", 10)
 			if _, ok := bound("!b:h"); ok {
 				t.Fatal("purged a room where nothing has expired")
+			}
+			// A row from before origin_ts was kept holds purges back.
+			ins("$q3", "!c:h", "queued", 500)
+			ins("$old", "!c:h", "pending", 0)
+			if v, ok := bound("!c:h"); ok {
+				t.Fatalf("purged up to %d past a message of unknown timestamp", v)
 			}
 			if _, err := PlaceHold(ctx, p.db, p.chain, "", "@someone:h", "case", "os:counsel"); err != nil {
 				t.Fatal(err)
