@@ -95,6 +95,9 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	if m := membershipOf(ev); (m == "invite" || m == "join") && settings.Members == policy.MembersVerified && *ev.StateKey != d.Bot {
 		dec.Jobs = append(dec.Jobs, memberCheckJob(ev, m, room))
 	}
+	if job, ok := retentionChangeJob(ev, room, settings); ok {
+		dec.Jobs = append(dec.Jobs, job)
+	}
 	if a, ok := lifetimeNotice(ev, room, settings); ok {
 		dec.add(jobFor(a, ev.RoomID, "notice:retention:"+ev.ID, ev.Type, settings.DryRun, pol.Hash, d.Keys))
 	}

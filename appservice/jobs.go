@@ -43,6 +43,8 @@ type Job struct {
 	Attempts int
 	DryRun   bool
 	Priority int
+	// Created is when the job was queued.
+	Created time.Time
 }
 
 // Handler applies one job. It must be idempotent: after a crash a job that
@@ -356,7 +358,7 @@ func (r *Runner) running(urgent bool) int {
 }
 
 func (r *Runner) dueJobs(ctx context.Context, prio, limit int) ([]*Job, error) {
-	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run FROM job
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run, created_at FROM job
 		WHERE state = 'pending' AND priority = $1 AND due_at <= $2 ORDER BY due_at, id LIMIT $3`, prio, r.now().UnixMilli(), limit)
 	if err != nil {
 		return nil, err
@@ -366,9 +368,11 @@ func (r *Runner) dueJobs(ctx context.Context, prio, limit int) ([]*Job, error) {
 	for rows.Next() {
 		j := &Job{Priority: prio}
 		var payload []byte
-		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun); err != nil {
+		var created int64
+		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun, &created); err != nil {
 			return nil, err
 		}
+		j.Created = time.UnixMilli(created)
 		j.Payload = payload
 		due = append(due, j)
 	}

@@ -23,6 +23,9 @@ type Metrics struct {
 	ExportFailures *prometheus.CounterVec
 	ExportLag      *prometheus.GaugeVec
 	AuthFailures   *prometheus.CounterVec
+	// RetentionHeld counts rooms' own retention changes held back because
+	// they would have ended more messages at once than policy allows.
+	RetentionHeld prometheus.Counter
 }
 
 // Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
@@ -99,7 +102,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "hipaa_audit_export_lag_records",
 		Help: "Audit records not yet delivered by each exporter.",
 	}, []string{"exporter"})
-	reg.MustRegister(m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	m.RetentionHeld = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hipaa_retention_changes_held_total",
+		Help: "Rooms' own m.room.retention changes held for confirmation because they would end more waiting messages at once than retention_change_limit allows.",
+	})
+	reg.MustRegister(m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

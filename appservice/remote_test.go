@@ -14,10 +14,13 @@ import (
 )
 
 // strictDecider puts the pipeline under the built-in (strict) policy.
-func (p *pipeline) strictDecider(t *testing.T) {
+func (p *pipeline) strictDecider(t *testing.T) { p.policyDecider(t, "version: 1\n") }
+
+// policyDecider puts the pipeline under a policy and returns its holder.
+func (p *pipeline) policyDecider(t *testing.T, yaml string) *PolicyHolder {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, []byte("version: 1\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	holder, err := NewPolicyHolder(context.Background(), path, p.db, p.chain, zerolog.Nop())
@@ -25,6 +28,7 @@ func (p *pipeline) strictDecider(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.disp = NewDispatcher(p.db, p.chain, &PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.chain.Keys()}, p.m, zerolog.Nop(), p.runner.Wake)
+	return holder
 }
 
 type queued struct {

@@ -127,6 +127,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
+	RegisterRoomRetention(s.Runner, hs, s.Policy.Current, m, cfg.BotMXID())
 	RegisterLinkVerification(s.Runner, hs, links, cfg.BotMXID(), func(ctx context.Context) error {
 		_, err := SweepRooms(ctx, db, chain, s.Policy.Current())
 		return err

@@ -34,6 +34,11 @@ type Policy struct {
 	// sessions they have not cross-signed.
 	UnverifiedSessions     UnverifiedSessions `yaml:"unverified_sessions"`
 	UnverifiedSessionGrace config.Duration    `yaml:"unverified_session_grace"`
+	// RetentionChangeLimit: a room's own m.room.retention change that would
+	// end more waiting messages at once than this is held for confirmation
+	// (RetentionChangeDelay) before it applies to them (0 or unset:
+	// DefaultRetentionChangeLimit).
+	RetentionChangeLimit int `yaml:"retention_change_limit"`
 
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
@@ -117,6 +122,23 @@ func Builtin() Effective {
 // enough for rooms that want messages gone within the shift, long enough
 // that a room admin cannot make a room's history vanish at once.
 const DefaultRetentionMin = time.Hour
+
+// DefaultRetentionChangeLimit is how many waiting messages a room's own
+// retention change may end at once without being held.
+const DefaultRetentionChangeLimit = 100
+
+// RetentionChangeDelay is how long a room's retention change over the limit
+// waits: the alert goes out, administrators can place a legal hold or undo
+// it, and then the room's current state must still say the same.
+const RetentionChangeDelay = time.Hour
+
+// ChangeLimit is the retention change limit in force.
+func (p *Policy) ChangeLimit() int {
+	if p.RetentionChangeLimit > 0 {
+		return p.RetentionChangeLimit
+	}
+	return DefaultRetentionChangeLimit
+}
 
 // MaxLifetime is the longest lifetime the service reckons with (100 years).
 // A room's max_lifetime above it is clamped to it: milliseconds that would
@@ -232,6 +254,9 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	checkRoles(d, "defaults", &p.Defaults)
 	if g := p.UnverifiedSessionGrace.D(); g < 0 || (g > 0 && g < MinSessionIdleTimeout) {
 		d.Errorf("unverified_session_grace", "unverified_session_grace must be at least %s", MinSessionIdleTimeout)
+	}
+	if p.RetentionChangeLimit < 0 {
+		d.Errorf("retention_change_limit", "retention_change_limit must be 0 (the default, %d) or more", DefaultRetentionChangeLimit)
 	}
 	if t := p.SessionIdleTimeout.D(); t < 0 || (t > 0 && t < MinSessionIdleTimeout) {
 		d.Errorf("session_idle_timeout", "session_idle_timeout must be 0 (off) or at least %s", MinSessionIdleTimeout)

@@ -1,0 +1,132 @@
+package appservice
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"maunium.net/go/mautrix"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// JobRoomRetention applies a room's own, shorter m.room.retention to the
+// messages already waiting in it. New messages take the new lifetime at
+// once; the waiting ones only once the room's current state confirms the
+// change (an event the homeserver soft-failed, or that state resolution or
+// a redaction has since undone, changes nothing), and, where it would end
+// more of them at once than retention_change_limit, only after
+// policy.RetentionChangeDelay: a room admin must not be able to wipe a
+// room's history with one state event.
+const JobRoomRetention = "room_retention"
+
+// retentionChangeJob queues JobRoomRetention when ev, a room's own
+// m.room.retention, makes its messages' lifetime shorter than the policy's
+// own. (Not only when shorter than the room's last value: that may have
+// been one the homeserver never confirmed. The job moves only what is
+// still due later, so a repeat changes nothing.)
+func retentionChangeJob(ev *Event, room *RoomInfo, s policy.Effective) (JobSpec, bool) {
+	if ev.Type != "m.room.retention" || !room.retentionChanged {
+		return JobSpec{}, false
+	}
+	own, after := s.Lifetime(0), s.Lifetime(room.State.MaxLifetime)
+	if after <= 0 || (own > 0 && after >= own) {
+		return JobSpec{}, false
+	}
+	payload, _ := json.Marshal(actionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Value: strconv.FormatInt(room.State.MaxLifetime, 10)})
+	return JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:" + ev.ID, Payload: payload, DryRun: s.DryRun}, true
+}
+
+// RetentionStateReader reads a room's current state event.
+type RetentionStateReader interface {
+	StateContent(ctx context.Context, user, room, eventType, stateKey string) (map[string]any, error)
+}
+
+// RegisterRoomRetention handles room_retention jobs. Each outcome is a
+// policy.decision record (action retention_change): not-confirmed (denied),
+// held (with how many messages it would end at once), applied or confirmed
+// (with how many it brought forward).
+func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *policy.Policy, m *Metrics, bot string) {
+	r.Handle(JobRoomRetention, func(ctx context.Context, j *Job) error {
+		var p actionPayload
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		want, err := strconv.ParseInt(p.Value, 10, 64)
+		if err != nil {
+			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}
+		var creator, aliases, spaces string
+		if err := r.db.R.QueryRowContext(ctx, `SELECT creator, aliases, spaces FROM room_state WHERE room_id = $1`, p.Room).
+			Scan(&creator, &aliases, &spaces); err != nil && err != sql.ErrNoRows {
+			return err
+		}
+		content, err := firstAllowed(localActors(bot, creator, p.ActAs), func(u string) (map[string]any, error) {
+			return hs.StateContent(ctx, u, p.Room, "m.room.retention", "")
+		})
+		var confirmed int64
+		switch {
+		case err == nil:
+			if v, ok := content["max_lifetime"].(float64); ok && v > 0 {
+				confirmed = policy.MaxLifetime.Milliseconds()
+				if v < float64(policy.MaxLifetime.Milliseconds()) {
+					confirmed = policy.RoomLifetime(int64(v)).Milliseconds()
+				}
+			}
+		case errors.Is(err, mautrix.MNotFound):
+		case errors.Is(err, mautrix.MForbidden):
+			confirmed = -1 // nobody the service can act as may read it: unconfirmed
+		default:
+			return err
+		}
+		cur := pol()
+		keys := r.chain.Keys()
+		rec := &audit.Record{Type: audit.TypePolicyDecision, Outcome: audit.OutcomeSuccess, Room: keys.Room(p.Room), EventID: p.EventID,
+			EventType: "m.room.retention", Action: "retention_change", PolicyVersion: cur.Hash}
+		if confirmed != want {
+			rec.Outcome, rec.Detail = audit.OutcomeDenied, "not-confirmed"
+			return r.chain.AppendTx(ctx, r.db, rec)
+		}
+		links, err := loadLinks(ctx, r.db, p.Room)
+		if err != nil {
+			return err
+		}
+		eff := cur.For(policyRoom(p.Room, splitList(aliases), splitList(spaces), links))
+		life := eff.Lifetime(want).Milliseconds()
+		if life <= 0 {
+			return nil
+		}
+		at := r.now()
+		var atOnce int64
+		if err := r.db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND state = 'pending' AND received_at + $2 <= $3 AND due_at > $3`,
+			p.Room, life, at.UnixMilli()).Scan(&atOnce); err != nil {
+			return err
+		}
+		over := atOnce > int64(cur.ChangeLimit())
+		if wait := policy.RetentionChangeDelay - at.Sub(j.Created); over && wait > 0 {
+			rec.Outcome, rec.Detail, rec.Count = audit.OutcomeDenied, "held", atOnce
+			if err := r.chain.AppendTx(ctx, r.db, rec); err != nil {
+				return err
+			}
+			m.RetentionHeld.Inc()
+			return RetryLater(wait, fmt.Errorf("held: would end %d messages at once", atOnce))
+		}
+		rec.Detail = "applied"
+		if over {
+			rec.Detail = "confirmed" // held, waited, and the room still says so
+		}
+		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			res, err := r.db.Exec(ctx, tx, `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`, life, p.Room)
+			if err != nil {
+				return err
+			}
+			rec.Count, _ = res.RowsAffected()
+			return r.chain.Append(ctx, tx, rec)
+		})
+	})
+}

@@ -1,0 +1,117 @@
+package appservice
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"maunium.net/go/mautrix"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+// fakeRetentionHS is the room's current m.room.retention as the homeserver
+// has it (nil: none).
+type fakeRetentionHS struct{ maxLifetime any }
+
+func (f *fakeRetentionHS) StateContent(ctx context.Context, user, room, eventType, key string) (map[string]any, error) {
+	if f.maxLifetime == nil {
+		return nil, mautrix.MNotFound
+	}
+	return map[string]any{"max_lifetime": f.maxLifetime}, nil
+}
+
+// A room admin sets max_lifetime to an hour in a room whose messages policy
+// keeps 30 days and whose own retention it honours. New messages take the
+// hour at once. The waiting ones: a change that the room's current state
+// does not confirm (soft-failed, undone) changes nothing; one that would end
+// more than retention_change_limit at once is held (audited, counted for the
+// alert) for an hour, and applies then only if the room still says so; a
+// small one applies at once.
+func TestHostileRoomRetentionCannotWipeHistoryAtOnce(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			p.policyDecider(t, "version: 1\nretention_change_limit: 5\ndefaults:\n  retention: 30d\n  room_retention: honour\n  encryption: optional\n")
+			hs := &fakeRetentionHS{}
+			RegisterRoomRetention(p.runner, hs, func() *policy.Policy { return p.disp.decider.(*PolicyDecider).Policy.Current() }, p.m, "@hipaa:h")
+			room := "!ward:h"
+			evs := []map[string]any{stateEvent("$c", room, "@mallory:h", "m.room.create", "", map[string]any{"room_version": "10"})}
+			for i := range 10 {
+				evs = append(evs, msgEvent(fmt.Sprintf("$m%d", i), room, "@doc:h", "x"))
+			}
+			push := func(txn string, evs ...map[string]any) {
+				t.Helper()
+				if rec := p.put(t, txn, txnBodyOf(evs...)); rec.Code != 200 {
+					t.Fatal(rec.Code)
+				}
+				if _, err := p.disp.DispatchBatch(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			push("t1", evs...)
+			p.clock.Advance(2 * time.Hour)
+			due := func() int {
+				// The ten messages that were waiting before the change.
+				return p.count(t, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND event_id LIKE '$m%' AND due_at <= $2`, room, p.clock.Now().UnixMilli())
+			}
+			decisions := func(detail string) int {
+				n := 0
+				for _, r := range p.exported(t) {
+					if r["type"] == "policy.decision" && r["action"] == "retention_change" && r["detail"] == detail {
+						n++
+					}
+				}
+				return n
+			}
+			retention := func(id string, ms int64) map[string]any {
+				return stateEvent(id, room, "@mallory:h", "m.room.retention", "", map[string]any{"max_lifetime": ms})
+			}
+
+			// Not confirmed: the homeserver's current state has no such change.
+			push("t2", retention("$r1", 3_600_000))
+			p.runDue(t)
+			if due() != 0 || decisions("not-confirmed") != 1 {
+				t.Fatalf("an unconfirmed change: %d due, %d not-confirmed records", due(), decisions("not-confirmed"))
+			}
+
+			// Confirmed, but it would end 10 messages at once (limit 5): held.
+			hs.maxLifetime = float64(3_000_000)
+			push("t3", retention("$r2", 3_000_000))
+			p.runDue(t)
+			var m dto.Metric
+			p.m.RetentionHeld.Write(&m)
+			if due() != 0 || decisions("held") != 1 || m.GetCounter().GetValue() != 1 {
+				t.Fatalf("over the limit: %d due, %d held records, metric %v", due(), decisions("held"), m.GetCounter().GetValue())
+			}
+			// A new message takes the room's lifetime at once (lifted to
+			// the built-in retention_min, an hour).
+			push("t4", msgEvent("$new", room, "@doc:h", "y"))
+			if n := p.count(t, `SELECT COUNT(*) FROM expiry WHERE event_id = '$new' AND due_at = received_at + 3600000`); n != 1 {
+				t.Fatal("a new message did not take the room's lifetime")
+			}
+			// An hour later the room still says so: it applies.
+			p.clock.Advance(time.Hour + time.Minute)
+			p.runDue(t)
+			if due() != 10 || decisions("confirmed") != 1 {
+				t.Fatalf("after the delay: %d due, %d confirmed", due(), decisions("confirmed"))
+			}
+
+			// A small change in another room applies at once.
+			small := "!small:h"
+			push("t5", stateEvent("$c2", small, "@mallory:h", "m.room.create", "", map[string]any{"room_version": "10"}),
+				msgEvent("$s1", small, "@doc:h", "x"))
+			p.clock.Advance(2 * time.Hour)
+			hs.maxLifetime = float64(3_600_000)
+			push("t6", stateEvent("$r3", small, "@mallory:h", "m.room.retention", "", map[string]any{"max_lifetime": 3_600_000}))
+			p.runDue(t)
+			if decisions("applied") != 1 || p.count(t, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND due_at <= $2`, small, p.clock.Now().UnixMilli()) != 1 {
+				t.Fatalf("a small change was not applied at once")
+			}
+		})
+	}
+}
