@@ -52,6 +52,9 @@ type actionPayload struct {
 	Target  string `json:"target,omitempty"`
 	Value   string `json:"value,omitempty"`
 	Reason  string `json:"reason"`
+	// Since is the triggering event's receipt time (unix ms), where a job
+	// must tell what came after it.
+	Since int64 `json:"since,omitempty"`
 }
 
 // botJoinDelay is how long after a room's enrolment the bot joins it.
@@ -75,7 +78,7 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 		payload, _ := json.Marshal(CommandPayload{Room: ev.RoomID, EventID: ev.ID, Sender: ev.Sender})
 		dec.Jobs = append(dec.Jobs, JobSpec{Kind: JobAdminCommand, DedupeKey: "admin_command:" + ev.ID, Payload: payload})
 	}
-	if job, ok := linkJob(ev); ok {
+	if job, ok := linkJob(ev, room); ok && ev.Sender != d.Bot {
 		dec.Jobs = append(dec.Jobs, job)
 	}
 	pol := d.Policy.Current()

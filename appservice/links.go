@@ -103,21 +103,25 @@ func (l *Links) set(room string, v RoomLinks) {
 // linkJob queues a verification of room's links when ev changes a claim:
 // the room's canonical alias or parent spaces, or, seen from a space, its
 // listing of the room (m.space.child, whose state key is the child).
-func linkJob(ev *Event) (JobSpec, bool) {
-	if ev.StateKey == nil {
+func linkJob(ev *Event, room *RoomInfo) (JobSpec, bool) {
+	if ev.StateKey == nil && ev.Type != "m.room.redaction" {
 		return JobSpec{}, false
 	}
-	room := ev.RoomID
+	target := ev.RoomID
 	switch {
 	case ev.Type == "m.room.canonical_alias" && *ev.StateKey == "":
+	case ev.Type == "m.room.redaction" && room != nil && len(room.Aliases)+len(room.Spaces) > 0:
+		// It may have redacted an alias or parent link: redacted state
+		// has no effect, and the check reads what remains. (Only where
+		// there is a claim to lose: redactions are common.)
 	case ev.Type == "m.space.parent" && *ev.StateKey != "":
 	case ev.Type == "m.space.child" && *ev.StateKey != "":
-		room = *ev.StateKey
+		target = *ev.StateKey
 	default:
 		return JobSpec{}, false
 	}
-	payload, _ := json.Marshal(actionPayload{Room: room, EventID: ev.ID, ActAs: ev.Sender})
-	return JobSpec{Kind: JobVerifyLinks, DedupeKey: "verify_links:" + room + ":" + ev.ID, Payload: payload}, true
+	payload, _ := json.Marshal(actionPayload{Room: target, EventID: ev.ID, ActAs: ev.Sender})
+	return JobSpec{Kind: JobVerifyLinks, DedupeKey: "verify_links:" + target + ":" + ev.ID, Payload: payload}, true
 }
 
 // LinkHomeserver is what verification asks of the homeserver.

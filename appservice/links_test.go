@@ -84,7 +84,7 @@ func TestHostileClaimedLinksAreVerified(t *testing.T) {
 			RegisterLinkVerification(p.runner, hs, links, "@hipaa:h", func(context.Context) error { enrolled++; return nil })
 			ev := &Event{ID: "$p", RoomID: room, Type: "m.space.parent", Sender: "@mallory:h", StateKey: new(string)}
 			*ev.StateKey = "!listing:h"
-			job, ok := linkJob(ev)
+			job, ok := linkJob(ev, nil)
 			if !ok {
 				t.Fatal("a parent link queued no check")
 			}
@@ -104,7 +104,7 @@ func TestHostileClaimedLinksAreVerified(t *testing.T) {
 			delete(hs.children["!listing:h"], room)
 			hs.state[room] = hs.state[room][2:]
 			child := &Event{ID: "$c", RoomID: "!listing:h", Type: "m.space.child", Sender: "@alice:h", StateKey: &room}
-			job, _ = linkJob(child)
+			job, _ = linkJob(child, nil)
 			p.enqueue(t, job)
 			p.runDue(t)
 			got = links.Of(room)[room]

@@ -31,14 +31,15 @@ const JobRoomRetention = "room_retention"
 // been one the homeserver never confirmed. The job moves only what is
 // still due later, so a repeat changes nothing.)
 func retentionChangeJob(ev *Event, room *RoomInfo, s policy.Effective) (JobSpec, bool) {
-	if ev.Type != "m.room.retention" || !room.retentionChanged {
+	if (ev.Type != "m.room.retention" && ev.Type != "m.room.redaction") || !room.retentionChanged {
 		return JobSpec{}, false
 	}
 	own, after := s.Lifetime(0), s.Lifetime(room.State.MaxLifetime)
-	if after <= 0 || (own > 0 && after >= own) {
+	undo := ev.Type == "m.room.redaction" // the retention event redacted: MaxLifetime is 0 again
+	if !undo && (after <= 0 || (own > 0 && after >= own)) {
 		return JobSpec{}, false
 	}
-	payload, _ := json.Marshal(actionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Value: strconv.FormatInt(room.State.MaxLifetime, 10)})
+	payload, _ := json.Marshal(actionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Value: strconv.FormatInt(room.State.MaxLifetime, 10), Since: ev.ReceivedAt})
 	return JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:" + ev.ID, Payload: payload, DryRun: s.DryRun}, true
 }
 
@@ -88,16 +89,48 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 		keys := r.chain.Keys()
 		rec := &audit.Record{Type: audit.TypePolicyDecision, Outcome: audit.OutcomeSuccess, Room: keys.Room(p.Room), EventID: p.EventID,
 			EventType: "m.room.retention", Action: "retention_change", PolicyVersion: cur.Hash}
-		if confirmed != want {
-			rec.Outcome, rec.Detail = audit.OutcomeDenied, "not-confirmed"
-			return r.chain.AppendTx(ctx, r.db, rec)
-		}
 		links, err := loadLinks(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}
 		eff := cur.For(policyRoom(p.Room, splitList(aliases), splitList(spaces), links))
+		if confirmed != want {
+			// Soft-failed, resolved away or redacted: undo what the change
+			// did to the messages received since, which took its lifetime.
+			// They get what the room's current state gives.
+			rec.Outcome, rec.Detail = audit.OutcomeDenied, "not-confirmed"
+			life := eff.Lifetime(max(confirmed, 0)).Milliseconds()
+			return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+				q, args := `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND received_at >= $3`, []any{life, p.Room, p.Since}
+				if life <= 0 {
+					q, args = `UPDATE expiry SET state = 'cancelled' WHERE room_id = $1 AND state = 'pending' AND received_at >= $2`, []any{p.Room, p.Since}
+				}
+				res, err := r.db.Exec(ctx, tx, q, args...)
+				if err != nil {
+					return err
+				}
+				rec.Count, _ = res.RowsAffected()
+				return r.chain.Append(ctx, tx, rec)
+			})
+		}
 		life := eff.Lifetime(want).Milliseconds()
+		if want == 0 {
+			// The room's retention is gone (its event redacted): every
+			// waiting message gets the policy's lifetime back.
+			rec.Detail = "undone"
+			return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+				q, args := `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at < received_at + $1`, []any{life, p.Room}
+				if life <= 0 {
+					q, args = `UPDATE expiry SET state = 'cancelled' WHERE room_id = $1 AND state = 'pending'`, []any{p.Room}
+				}
+				res, err := r.db.Exec(ctx, tx, q, args...)
+				if err != nil {
+					return err
+				}
+				rec.Count, _ = res.RowsAffected()
+				return r.chain.Append(ctx, tx, rec)
+			})
+		}
 		if life <= 0 {
 			return nil
 		}

@@ -72,11 +72,19 @@ func TestHostileRoomRetentionCannotWipeHistoryAtOnce(t *testing.T) {
 				return stateEvent(id, room, "@mallory:h", "m.room.retention", "", map[string]any{"max_lifetime": ms})
 			}
 
-			// Not confirmed: the homeserver's current state has no such change.
-			push("t2", retention("$r1", 3_600_000))
+			// Not confirmed: the homeserver's current state has no such
+			// change (soft-failed, say). A message that took its lifetime
+			// meanwhile gets the policy's again.
+			push("t2", retention("$r1", 3_600_000), msgEvent("$between", room, "@doc:h", "x"))
+			if n := p.count(t, `SELECT COUNT(*) FROM expiry WHERE event_id = '$between' AND due_at = received_at + 3600000`); n != 1 {
+				t.Fatal("a message after the change did not take its lifetime")
+			}
 			p.runDue(t)
 			if due() != 0 || decisions("not-confirmed") != 1 {
 				t.Fatalf("an unconfirmed change: %d due, %d not-confirmed records", due(), decisions("not-confirmed"))
+			}
+			if n := p.count(t, `SELECT COUNT(*) FROM expiry WHERE event_id = '$between' AND due_at = received_at + 2592000000`); n != 1 {
+				t.Fatal("the unconfirmed change's lifetime stayed on a message")
 			}
 
 			// Confirmed, but it would end 10 messages at once (limit 5): held.
@@ -111,6 +119,16 @@ func TestHostileRoomRetentionCannotWipeHistoryAtOnce(t *testing.T) {
 			p.runDue(t)
 			if decisions("applied") != 1 || p.count(t, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND due_at <= $2`, small, p.clock.Now().UnixMilli()) != 1 {
 				t.Fatalf("a small change was not applied at once")
+			}
+			// The retention event is redacted (Synapse sends redactions to
+			// the service): redacted state has no effect, so the waiting
+			// message gets the policy's 30 days back, and so do new ones.
+			hs.maxLifetime = nil
+			push("t7", map[string]any{"event_id": "$undo", "room_id": small, "sender": "@mallory:h", "type": "m.room.redaction",
+				"redacts": "$r3", "content": map[string]any{"redacts": "$r3"}}, msgEvent("$s2", small, "@doc:h", "y"))
+			p.runDue(t)
+			if decisions("undone") != 1 || p.count(t, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND state = 'pending' AND due_at = received_at + 2592000000`, small) != 2 {
+				t.Fatalf("redacting the retention event did not undo it (%d undone records)", decisions("undone"))
 			}
 		})
 	}

@@ -27,6 +27,8 @@ type RoomInfo struct {
 	// that event changed it (retentionChanged).
 	prevMaxLifetime  int64
 	retentionChanged bool
+	// retentionEvent is the event that set MaxLifetime; its redaction undoes it.
+	retentionEvent string
 }
 
 // Fresh reports whether the event being decided is the first the service
@@ -42,6 +44,20 @@ func (r *RoomInfo) PolicyRoom(links map[string]RoomLinks) policy.Room {
 // Apply updates the room from one event, if it is a state event that matters.
 func (r *RoomInfo) Apply(e *Event) {
 	r.retentionChanged = false
+	if e.Type == "m.room.redaction" && e.StateKey == nil {
+		// Redacting the room's retention event undoes it (its content is
+		// gone from the room's state).
+		raw := gjson.ParseBytes(e.Raw)
+		redacts := raw.Get("content.redacts").String()
+		if redacts == "" {
+			redacts = raw.Get("redacts").String()
+		}
+		if redacts != "" && redacts == r.retentionEvent {
+			r.prevMaxLifetime, r.retentionChanged = r.State.MaxLifetime, r.State.MaxLifetime != 0
+			r.State.MaxLifetime, r.retentionEvent, r.dirty = 0, "", true
+		}
+		return
+	}
 	if e.StateKey == nil {
 		return
 	}
@@ -74,6 +90,7 @@ func (r *RoomInfo) Apply(e *Event) {
 			}
 		}
 		r.prevMaxLifetime, r.retentionChanged = prev, prev != r.State.MaxLifetime
+		r.retentionEvent = e.ID
 	case "m.room.canonical_alias":
 		r.Aliases = r.Aliases[:0]
 		if a := c.Get("alias").String(); a != "" {
@@ -152,8 +169,8 @@ func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*Roo
 		}
 		r := &RoomInfo{ID: id}
 		var aliases, spaces string
-		err := db.R.QueryRowContext(ctx, `SELECT creator, encrypted, join_rule, guest_access, aliases, spaces, max_lifetime_ms FROM room_state WHERE room_id = $1`, id).
-			Scan(&r.State.Creator, &r.State.Encrypted, &r.State.JoinRule, &r.State.GuestAccess, &aliases, &spaces, &r.State.MaxLifetime)
+		err := db.R.QueryRowContext(ctx, `SELECT creator, encrypted, join_rule, guest_access, aliases, spaces, max_lifetime_ms, retention_event FROM room_state WHERE room_id = $1`, id).
+			Scan(&r.State.Creator, &r.State.Encrypted, &r.State.JoinRule, &r.State.GuestAccess, &aliases, &spaces, &r.State.MaxLifetime, &r.retentionEvent)
 		if err == sql.ErrNoRows {
 			r.fresh = true
 		} else if err != nil {
@@ -171,13 +188,13 @@ func saveRooms(ctx context.Context, db *store.DB, tx *sql.Tx, rooms map[string]*
 		if !r.dirty {
 			continue
 		}
-		if _, err := db.Exec(ctx, tx, `INSERT INTO room_state (room_id, creator, encrypted, join_rule, guest_access, aliases, spaces, updated_at, max_lifetime_ms)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		if _, err := db.Exec(ctx, tx, `INSERT INTO room_state (room_id, creator, encrypted, join_rule, guest_access, aliases, spaces, updated_at, max_lifetime_ms, retention_event)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 			ON CONFLICT (room_id) DO UPDATE SET creator = excluded.creator, encrypted = excluded.encrypted, join_rule = excluded.join_rule,
 				guest_access = excluded.guest_access, aliases = excluded.aliases, spaces = excluded.spaces, updated_at = excluded.updated_at,
-				max_lifetime_ms = excluded.max_lifetime_ms`,
+				max_lifetime_ms = excluded.max_lifetime_ms, retention_event = excluded.retention_event`,
 			r.ID, r.State.Creator, r.State.Encrypted, r.State.JoinRule, r.State.GuestAccess,
-			strings.Join(r.Aliases, "\n"), strings.Join(r.Spaces, "\n"), now.UnixMilli(), r.State.MaxLifetime); err != nil {
+			strings.Join(r.Aliases, "\n"), strings.Join(r.Spaces, "\n"), now.UnixMilli(), r.State.MaxLifetime, r.retentionEvent); err != nil {
 			return err
 		}
 	}
