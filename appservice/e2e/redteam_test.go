@@ -364,3 +364,73 @@ func TestRedTeamRemoteFloodAndWipeBehindIt(t *testing.T) {
 	}
 	verify(t, st)
 }
+
+// startRemote brings up a second Dendrite, federated with st over loopback,
+// with no application service: another server whose users are hostile.
+func startRemote(t *testing.T) *devstack.Stack {
+	t.Helper()
+	rs, err := devstack.Prepare(devstack.Options{StateDir: t.TempDir(), DendriteBin: dendriteBin, ServiceBin: serviceBin, Federate: true, NoAppService: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		rs.Stop()
+		if t.Failed() {
+			dumpTail(t, "remote dendrite log", rs.DendriteLog)
+		}
+	})
+	if err := rs.StartDendrite(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// Another server's user floods the bot with invites over federation: the
+// bot joins none of their rooms (the bot would be sent their keys and serve
+// their members), while an invite from a user of its own server is taken.
+func TestRedTeamRemoteInviteFlood(t *testing.T) {
+	st := startStack(t, devstack.Options{Federate: true})
+	remote := startRemote(t)
+	ctx := context.Background()
+	// No enrolment: the bot joins only rooms it is invited to.
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  encryption: optional\n"))
+	cfg, err := config.Load(st.ServiceConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bot := id.UserID(cfg.BotMXID())
+	mallory := newUser(t, remote, "mallory")
+	var theirs []id.RoomID
+	for i := range 10 {
+		room, err := mallory.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: fmt.Sprintf("flood %d", i), Invite: []id.UserID{bot}})
+		if err != nil {
+			t.Fatalf("remote room %d (is federation up?): %v", i, err)
+		}
+		theirs = append(theirs, room.RoomID)
+	}
+	alice := newUser(t, st, "alice")
+	ours, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bot}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bot to take the local invite", func() bool {
+		m, err := alice.JoinedMembers(ctx, ours.RoomID)
+		return err == nil && hasMember(m, bot)
+	})
+	// The remote invites were sent first; the bot's sync has seen them.
+	for _, r := range theirs {
+		var member event.MemberEventContent
+		if err := mallory.StateEvent(ctx, r, event.StateMember, string(bot), &member); err != nil {
+			t.Fatalf("bot's membership in a remote room: %v", err)
+		}
+		if member.Membership != event.MembershipInvite {
+			t.Fatalf("the bot's membership in a remote user's room is %s, want invite (not joined)", member.Membership)
+		}
+	}
+	logs, _ := os.ReadFile(st.ServiceLog)
+	if n := bytes.Count(logs, []byte("ignored an invite from another server")); n < len(theirs) {
+		t.Fatalf("the service logged %d ignored invites, want %d", n, len(theirs))
+	}
+}

@@ -140,6 +140,15 @@ type Options struct {
 	TLS *TLSFiles
 	// Database overrides the service's database (type, uri); default SQLite.
 	DatabaseType, DatabaseURI string
+	// Federate turns Dendrite's federation on, over HTTPS on FederationPort
+	// (picked free if zero) with a self-signed certificate, with the server
+	// named 127.0.0.1:FederationPort so that other test servers on loopback
+	// reach it directly; certificates are not checked between test servers.
+	Federate       bool
+	FederationPort int
+	// NoAppService leaves the service out of Dendrite's config: a second,
+	// "remote" homeserver for tests.
+	NoAppService bool
 	Log                       io.Writer // process output; default discarded
 }
 
@@ -165,19 +174,22 @@ type Stack struct {
 
 // Prepare writes every config, key and registration under StateDir.
 func Prepare(opts Options) (*Stack, error) {
-	if opts.ServerName == "" {
-		opts.ServerName = "localhost"
-	}
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	for _, p := range []*int{&opts.HSPort, &opts.ASPort, &opts.MetricsPort, &opts.AdminPort} {
+	for _, p := range []*int{&opts.HSPort, &opts.ASPort, &opts.MetricsPort, &opts.AdminPort, &opts.FederationPort} {
 		if *p == 0 {
 			port, err := FreePort()
 			if err != nil {
 				return nil, err
 			}
 			*p = port
+		}
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = "localhost"
+		if opts.Federate {
+			opts.ServerName = fmt.Sprintf("127.0.0.1:%d", opts.FederationPort)
 		}
 	}
 	state, err := filepath.Abs(opts.StateDir)
@@ -328,7 +340,19 @@ func (s *Stack) writeDendriteConfig(dir string) error {
 	s.SharedSecret = string(secret)
 	global := cfg["global"].(map[string]any)
 	global["private_key"] = key
-	global["disable_federation"] = true
+	global["disable_federation"] = !s.Opts.Federate
+	if s.Opts.Federate {
+		if _, err := os.Stat(filepath.Join(dir, "tls.crt")); err != nil {
+			if out, err := exec.Command(filepath.Join(bin, "generate-keys"), "--tls-cert", filepath.Join(dir, "tls.crt"),
+				"--tls-key", filepath.Join(dir, "tls.key"), "--server", "127.0.0.1", "--keysize", "2048").CombinedOutput(); err != nil {
+				return fmt.Errorf("generate-keys (TLS): %v: %s", err, out)
+			}
+		}
+		// Test servers only: no notary, and each other's self-signed certificates.
+		global["key_perspectives"] = []any{}
+		cfg["federation_api"].(map[string]any)["disable_tls_validation"] = true
+		cfg["federation_api"].(map[string]any)["key_perspectives"] = []any{}
+	}
 	global["report_stats"] = map[string]any{"enabled": false}
 	global["presence"] = map[string]any{"enable_inbound": false, "enable_outbound": false}
 	js := global["jetstream"].(map[string]any)
@@ -336,6 +360,9 @@ func (s *Stack) writeDendriteConfig(dir string) error {
 	js["storage_path"] = filepath.Join(dir, "jetstream")
 	asAPI := cfg["app_service_api"].(map[string]any)
 	asAPI["config_files"] = []string{filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml")}
+	if s.Opts.NoAppService {
+		asAPI["config_files"] = []string{}
+	}
 	// generate-config -ci turns certificate checks off; a hospital's would not.
 	asAPI["disable_tls_validation"] = false
 	client := cfg["client_api"].(map[string]any)
@@ -362,9 +389,12 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(s.Opts.DendriteBin, "dendrite"),
-		"-config", filepath.Join(dir, "dendrite.yaml"),
-		"-http-bind-address", fmt.Sprintf("127.0.0.1:%d", s.Opts.HSPort))
+	args := []string{"-config", filepath.Join(dir, "dendrite.yaml"), "-http-bind-address", fmt.Sprintf("127.0.0.1:%d", s.Opts.HSPort)}
+	if s.Opts.Federate {
+		args = append(args, "-https-bind-address", fmt.Sprintf("127.0.0.1:%d", s.Opts.FederationPort),
+			"-tls-cert", filepath.Join(dir, "tls.crt"), "-tls-key", filepath.Join(dir, "tls.key"))
+	}
+	cmd := exec.Command(filepath.Join(s.Opts.DendriteBin, "dendrite"), args...)
 	cmd.Dir = dir
 	if s.Opts.TLS != nil {
 		cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+s.Opts.TLS.CAFile)
