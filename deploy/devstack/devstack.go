@@ -149,7 +149,7 @@ type Options struct {
 	// NoAppService leaves the service out of Dendrite's config: a second,
 	// "remote" homeserver for tests.
 	NoAppService bool
-	Log                       io.Writer // process output; default discarded
+	Log          io.Writer // process output; default discarded
 }
 
 // TLSFiles are PEM files: the service's certificate and key, and the CA
