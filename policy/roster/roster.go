@@ -45,7 +45,9 @@ func CheckNPI(npi string) error {
 		return fmt.Errorf("NPI %q must start with 1 (a person) or 2 (an organisation)", npi)
 	}
 	if want := npiCheckDigit(npi[:9]); npi[9] != want {
-		return fmt.Errorf("NPI %q fails its check digit (expected %c): mistyped?", npi, want)
+		// Never which digit would pass: that turns a typo into a
+		// plausible, wrong NPI someone could paste back in.
+		return fmt.Errorf("NPI %q fails its check digit: mistyped? check it against the NPI registry", npi)
 	}
 	return nil
 }

@@ -16,8 +16,8 @@ func TestCheckNPI(t *testing.T) {
 	}{
 		// Real NPIs from the NPPES registry and CMS's own worked example.
 		{"1234567893", ""}, {"1003000126", ""}, {"1245319599", ""}, {"1679576722", ""}, {"1588667638", ""}, {"1497758544", ""},
-		{"1234567890", "check digit (expected 3)"},
-		{"1003000127", "check digit (expected 6)"},
+		{"1234567890", "fails its check digit: mistyped?"},
+		{"1003000127", "fails its check digit: mistyped?"},
 		{"1245319959", "check digit"}, // two digits swapped
 		{"123456789", "10 digits"},
 		{"12345678931", "10 digits"},
@@ -72,7 +72,7 @@ func TestParseYAMLErrors(t *testing.T) {
 	_, err := Parse("testdata/broken.yaml", data)
 	strictyamltest.ExpectLines(t, err, []string{
 		`testdata/broken.yaml:2:14: clinicians[0].user_id: "jdoe" is not a Matrix user ID (@name:server)`,
-		`testdata/broken.yaml:3:10: clinicians[0].npi: NPI "1234567890" fails its check digit (expected 3): mistyped?`,
+		`testdata/broken.yaml:3:10: clinicians[0].npi: NPI "1234567890" fails its check digit: mistyped? check it against the NPI registry`,
 		`testdata/broken.yaml:8:11: clinicians[1].role: role "head nurse!" must be a lowercase word like physician, nurse or pharmacist`,
 		`testdata/broken.yaml:9:22: clinicians[1].licence_expires: "June 2027" is not a date (YYYY-MM-DD)`,
 		`testdata/broken.yaml:11:5: unknown key "colour" in clinicians[1]`,
@@ -202,4 +202,25 @@ func FuzzFHIRBundle(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A refused NPI's error never tells which check digit would pass: it would
+// turn a typo into a plausible, wrong NPI that someone pastes back in.
+func TestNPIErrorDoesNotRevealTheCheckDigit(t *testing.T) {
+	for _, base := range []string{"123456789", "100300012", "167957672", "999999999", "100000000"} {
+		good := base + string(npiCheckDigit(base))
+		for d := '0'; d <= '9'; d++ {
+			npi := base + string(d)
+			if npi == good {
+				continue
+			}
+			err := CheckNPI(npi)
+			if err == nil {
+				t.Fatalf("%s accepted", npi)
+			}
+			if strings.Contains(err.Error(), good) || strings.Contains(err.Error(), "expected") {
+				t.Fatalf("error for %s reveals the valid NPI: %v", npi, err)
+			}
+		}
+	}
 }
