@@ -90,9 +90,18 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 				return nil, err
 			}
 		}
+		// The file exists, private, before SQLite opens it: SQLite gives
+		// the -wal and -shm files it creates the database file's mode, so
+		// none is ever readable by others, whatever the umask.
+		if f, err := os.OpenFile(uri, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+			f.Close()
+		}
 		// synchronous=FULL: the WAL is fsynced at every commit, so an
 		// acknowledged transaction survives power loss, not only a crash.
-		dsn := "file:" + uriPath(uri) + "?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=10000&_txlock=immediate"
+		// secure_delete: content cleared or deleted (message bodies once
+		// policy has seen them) is overwritten with zeros in the page, not
+		// left in its free space.
+		dsn := "file:" + uriPath(uri) + "?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=10000&_txlock=immediate&_secure_delete=on"
 		w, err := sql.Open(writerDriver, dsn)
 		if err != nil {
 			return nil, err
@@ -114,7 +123,12 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 			db.Close()
 			return nil, fmt.Errorf("open sqlite %s: %w", uri, err)
 		}
-		os.Chmod(uri, 0o600)
+		for _, f := range []string{uri, uri + "-wal", uri + "-shm"} {
+			if err := os.Chmod(f, 0o600); err != nil && !os.IsNotExist(err) {
+				db.Close()
+				return nil, err
+			}
+		}
 	case "postgres":
 		p, err := sql.Open("pgx", uri)
 		if err != nil {

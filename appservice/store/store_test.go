@@ -1,12 +1,14 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -277,4 +279,58 @@ func upgradedFrom(t *testing.T, dbType string, v int, seed func(*store.DB) error
 	}
 	t.Cleanup(func() { db.Close() })
 	return db
+}
+
+// PHI residue: a message body cleared from the inbox leaves no copy in the
+// database file or its WAL (secure_delete zeroes the freed bytes; the WAL
+// is empty once checkpointed and truncated), and the three files are
+// private to the service's user whatever the process umask.
+func TestClearedContentLeavesNoResidue(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "residue.db")
+	db, err := store.Open(ctx, "sqlite3", path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	canary := "CANARY-PHI-" + fmt.Sprint(time.Now().UnixNano())
+	for i := range 200 {
+		body := fmt.Sprintf(`{"content":{"body":"%s patient %d in bed 4"}}`, canary, i)
+		if _, err := db.W.ExecContext(ctx, `INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at, content) VALUES ($1, $2, 't', '!r:h', 'm.room.message', '@u:h', 1, $3)`,
+			fmt.Sprintf("$e%d", i), i, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{path, path + "-wal", path + "-shm"} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s has mode %o, want 600", filepath.Base(f), st.Mode().Perm())
+		}
+	}
+	if _, err := db.W.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(path); !bytes.Contains(raw, []byte(canary)) {
+		t.Fatal("the canary never reached the database file: the test shows nothing")
+	}
+	if _, err := db.W.ExecContext(ctx, `UPDATE inbox SET content = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.W.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{path, path + "-wal"} {
+		raw, err := os.ReadFile(f)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if n := bytes.Count(raw, []byte(canary)); n > 0 {
+			t.Fatalf("%d copies of a cleared body left in %s", n, filepath.Base(f))
+		}
+	}
 }
