@@ -142,7 +142,7 @@ func (d *DeviceTrust) Sweep(ctx context.Context) (int, error) {
 	if len(jobs) == 0 {
 		return 0, nil
 	}
-	if err := d.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, tx, now, jobs...) }); err != nil {
+	if err := d.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, d.DB, tx, now, jobs...) }); err != nil {
 		return 0, err
 	}
 	if d.Wake != nil {

@@ -167,7 +167,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		if err := saveMembers(ctx, d.db, tx, members, d.chain.Now()); err != nil {
 			return fmt.Errorf("save memberships: %w", err)
 		}
-		if err := Enqueue(ctx, tx, d.chain.Now(), jobs...); err != nil {
+		if err := Enqueue(ctx, d.db, tx, d.chain.Now(), jobs...); err != nil {
 			return err
 		}
 		if err := scheduleExpiries(ctx, d.db, tx, expiries); err != nil {

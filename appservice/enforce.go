@@ -215,6 +215,11 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 			if err != nil {
 				return err
 			}
+			if safe, ok := safeStateValues[j.Kind]; ok && p.Value != safe {
+				// A room fix only ever tightens: whatever queued this, it
+				// does not open a room.
+				return Permanent(fmt.Errorf("%s to %q refused: the only value a fix sets is %q", j.Kind, p.Value, safe))
+			}
 			want := content(p)
 			actor := p.ActAs
 			err = hs.SendState(ctx, actor, p.Room, eventType, key, want)
@@ -296,6 +301,9 @@ func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software,
 	})
 	TrackProblems(r)
 }
+
+// safeStateValues are the only values the service's room fixes set.
+var safeStateValues = map[string]string{string(policy.ActSetJoinRule): "invite", string(policy.ActSetGuestAccess): "forbidden"}
 
 // TrackProblems keeps room_problem in step with job outcomes: an action that
 // fails for good in a room is listed until the same action succeeds there.

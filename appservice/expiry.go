@@ -163,7 +163,7 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 				return err
 			}
 		}
-		return Enqueue(ctx, tx, now, jobs...)
+		return Enqueue(ctx, p.DB, tx, now, jobs...)
 	})
 	if err != nil {
 		return 0, err
@@ -245,7 +245,7 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			hour := r.now().Truncate(time.Hour)
 			payload, _ := json.Marshal(actionPayload{Room: p.Room, ActAs: bot, Reason: "expired history"})
-			return Enqueue(ctx, tx, r.now(), JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, hour.Unix()),
+			return Enqueue(ctx, r.db, tx, r.now(), JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, hour.Unix()),
 				Payload: payload, DueAt: hour.Add(time.Hour)})
 		})
 	})

@@ -254,7 +254,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 	if len(jobs) == 0 {
 		return 0, nil
 	}
-	if err := s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, tx, s.Now(), jobs...) }); err != nil {
+	if err := s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, s.DB, tx, s.Now(), jobs...) }); err != nil {
 		return 0, err
 	}
 	if s.Wake != nil {

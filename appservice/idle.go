@@ -128,7 +128,7 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 		payload, _ := json.Marshal(map[string]string{"user": u})
 		err = s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			// One job per idle spell: the key changes when the user is seen again.
-			return Enqueue(ctx, tx, s.Now(), JobSpec{Kind: JobIdleLogoff, DedupeKey: fmt.Sprintf("idle:%s:%d", u, latest), Payload: payload})
+			return Enqueue(ctx, s.DB, tx, s.Now(), JobSpec{Kind: JobIdleLogoff, DedupeKey: fmt.Sprintf("idle:%s:%d", u, latest), Payload: payload})
 		})
 		if err != nil {
 			return queued, err

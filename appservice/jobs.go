@@ -2,7 +2,11 @@ package appservice
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +49,7 @@ type Job struct {
 	Priority int
 	// Created is when the job was queued.
 	Created time.Time
+	mac     string
 }
 
 // Handler applies one job. It must be idempotent: after a crash a job that
@@ -86,13 +91,84 @@ func IsInvalid(err error) bool { return errors.As(err, new(invalidError)) }
 // logging in), not for failures.
 func RetryLater(d time.Duration, err error) error { return laterError{err, d} }
 
+// jobMAC authenticates what a job will do: its kind, dedupe key, payload
+// and dry-run flag, under the job key. The runner runs only jobs whose MAC
+// matches, exactly as stored.
+func jobMAC(key []byte, kind, dedupeKey string, payload []byte, dryRun bool) string {
+	m := hmac.New(sha256.New, key)
+	for _, part := range [][]byte{[]byte(kind), []byte(dedupeKey), payload} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		m.Write(n[:])
+		m.Write(part)
+	}
+	if dryRun {
+		m.Write([]byte{1})
+	} else {
+		m.Write([]byte{0})
+	}
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// signLegacyJobs MACs, once, the jobs queued before jobs carried MACs (schema
+// 20): the first process to open the upgraded database with the key does it,
+// in the same start-up that migrated it. After that an unsigned job is one
+// written into the database, and is refused.
+func signLegacyJobs(ctx context.Context, db *store.DB) error {
+	return db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		var done int
+		if err := tx.QueryRowContext(ctx, `SELECT done FROM job_mac_legacy`).Scan(&done); err != nil || done != 0 {
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, dry_run FROM job WHERE mac = ''`)
+		if err != nil {
+			return err
+		}
+		type row struct {
+			id  int64
+			mac string
+		}
+		var sign []row
+		for rows.Next() {
+			var id int64
+			var kind, key string
+			var payload []byte
+			var dry bool
+			if err := rows.Scan(&id, &kind, &key, &payload, &dry); err != nil {
+				rows.Close()
+				return err
+			}
+			sign = append(sign, row{id, jobMAC(db.JobKey(), kind, key, payload, dry)})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, s := range sign {
+			if _, err := tx.ExecContext(ctx, `UPDATE job SET mac = $1 WHERE id = $2`, s.mac, s.id); err != nil {
+				return err
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE job_mac_legacy SET done = 1`)
+		return err
+	})
+}
+
+// errNoJobKey: jobs are queued only by a process holding the service's keys.
+var errNoJobKey = errors.New("no job key: open the store through the service's keys (audit.NewChain)")
+
 // Enqueue inserts jobs inside tx; a job whose dedupe key exists is skipped.
-// Rows go in 100 to a statement (the expiry pump queues hundreds at once).
-func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) error {
+// Each is MACed with db's job key. Rows go in 100 to a statement (the expiry
+// pump queues hundreds at once).
+func Enqueue(ctx context.Context, db *store.DB, tx *sql.Tx, now time.Time, jobs ...JobSpec) error {
+	key := db.JobKey()
+	if len(jobs) > 0 && len(key) == 0 {
+		return errNoJobKey
+	}
 	const per = 100
 	for start := 0; start < len(jobs); start += per {
 		chunk := jobs[start:min(start+per, len(jobs))]
-		args := make([]any, 0, 9*len(chunk))
+		args := make([]any, 0, 10*len(chunk))
 		for _, j := range chunk {
 			due := j.DueAt
 			if due.IsZero() {
@@ -102,9 +178,10 @@ func Enqueue(ctx context.Context, tx *sql.Tx, now time.Time, jobs ...JobSpec) er
 			if payload == nil {
 				payload = json.RawMessage("{}")
 			}
-			args = append(args, j.Kind, j.DedupeKey, []byte(payload), "pending", due.UnixMilli(), now.UnixMilli(), now.UnixMilli(), j.DryRun, PriorityOf(j.Kind))
+			args = append(args, j.Kind, j.DedupeKey, []byte(payload), "pending", due.UnixMilli(), now.UnixMilli(), now.UnixMilli(), j.DryRun, PriorityOf(j.Kind),
+				jobMAC(key, j.Kind, j.DedupeKey, payload, j.DryRun))
 		}
-		q := store.ValuesQuery(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run, priority) VALUES `, 9, len(chunk),
+		q := store.ValuesQuery(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, dry_run, priority, mac) VALUES `, 10, len(chunk),
 			` ON CONFLICT (dedupe_key) DO NOTHING`)
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("enqueue %s job: %w", chunk[0].Kind, err)
@@ -358,7 +435,7 @@ func (r *Runner) running(urgent bool) int {
 }
 
 func (r *Runner) dueJobs(ctx context.Context, prio, limit int) ([]*Job, error) {
-	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run, created_at FROM job
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, attempts, dry_run, created_at, mac FROM job
 		WHERE state = 'pending' AND priority = $1 AND due_at <= $2 ORDER BY due_at, id LIMIT $3`, prio, r.now().UnixMilli(), limit)
 	if err != nil {
 		return nil, err
@@ -369,7 +446,7 @@ func (r *Runner) dueJobs(ctx context.Context, prio, limit int) ([]*Job, error) {
 		j := &Job{Priority: prio}
 		var payload []byte
 		var created int64
-		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun, &created); err != nil {
+		if err := rows.Scan(&j.ID, &j.Kind, &j.Key, &payload, &j.Attempts, &j.DryRun, &created, &j.mac); err != nil {
 			return nil, err
 		}
 		j.Created = time.UnixMilli(created)
@@ -381,6 +458,16 @@ func (r *Runner) dueJobs(ctx context.Context, prio, limit int) ([]*Job, error) {
 
 func (r *Runner) apply(ctx context.Context, j *Job) {
 	log := r.log.With().Int64("job_id", j.ID).Str("job_kind", j.Kind).Int("attempt", j.Attempts+1).Logger()
+	if want := jobMAC(r.db.JobKey(), j.Kind, j.Key, j.Payload, j.DryRun); len(r.db.JobKey()) == 0 || !hmac.Equal([]byte(want), []byte(j.mac)) {
+		// Not queued by the service as it stands: written or edited in the
+		// database. Refused, audited and counted (an alert fires).
+		log.Error().Msg("job refused: its MAC does not match what is stored (queued or edited outside the service)")
+		r.metrics.JobsTampered.Inc()
+		r.finishAs(ctx, log, j, "failed", j.Attempts, r.now(), "refused: MAC mismatch", &audit.Record{Type: audit.TypeJobFailed, Outcome: audit.OutcomeDenied,
+			Action: j.Kind, JobID: j.ID, Detail: "mac-mismatch"})
+		r.metrics.JobRuns.WithLabelValues(j.Kind, "refused").Inc()
+		return
+	}
 	var err error
 	outcome := audit.OutcomeSuccess
 	if j.DryRun {
@@ -445,6 +532,11 @@ func safeRun(ctx context.Context, h Handler, j *Job) (err error) {
 }
 
 func (r *Runner) finish(ctx context.Context, log zerolog.Logger, j *Job, state string, attempts int, now time.Time, errText, recType, outcome string) {
+	r.finishAs(ctx, log, j, state, attempts, now, errText, &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)})
+}
+
+// finishAs records a job's final state with rec in one transaction.
+func (r *Runner) finishAs(ctx context.Context, log zerolog.Logger, j *Job, state string, attempts int, now time.Time, errText string, rec *audit.Record) {
 	err := r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE job SET state = $1, attempts = $2, updated_at = $3, last_error = $4 WHERE id = $5 AND state = 'pending'`,
 			state, attempts, now.UnixMilli(), errText, j.ID); err != nil {
@@ -455,7 +547,6 @@ func (r *Runner) finish(ctx context.Context, log zerolog.Logger, j *Job, state s
 				return err
 			}
 		}
-		rec := &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)}
 		if err := r.chain.Append(ctx, tx, rec); err != nil {
 			r.metrics.AuditFailures.Inc()
 			return err

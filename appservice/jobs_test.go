@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"maunium.net/go/mautrix"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -28,7 +30,7 @@ func (p *pipeline) enqueue(t testing.TB, specs ...JobSpec) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Enqueue(context.Background(), tx, p.clock.Now(), specs...); err != nil {
+	if err := Enqueue(context.Background(), p.db, tx, p.clock.Now(), specs...); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -189,7 +191,7 @@ func TestRunnerLoopWakesAndStops(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() { p.runner.Run(ctx); close(stopped) }()
 	tx, _ := p.db.W.Begin()
-	Enqueue(ctx, tx, time.Now(), JobSpec{Kind: "ping", DedupeKey: "p1"})
+	Enqueue(ctx, p.db, tx, time.Now(), JobSpec{Kind: "ping", DedupeKey: "p1"})
 	tx.Commit()
 	p.runner.Wake()
 	select {
@@ -400,5 +402,90 @@ func TestJobsRunOnceUnderConcurrentLooks(t *testing.T) {
 				t.Fatalf("%d jobs ran, %d outcomes audited, want %d", len(runs), applied, n)
 			}
 		})
+	}
+}
+
+// A database writer (a stolen backup restored with edits, an operator with
+// SQL access, an attacker on the database host) cannot make the service act:
+// a job inserted without the service's key, or a real job whose kind,
+// payload or dry-run flag is edited, is refused, audited (job.failed,
+// denied, mac-mismatch) and counted for the alert; jobs queued by the
+// service run as before. Room fixes set only their safe values.
+func TestHostileJobWrittenIntoTheDatabaseIsRefused(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			var ran []string
+			for _, kind := range []string{"redact", "notice"} {
+				p.runner.Handle(kind, func(ctx context.Context, j *Job) error { ran = append(ran, j.Key); return nil })
+			}
+			p.enqueue(t,
+				JobSpec{Kind: "redact", DedupeKey: "legit", Payload: json.RawMessage(`{"room":"!r:h","event_id":"$e","act_as":"@doc:h"}`)},
+				JobSpec{Kind: "redact", DedupeKey: "edited-payload", Payload: json.RawMessage(`{"room":"!r:h","event_id":"$e2","act_as":"@doc:h"}`)},
+				JobSpec{Kind: "notice", DedupeKey: "edited-kind", Payload: json.RawMessage(`{}`)},
+				JobSpec{Kind: "redact", DedupeKey: "edited-dry-run", Payload: json.RawMessage(`{}`), DryRun: true},
+			)
+			p.exec(t, `UPDATE job SET payload = $1 WHERE dedupe_key = 'edited-payload'`, []byte(`{"room":"!r:h","event_id":"$ceo","act_as":"@ceo:h"}`))
+			p.exec(t, `UPDATE job SET kind = 'redact' WHERE dedupe_key = 'edited-kind'`)
+			p.exec(t, `UPDATE job SET dry_run = FALSE WHERE dedupe_key = 'edited-dry-run'`)
+			for i, mac := range []string{"", "00", strings.Repeat("a", 64)} {
+				p.exec(t, `INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, mac) VALUES ('redact', $1, $2, 'pending', 0, 0, 0, $3)`,
+					fmt.Sprintf("inserted-%d", i), []byte(`{"room":"!r:h","event_id":"$x","act_as":"@ceo:h"}`), mac)
+			}
+			p.runDue(t)
+			if fmt.Sprint(ran) != "[legit]" {
+				t.Fatalf("jobs run: %v, want only the one the service queued", ran)
+			}
+			if n := p.count(t, `SELECT COUNT(*) FROM job WHERE state = 'failed' AND last_error = 'refused: MAC mismatch'`); n != 6 {
+				t.Fatalf("%d jobs refused, want 6", n)
+			}
+			refused := 0
+			for _, r := range p.exported(t) {
+				if r["type"] == "job.failed" && r["outcome"] == "denied" && r["detail"] == "mac-mismatch" {
+					refused++
+				}
+			}
+			var m dto.Metric
+			p.m.JobsTampered.Write(&m)
+			if refused != 6 || m.GetCounter().GetValue() != 6 {
+				t.Fatalf("%d refusals audited, metric %v; want 6", refused, m.GetCounter().GetValue())
+			}
+		})
+	}
+}
+
+// Jobs queued before jobs carried MACs are signed once, by the first start
+// after the upgrade; a job written unsigned after that is refused.
+func TestLegacyJobsSignedOnce(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	var ran []string
+	p.runner.Handle("notice", func(ctx context.Context, j *Job) error { ran = append(ran, j.Key); return nil })
+	insert := func(key string) {
+		p.exec(t, `INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at) VALUES ('notice', $1, $2, 'pending', 0, 0, 0)`, key, []byte(`{}`))
+	}
+	insert("before-upgrade")
+	if err := signLegacyJobs(context.Background(), p.db); err != nil {
+		t.Fatal(err)
+	}
+	insert("after-upgrade")
+	if err := signLegacyJobs(context.Background(), p.db); err != nil {
+		t.Fatal(err)
+	}
+	p.runDue(t)
+	if fmt.Sprint(ran) != "[before-upgrade]" {
+		t.Fatalf("ran %v, want only the job from before the upgrade", ran)
+	}
+}
+
+func TestRoomFixesSetOnlySafeValues(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	RegisterEnforcement(p.runner, nil, nil, "dendrite", "@hipaa:h")
+	p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "open", Payload: json.RawMessage(`{"room":"!r:h","act_as":"@doc:h","value":"public"}`)},
+		JobSpec{Kind: "set_guest_access", DedupeKey: "guests", Payload: json.RawMessage(`{"room":"!r:h","act_as":"@doc:h","value":"can_join"}`)})
+	p.runDue(t)
+	for _, k := range []string{"open", "guests"} {
+		if j := p.job(t, k); j.state != "failed" || !strings.Contains(j.lastErr, "refused") {
+			t.Fatalf("%s: %+v", k, j)
+		}
 	}
 }

@@ -26,6 +26,8 @@ type Metrics struct {
 	// RetentionHeld counts rooms' own retention changes held back because
 	// they would have ended more messages at once than policy allows.
 	RetentionHeld prometheus.Counter
+	// JobsTampered counts jobs refused because their MAC did not match.
+	JobsTampered prometheus.Counter
 }
 
 // Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
@@ -106,7 +108,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "hipaa_retention_changes_held_total",
 		Help: "Rooms' own m.room.retention changes held for confirmation because they would end more waiting messages at once than retention_change_limit allows.",
 	})
-	reg.MustRegister(m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	m.JobsTampered = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hipaa_jobs_tampered_total",
+		Help: "Jobs refused because their MAC did not match their stored kind, payload or flags: queued or edited in the database outside the service.",
+	})
+	reg.MustRegister(m.JobsTampered, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

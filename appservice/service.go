@@ -55,7 +55,12 @@ func OpenStore(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *
 		db.Close()
 		return nil, nil, err
 	}
-	return db, audit.NewChain(keys, db, now), nil
+	chain := audit.NewChain(keys, db, now)
+	if err := signLegacyJobs(ctx, db); err != nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("sign jobs queued before job MACs: %w", err)
+	}
+	return db, chain, nil
 }
 
 // Service is the whole running application service.

@@ -68,7 +68,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			}
 			enrolled++
 		}
-		if err := Enqueue(ctx, tx, chain.Now(), jobs...); err != nil {
+		if err := Enqueue(ctx, db, tx, chain.Now(), jobs...); err != nil {
 			return err
 		}
 		return chain.Append(ctx, tx, recs...)
@@ -123,7 +123,7 @@ func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain
 			jobs = append(jobs, job)
 			recs = append(recs, rec)
 		}
-		if err := Enqueue(ctx, tx, chain.Now(), jobs...); err != nil {
+		if err := Enqueue(ctx, db, tx, chain.Now(), jobs...); err != nil {
 			return err
 		}
 		return chain.Append(ctx, tx, recs...)

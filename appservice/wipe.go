@@ -65,7 +65,7 @@ func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) 
 		return 0, err
 	}
 	payload, _ := json.Marshal(map[string]int64{"wipe_id": w.ID})
-	if err := Enqueue(ctx, tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
+	if err := Enqueue(ctx, chain.DB(), tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
 		return 0, err
 	}
 	return w.ID, chain.Append(ctx, tx, wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0))

@@ -154,7 +154,7 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 				return "", 0, err
 			}
 			payload, _ := json.Marshal(reportPayload{WipeID: id, Room: p.Room, Admin: p.Sender})
-			if err := appservice.Enqueue(ctx, tx, now, appservice.JobSpec{Kind: JobWipeReport, DedupeKey: fmt.Sprintf("wipe-report:%d", id),
+			if err := appservice.Enqueue(ctx, m.DB, tx, now, appservice.JobSpec{Kind: JobWipeReport, DedupeKey: fmt.Sprintf("wipe-report:%d", id),
 				Payload: payload, Delay: time.Second}); err != nil {
 				return "", 0, err
 			}

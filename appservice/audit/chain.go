@@ -31,12 +31,17 @@ type Chain struct {
 
 func NewChain(keys *Keys, db *store.DB, now func() time.Time) *Chain {
 	c := &Chain{keys: keys, db: db, dialect: db.Dialect, now: now}
+	// Whoever may append to the chain may queue jobs: same keys, same process.
+	db.SetJobKey(keys.JobKey())
 	c.pool.New = func() any { return hmac.New(sha256.New, keys.chain) }
 	return c
 }
 
 // Keys returns the keys the chain uses (for pseudonyms).
 func (c *Chain) Keys() *Keys { return c.keys }
+
+// DB is the database the chain lives in.
+func (c *Chain) DB() *store.DB { return c.db }
 
 // Now is the chain's clock.
 func (c *Chain) Now() time.Time { return c.now() }

@@ -20,6 +20,7 @@ type Keys struct {
 	chain  []byte
 	pseudo []byte
 	pickle []byte
+	job    []byte
 }
 
 // NewKeys derives the working keys from a master key.
@@ -31,8 +32,12 @@ func NewKeys(master []byte) (*Keys, error) {
 		chain:  derive(master, "matrix-hipaa audit chain v1"),
 		pseudo: derive(master, "matrix-hipaa pseudonym v1"),
 		pickle: derive(master, "matrix-hipaa bot crypto pickle v1"),
+		job:    derive(master, "matrix-hipaa job mac v1"),
 	}, nil
 }
+
+// JobKey MACs each queued job, so that a database writer cannot queue one.
+func (k *Keys) JobKey() []byte { return k.job }
 
 // PickleKey encrypts the bot's Olm and Megolm state in the database.
 func (k *Keys) PickleKey() []byte { return k.pickle }

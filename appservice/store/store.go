@@ -77,7 +77,15 @@ type DB struct {
 	Dialect Dialect
 	stmts   sync.Map // query → *sql.Stmt on W
 	dsn     string   // SQLite only, for the checkpointer
+	jobKey  []byte   // MACs jobs (SetJobKey)
 }
+
+// SetJobKey sets the key that MACs the jobs queued and run through this
+// database. It comes from the service's key material, never the database.
+func (db *DB) SetJobKey(k []byte) { db.jobKey = k }
+
+// JobKey is the key set by SetJobKey (nil if none).
+func (db *DB) JobKey() []byte { return db.jobKey }
 
 // Open connects, applies pending migrations and returns the database.
 // For sqlite3, uri is a file path.
