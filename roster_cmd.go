@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"io"
 	"os"
@@ -85,9 +84,7 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 				c.LicenceExpires = t
 			}
 			c.VerifiedBy = operator()
-			if err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-				return appservice.VerifyTx(ctx, tx, chain, c, appservice.SourceAdmin, operator())
-			}); err != nil {
+			if err := appservice.Verify(ctx, db, chain, c, appservice.SourceAdmin, operator()); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "%s verified as %s\n", c.UserID, c.Role)
@@ -97,9 +94,7 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 		user := fs.String("user", "", "Matrix user ID")
 		reason := fs.String("reason", "", "why (kept with the roster, not in the audit trail)")
 		run = func(ctx context.Context, db *store.DB, chain *audit.Chain) error {
-			if err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-				return appservice.RevokeTx(ctx, tx, chain, *user, *reason, operator())
-			}); err != nil {
+			if err := appservice.Revoke(ctx, db, chain, *user, *reason, operator()); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "%s is no longer verified; the service removes them from rooms limited to verified clinicians\n", *user)

@@ -17,7 +17,11 @@ func PlaceHold(ctx context.Context, db *store.DB, chain *audit.Chain, room, user
 		id, err = PlaceHoldTx(ctx, tx, chain, room, user, reason, by)
 		return err
 	})
-	return id, err
+	if err != nil {
+		keys := chain.Keys()
+		return 0, RecordRefusal(ctx, db, chain, &audit.Record{Type: audit.TypeHold, Actor: by, Room: keys.Room(room), Detail: holdTarget(room, user, keys), Action: "place"}, err)
+	}
+	return id, nil
 }
 
 // PlaceHoldTx is PlaceHold inside the caller's transaction.

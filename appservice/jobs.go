@@ -86,6 +86,21 @@ func Invalid(format string, args ...any) error { return invalidError{fmt.Sprintf
 // should be told why rather than the operation retried.
 func IsInvalid(err error) bool { return errors.As(err, new(invalidError)) }
 
+// RecordRefusal: when err refuses a request for what it asked (IsInvalid),
+// it records rec, outcome denied, in a transaction of its own (the one that
+// would have done the work rolled back), so that an administrator's refused
+// attempt is in the audit trail with who tried. It returns err.
+func RecordRefusal(ctx context.Context, db *store.DB, chain *audit.Chain, rec *audit.Record, err error) error {
+	if !IsInvalid(err) {
+		return err
+	}
+	rec.Outcome = audit.OutcomeDenied
+	if aerr := chain.AppendTx(ctx, db, rec); aerr != nil {
+		return errors.Join(err, fmt.Errorf("could not record the refusal in the audit trail: %w", aerr))
+	}
+	return err
+}
+
 // RetryLater asks for the job to run again after d without counting an
 // attempt: for waiting on something that is on its way (the E2EE bot
 // logging in), not for failures.

@@ -136,6 +136,29 @@ func VerifyTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, c roster.Clin
 	return chain.Append(ctx, tx, rosterRecord(chain, by, "verify", c.UserID, audit.OutcomeSuccess))
 }
 
+// Verify is VerifyTx in a transaction of its own; a refusal (bad NPI,
+// unknown role, not a user ID) is audited as denied, with who tried.
+func Verify(ctx context.Context, db *store.DB, chain *audit.Chain, c roster.Clinician, source, by string) error {
+	err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, chain, c, source, by) })
+	return RecordRefusal(ctx, db, chain, rosterRecord(chain, by, "verify", validUserOrEmpty(c.UserID), ""), err)
+}
+
+// Revoke is RevokeTx in a transaction of its own; a refusal (no reason, not
+// a verified clinician) is audited as denied, with who tried.
+func Revoke(ctx context.Context, db *store.DB, chain *audit.Chain, user, reason, by string) error {
+	err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, chain, user, reason, by) })
+	return RecordRefusal(ctx, db, chain, rosterRecord(chain, by, "revoke", validUserOrEmpty(user), ""), err)
+}
+
+// validUserOrEmpty: a refused request's user is named (as a pseudonym) only
+// if it is a user ID.
+func validUserOrEmpty(u string) string {
+	if roster.CheckUserID(u) != nil {
+		return ""
+	}
+	return u
+}
+
 // RevokeTx withdraws a clinician's verification, audited as revoke by by.
 // The reason stays in the roster table.
 func RevokeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, user, reason, by string) error {

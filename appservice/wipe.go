@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -41,7 +42,14 @@ func RequestWipe(ctx context.Context, db *store.DB, chain *audit.Chain, w Wipe) 
 		id, err = RequestWipeTx(ctx, tx, chain, w)
 		return err
 	})
-	return id, err
+	if err != nil {
+		rec := wipeRecord(chain, w, "requested", audit.OutcomeDenied, 0)
+		if !strings.HasPrefix(w.User, "@") {
+			rec.Detail = "" // not a user ID: nothing to name
+		}
+		return 0, RecordRefusal(ctx, db, chain, rec, err)
+	}
+	return id, nil
 }
 
 // RequestWipeTx is RequestWipe inside the caller's transaction.

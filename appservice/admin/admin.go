@@ -16,7 +16,6 @@ package admin
 
 import (
 	"crypto/subtle"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -383,10 +382,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		}
 		c.LicenceExpires = t
 	}
-	s.change(w, r, func(tx *sql.Tx) error {
-		return appservice.VerifyTx(r.Context(), tx, s.Chain, c, appservice.SourceAdmin, who)
-	},
-		map[string]any{"verified": req.UserID})
+	s.reply(w, appservice.Verify(r.Context(), s.DB, s.Chain, c, appservice.SourceAdmin, who), map[string]any{"verified": req.UserID})
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
@@ -399,16 +395,12 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s.change(w, r, func(tx *sql.Tx) error {
-		return appservice.RevokeTx(r.Context(), tx, s.Chain, req.UserID, req.Reason, who)
-	},
-		map[string]any{"revoked": req.UserID})
+	s.reply(w, appservice.Revoke(r.Context(), s.DB, s.Chain, req.UserID, req.Reason, who), map[string]any{"revoked": req.UserID})
 }
 
-// change runs one audited change in a durable transaction: 400 with the
-// reason for a refused request, 500 for a failure, else ok.
-func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(*sql.Tx) error, ok map[string]any) {
-	err := s.DB.Tx(r.Context(), store.Durable, do)
+// reply answers an audited change: 400 with the reason for a refused
+// request, 500 for a failure, else ok.
+func (s *Server) reply(w http.ResponseWriter, err error, ok map[string]any) {
 	switch {
 	case appservice.IsInvalid(err):
 		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
