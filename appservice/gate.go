@@ -170,19 +170,47 @@ func (s *MemberSweeper) Poke() {
 
 // Run sweeps every interval, and when poked, until ctx ends.
 func (s *MemberSweeper) Run(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(rosterPoll)
+	defer tick.Stop()
 	for {
+		seen, _ := s.rosterVersion(ctx)
 		if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
 			s.Log.Warn().Str("error", SafeError(err)).Msg("member sweep failed")
 		} else if n > 0 {
 			s.Log.Info().Int("members", n).Msg("members who no longer qualify queued for removal")
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.kick:
-		case <-time.After(every):
+		next := time.After(every)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.kick:
+				break wait
+			case <-next:
+				break wait
+			case <-tick.C:
+				// A revocation from the CLI or the admin API (another
+				// process) is acted on within a second, not at the next
+				// full sweep.
+				if v, err := s.rosterVersion(ctx); err == nil && v != seen {
+					break wait
+				}
+			}
 		}
 	}
+}
+
+// rosterPoll is how often the sweeper looks for roster changes made by
+// other processes.
+const rosterPoll = time.Second
+
+// rosterVersion changes whenever the roster does (an entry added, changed,
+// revoked or removed).
+func (s *MemberSweeper) rosterVersion(ctx context.Context) (string, error) {
+	var n, updated, revoked int64
+	err := s.DB.R.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(updated_at), 0), COALESCE(SUM(revoked_at), 0) FROM clinician`).Scan(&n, &updated, &revoked)
+	return fmt.Sprintf("%d/%d/%d", n, updated, revoked), err
 }
 
 // NewMemberSweeper returns a sweeper ready to Run.

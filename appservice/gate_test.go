@@ -196,3 +196,36 @@ func TestMemberGate(t *testing.T) {
 		})
 	}
 }
+
+// A revocation made by another process (the roster command, the admin
+// API) reaches the running member sweep within a second or two, not at the
+// next full sweep (here an hour away).
+func TestRevocationReachesTheRunningSweepAtOnce(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pol, err := policy.Parse("p.yaml", []byte("version: 1\nrooms:\n  - room_id: \"!icu:h\"\n    members: verified\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.exec(t, `INSERT INTO room_state (room_id, creator, updated_at) VALUES ('!icu:h', '@att:h', 0)`)
+	p.exec(t, `INSERT INTO room_member (room_id, user_id, membership, updated_at) VALUES ('!icu:h', '@rn:h', 'join', 0)`)
+	p.verifyClinicians(t, roster.Clinician{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", VerifiedBy: "x"})
+	sw := NewMemberSweeper(p.db, func() *policy.Policy { return pol }, func(string) bool { return false }, p.clock.Now, nil, zerolog.Nop())
+	go sw.Run(ctx, time.Hour)
+	time.Sleep(300 * time.Millisecond) // its first sweep finds nothing to do
+	if n := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'check_member'`); n != 0 {
+		t.Fatalf("%d removals queued for a verified nurse", n)
+	}
+	revoked := time.Now()
+	if err := Revoke(ctx, p.db, p.chain, "@rn:h", "left the hospital", "os:admin"); err != nil {
+		t.Fatal(err)
+	}
+	for p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'check_member'`) == 0 {
+		if time.Since(revoked) > 2*time.Second {
+			t.Fatal("the revocation did not reach the running sweep within 2 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("removal queued %s after the revocation", time.Since(revoked).Round(time.Millisecond))
+}
