@@ -237,7 +237,8 @@ func runService(args []string, stderr io.Writer) error {
 		return err
 	}
 	if room := cfg.Admin.Room; room != "" {
-		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI}).Register(svc.Runner)
+		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI,
+			Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)
 		go func() {
 			// A seat in the management room, invited by an admin if need be.
 			select {
@@ -255,8 +256,14 @@ func runService(args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}
-		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second,
-			Handler: &admin.Server{DB: svc.DB, Chain: svc.Chain, Policy: svc.Policy.Current, Token: cfg.Admin.Token.Reveal()}}
+		// Timeouts: a slow or stalled client cannot hold connections open.
+		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
+			Handler: &admin.Server{DB: svc.DB, Chain: svc.Chain, Policy: svc.Policy.Current, Token: cfg.Admin.Token.Reveal(),
+				Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin},
+				Refused: func(reason string) {
+					svc.Metrics.AuthFailures.WithLabelValues(reason).Inc()
+					log.Warn().Str("reason", reason).Msg("admin API request refused for its credentials")
+				}}}
 		go srv.Serve(ln)
 		// Stopped when asked to stop, before the service closes its database.
 		go func() {
@@ -636,6 +643,7 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 	scope := fs.String("redact", "phi", "messages to redact: phi (rooms policy requires encrypted), all, or none")
 	since := fs.String("since", "", "only messages at or after this time (RFC 3339, date, or duration ago)")
 	reason := fs.String("reason", "", "why (kept with the wipe, not in the audit trail)")
+	forceReason := fs.String("force-reason", "", "wipe a protected user (the bot, an administrator, another server's user), for this reason")
 	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the running service to finish")
 	status := fs.Int64("status", 0, "instead of a new wipe, wait for wipe N and show its outcome")
 	if err := parse(fs, args); err != nil {
@@ -646,14 +654,15 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	ctx := context.Background()
-	_, db, chain, err := openData(ctx, *cfgPath)
+	cfg, db, chain, err := openData(ctx, *cfgPath)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	id := *status
 	if id == 0 {
-		w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Deactivate: *deactivate, Scope: *scope, Reason: *reason, RequestedBy: operator()}
+		w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Deactivate: *deactivate, Scope: *scope, Reason: *reason, RequestedBy: operator(),
+			Force: *forceReason != "", ForceReason: *forceReason, Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}
 		if !from.IsZero() {
 			w.Since = from.UnixMilli()
 		}

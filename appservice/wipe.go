@@ -32,6 +32,46 @@ type Wipe struct {
 	Revoked, Redacted, Left int
 	ConfirmedAt             int64
 	LastError               string
+	// Force, with ForceReason, wipes a user Guard protects.
+	Force       bool
+	ForceReason string
+	// Guard protects the bot, administrators and other servers' users from
+	// a wipe that is not forced. Every caller that takes a wipe request
+	// from a person sets it (the CLI, the admin API, the management room).
+	Guard WipeGuard
+}
+
+// WipeGuard names whom a wipe may not touch unless forced: the service's
+// own bot (its sessions are the service's), the administrators (a stolen
+// admin credential must not lock out the others), and users of other
+// servers (the service cannot act as them; a wipe would only fail).
+type WipeGuard struct {
+	Bot, Domain string
+	Admin       func(user string) bool
+}
+
+func (g WipeGuard) check(w Wipe) error {
+	if g.Bot == "" {
+		return nil
+	}
+	var who string
+	switch {
+	case w.User == g.Bot:
+		who = "the service's own bot"
+	case g.Admin != nil && g.Admin(w.User):
+		who = "an administrator"
+	case !sameServer(w.User, "@_:"+g.Domain):
+		who = "a user of another server"
+	default:
+		return nil
+	}
+	if !w.Force {
+		return Invalid("%s is %s: a wipe of them needs force, with its own reason", w.User, who)
+	}
+	if strings.TrimSpace(w.ForceReason) == "" {
+		return Invalid("forcing a wipe of %s needs its own reason", who)
+	}
+	return nil
 }
 
 // RequestWipe records a wipe and queues its job; the running service does
@@ -66,6 +106,13 @@ func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) 
 	case w.Deactivate && w.Device != "":
 		return 0, Invalid("a single-device wipe cannot deactivate the account")
 	}
+	if err := w.Guard.check(w); err != nil {
+		return 0, err
+	}
+	if w.Force {
+		// Kept with the wipe, like its reason; the audit trail says it was forced.
+		w.Reason += " [forced: " + w.ForceReason + "]"
+	}
 	now := chain.Now()
 	if err := tx.QueryRowContext(ctx, `INSERT INTO wipe (user_id, device_id, offboard, scope, since, reason, requested_by, requested_at, state, updated_at, deactivate)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', $8, $9) RETURNING id`,
@@ -76,7 +123,11 @@ func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) 
 	if err := Enqueue(ctx, chain.DB(), tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
 		return 0, err
 	}
-	return w.ID, chain.Append(ctx, tx, wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0))
+	recs := []*audit.Record{wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0)}
+	if w.Force {
+		recs = append(recs, wipeRecord(chain, w, "forced", audit.OutcomeSuccess, 0))
+	}
+	return w.ID, chain.Append(ctx, tx, recs...)
 }
 
 func wipeRecord(chain *audit.Chain, w Wipe, step, outcome string, n int) *audit.Record {

@@ -130,6 +130,16 @@ type Admin struct {
 	TLSKeyFile  string `yaml:"tls_key_file"`
 }
 
+// loopback reports whether host (from host:port) can only be reached from
+// this machine.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // IsAdmin reports whether user may give commands in the management room.
 func (a Admin) IsAdmin(user string) bool {
 	for _, u := range a.Users {
@@ -338,8 +348,12 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		d.Errorf("jobs.expire_as", "jobs.expire_as must be sender or bot, not %q", c.Jobs.ExpireAs)
 	}
 	if c.Admin.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+		if host, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			d.Errorf("admin.listen", "admin.listen %q is not host:port", c.Admin.Listen)
+		} else if !loopback(host) && (c.Admin.TLSCertFile == "" || c.Admin.TLSKeyFile == "") {
+			// The bearer token and wipe requests would cross the network
+			// in clear.
+			d.Errorf("admin.listen", "admin.listen %q is not a loopback address: set admin.tls_cert_file and admin.tls_key_file, or listen on 127.0.0.1", c.Admin.Listen)
 		}
 		if len(c.Admin.Token.Reveal()) < 32 {
 			d.Errorf("admin.token", "admin.token must be at least 32 random characters when admin.listen is set")

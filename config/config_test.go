@@ -79,6 +79,7 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"management room not a room ID", "  room: \"\"\n  users: []", "  room: \"#admins:hs\"\n  users: [\"@a:hs\"]", `admin.room "#admins:hs" is not a room ID`},
 		{"management room without admins", "  room: \"\"\n  users: []", "  room: \"!admins:hs\"\n  users: []", "admin.room is set but admin.users lists no one"},
 		{"admin not a user ID", "  room: \"\"\n  users: []", "  room: \"!admins:hs\"\n  users: [\"@a:hs\", \"bob\"]", `admin.users: "bob" is not a user ID`},
+		{"admin API in clear beyond loopback", "  listen: \"\"\n  token: \"\"", "  listen: 0.0.0.0:29332\n  token: 0123456789abcdef0123456789abcdef", `admin.listen "0.0.0.0:29332" is not a loopback address: set admin.tls_cert_file`},
 		{"admin listen not host:port", "  listen: \"\"\n  token: \"\"", "  listen: nowhere\n  token: 0123456789abcdef0123456789abcdef", `admin.listen "nowhere" is not host:port`},
 		{"expire as someone else", "expire_as: sender", "expire_as: admin", `jobs.expire_as must be sender or bot, not "admin"`},
 		{"max backoff below backoff", "max_backoff: 5m", "max_backoff: 1ms", "jobs.max_backoff must not be shorter than jobs.backoff"},

@@ -16,6 +16,7 @@ package admin
 
 import (
 	"crypto/subtle"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,12 @@ type Server struct {
 	Chain  *audit.Chain
 	Policy func() *policy.Policy
 	Token  string
+	// Guard protects the bot, administrators and other servers' users
+	// from wipes that are not forced.
+	Guard appservice.WipeGuard
+	// Refused, if set, is told of each request refused for its
+	// credentials (missing or wrong), to log and count it.
+	Refused func(reason string)
 }
 
 const maxBody = 64 << 10
@@ -66,9 +73,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	switch {
 	case !ok || token == "":
+		s.refused("missing")
 		fail(w, http.StatusUnauthorized, "M_MISSING_TOKEN", "an admin token is required")
 		return
 	case subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) != 1:
+		s.refused("wrong")
 		fail(w, http.StatusForbidden, "M_FORBIDDEN", "wrong admin token")
 		return
 	}
@@ -97,6 +106,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
 	default:
 		fail(w, http.StatusNotFound, "M_UNRECOGNIZED", "no such admin endpoint")
+	}
+}
+
+func (s *Server) refused(reason string) {
+	if s.Refused != nil {
+		s.Refused(reason)
 	}
 }
 
@@ -295,6 +310,9 @@ func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 		Device     string `json:"device_id"`
 		Redact     string `json:"redact"`
 		SinceMS    int64  `json:"since_ms"`
+		// ForceReason forces a wipe of a protected user (the bot, an
+		// administrator, another server's user), for this reason.
+		ForceReason string `json:"force_reason"`
 	}
 	who, ok := decodeAs(w, r, &req, &req.By)
 	if !ok {
@@ -304,7 +322,8 @@ func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 		req.Redact = "phi"
 	}
 	id, err := appservice.RequestWipe(r.Context(), s.DB, s.Chain, appservice.Wipe{User: req.UserID, Reason: req.Reason, RequestedBy: who,
-		Offboard: req.Offboard, Deactivate: req.Deactivate, Device: req.Device, Scope: req.Redact, Since: req.SinceMS})
+		Offboard: req.Offboard, Deactivate: req.Deactivate, Device: req.Device, Scope: req.Redact, Since: req.SinceMS,
+		Force: req.ForceReason != "", ForceReason: req.ForceReason, Guard: s.Guard})
 	if appservice.IsInvalid(err) {
 		fail(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
 		return
@@ -320,11 +339,22 @@ func (s *Server) wipeStatus(w http.ResponseWriter, r *http.Request, idText strin
 	if !ok {
 		return
 	}
-	wp, err := appservice.LoadWipe(r.Context(), s.DB, id)
-	if err != nil {
+	// Reading a wipe's progress is on the record too (it names the user).
+	found, ok := read(s, w, r, "wipe-status", func() ([]appservice.Wipe, error) {
+		wp, err := appservice.LoadWipe(r.Context(), s.DB, id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, nil
+		}
+		return []appservice.Wipe{wp}, err
+	})
+	if !ok {
+		return
+	}
+	if len(found) == 0 {
 		fail(w, http.StatusNotFound, "M_NOT_FOUND", "no such wipe")
 		return
 	}
+	wp := found[0]
 	writeJSON(w, http.StatusOK, map[string]any{"id": wp.ID, "user_id": wp.User, "state": wp.State, "sessions_revoked": wp.Revoked,
 		"confirmed_at": wp.ConfirmedAt, "messages_redacted": wp.Redacted, "rooms_left": wp.Left, "error": wp.LastError})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -89,6 +90,8 @@ func TestAdminHolds(t *testing.T) {
 
 func TestAdminRefusesBadRequests(t *testing.T) {
 	s, _ := newServer(t, "sqlite3")
+	var refused []string
+	s.Refused = func(reason string) { refused = append(refused, reason) }
 	cases := []struct {
 		name, method, path, auth, body string
 		want                           int
@@ -113,6 +116,10 @@ func TestAdminRefusesBadRequests(t *testing.T) {
 			t.Errorf("%s: %d %v, want %d %s", c.name, code, out, c.want, c.code)
 		}
 	}
+	// Refused credentials are reported (logged and counted by the service).
+	if fmt.Sprint(refused) != "[missing wrong]" {
+		t.Fatalf("refused credentials reported as %v", refused)
+	}
 	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/rooms", token, "", "X-Hipaa-Actor", "noc"); code != 200 || out["rooms"] == nil {
 		t.Fatalf("rooms: %d %v", code, out)
 	}
@@ -120,13 +127,21 @@ func TestAdminRefusesBadRequests(t *testing.T) {
 	if code, out := call(t, s, "POST", "/_hipaa/admin/v1/wipes", token, `{"user_id":"@jdoe:h","reason":"lost phone","by":"helpdesk"}`); code != 202 || out["id"] != float64(1) {
 		t.Fatalf("wipe: %d %v", code, out)
 	}
-	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/wipes/1", token, ""); code != 200 || out["state"] != "requested" || out["user_id"] != "@jdoe:h" {
+	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/wipes/1", token, ""); code != 400 {
+		t.Fatalf("wipe status without saying who asks: %d %v", code, out)
+	}
+	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/wipes/1", token, "", "X-Hipaa-Actor", "helpdesk"); code != 200 || out["state"] != "requested" || out["user_id"] != "@jdoe:h" {
 		t.Fatalf("wipe status: %d %v", code, out)
+	}
+	// The read is on the record, with who asked.
+	var buf bytes.Buffer
+	if _, err := audit.ExportJSONL(context.Background(), s.DB, audit.Range{}, &buf); err != nil || !strings.Contains(buf.String(), `"actor":"admin-api:helpdesk","action":"wipe-status"`) {
+		t.Fatalf("wipe status read not audited (%v):\n%s", err, buf.String())
 	}
 	if code, out := call(t, s, "POST", "/_hipaa/admin/v1/wipes", token, `{"user_id":"jdoe","reason":"x","by":"helpdesk"}`); code != 400 {
 		t.Fatalf("wipe of a non-user: %d %v", code, out)
 	}
-	if code, _ := call(t, s, "GET", "/_hipaa/admin/v1/wipes/99", token, ""); code != 404 {
+	if code, _ := call(t, s, "GET", "/_hipaa/admin/v1/wipes/99", token, "", "X-Hipaa-Actor", "helpdesk"); code != 404 {
 		t.Fatalf("unknown wipe: %d", code)
 	}
 }

@@ -41,6 +41,9 @@ type Room struct {
 	Bot     Messenger
 	HS      Inventory
 	IsAdmin func(user string) bool
+	// Guard protects the bot, administrators and other servers' users
+	// from wipes (the management room cannot force one).
+	Guard appservice.WipeGuard
 	// SingleDevice: the homeserver can sign out one device (Synapse).
 	SingleDevice bool
 }
@@ -144,7 +147,7 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 			return m.answerOnce(ctx, p, rec, "this homeserver cannot sign out a single device. To end every session of the user, send the same !wipe without --device.")
 		}
 		w := appservice.Wipe{User: cmd.Target, Device: cmd.Device, Offboard: cmd.Name == "offboard", Scope: cmd.Scope, Reason: cmd.Reason,
-			RequestedBy: keys.User(p.Sender)}
+			RequestedBy: keys.User(p.Sender), Guard: m.Guard}
 		if !cmd.Since.IsZero() {
 			w.Since = cmd.Since.UnixMilli()
 		}

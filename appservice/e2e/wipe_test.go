@@ -178,6 +178,7 @@ func wipeState(t *testing.T, st *devstack.Stack, id int) string {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/_hipaa/admin/v1/wipes/%d", st.Opts.AdminPort, id), nil)
 	req.Header.Set("Authorization", "Bearer "+adminToken)
+	req.Header.Set("X-Hipaa-Actor", "e2e")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
