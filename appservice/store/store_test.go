@@ -334,3 +334,48 @@ func TestClearedContentLeavesNoResidue(t *testing.T) {
 		}
 	}
 }
+
+// PHI residue on PostgreSQL, as it is: a cleared body's bytes stay in the
+// table's pages as a dead tuple, and plain VACUUM frees that space without
+// zeroing it; only a rewrite of the table (VACUUM FULL, pg_repack) removes
+// them. docs/deploy.md tells operators what to run. Read with pageinspect.
+func TestPostgresClearedContentResidue(t *testing.T) {
+	db, _ := storetest.Open(t, "postgres")
+	ctx := context.Background()
+	if _, err := db.W.ExecContext(ctx, `CREATE EXTENSION IF NOT EXISTS pageinspect WITH SCHEMA public`); err != nil {
+		t.Fatalf("pageinspect (part of Debian's postgresql package): %v", err)
+	}
+	canary := fmt.Sprintf("CANARY-PG-%d", time.Now().UnixNano())
+	for i := range 200 {
+		if _, err := db.W.ExecContext(ctx, `INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at, content) VALUES ($1, $2, 't', '!r:h', 'm.room.message', '@u:h', 1, $3)`,
+			fmt.Sprintf("$e%d", i), i, []byte(fmt.Sprintf(`{"content":{"body":"%s patient %d"}}`, canary, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages := func() int {
+		t.Helper()
+		var n int
+		if err := db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM generate_series(0, pg_relation_size('inbox') / 8192 - 1) AS b
+			WHERE position(convert_to($1, 'UTF8') IN public.get_raw_page('inbox', b::int)) > 0`, canary).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if _, err := db.W.ExecContext(ctx, `UPDATE inbox SET content = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	if pages() == 0 {
+		t.Fatal("no dead tuple found: the test shows nothing")
+	}
+	if _, err := db.W.ExecContext(ctx, `VACUUM inbox`); err != nil {
+		t.Fatal(err)
+	}
+	after := pages()
+	t.Logf("pages holding a cleared body after VACUUM: %d", after)
+	if _, err := db.W.ExecContext(ctx, `VACUUM FULL inbox`); err != nil {
+		t.Fatal(err)
+	}
+	if n := pages(); n != 0 {
+		t.Fatalf("%d pages still hold a cleared body after VACUUM FULL", n)
+	}
+}
