@@ -1,6 +1,7 @@
 package appservice
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,11 +61,26 @@ func nestingDepth(b []byte) int {
 	for i := 0; i < len(b); i++ {
 		switch b[i] {
 		case '"':
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					i++
+			// Most of a transaction is long strings (ciphertext): jump to
+			// each next quote (IndexByte is vectorised) and take the first
+			// one not escaped, that is, not after an odd run of backslashes.
+			j := i + 1
+			for {
+				k := bytes.IndexByte(b[j:], '"')
+				if k < 0 {
+					return deepest // unterminated: no parser goes further
 				}
+				j += k
+				n := 0
+				for m := j - 1; m > i && b[m] == '\\'; m-- {
+					n++
+				}
+				if n%2 == 0 {
+					break
+				}
+				j++
 			}
+			i = j
 		case '[', '{':
 			depth++
 			deepest = max(deepest, depth)
@@ -234,7 +250,17 @@ func parseEvent(v gjson.Result, i int) (*Event, *Rejected) {
 }
 
 // storableText is UTF-8 without NUL, as a database text column takes it.
-func storableText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+// IDs are ASCII: one pass over the bytes, the UTF-8 check only past one.
+func storableText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == 0 {
+			return false
+		} else if c >= utf8.RuneSelf {
+			return utf8.ValidString(s[i:]) && !strings.ContainsRune(s[i:], 0)
+		}
+	}
+	return true
+}
 
 // auditableID keeps an identifier read from a refused event only if it
 // looks like one (the sigil, printable, short): the audit trail must not
