@@ -128,7 +128,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	s.HS = hs
 	s.Bot = bot.New(bot.Options{
 		Homeserver: cfg.Homeserver.Address, UserID: cfg.BotMXID(), ASToken: cfg.AppService.ASToken.Reveal(),
-		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, Log: log,
+		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, ReadRoom: cfg.Admin.Room, Log: log,
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)

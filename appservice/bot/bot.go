@@ -60,6 +60,10 @@ type Options struct {
 	// Admin reports whether a user is one of the service's administrators,
 	// whose invites the bot accepts wherever they are from (nil: none).
 	Admin func(user string) bool
+	// ReadRoom is the one room whose messages the bot reads (admin.room);
+	// the room keys clients share with it for every other room are dropped
+	// as they arrive.
+	ReadRoom string
 	Log   zerolog.Logger
 }
 
@@ -161,6 +165,10 @@ func (b *Bot) start(ctx context.Context) error {
 		db.Close()
 		return fmt.Errorf("bot crypto: %w", err)
 	}
+	if err := b.keepNoKeys(ctx, helper.Machine()); err != nil {
+		helper.Close()
+		return fmt.Errorf("bot crypto: %w", err)
+	}
 	cli.Crypto = helper
 	// A room the bot is invited to by a person (an admin giving it a seat,
 	// say) is joined, so it can serve that room too.
@@ -179,6 +187,35 @@ func (b *Bot) start(ctx context.Context) error {
 	b.cli, b.helper = cli, helper
 	b.mu.Unlock()
 	return nil
+}
+
+// keepNoKeys makes the bot a dead end for room keys. Clients share the keys
+// of every encrypted room it is in with its device; whoever could make it
+// hand them on (a second device logged in with the as_token, cross-signed by
+// whoever holds that token) could read everything. So it forwards no key to
+// anyone, its own devices included, and keeps the key material only for the
+// room whose messages it must read: the rest is dropped on arrival (and,
+// once, whatever an older version kept).
+func (b *Bot) keepNoKeys(ctx context.Context, mach *crypto.OlmMachine) error {
+	mach.AllowKeyShare = func(context.Context, *id.Device, event.RequestedKeyInfo) *crypto.KeyShareRejection {
+		return &crypto.KeyShareRejectNoResponse
+	}
+	store, ok := mach.CryptoStore.(*crypto.SQLCryptoStore)
+	if !ok {
+		return errors.New("the bot's crypto store is not the SQL store")
+	}
+	mach.SessionReceived = func(ctx context.Context, room id.RoomID, session id.SessionID, _ uint32) {
+		if string(room) == b.opts.ReadRoom && room != "" {
+			return
+		}
+		if err := store.RedactGroupSession(ctx, room, session, "not a room the bot reads"); err != nil {
+			b.log.Error().Str("error", err.Error()).Msg("could not drop a room key the bot does not need")
+		}
+	}
+	_, err := store.DB.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET withheld_code = $1, withheld_reason = $2, session = NULL, forwarding_chains = NULL
+		WHERE account_id = $3 AND room_id <> $4 AND session IS NOT NULL`,
+		event.RoomKeyWithheldBeeperRedacted, "Session redacted: not a room the bot reads", store.AccountID, b.opts.ReadRoom)
+	return err
 }
 
 // AcceptsInvite reports whether the bot joins a room when inviter invites

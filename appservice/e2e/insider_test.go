@@ -6,10 +6,15 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	_ "github.com/mattn/go-sqlite3"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto/cryptohelper"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
+	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
@@ -47,4 +52,101 @@ func TestRedTeamDatabaseWriterCannotQueueActions(t *testing.T) {
 		t.Fatal("the inserted redaction ran")
 	}
 	verify(t, st)
+}
+
+// The bot is a dead end for room keys. Clients share an encrypted room's
+// keys with its device; it keeps none of them (only the management room's),
+// and forwards none: a second device logged in for the bot with the as_token
+// asks for the conversation's key and gets nothing.
+func TestRedTeamSecondBotDeviceGetsNoKeys(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	cfg, err := config.Load(st.ServiceConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	botID := id.UserID(cfg.BotMXID())
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bot in the enrolled room", func() bool {
+		m, err := alice.JoinedMembers(ctx, room.RoomID)
+		enc, _ := alice.StateStore.IsEncrypted(ctx, room.RoomID)
+		return err == nil && hasMember(m, botID) && enc
+	})
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "bob in alice's view", func() bool { return alice.StateStore.IsInRoom(ctx, room.RoomID, bob.UserID) })
+	sent, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "pt in bed 4: K 2.9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.waitMessage(t, "alice's message", func(e *event.Event) bool { return e.ID == sent.EventID })
+	raw, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Content.ParseRaw(event.EventEncrypted); err != nil {
+		t.Fatal(err)
+	}
+	enc := raw.Content.AsEncrypted()
+	if enc.SessionID == "" {
+		t.Fatalf("the message was not encrypted: %+v", raw.Content.Raw)
+	}
+
+	// The bot was sent the key (alice shares with every device in the
+	// room) and dropped it.
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")+"?mode=ro&_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	count := func(q string) int {
+		var n int
+		if err := db.QueryRow(q, string(room.RoomID), string(enc.SessionID)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitFor(t, "the bot to receive (and drop) the room key", func() bool {
+		return count(`SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE room_id = ? AND session_id = ?`) > 0
+	})
+	if n := count(`SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE room_id = ? AND session_id = ? AND session IS NOT NULL`); n != 0 {
+		t.Fatal("the bot's store keeps the conversation's room key")
+	}
+	if n := count(`SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE room_id = ? AND session IS NOT NULL AND ? <> ''`); n != 0 {
+		t.Fatalf("the bot's store keeps %d keys of the room", n)
+	}
+
+	// Whoever holds the as_token logs in a second device for the bot and asks
+	// its devices for the key.
+	cli, err := mautrix.NewClient(st.HSURL, botID, cfg.AppService.ASToken.Reveal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	helper, err := cryptohelper.NewCryptoHelper(cli, []byte("attacker pickle key"), filepath.Join(t.TempDir(), "attacker.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	localpart, _, _ := botID.Parse()
+	helper.LoginAs = &mautrix.ReqLogin{Type: mautrix.AuthTypeAppservice, Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart}}
+	if err := helper.Init(ctx); err != nil {
+		t.Fatalf("second bot device: %v", err)
+	}
+	defer helper.Close()
+	cli.Crypto = helper
+	syncCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go cli.SyncWithContext(syncCtx)
+	if err := helper.Machine().SendRoomKeyRequest(ctx, room.RoomID, enc.SenderKey, enc.SessionID, "attack-1", map[id.UserID][]id.DeviceID{botID: {"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Second)
+	if igs, _ := helper.Machine().CryptoStore.GetGroupSession(ctx, room.RoomID, enc.SessionID); igs != nil {
+		t.Fatal("the bot forwarded the conversation's key to a device logged in with the as_token")
+	}
 }
