@@ -169,6 +169,10 @@ func (b *Bot) start(ctx context.Context) error {
 		helper.Close()
 		return fmt.Errorf("bot crypto: %w", err)
 	}
+	if err := keepNoProfiles(ctx, cli); err != nil {
+		helper.Close()
+		return fmt.Errorf("bot state: %w", err)
+	}
 	cli.Crypto = helper
 	// A room the bot is invited to by a person (an admin giving it a seat,
 	// say) is joined, so it can serve that room too.
@@ -215,6 +219,48 @@ func (b *Bot) keepNoKeys(ctx context.Context, mach *crypto.OlmMachine) error {
 	_, err := store.DB.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET withheld_code = $1, withheld_reason = $2, session = NULL, forwarding_chains = NULL
 		WHERE account_id = $3 AND room_id <> $4 AND session IS NOT NULL`,
 		event.RoomKeyWithheldBeeperRedacted, "Session redacted: not a room the bot reads", store.AccountID, b.opts.ReadRoom)
+	return err
+}
+
+// profileFreeStore is the bot's room-state cache without what people call
+// themselves: display names and avatars are never written (the bot needs
+// memberships, encryption and power levels, nothing else of its members).
+type profileFreeStore struct{ *sqlstatestore.SQLStateStore }
+
+func withoutProfile(m *event.MemberEventContent) *event.MemberEventContent {
+	c := *m
+	c.Displayname, c.AvatarURL = "", ""
+	return &c
+}
+
+func (s profileFreeStore) SetMember(ctx context.Context, room id.RoomID, user id.UserID, m *event.MemberEventContent) error {
+	return s.SQLStateStore.SetMember(ctx, room, user, withoutProfile(m))
+}
+
+func (s profileFreeStore) ReplaceCachedMembers(ctx context.Context, room id.RoomID, evts []*event.Event, only ...event.Membership) error {
+	stripped := make([]*event.Event, 0, len(evts))
+	for _, e := range evts {
+		if e.Content.Parsed == nil {
+			if err := e.Content.ParseRaw(event.StateMember); err != nil {
+				continue
+			}
+		}
+		c := *e
+		c.Content = event.Content{Parsed: withoutProfile(e.Content.AsMember())}
+		stripped = append(stripped, &c)
+	}
+	return s.SQLStateStore.ReplaceCachedMembers(ctx, room, stripped, only...)
+}
+
+// keepNoProfiles puts the profile-free store in front of the bot's client
+// and clears the profiles an older version kept.
+func keepNoProfiles(ctx context.Context, cli *mautrix.Client) error {
+	ss, ok := cli.StateStore.(*sqlstatestore.SQLStateStore)
+	if !ok {
+		return errors.New("the bot's state store is not the SQL store")
+	}
+	cli.StateStore = profileFreeStore{ss}
+	_, err := ss.Exec(ctx, `UPDATE mx_user_profile SET displayname = '', avatar_url = '', name_skeleton = NULL WHERE displayname <> '' OR avatar_url <> ''`)
 	return err
 }
 

@@ -177,8 +177,28 @@ func TestEventsAuditedOnceWithoutPHI(t *testing.T) {
 	}
 	t.Logf("canary scan: %d sources, %d canaries, %d hits", len(sources), len(canaries), hits)
 
-	// Tampering with the service's own database is caught by the CLI.
+	// The database's raw files, every table (the bot's crypto and
+	// room-state caches included) and every free page: once the service
+	// stops (its WAL is checkpointed into the file), none of the names,
+	// topics, display names or bodies is anywhere in them.
 	st.StopService()
+	dbFile := filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")
+	for _, f := range []string{dbFile, dbFile + "-wal"} {
+		data, err := os.ReadFile(f)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		for _, c := range canaries {
+			if bytes.Contains(data, []byte(c)) {
+				t.Errorf("%q found in the raw file %s", c, filepath.Base(f))
+			}
+		}
+		if err == nil {
+			t.Logf("raw scan of %s: %d bytes", filepath.Base(f), len(data))
+		}
+	}
+
+	// Tampering with the service's own database is caught by the CLI.
 	db, err := sql.Open("sqlite3", filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db"))
 	if err != nil {
 		t.Fatal(err)

@@ -169,11 +169,19 @@ func (db *DB) Close() error {
 		}
 		return true
 	})
-	err := db.W.Close()
+	var err error
 	if db.R != db.W {
-		if e := db.R.Close(); err == nil {
-			err = e
-		}
+		err = db.R.Close()
+	}
+	if db.Dialect == SQLite {
+		// Empty the WAL on the way out: it holds the pages of every recent
+		// write, message bodies before they were cleared among them, and
+		// SQLite deletes it only when the last connection to close may
+		// write. Best effort: another process may still have the file open.
+		db.W.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
+	}
+	if e := db.W.Close(); err == nil {
+		err = e
 	}
 	return err
 }
