@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -433,4 +434,46 @@ func TestRedTeamRemoteInviteFlood(t *testing.T) {
 	if n := bytes.Count(logs, []byte("ignored an invite from another server")); n < len(theirs) {
 		t.Fatalf("the service logged %d ignored invites, want %d", n, len(theirs))
 	}
+}
+
+// A remote server names its user @x"><img src=x onerror=alert(1)>:evil.example
+// and has them post plaintext in an encrypted room (pushed as the homeserver
+// pushes remote events). The bot's notice mentions them: in the room
+// member's client the formatted body carries the ID as text, escaped, and
+// no markup of theirs.
+func TestRedTeamHostileUserIDInNotice(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	cfg, err := config.Load(st.ServiceConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	botID := id.UserID(cfg.BotMXID())
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bot in the enrolled room", func() bool {
+		m, err := alice.JoinedMembers(ctx, room.RoomID)
+		enc, _ := alice.StateStore.IsEncrypted(ctx, room.RoomID)
+		return err == nil && hasMember(m, botID) && enc
+	})
+	evil := `@x"><img src=x onerror=alert(1)>:evil.example`
+	body, _ := json.Marshal(map[string]any{"events": []map[string]any{{
+		"event_id": "$evil-1", "room_id": string(room.RoomID), "type": "m.room.message", "sender": evil, "origin_server_ts": 1,
+		"content": map[string]any{"msgtype": "m.text", "body": "hi"},
+	}}})
+	if code := pushTxn(t, st, "evil-1", body); code != 200 {
+		t.Fatalf("push: %d", code)
+	}
+	notice := alice.waitMessage(t, "the bot's notice", func(e *event.Event) bool { return e.Sender == botID })
+	c := notice.Content.AsMessage()
+	if strings.Contains(c.FormattedBody, "<img") || strings.Contains(c.FormattedBody, `"><`) {
+		t.Fatalf("the notice carries the user ID's markup: %q", c.FormattedBody)
+	}
+	if !strings.Contains(c.FormattedBody, "&lt;img src=x onerror=alert(1)&gt;") || !strings.Contains(c.FormattedBody, "%22%3E%3Cimg") {
+		t.Fatalf("the notice does not name the user, escaped: %q", c.FormattedBody)
+	}
+	t.Logf("formatted body: %s", c.FormattedBody)
 }
