@@ -5,7 +5,9 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -57,6 +59,8 @@ Commands:
                                          remove them from their rooms (-offboard); the running
                                          service does it, this waits for the outcome
   wipe -config FILE -status N            wait for wipe N and show how it ended
+  admin-token -name NAME                 a new admin API token for one person, and the
+                                         admin.tokens entry (its hash) to add to the config
   devices -config FILE -user ID           the user's sessions: last seen, cross-signed or not
   roster list -config FILE               the verified clinician roster
   roster check FILE                      check a roster file (YAML or CSV; every error as file:line)
@@ -97,6 +101,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		_, err = stdout.Write(config.Example())
 	case "example-policy":
 		_, err = stdout.Write(policy.Example())
+	case "admin-token":
+		err = adminToken(args[1:], stdout, stderr)
 	case "policy":
 		if len(args) < 2 {
 			fmt.Fprint(stderr, usage)
@@ -258,7 +264,7 @@ func runService(args []string, stderr io.Writer) error {
 		}
 		// Timeouts: a slow or stalled client cannot hold connections open.
 		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
-			Handler: &admin.Server{DB: svc.DB, Chain: svc.Chain, Policy: svc.Policy.Current, Token: cfg.Admin.Token.Reveal(),
+			Handler: &admin.Server{DB: svc.DB, Chain: svc.Chain, Policy: svc.Policy.Current, Token: cfg.Admin.Token.Reveal(), People: adminPeople(cfg),
 				Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin},
 				Refused: func(reason string) {
 					svc.Metrics.AuthFailures.WithLabelValues(reason).Inc()
@@ -917,4 +923,33 @@ func configValidate(path string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, ")")
 	return 0
+}
+
+// adminPeople maps each person's admin token hash to their name.
+func adminPeople(cfg *config.Config) map[string]string {
+	m := make(map[string]string, len(cfg.Admin.Tokens))
+	for _, t := range cfg.Admin.Tokens {
+		m[t.SHA256] = t.Name
+	}
+	return m
+}
+
+// adminToken makes a new admin API token for one person: the token, to
+// give them, and the config entry with its hash. The config never holds
+// the token, so a copy of it does not let anyone in.
+func adminToken(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("admin-token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("name", "", "whose token (recorded as admin-api:NAME for every request made with it)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *name == "" {
+		return errUsage{"admin-token needs -name"}
+	}
+	tok := config.RandomToken()
+	sum := sha256.Sum256([]byte(tok))
+	fmt.Fprintf(stdout, "token for %s (give it to them; it is not stored anywhere):\n  %s\n\nadd to config.yaml under admin.tokens, then restart:\n  - name: %q\n    sha256: %s\n",
+		*name, tok, *name, hex.EncodeToString(sum[:]))
+	return nil
 }

@@ -121,14 +121,29 @@ type Exporter struct {
 // token) and the management room (off unless room is set), where the users
 // listed in users may give commands.
 type Admin struct {
-	Listen string   `yaml:"listen"`
-	Token  Secret   `yaml:"token"`
-	Room   string   `yaml:"room"`
-	Users  []string `yaml:"users"`
+	Listen string `yaml:"listen"`
+	// Token is one bearer token shared by whoever holds it: who asked is
+	// what each request says. Tokens are one per person instead, stored as
+	// SHA-256 hashes (matrix-hipaa admin-token makes one): who asked is who
+	// the token belongs to.
+	Token  Secret       `yaml:"token"`
+	Tokens []AdminToken `yaml:"tokens"`
+	Room   string       `yaml:"room"`
+	Users  []string     `yaml:"users"`
 	// TLSCertFile and TLSKeyFile (PEM), both or neither, make listen serve HTTPS.
 	TLSCertFile string `yaml:"tls_cert_file"`
 	TLSKeyFile  string `yaml:"tls_key_file"`
 }
+
+// AdminToken is one person's admin API token, kept as its SHA-256 (hex):
+// the config file never holds the token itself.
+type AdminToken struct {
+	Name   string `yaml:"name"`
+	SHA256 string `yaml:"sha256"`
+}
+
+var adminNameRE = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,64}$`)
+var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // loopback reports whether host (from host:port) can only be reached from
 // this machine.
@@ -355,8 +370,21 @@ func (c *Config) validate(d *strictyaml.Doc) {
 			// in clear.
 			d.Errorf("admin.listen", "admin.listen %q is not a loopback address: set admin.tls_cert_file and admin.tls_key_file, or listen on 127.0.0.1", c.Admin.Listen)
 		}
-		if len(c.Admin.Token.Reveal()) < 32 {
-			d.Errorf("admin.token", "admin.token must be at least 32 random characters when admin.listen is set")
+		if len(c.Admin.Token.Reveal()) < 32 && (c.Admin.Token.Set() || len(c.Admin.Tokens) == 0) {
+			d.Errorf("admin.token", "admin.token must be at least 32 random characters when admin.listen is set (or list per-person admin.tokens instead)")
+		}
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Admin.Tokens {
+		at := fmt.Sprintf("admin.tokens[%d]", i)
+		if !adminNameRE.MatchString(t.Name) {
+			d.Errorf(at+".name", "%s.name %q must be 1-64 letters, digits or ._@-", at, t.Name)
+		} else if seen[t.Name] {
+			d.Errorf(at+".name", "%s.name %q is listed twice", at, t.Name)
+		}
+		seen[t.Name] = true
+		if !sha256HexRE.MatchString(t.SHA256) {
+			d.Errorf(at+".sha256", "%s.sha256 must be the token's SHA-256 in 64 lowercase hex digits (matrix-hipaa admin-token -name NAME prints it)", at)
 		}
 	}
 	if c.Admin.Room != "" && (c.Admin.Room[0] != '!' || !strings.Contains(c.Admin.Room, ":")) {

@@ -79,6 +79,9 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"management room not a room ID", "  room: \"\"\n  users: []", "  room: \"#admins:hs\"\n  users: [\"@a:hs\"]", `admin.room "#admins:hs" is not a room ID`},
 		{"management room without admins", "  room: \"\"\n  users: []", "  room: \"!admins:hs\"\n  users: []", "admin.room is set but admin.users lists no one"},
 		{"admin not a user ID", "  room: \"\"\n  users: []", "  room: \"!admins:hs\"\n  users: [\"@a:hs\", \"bob\"]", `admin.users: "bob" is not a user ID`},
+		{"admin token hash not hex", "  tokens: []", "  tokens: [{name: alice, sha256: secret}]", "admin.tokens[0].sha256 must be the token's SHA-256"},
+		{"admin token name twice", "  tokens: []", "  tokens: [{name: alice, sha256: " + strings.Repeat("a", 64) + "}, {name: alice, sha256: " + strings.Repeat("b", 64) + "}]", `admin.tokens[1].name "alice" is listed twice`},
+		{"admin token name with spaces", "  tokens: []", "  tokens: [{name: \"dr who\", sha256: " + strings.Repeat("a", 64) + "}]", `admin.tokens[0].name "dr who" must be`},
 		{"admin API in clear beyond loopback", "  listen: \"\"\n  token: \"\"", "  listen: 0.0.0.0:29332\n  token: 0123456789abcdef0123456789abcdef", `admin.listen "0.0.0.0:29332" is not a loopback address: set admin.tls_cert_file`},
 		{"admin listen not host:port", "  listen: \"\"\n  token: \"\"", "  listen: nowhere\n  token: 0123456789abcdef0123456789abcdef", `admin.listen "nowhere" is not host:port`},
 		{"expire as someone else", "expire_as: sender", "expire_as: admin", `jobs.expire_as must be sender or bot, not "admin"`},
@@ -313,4 +316,22 @@ func TestHostileUserNamespaceIsAnchored(t *testing.T) {
 	c := &Config{}
 	c.Homeserver.Domain = "example.org"
 	checkUserNamespace(t, c.Registration().Namespaces.Users[0].Regex)
+}
+
+// Per-person admin tokens stand in for the shared one.
+func TestAdminTokensWithoutASharedOne(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	data := strings.Replace(strings.Replace(string(Example()), "  listen: \"\"\n  token: \"\"", "  listen: 127.0.0.1:29332\n  token: \"\"", 1),
+		"  tokens: []", "  tokens: [{name: alice, sha256: "+strings.Repeat("a", 64)+"}]", 1)
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Admin.Tokens) != 1 || c.Admin.Tokens[0].Name != "alice" {
+		t.Fatalf("tokens %+v", c.Admin.Tokens)
+	}
 }

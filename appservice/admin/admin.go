@@ -15,8 +15,11 @@
 package admin
 
 import (
+	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,7 +41,11 @@ type Server struct {
 	DB     *store.DB
 	Chain  *audit.Chain
 	Policy func() *policy.Policy
+	// Token is the shared token (may be empty); People maps each
+	// person's token's SHA-256 (hex) to their name. A person's requests are
+	// recorded as theirs, whatever the request says.
 	Token  string
+	People map[string]string
 	// Guard protects the bot, administrators and other servers' users
 	// from wipes that are not forced.
 	Guard appservice.WipeGuard
@@ -71,15 +78,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	switch {
-	case !ok || token == "":
+	if !ok || token == "" {
 		s.refused("missing")
 		fail(w, http.StatusUnauthorized, "M_MISSING_TOKEN", "an admin token is required")
 		return
-	case subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) != 1:
+	}
+	person, known := s.person(token)
+	if !known {
 		s.refused("wrong")
 		fail(w, http.StatusForbidden, "M_FORBIDDEN", "wrong admin token")
 		return
+	}
+	if person != "" {
+		r = r.WithContext(context.WithValue(r.Context(), personKey{}, person))
 	}
 	path := strings.TrimPrefix(r.URL.Path, "/_hipaa/admin/v1")
 	switch {
@@ -115,8 +126,31 @@ func (s *Server) refused(reason string) {
 	}
 }
 
-// actor is who asked: the body's "by", else the X-Hipaa-Actor header.
+type personKey struct{}
+
+// person finds whose token this is: a person's name, or "" for the shared
+// token. Every hash is compared in constant time.
+func (s *Server) person(token string) (string, bool) {
+	sum := sha256.Sum256([]byte(token))
+	hash := []byte(hex.EncodeToString(sum[:]))
+	name, found := "", false
+	for h, n := range s.People {
+		if subtle.ConstantTimeCompare(hash, []byte(h)) == 1 {
+			name, found = n, true
+		}
+	}
+	if !found && s.Token != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) == 1 {
+		found = true
+	}
+	return name, found
+}
+
+// actor is who asked: the owner of a person's token; with the shared token,
+// the body's "by", else the X-Hipaa-Actor header.
 func actor(r *http.Request, by string) (string, error) {
+	if p, ok := r.Context().Value(personKey{}).(string); ok && p != "" {
+		return "admin-api:" + p, nil
+	}
 	if by == "" {
 		by = r.Header.Get("X-Hipaa-Actor")
 	}

@@ -3,6 +3,8 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -209,5 +211,35 @@ func TestAdminRoster(t *testing.T) {
 				t.Fatalf("list after revoking: %d %v", code, out)
 			}
 		})
+	}
+}
+
+// One token per person: whoever holds alice's token is recorded as alice,
+// whatever the request says it is; she need not say who she is; a token not
+// on the list is refused. The shared token still names who the request says.
+func TestAdminPerPersonTokens(t *testing.T) {
+	s, _ := newServer(t, "sqlite3")
+	aliceToken := "alice-token-0123456789abcdef0123456789abcdef"
+	sum := sha256.Sum256([]byte(aliceToken))
+	s.People = map[string]string{hex.EncodeToString(sum[:]): "alice"}
+	if code, out := call(t, s, "POST", "/_hipaa/admin/v1/holds", aliceToken, `{"room_id":"!a:h","reason":"litigation","by":"mallory"}`); code != 201 {
+		t.Fatalf("hold with alice's token: %d %v", code, out)
+	}
+	if code, out := call(t, s, "GET", "/_hipaa/admin/v1/holds", aliceToken, ""); code != 200 {
+		t.Fatalf("list with alice's token, not saying who: %d %v", code, out)
+	}
+	if code, _ := call(t, s, "GET", "/_hipaa/admin/v1/holds", aliceToken+"x", "", "X-Hipaa-Actor", "alice"); code != 403 {
+		t.Fatalf("a token not on the list: %d", code)
+	}
+	if code, _ := call(t, s, "GET", "/_hipaa/admin/v1/holds", token, "", "X-Hipaa-Actor", "noc"); code != 200 {
+		t.Fatalf("shared token: %d", code)
+	}
+	var buf bytes.Buffer
+	if _, err := audit.ExportJSONL(context.Background(), s.DB, audit.Range{}, &buf); err != nil {
+		t.Fatal(err)
+	}
+	export := buf.String()
+	if strings.Contains(export, "mallory") || strings.Count(export, `"actor":"admin-api:alice"`) != 2 || !strings.Contains(export, `"actor":"admin-api:noc"`) {
+		t.Fatalf("audit trail names the wrong people:\n%s", export)
 	}
 }

@@ -64,7 +64,7 @@ type Options struct {
 	// the room keys clients share with it for every other room are dropped
 	// as they arrive.
 	ReadRoom string
-	Log   zerolog.Logger
+	Log      zerolog.Logger
 }
 
 // Bot is the E2EE bot. Its methods are safe for concurrent use.
