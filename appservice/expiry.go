@@ -299,12 +299,17 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 // messages only, unless the room's policy says retroactive: then waiting
 // messages get the new lifetime too (none: they are kept). It returns how
 // many it changed.
+//
+// Only the policy's own lifetime is applied here. Where a room's own
+// (honoured) retention makes it shorter, a room_retention job is queued
+// instead: it confirms the room's state and holds a change that would end
+// too many messages at once, so a policy reload is no way around that.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
 	links, err := loadLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
-	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, ''), COALESCE(r.max_lifetime_ms, 0)
+	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, ''), COALESCE(r.max_lifetime_ms, 0), COALESCE(r.creator, '')
 		FROM (SELECT DISTINCT room_id FROM expiry WHERE state = 'pending') e LEFT JOIN room_state r ON r.room_id = e.room_id`)
 	if err != nil {
 		return 0, err
@@ -315,17 +320,22 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 		retroactive bool
 	}
 	var changes []change
+	var confirm []JobSpec
 	for rows.Next() {
-		var room, aliases, spaces string
+		var room, aliases, spaces, creator string
 		var roomMax int64
-		if err := rows.Scan(&room, &aliases, &spaces, &roomMax); err != nil {
+		if err := rows.Scan(&room, &aliases, &spaces, &roomMax, &creator); err != nil {
 			rows.Close()
 			return 0, err
 		}
 		eff := pol.For(policyRoom(room, splitList(aliases), splitList(spaces), links))
-		life := eff.Lifetime(roomMax)
+		life := eff.Lifetime(0)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})
+		}
+		if own := eff.Lifetime(roomMax); own > 0 && (life == 0 || own < life) {
+			payload, _ := json.Marshal(actionPayload{Room: room, ActAs: creator, Value: strconv.FormatInt(roomMax, 10)})
+			confirm = append(confirm, JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:policy:" + pol.Hash + ":" + room, Payload: payload, DryRun: eff.DryRun})
 		}
 	}
 	rows.Close()
@@ -334,6 +344,9 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 	}
 	var moved int64
 	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		if err := Enqueue(ctx, db, tx, time.Now(), confirm...); err != nil {
+			return err
+		}
 		for _, c := range changes {
 			q := `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`
 			args := []any{c.lifetime, c.room}

@@ -133,3 +133,31 @@ func TestHostileRoomRetentionCannotWipeHistoryAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// A policy reload is no way around the hold: where a room's own retention
+// makes the lifetime shorter, the reload applies only the policy's own
+// lifetime and queues a room_retention job, which confirms and holds.
+func TestPolicyReloadDoesNotBypassTheRetentionHold(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	ctx := context.Background()
+	t0 := p.clock.Now().UnixMilli()
+	p.exec(t, `INSERT INTO room_state (room_id, creator, updated_at, max_lifetime_ms) VALUES ('!ward:h', '@mallory:h', 0, 3600000)`)
+	for i := range 200 {
+		p.exec(t, `INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state) VALUES ($1, '!ward:h', '@doc:h', $2, $3, 'pending')`,
+			fmt.Sprintf("$m%d", i), t0-2*3600000, t0+30*86400000)
+	}
+	pol, err := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\n  room_retention: honour\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := RescheduleExpiries(ctx, p.db, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 200 || p.count(t, `SELECT COUNT(*) FROM expiry WHERE due_at <= $1`, t0) != 0 {
+		t.Fatalf("%d rescheduled; %d due at once, want none (the room's hour is not applied by a reload)", n, p.count(t, `SELECT COUNT(*) FROM expiry WHERE due_at <= $1`, t0))
+	}
+	if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'room_retention'`); c != 1 {
+		t.Fatalf("%d room_retention jobs queued, want 1", c)
+	}
+}
