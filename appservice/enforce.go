@@ -150,9 +150,14 @@ func (d *PolicyDecider) actorFor(a policy.Action) policy.Action {
 
 // sameServer reports whether two Matrix IDs are on one server.
 func sameServer(a, b string) bool {
-	_, sa, okA := strings.Cut(a, ":")
-	_, sb, okB := strings.Cut(b, ":")
-	return okA && okB && sa == sb
+	sa := serverOf(a)
+	return sa != "" && sa == serverOf(b)
+}
+
+// serverOf is a Matrix ID's server name ("" if it has none).
+func serverOf(mxid string) string {
+	_, s, _ := strings.Cut(mxid, ":")
+	return s
 }
 
 // jobFor turns a policy action in a room into its durable job and the

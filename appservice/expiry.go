@@ -328,7 +328,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(policyRoom(room, splitList(aliases), splitList(spaces), links))
+		eff := pol.For(policyRoom(room, splitList(aliases), splitList(spaces), links[room]))
 		life := eff.Lifetime(0)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})

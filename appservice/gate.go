@@ -77,7 +77,7 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 		if err != nil {
 			return err
 		}
-		settings := g.Policy().For(rooms[p.Room].PolicyRoom(map[string]RoomLinks{p.Room: links}))
+		settings := g.Policy().For(rooms[p.Room].PolicyRoom(links))
 		entry, err := LookupClinician(ctx, r.db, p.User)
 		if err != nil {
 			return err
@@ -241,7 +241,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 			rows.Close()
 			return 0, err
 		}
-		if e := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links)); e.Members == policy.MembersVerified {
+		if e := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id])); e.Members == policy.MembersVerified {
 			rooms = append(rooms, gated{id, creator, e})
 		}
 	}

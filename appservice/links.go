@@ -28,17 +28,22 @@ type RoomLinks struct{ Aliases, Spaces []string }
 
 // policyRoom is a room as policy matches it: what its state claims, and
 // what of that (or of earlier claims still true) the homeserver confirmed.
-func policyRoom(id string, aliases, spaces []string, links map[string]RoomLinks) policy.Room {
-	l := links[id]
+func policyRoom(id string, aliases, spaces []string, l RoomLinks) policy.Room {
 	return policy.Room{ID: id, Aliases: aliases, Spaces: spaces, VerifiedAliases: l.Aliases, VerifiedSpaces: l.Spaces}
 }
 
-// loadLinks reads every confirmed link, or (rooms given) those of the rooms.
-func loadLinks(ctx context.Context, db *store.DB, rooms ...string) (map[string]RoomLinks, error) {
-	q, args := `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`, []any(nil)
-	if len(rooms) == 1 {
-		q, args = `SELECT room_id, kind, value FROM room_link WHERE room_id = $1 ORDER BY kind, value`, []any{rooms[0]}
-	}
+// loadLinks reads every confirmed link.
+func loadLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, error) {
+	return queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`)
+}
+
+// loadRoomLinks reads one room's confirmed links.
+func loadRoomLinks(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
+	m, err := queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link WHERE room_id = $1 ORDER BY kind, value`, room)
+	return m[room], err
+}
+
+func queryLinks(ctx context.Context, db *store.DB, q string, args ...any) (map[string]RoomLinks, error) {
 	rows, err := db.R.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -78,16 +83,13 @@ func LoadLinks(ctx context.Context, db *store.DB) (*Links, error) {
 }
 
 // Of is a room's confirmed links (nil-safe: none).
-func (l *Links) Of(room string) map[string]RoomLinks {
+func (l *Links) Of(room string) RoomLinks {
 	if l == nil {
-		return nil
+		return RoomLinks{}
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if v, ok := l.m[room]; ok {
-		return map[string]RoomLinks{room: v}
-	}
-	return nil
+	return l.m[room]
 }
 
 func (l *Links) set(room string, v RoomLinks) {
@@ -144,9 +146,8 @@ func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot st
 		if err := json.Unmarshal(j.Payload, &p); err != nil {
 			return Permanent(fmt.Errorf("bad job payload: %w", err))
 		}
-		var creator, knownAliases, knownSpaces string
-		if err := r.db.R.QueryRowContext(ctx, `SELECT creator, aliases, spaces FROM room_state WHERE room_id = $1`, p.Room).
-			Scan(&creator, &knownAliases, &knownSpaces); err != nil && err != sql.ErrNoRows {
+		creator, knownAliases, knownSpaces, err := roomClaims(ctx, r.db, p.Room)
+		if err != nil {
 			return err
 		}
 		state, err := firstAllowed(localActors(bot, creator, p.ActAs), func(u string) ([]json.RawMessage, error) { return hs.RoomState(ctx, u, p.Room) })
@@ -157,7 +158,7 @@ func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot st
 		case errors.Is(err, mautrix.MForbidden) || errors.Is(err, mautrix.MNotFound):
 			// No local member can read it now: check the claims as the
 			// service last saw them.
-			aliases, spaces = splitList(knownAliases), splitList(knownSpaces)
+			aliases, spaces = knownAliases, knownSpaces
 		default:
 			return err
 		}
@@ -243,8 +244,8 @@ func claimedLinks(state []json.RawMessage) (aliases, spaces []string) {
 // m.space.child for it with a via list), read as a local member of the space:
 // its creator if the service knows it, whoever triggered the check, or the bot.
 func spaceLists(ctx context.Context, db *store.DB, hs LinkHomeserver, bot, actAs, space, room string) (bool, error) {
-	var creator string
-	if err := db.R.QueryRowContext(ctx, `SELECT creator FROM room_state WHERE room_id = $1`, space).Scan(&creator); err != nil && err != sql.ErrNoRows {
+	creator, _, _, err := roomClaims(ctx, db, space)
+	if err != nil {
 		return false, err
 	}
 	content, err := firstAllowed(localActors(bot, creator, actAs), func(u string) (map[string]any, error) {
@@ -288,11 +289,6 @@ func firstAllowed[T any](actors []string, f func(string) (T, error)) (T, error) 
 		}
 	}
 	return zero, err
-}
-
-func loadRoomLinks(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
-	m, err := loadLinks(ctx, db, room)
-	return m[room], err
 }
 
 func uniq(l []string) []string {

@@ -90,7 +90,7 @@ func TestHostileClaimedLinksAreVerified(t *testing.T) {
 			}
 			p.enqueue(t, job)
 			p.runDue(t)
-			got := links.Of(room)[room]
+			got := links.Of(room)
 			if fmt.Sprint(got.Aliases) != "[#icu-1:h]" || fmt.Sprint(got.Spaces) != "[!listing:h]" || enrolled != 1 {
 				t.Fatalf("confirmed %+v (enrolment ran %d times), want only #icu-1:h and !listing:h", got, enrolled)
 			}
@@ -107,7 +107,7 @@ func TestHostileClaimedLinksAreVerified(t *testing.T) {
 			job, _ = linkJob(child, nil)
 			p.enqueue(t, job)
 			p.runDue(t)
-			got = links.Of(room)[room]
+			got = links.Of(room)
 			if fmt.Sprint(got.Aliases) != "[#icu-1:h]" || len(got.Spaces) != 0 {
 				t.Fatalf("after the space dropped the room: %+v", got)
 			}

@@ -62,9 +62,8 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 		if err != nil {
 			return Permanent(fmt.Errorf("bad job payload: %w", err))
 		}
-		var creator, aliases, spaces string
-		if err := r.db.R.QueryRowContext(ctx, `SELECT creator, aliases, spaces FROM room_state WHERE room_id = $1`, p.Room).
-			Scan(&creator, &aliases, &spaces); err != nil && err != sql.ErrNoRows {
+		creator, aliases, spaces, err := roomClaims(ctx, r.db, p.Room)
+		if err != nil {
 			return err
 		}
 		content, err := firstAllowed(localActors(bot, creator, p.ActAs), func(u string) (map[string]any, error) {
@@ -74,10 +73,7 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 		switch {
 		case err == nil:
 			if v, ok := content["max_lifetime"].(float64); ok && v > 0 {
-				confirmed = policy.MaxLifetime.Milliseconds()
-				if v < float64(policy.MaxLifetime.Milliseconds()) {
-					confirmed = policy.RoomLifetime(int64(v)).Milliseconds()
-				}
+				confirmed = policy.RoomLifetimeMs(v)
 			}
 		case errors.Is(err, mautrix.MNotFound):
 		case errors.Is(err, mautrix.MForbidden):
@@ -89,11 +85,11 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 		keys := r.chain.Keys()
 		rec := &audit.Record{Type: audit.TypePolicyDecision, Outcome: audit.OutcomeSuccess, Room: keys.Room(p.Room), EventID: p.EventID,
 			EventType: "m.room.retention", Action: "retention_change", PolicyVersion: cur.Hash}
-		links, err := loadLinks(ctx, r.db, p.Room)
+		links, err := loadRoomLinks(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}
-		eff := cur.For(policyRoom(p.Room, splitList(aliases), splitList(spaces), links))
+		eff := cur.For(policyRoom(p.Room, aliases, spaces, links))
 		if confirmed != want {
 			// Soft-failed, resolved away or redacted: undo what the change
 			// did to the messages received since, which took its lifetime.

@@ -58,7 +58,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		r := get(id)
 		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		r.EncryptionRequired = pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links)).Encryption == policy.EncryptionRequired
+		r.EncryptionRequired = pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id])).Encryption == policy.EncryptionRequired
 		return nil
 	})
 	if err != nil {

@@ -37,7 +37,7 @@ func (r *RoomInfo) Fresh() bool { return r.fresh }
 
 // PolicyRoom is the room as policy matches it: its claims, and of them
 // what links (from room_link) confirms.
-func (r *RoomInfo) PolicyRoom(links map[string]RoomLinks) policy.Room {
+func (r *RoomInfo) PolicyRoom(links RoomLinks) policy.Room {
 	return policyRoom(r.ID, r.Aliases, r.Spaces, links)
 }
 
@@ -82,12 +82,9 @@ func (r *RoomInfo) Apply(e *Event) {
 		prev := r.State.MaxLifetime
 		r.State.MaxLifetime = 0
 		if v := c.Get("max_lifetime"); v.Type == gjson.Number && v.Num > 0 {
-			// Clamped, never wrapped: 2^64-1 (which Int() makes negative)
-			// is the longest lifetime, not none, and not a tiny one.
-			r.State.MaxLifetime = policy.RoomLifetime(policy.MaxLifetime.Milliseconds()).Milliseconds()
-			if v.Num < float64(policy.MaxLifetime.Milliseconds()) {
-				r.State.MaxLifetime = policy.RoomLifetime(v.Int()).Milliseconds()
-			}
+			// Clamped, never wrapped: 2^64-1 is the longest lifetime, not
+			// none, and not a tiny one.
+			r.State.MaxLifetime = policy.RoomLifetimeMs(v.Num)
 		}
 		r.prevMaxLifetime, r.retentionChanged = prev, prev != r.State.MaxLifetime
 		r.retentionEvent = e.ID
@@ -180,6 +177,18 @@ func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*Roo
 		out[id] = r
 	}
 	return out, nil
+}
+
+// roomClaims is a room's creator and the aliases and parent spaces its
+// state claims, as the dispatcher last stored them (none for a room it does
+// not know).
+func roomClaims(ctx context.Context, db *store.DB, room string) (creator string, aliases, spaces []string, err error) {
+	var a, s string
+	err = db.R.QueryRowContext(ctx, `SELECT creator, aliases, spaces FROM room_state WHERE room_id = $1`, room).Scan(&creator, &a, &s)
+	if err == sql.ErrNoRows {
+		err = nil
+	}
+	return creator, splitList(a), splitList(s), err
 }
 
 // saveRooms writes back the rooms that changed, inside tx.

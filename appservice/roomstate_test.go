@@ -73,7 +73,7 @@ func TestRoomStateTracking(t *testing.T) {
 			}
 			// Policy matches the room by its tracked alias and space.
 			pol, _ := policy.Parse("p.yaml", []byte("version: 1\nrooms:\n  - alias: \"#icu-*:h\"\n    retention: 1h\n  - space: \"!hospital:h\"\n    dry_run: true\n"))
-			e := pol.For(r.PolicyRoom(map[string]RoomLinks{room: {Aliases: []string{"#icu-1:h"}, Spaces: []string{"!hospital:h"}}}))
+			e := pol.For(r.PolicyRoom(RoomLinks{Aliases: []string{"#icu-1:h"}, Spaces: []string{"!hospital:h"}}))
 			if e.Retention.D().Hours() != 1 || !e.DryRun {
 				t.Fatalf("policy for tracked room: %+v", e)
 			}

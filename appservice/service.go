@@ -187,6 +187,7 @@ func Listen(addr, certFile, keyFile string, log zerolog.Logger) (net.Listener, e
 // records; if the start record cannot be written the service does not start.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.DB.Close()
+	defer s.DB.TruncateWAL() // last, just before the database closes
 	if err := s.Chain.AppendTx(ctx, s.DB, &audit.Record{Type: audit.TypeServiceStart, Outcome: audit.OutcomeSuccess, Detail: fmt.Sprintf("schema-%d", store.LatestVersion())}); err != nil {
 		return fmt.Errorf("cannot write the audit trail, refusing to start: %w", err)
 	}

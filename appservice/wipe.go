@@ -60,7 +60,7 @@ func (g WipeGuard) check(w Wipe) error {
 		who = "the service's own bot"
 	case g.Admin != nil && g.Admin(w.User):
 		who = "an administrator"
-	case !sameServer(w.User, "@_:"+g.Domain):
+	case serverOf(w.User) != g.Domain:
 		who = "a user of another server"
 	default:
 		return nil
@@ -353,7 +353,7 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		if w.Scope == "all" || pol.For(policyRoom(m.room, splitList(aliases), splitList(spaces), links)).Encryption == policy.EncryptionRequired {
+		if w.Scope == "all" || pol.For(policyRoom(m.room, splitList(aliases), splitList(spaces), links[m.room])).Encryption == policy.EncryptionRequired {
 			todo = append(todo, m)
 		}
 	}

@@ -158,6 +158,15 @@ func RoomLifetime(ms int64) time.Duration {
 	return time.Duration(ms) * time.Millisecond
 }
 
+// RoomLifetimeMs is a max_lifetime as a JSON number gives it (a float64,
+// which may be far past int64), clamped to [0, MaxLifetime] in ms.
+func RoomLifetimeMs(v float64) int64 {
+	if v >= float64(MaxLifetime.Milliseconds()) {
+		return MaxLifetime.Milliseconds()
+	}
+	return RoomLifetime(int64(v)).Milliseconds()
+}
+
 // Load reads and validates a policy file.
 func Load(file string) (*Policy, error) {
 	data, err := os.ReadFile(file)
@@ -182,8 +191,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 	base.apply(&p.Defaults, "defaults")
 	for i := range p.Rooms {
 		o := &p.Rooms[i]
-		o.loosens = o.looserThan(base)
-		o.tightening = o.Settings.without(o.loosens)
+		o.loosens, o.tightening = o.Settings.split(base)
 	}
 	p.mayExpire = setsLifetime(&p.Defaults)
 	for i := range p.Rooms {
@@ -434,64 +442,37 @@ func (p *Policy) Warnings() []string {
 // looserThan lists the knobs s sets looser than base. Lifetimes count both
 // ways: a longer one keeps PHI, a shorter one deletes the record.
 func (s *Settings) looserThan(base Effective) []string {
-	var out []string
-	add := func(cond bool, knob string) {
-		if cond {
-			out = append(out, knob)
-		}
-	}
-	add(s.Encryption != nil && *s.Encryption == EncryptionOptional && base.Encryption == EncryptionRequired, "encryption")
-	add(s.Plaintext != nil && plaintextRank[*s.Plaintext] < plaintextRank[base.Plaintext], "plaintext")
-	add(s.Attachments != nil && *s.Attachments == AttachmentsAllow && base.Attachments != AttachmentsAllow, "attachments")
-	add(s.PublicRooms != nil && *s.PublicRooms == Allow && base.PublicRooms != Allow, "public_rooms")
-	add(s.GuestAccess != nil && *s.GuestAccess == Allow && base.GuestAccess != Allow, "guest_access")
-	add(s.Retention != nil && *s.Retention != base.Retention, "retention")
-	add(s.RoomRetention != nil && *s.RoomRetention != base.RoomRetention, "room_retention")
-	add(s.RetentionMin != nil && *s.RetentionMin != base.RetentionMin, "retention_min")
-	add(s.RetentionMax != nil && *s.RetentionMax != base.RetentionMax, "retention_max")
-	add(s.Retroactive != nil && *s.Retroactive != base.Retroactive, "retroactive")
-	add(s.DryRun != nil && *s.DryRun && !base.DryRun, "dry_run")
-	add(s.Members != nil && *s.Members == MembersAny && base.Members == MembersVerified, "members")
-	add(s.Roles != nil && !rolesWithin(*s.Roles, base.Roles), "roles")
-	add(s.PlaintextAllowedTypes != nil && !within(*s.PlaintextAllowedTypes, base.PlaintextAllowedTypes), "plaintext_allowed_types")
-	return out
+	knobs, _ := s.split(base)
+	return knobs
 }
 
-// without is s with the named knobs unset.
-func (s Settings) without(knobs []string) Settings {
-	for _, k := range knobs {
-		switch k {
-		case "encryption":
-			s.Encryption = nil
-		case "plaintext":
-			s.Plaintext = nil
-		case "attachments":
-			s.Attachments = nil
-		case "public_rooms":
-			s.PublicRooms = nil
-		case "guest_access":
-			s.GuestAccess = nil
-		case "retention":
-			s.Retention = nil
-		case "room_retention":
-			s.RoomRetention = nil
-		case "retention_min":
-			s.RetentionMin = nil
-		case "retention_max":
-			s.RetentionMax = nil
-		case "retroactive":
-			s.Retroactive = nil
-		case "dry_run":
-			s.DryRun = nil
-		case "members":
-			s.Members = nil
-		case "roles":
-			s.Roles = nil
-		case "plaintext_allowed_types":
-			s.PlaintextAllowedTypes = nil
+// split divides s against base: the knobs it sets looser (or, for
+// lifetimes, differently), and s without them, which is what applies on a
+// room's unconfirmed claim.
+func (s *Settings) split(base Effective) (loose []string, tightening Settings) {
+	tightening = *s
+	add := func(cond bool, knob string, unset func(*Settings)) {
+		if cond {
+			loose = append(loose, knob)
+			unset(&tightening)
 		}
 	}
-	return s
+	add(s.Encryption != nil && *s.Encryption == EncryptionOptional && base.Encryption == EncryptionRequired, "encryption", func(t *Settings) { t.Encryption = nil })
+	add(s.Plaintext != nil && plaintextRank[*s.Plaintext] < plaintextRank[base.Plaintext], "plaintext", func(t *Settings) { t.Plaintext = nil })
+	add(s.Attachments != nil && *s.Attachments == AttachmentsAllow && base.Attachments != AttachmentsAllow, "attachments", func(t *Settings) { t.Attachments = nil })
+	add(s.PublicRooms != nil && *s.PublicRooms == Allow && base.PublicRooms != Allow, "public_rooms", func(t *Settings) { t.PublicRooms = nil })
+	add(s.GuestAccess != nil && *s.GuestAccess == Allow && base.GuestAccess != Allow, "guest_access", func(t *Settings) { t.GuestAccess = nil })
+	add(s.Retention != nil && *s.Retention != base.Retention, "retention", func(t *Settings) { t.Retention = nil })
+	add(s.RoomRetention != nil && *s.RoomRetention != base.RoomRetention, "room_retention", func(t *Settings) { t.RoomRetention = nil })
+	add(s.RetentionMin != nil && *s.RetentionMin != base.RetentionMin, "retention_min", func(t *Settings) { t.RetentionMin = nil })
+	add(s.RetentionMax != nil && *s.RetentionMax != base.RetentionMax, "retention_max", func(t *Settings) { t.RetentionMax = nil })
+	add(s.Retroactive != nil && *s.Retroactive != base.Retroactive, "retroactive", func(t *Settings) { t.Retroactive = nil })
+	add(s.DryRun != nil && *s.DryRun && !base.DryRun, "dry_run", func(t *Settings) { t.DryRun = nil })
+	add(s.Members != nil && *s.Members == MembersAny && base.Members == MembersVerified, "members", func(t *Settings) { t.Members = nil })
+	add(s.Roles != nil && !rolesWithin(*s.Roles, base.Roles), "roles", func(t *Settings) { t.Roles = nil })
+	add(s.PlaintextAllowedTypes != nil && !within(*s.PlaintextAllowedTypes, base.PlaintextAllowedTypes), "plaintext_allowed_types",
+		func(t *Settings) { t.PlaintextAllowedTypes = nil })
+	return loose, tightening
 }
 
 var plaintextRank = map[Plaintext]int{PlaintextAllow: 0, PlaintextWarn: 1, PlaintextRedact: 2}

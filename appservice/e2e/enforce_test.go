@@ -126,9 +126,7 @@ func TestPlainMediaRedactedAndReported(t *testing.T) {
 func TestExistingRoomDiscoveredAndEnrolled(t *testing.T) {
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
-	dir := filepath.Dir(st.ServiceConfig)
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  encryption: optional\n"))
-	policyFile := filepath.Join(dir, "policy.yaml")
 	alice := newUser(t, st, "alice")
 	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if err != nil {
@@ -137,16 +135,7 @@ func TestExistingRoomDiscoveredAndEnrolled(t *testing.T) {
 	waitAudited(t, st, []id.EventID{mustCreateEvent(t, alice, room.RoomID)}, 30*time.Second)
 
 	// A new installation: empty database, strict policy.
-	st.StopService()
-	for _, f := range []string{"matrix-hipaa.db", "matrix-hipaa.db-wal", "matrix-hipaa.db-shm", "audit-checkpoints.jsonl"} {
-		os.Remove(filepath.Join(dir, f))
-	}
-	if err := os.WriteFile(policyFile, policy.Example(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.StartService(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reinstall(t, st)
 	if _, err := alice.SendMessageEvent(ctx, room.RoomID, event.Type{Type: "org.example.ping", Class: event.MessageEventType}, map[string]any{}); err != nil {
 		t.Fatal(err)
 	}
@@ -170,4 +159,21 @@ func mustCreateEvent(t *testing.T, cli *mautrix.Client, room id.RoomID) id.Event
 		t.Fatal(err)
 	}
 	return evs[event.StateCreate][""].ID
+}
+
+// reinstall restarts the service as a new installation would start: no
+// database, no checkpoint file, the example (strict) policy.
+func reinstall(t *testing.T, st *devstack.Stack) {
+	t.Helper()
+	dir := filepath.Dir(st.ServiceConfig)
+	st.StopService()
+	for _, f := range []string{"matrix-hipaa.db", "matrix-hipaa.db-wal", "matrix-hipaa.db-shm", "audit-checkpoints.jsonl"} {
+		os.Remove(filepath.Join(dir, f))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartService(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }

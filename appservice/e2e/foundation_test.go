@@ -233,11 +233,7 @@ func tokensIn(cfg string) []string {
 // stored, as the database holds them.
 func auditTables(t *testing.T, st *devstack.Stack) []byte {
 	t.Helper()
-	db, err := sql.Open("sqlite3", "file:"+filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := serviceDB(t, st, "mode=ro")
 	var buf bytes.Buffer
 	for _, q := range []string{`SELECT seq, ts, rec, mac FROM audit`, `SELECT seq, mac FROM audit_head`, `SELECT kind, dedupe_key, payload, last_error FROM job`} {
 		rows, err := db.Query(q)

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -69,7 +71,8 @@ func onEachDatabase(t *testing.T, test func(*testing.T, *devstack.Stack)) {
 	}
 }
 
-// startStack brings up Dendrite and matrix-hipaa for one test.
+// startStack brings up Dendrite and matrix-hipaa for one test (Dendrite
+// alone with NoAppService).
 func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
 	t.Helper()
 	opts.StateDir = t.TempDir()
@@ -84,12 +87,17 @@ func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
 	t.Cleanup(func() {
 		st.Stop()
 		if t.Failed() {
-			dumpTail(t, "matrix-hipaa log", st.ServiceLog)
-			dumpTail(t, "dendrite log", st.DendriteLog)
+			if !opts.NoAppService {
+				dumpTail(t, "matrix-hipaa log", st.ServiceLog)
+			}
+			dumpTail(t, "dendrite log ("+st.Opts.ServerName+")", st.DendriteLog)
 		}
 	})
 	if err := st.StartDendrite(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if opts.NoAppService {
+		return st // a homeserver alone: another server, for federation tests
 	}
 	if err := st.StartService(ctx); err != nil {
 		t.Fatal(err)
@@ -248,3 +256,43 @@ func setPolicy(t *testing.T, st *devstack.Stack, yaml []byte) {
 
 // adminToken is the admin HTTP API's bearer token in tests that turn it on.
 const adminToken = "admin-token-for-e2e-0123456789abcdef"
+
+// serviceDB opens the service's SQLite database beside its config (params
+// are DSN options, e.g. "mode=ro"); it is closed when the test ends.
+func serviceDB(t *testing.T, st *devstack.Stack, params string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")+"?"+params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// botOf is the service's bot user, as its config names it.
+func botOf(t *testing.T, st *devstack.Stack) id.UserID {
+	t.Helper()
+	cfg, err := config.Load(st.ServiceConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.UserID(cfg.BotMXID())
+}
+
+// enrolledRoom creates a private room as u (inviting invite) and waits until
+// policy has made it encrypted and the bot has joined.
+func enrolledRoom(t *testing.T, st *devstack.Stack, u *e2eeUser, invite ...id.UserID) id.RoomID {
+	t.Helper()
+	ctx := context.Background()
+	bot := botOf(t, st)
+	room, err := u.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: invite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bot in the enrolled room", func() bool {
+		m, err := u.JoinedMembers(ctx, room.RoomID)
+		enc, _ := u.StateStore.IsEncrypted(ctx, room.RoomID)
+		return err == nil && hasMember(m, bot) && enc
+	})
+	return room.RoomID
+}

@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
 
-	_ "github.com/mattn/go-sqlite3"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto/cryptohelper"
 	"maunium.net/go/mautrix/event"
@@ -35,11 +33,7 @@ func TestRedTeamDatabaseWriterCannotQueueActions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite3", "file:"+filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")+"?_busy_timeout=10000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := serviceDB(t, st, "_busy_timeout=10000")
 	payload := fmt.Sprintf(`{"room":%q,"event_id":%q,"act_as":%q,"reason":"x"}`, room.RoomID, msg.EventID, alice.UserID)
 	if _, err := db.Exec(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at, priority, mac) VALUES ('redact', 'insider', ?, 'pending', 0, 0, 0, 2, ?)`,
 		[]byte(payload), "0000000000000000000000000000000000000000000000000000000000000000"); err != nil {
@@ -68,25 +62,17 @@ func TestRedTeamSecondBotDeviceGetsNoKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	botID := id.UserID(cfg.BotMXID())
-	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
-	if err != nil {
+	room := enrolledRoom(t, st, alice, bob.UserID)
+	if _, err := bob.JoinRoomByID(ctx, room); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the bot in the enrolled room", func() bool {
-		m, err := alice.JoinedMembers(ctx, room.RoomID)
-		enc, _ := alice.StateStore.IsEncrypted(ctx, room.RoomID)
-		return err == nil && hasMember(m, botID) && enc
-	})
-	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "bob in alice's view", func() bool { return alice.StateStore.IsInRoom(ctx, room.RoomID, bob.UserID) })
-	sent, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "pt in bed 4: K 2.9"})
+	waitFor(t, "bob in alice's view", func() bool { return alice.StateStore.IsInRoom(ctx, room, bob.UserID) })
+	sent, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "pt in bed 4: K 2.9"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	bob.waitMessage(t, "alice's message", func(e *event.Event) bool { return e.ID == sent.EventID })
-	raw, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+	raw, err := alice.GetEvent(ctx, room, sent.EventID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,14 +86,10 @@ func TestRedTeamSecondBotDeviceGetsNoKeys(t *testing.T) {
 
 	// The bot was sent the key (alice shares with every device in the
 	// room) and dropped it.
-	db, err := sql.Open("sqlite3", "file:"+filepath.Join(filepath.Dir(st.ServiceConfig), "matrix-hipaa.db")+"?mode=ro&_busy_timeout=10000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := serviceDB(t, st, "mode=ro&_busy_timeout=10000")
 	count := func(q string) int {
 		var n int
-		if err := db.QueryRow(q, string(room.RoomID), string(enc.SessionID)).Scan(&n); err != nil {
+		if err := db.QueryRow(q, string(room), string(enc.SessionID)).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
@@ -142,11 +124,11 @@ func TestRedTeamSecondBotDeviceGetsNoKeys(t *testing.T) {
 	syncCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go cli.SyncWithContext(syncCtx)
-	if err := helper.Machine().SendRoomKeyRequest(ctx, room.RoomID, enc.SenderKey, enc.SessionID, "attack-1", map[id.UserID][]id.DeviceID{botID: {"*"}}); err != nil {
+	if err := helper.Machine().SendRoomKeyRequest(ctx, room, enc.SenderKey, enc.SessionID, "attack-1", map[id.UserID][]id.DeviceID{botID: {"*"}}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Second)
-	if igs, _ := helper.Machine().CryptoStore.GetGroupSession(ctx, room.RoomID, enc.SessionID); igs != nil {
+	if igs, _ := helper.Machine().CryptoStore.GetGroupSession(ctx, room, enc.SessionID); igs != nil {
 		t.Fatal("the bot forwarded the conversation's key to a device logged in with the as_token")
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
-	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // Red-team tests: room members and other servers try to steer the service.
@@ -140,7 +138,6 @@ rooms:
 func TestRedTeamOddStateKeyInDiscoveredRoom(t *testing.T) {
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
-	dir := filepath.Dir(st.ServiceConfig)
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  encryption: optional\n"))
 	mallory := newUser(t, st, "mallory")
 	room, err := mallory.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
@@ -153,16 +150,7 @@ func TestRedTeamOddStateKeyInDiscoveredRoom(t *testing.T) {
 	waitAudited(t, st, []id.EventID{mustCreateEvent(t, mallory, room.RoomID)}, 30*time.Second)
 
 	// A new installation under the strict policy finds the room.
-	st.StopService()
-	for _, f := range []string{"matrix-hipaa.db", "matrix-hipaa.db-wal", "matrix-hipaa.db-shm", "audit-checkpoints.jsonl"} {
-		os.Remove(filepath.Join(dir, f))
-	}
-	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.StartService(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reinstall(t, st)
 	if _, err := mallory.SendMessageEvent(ctx, room.RoomID, event.Type{Type: "m.reaction", Class: event.MessageEventType},
 		map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": mustCreateEvent(t, mallory, room.RoomID), "key": "👍"}}); err != nil {
 		t.Fatal(err)
@@ -366,42 +354,17 @@ func TestRedTeamRemoteFloodAndWipeBehindIt(t *testing.T) {
 	verify(t, st)
 }
 
-// startRemote brings up a second Dendrite, federated with st over loopback,
-// with no application service: another server whose users are hostile.
-func startRemote(t *testing.T) *devstack.Stack {
-	t.Helper()
-	rs, err := devstack.Prepare(devstack.Options{StateDir: t.TempDir(), DendriteBin: dendriteBin, ServiceBin: serviceBin, Federate: true, NoAppService: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	t.Cleanup(func() {
-		rs.Stop()
-		if t.Failed() {
-			dumpTail(t, "remote dendrite log", rs.DendriteLog)
-		}
-	})
-	if err := rs.StartDendrite(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return rs
-}
-
 // Another server's user floods the bot with invites over federation: the
 // bot joins none of their rooms (the bot would be sent their keys and serve
 // their members), while an invite from a user of its own server is taken.
 func TestRedTeamRemoteInviteFlood(t *testing.T) {
 	st := startStack(t, devstack.Options{Federate: true})
-	remote := startRemote(t)
+	// Another server, federated over loopback, with no application service.
+	remote := startStack(t, devstack.Options{Federate: true, NoAppService: true})
 	ctx := context.Background()
 	// No enrolment: the bot joins only rooms it is invited to.
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  encryption: optional\n"))
-	cfg, err := config.Load(st.ServiceConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bot := id.UserID(cfg.BotMXID())
+	bot := botOf(t, st)
 	mallory := newUser(t, remote, "mallory")
 	var theirs []id.RoomID
 	for i := range 10 {
@@ -443,25 +406,12 @@ func TestRedTeamRemoteInviteFlood(t *testing.T) {
 // no markup of theirs.
 func TestRedTeamHostileUserIDInNotice(t *testing.T) {
 	st := startStack(t, devstack.Options{})
-	ctx := context.Background()
 	alice := newE2EEUser(t, st, "alice")
-	cfg, err := config.Load(st.ServiceConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	botID := id.UserID(cfg.BotMXID())
-	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the bot in the enrolled room", func() bool {
-		m, err := alice.JoinedMembers(ctx, room.RoomID)
-		enc, _ := alice.StateStore.IsEncrypted(ctx, room.RoomID)
-		return err == nil && hasMember(m, botID) && enc
-	})
+	botID := botOf(t, st)
+	room := enrolledRoom(t, st, alice)
 	evil := `@x"><img src=x onerror=alert(1)>:evil.example`
 	body, _ := json.Marshal(map[string]any{"events": []map[string]any{{
-		"event_id": "$evil-1", "room_id": string(room.RoomID), "type": "m.room.message", "sender": evil, "origin_server_ts": 1,
+		"event_id": "$evil-1", "room_id": string(room), "type": "m.room.message", "sender": evil, "origin_server_ts": 1,
 		"content": map[string]any{"msgtype": "m.text", "body": "hi"},
 	}}})
 	if code := pushTxn(t, st, "evil-1", body); code != 200 {

@@ -169,21 +169,25 @@ func (db *DB) Close() error {
 		}
 		return true
 	})
-	var err error
+	err := db.W.Close()
 	if db.R != db.W {
-		err = db.R.Close()
-	}
-	if db.Dialect == SQLite {
-		// Empty the WAL on the way out: it holds the pages of every recent
-		// write, message bodies before they were cleared among them, and
-		// SQLite deletes it only when the last connection to close may
-		// write. Best effort: another process may still have the file open.
-		db.W.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
-	}
-	if e := db.W.Close(); err == nil {
-		err = e
+		if e := db.R.Close(); err == nil {
+			err = e
+		}
 	}
 	return err
+}
+
+// TruncateWAL checkpoints the whole SQLite WAL into the database and empties
+// it: the WAL holds the pages of recent writes, message bodies before they
+// were cleared among them, and SQLite deletes it only when the last
+// connection to close may write. The service calls it as it stops (not every
+// command that opens the database: it waits for and holds off writers).
+// Best effort; a no-op on PostgreSQL.
+func (db *DB) TruncateWAL() {
+	if db.Dialect == SQLite {
+		db.W.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
+	}
 }
 
 // translate turns the shared migration SQL into this dialect's.
