@@ -61,6 +61,10 @@ Commands:
   wipe -config FILE -status N            wait for wipe N and show how it ended
   admin-token -name NAME                 a new admin API token for one person, and the
                                          admin.tokens entry (its hash) to add to the config
+  admin-key list -config FILE            administrators' cross-signing master keys the bot
+                                         pinned (management-room commands that change
+                                         anything run only from devices they cross-signed)
+  admin-key unpin -config FILE -user ID  forget a pin after the admin reset cross-signing
   devices -config FILE -user ID           the user's sessions: last seen, cross-signed or not
   roster list -config FILE               the verified clinician roster
   roster check FILE                      check a roster file (YAML or CSV; every error as file:line)
@@ -159,6 +163,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = devicesCommand(args[1:], stdout, stderr)
 	case "roster":
 		err = rosterCommand(args[1:], stdout, stderr)
+	case "admin-key":
+		err = adminKeyCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -243,7 +249,7 @@ func runService(args []string, stderr io.Writer) error {
 		return err
 	}
 	if room := cfg.Admin.Room; room != "" {
-		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI,
+		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI, ManagementRoom: room,
 			Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)
 		go func() {
 			// A seat in the management room, invited by an admin if need be.

@@ -65,6 +65,9 @@ func (p permanentError) Unwrap() error { return p.err }
 // Permanent marks an error as not worth retrying.
 func Permanent(err error) error { return permanentError{err} }
 
+// IsPermanent reports whether err was marked Permanent.
+func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
+
 type laterError struct {
 	err   error
 	after time.Duration

@@ -126,9 +126,14 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room, Links: links}, m, log, s.Runner.Wake)
 	hs := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal())
 	s.HS = hs
+	password, err := cfg.BotPassword()
+	if err != nil {
+		return nil, fmt.Errorf("appservice.bot_password_file: %w", err)
+	}
 	s.Bot = bot.New(bot.Options{
 		Homeserver: cfg.Homeserver.Address, UserID: cfg.BotMXID(), ASToken: cfg.AppService.ASToken.Reveal(),
-		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, ReadRoom: cfg.Admin.Room, Log: log,
+		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, ReadRoom: cfg.Admin.Room,
+		Password: password, Log: log,
 	})
 	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)

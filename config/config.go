@@ -73,6 +73,22 @@ type AppService struct {
 	// HTTPS; url must then be https://.
 	TLSCertFile string `yaml:"tls_cert_file"`
 	TLSKeyFile  string `yaml:"tls_key_file"`
+	// BotPasswordFile holds the bot account's password, for homeservers
+	// that ask for it before they take the bot's cross-signing keys
+	// (Dendrite 0.13). Needed once: the keys stay published afterwards.
+	BotPasswordFile string `yaml:"bot_password_file"`
+}
+
+// BotPassword reads appservice.bot_password_file ("" if none is set).
+func (c *Config) BotPassword() (string, error) {
+	if c.AppService.BotPasswordFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(c.Resolve(c.AppService.BotPasswordFile))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 type Database struct {
@@ -480,6 +496,9 @@ func (c *Config) validateTLS(d *strictyaml.Doc) {
 		}
 	}
 	c.checkTLSPair(d, "admin", c.Admin.TLSCertFile, c.Admin.TLSKeyFile)
+	if pw, err := c.BotPassword(); err != nil || (c.AppService.BotPasswordFile != "" && pw == "") {
+		d.Errorf("appservice.bot_password_file", "appservice.bot_password_file: cannot read a password from %s", c.AppService.BotPasswordFile)
+	}
 }
 
 // checkTLSPair reports whether section's TLS files are set, and says what is

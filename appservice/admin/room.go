@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
@@ -46,6 +48,36 @@ type Room struct {
 	Guard appservice.WipeGuard
 	// SingleDevice: the homeserver can sign out one device (Synapse).
 	SingleDevice bool
+	// ManagementRoom is admin.room: a job naming any other room, or whose
+	// event turns out to be from another room or sender, is refused.
+	ManagementRoom string
+}
+
+// changes lists the commands that change something. They run only from an
+// encrypted message whose sending device is cross-signed by the admin's
+// pinned master key (trust CrossSignedVerified or better): the homeserver's
+// word that an admin sent it is not enough, since whoever holds a token of
+// theirs, or administers the homeserver, can send as them.
+var changes = map[string]bool{"wipe": true, "offboard": true, "verify": true, "revoke": true, "hold": true, "release": true}
+
+// untrusted says why a message may not change anything ("" if it may).
+func untrusted(msg bot.Message) string {
+	switch {
+	case !msg.Encrypted:
+		return "not-encrypted"
+	case msg.KeyChanged:
+		return "key-changed"
+	case msg.Trust < id.TrustStateCrossSignedVerified:
+		return "device-not-cross-signed"
+	}
+	return ""
+}
+
+var untrustedReplies = map[string]string{
+	"not-encrypted": "commands that change anything must be sent in an encrypted room from a session you have verified (cross-signed); this one was sent in plain text, so it was refused. The refusal is recorded in the audit trail.",
+	"key-changed": "your cross-signing identity is not the one I pinned for you, so this command was refused and the refusal recorded. If you reset your cross-signing on purpose, ask an operator to run `matrix-hipaa admin-key unpin " +
+		"<your user ID>`, then send the command again.",
+	"device-not-cross-signed": "this session is not verified (cross-signed) by your account, so commands that change anything are refused from it; the refusal is recorded. Verify this session from one you already trust, then send the command again.",
 }
 
 // JobWipeReport tells the management room how a wipe it asked for ended.
@@ -104,6 +136,26 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 	case err != nil:
 		return err // the sender's client shares the key soon; back off
 	}
+	if p.Room != m.ManagementRoom || msg.Room != p.Room || msg.Sender != p.Sender {
+		// Only a database writer makes such a job (the dispatcher queues
+		// commands for admin.room alone, from the event it received).
+		rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeDenied, Actor: keys.User(p.Sender), Room: keys.Room(p.Room),
+			EventID: p.EventID, Action: "forged"}
+		if err := m.Chain.AppendTx(ctx, m.DB, rec); err != nil {
+			return err
+		}
+		return appservice.Permanent(errors.New("the command job does not match its event or the management room"))
+	}
+	if msg.Pinned || msg.KeyChanged {
+		rec := &audit.Record{Type: audit.TypeAdminKey, Outcome: audit.OutcomeSuccess, Actor: keys.User(p.Sender), Room: keys.Room(p.Room),
+			EventID: p.EventID, Action: "pin", Detail: keys.User(p.Sender)}
+		if msg.KeyChanged {
+			rec.Outcome, rec.Action = audit.OutcomeDenied, "changed"
+		}
+		if err := m.Chain.AppendTx(ctx, m.DB, rec); err != nil {
+			return err
+		}
+	}
 	now := m.Chain.Now()
 	cmd, isCmd, perr := ParseCommand(msg.Body, now)
 	if !isCmd {
@@ -118,6 +170,10 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 		rec.Outcome = audit.OutcomeDenied
 		reply := "you are not one of the administrators listed in the service's config (admin.users), so this command was refused. The refusal is recorded in the audit trail."
 		return m.settle(ctx, p, cmd.Name, rec, reply, 0, nil)
+	}
+	if why := untrusted(msg); why != "" && changes[cmd.Name] {
+		rec.Outcome, rec.Detail = audit.OutcomeDenied, why
+		return m.settle(ctx, p, cmd.Name, rec, untrustedReplies[why], 0, nil)
 	}
 	if perr != nil {
 		rec.Outcome = audit.OutcomeFailure

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -57,13 +60,21 @@ func newRoom(t *testing.T, dbType string) (*Room, *fakeBot, *store.DB) {
 	b := &fakeBot{messages: map[string]bot.Message{}, replies: map[string]string{}}
 	m := &Room{DB: db, Chain: audit.NewChain(keys, db, time.Now), Bot: b,
 		HS:      fakeInventory{{ID: "PHONE", LastSeen: 1_700_000_000_000, HasKeys: true, CrossSigned: true}, {ID: "WEB"}},
-		IsAdmin: func(u string) bool { return u == "@admin:hs" }}
+		IsAdmin: func(u string) bool { return u == "@admin:hs" }, ManagementRoom: "!mgmt:hs"}
 	return m, b, db
 }
 
 func command(t *testing.T, m *Room, b *fakeBot, eventID, sender, text string, attempts int) error {
 	t.Helper()
-	b.messages[eventID] = bot.Message{Sender: sender, MsgType: "m.text", Body: text}
+	return commandAs(t, m, b, bot.Message{Sender: sender, Room: "!mgmt:hs", MsgType: "m.text", Body: text, Encrypted: true, Trust: id.TrustStateCrossSignedVerified},
+		eventID, attempts)
+}
+
+// commandAs runs the job of a management-room message as the bot read it.
+func commandAs(t *testing.T, m *Room, b *fakeBot, msg bot.Message, eventID string, attempts int) error {
+	t.Helper()
+	sender := msg.Sender
+	b.messages[eventID] = msg
 	payload, _ := json.Marshal(appservice.CommandPayload{Room: "!mgmt:hs", EventID: eventID, Sender: sender})
 	return m.handleCommand(context.Background(), &appservice.Job{Kind: appservice.JobAdminCommand, Payload: payload, Attempts: attempts})
 }
@@ -247,6 +258,88 @@ func TestManagementRoomRoster(t *testing.T) {
 			}
 			if got := strings.Join(commandRecords(t, db), ","); got != "whois:success,verify:success,whois:success,verify:failure,roster:success,revoke:success,whois:success,revoke:failure,roster:success" {
 				t.Fatalf("admin.command records %s", got)
+			}
+		})
+	}
+}
+
+// Commands that change something need more than the homeserver's word that
+// an admin sent them: whoever holds an admin's access token (or runs the
+// homeserver) can send as them, but cannot make a device cross-signed by the
+// master key the bot pinned. Each attack is refused, answered and audited
+// denied, and changes nothing; reads stay open to any admin session.
+func TestRedTeamManagementRoomTrustsMoreThanTheHomeserver(t *testing.T) {
+	verified := bot.Message{Sender: "@admin:hs", Room: "!mgmt:hs", MsgType: "m.text", Encrypted: true, Trust: id.TrustStateCrossSignedVerified}
+	cases := []struct {
+		name   string
+		change func(*bot.Message)
+		text   string
+		reply  string // "" : runs
+		detail string
+	}{
+		{"plaintext wipe", func(m *bot.Message) { m.Encrypted, m.Trust = false, id.TrustStateUnset }, "!wipe @bob:hs spite", "sent in plain text", "not-encrypted"},
+		{"uncross-signed device verifies", func(m *bot.Message) { m.Trust = id.TrustStateUnknownDevice }, "!verify @x:hs 1003000126 nurse", "not verified (cross-signed)", "device-not-cross-signed"},
+		{"trust on first use is not enough", func(m *bot.Message) { m.Trust = id.TrustStateCrossSignedTOFU }, "!revoke @x:hs spite", "not verified (cross-signed)", "device-not-cross-signed"},
+		{"forwarded room key", func(m *bot.Message) { m.Trust = id.TrustStateForwarded }, "!release 1", "not verified (cross-signed)", "device-not-cross-signed"},
+		{"reset cross-signing", func(m *bot.Message) { m.KeyChanged, m.Trust = true, id.TrustStateCrossSignedUntrusted }, "!offboard @bob:hs spite", "not the one I pinned", "key-changed"},
+		{"hold from an unverified session", func(m *bot.Message) { m.Trust = id.TrustStateCrossSignedUntrusted }, "!hold !ward:hs case", "not verified (cross-signed)", "device-not-cross-signed"},
+		{"reads stay open", func(m *bot.Message) { m.Encrypted, m.Trust = false, id.TrustStateUnset }, "!holds", "", ""},
+		{"verified device", func(*bot.Message) {}, "!wipe @bob:hs lost phone", "", ""},
+	}
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			m, b, db := newRoom(t, dbType)
+			for i, c := range cases {
+				msg := verified
+				msg.Body = c.text
+				c.change(&msg)
+				ev := fmt.Sprintf("$%d", i)
+				if err := commandAs(t, m, b, msg, ev, 0); err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				got := b.replies["cmd-"+ev]
+				if c.reply != "" && !strings.Contains(got, c.reply) || c.reply == "" && strings.Contains(got, "refused") {
+					t.Fatalf("%s: replied %q", c.name, got)
+				}
+				last := trail(t, db)
+				r := last[len(last)-1]
+				if c.reply != "" && (r.Outcome != audit.OutcomeDenied || r.Detail != c.detail) || c.reply == "" && r.Outcome != audit.OutcomeSuccess {
+					t.Fatalf("%s: audited %s/%s", c.name, r.Outcome, r.Detail)
+				}
+			}
+			var n int
+			db.R.QueryRow(`SELECT COUNT(*) FROM wipe`).Scan(&n)
+			if n != 1 {
+				t.Fatalf("%d wipes; only the verified device's should run", n)
+			}
+		})
+	}
+}
+
+// A job a database writer made up (another room, another sender than the
+// event's) runs nothing and is audited as forged.
+func TestRedTeamForgedCommandJob(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			m, b, db := newRoom(t, dbType)
+			ctx := context.Background()
+			for i, c := range []struct{ jobRoom, jobSender, evRoom, evSender string }{
+				{"!other:hs", "@admin:hs", "!other:hs", "@admin:hs"}, // not admin.room
+				{"!mgmt:hs", "@admin:hs", "!mgmt:hs", "@eve:hs"},     // the event is someone else's
+				{"!mgmt:hs", "@admin:hs", "!other:hs", "@admin:hs"},  // the event is from another room
+			} {
+				ev := fmt.Sprintf("$f%d", i)
+				b.messages[ev] = bot.Message{Sender: c.evSender, Room: c.evRoom, Body: "!wipe @bob:hs x", Encrypted: true, Trust: id.TrustStateCrossSignedVerified}
+				payload, _ := json.Marshal(appservice.CommandPayload{Room: c.jobRoom, EventID: ev, Sender: c.jobSender})
+				err := m.handleCommand(ctx, &appservice.Job{Kind: appservice.JobAdminCommand, Payload: payload})
+				if !appservice.IsPermanent(err) {
+					t.Fatalf("case %d: %v, want a permanent refusal", i, err)
+				}
+			}
+			var n int
+			db.R.QueryRow(`SELECT COUNT(*) FROM wipe`).Scan(&n)
+			if got := strings.Join(commandRecords(t, db), ","); n != 0 || got != "forged:denied,forged:denied,forged:denied" {
+				t.Fatalf("wipes %d, records %s", n, got)
 			}
 		})
 	}

@@ -105,6 +105,7 @@ var eventTypes = map[string]struct {
 	TypeSession:        {"110114", "User Authentication", "E"},
 	TypeRoster:         {"110136", "Security Roles Changed", "U"},
 	TypeMembership:     {"110113", "Security Alert", "E"},
+	TypeAdminKey:       {"110113", "Security Alert", "U"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

@@ -48,6 +48,11 @@ const (
 	// clinicians (action admit, refuse, remove); detail is the reason code
 	// (not_verified, verification_revoked, licence_expired, role_not_allowed).
 	TypeMembership = "membership"
+	// TypeAdminKey: an administrator's cross-signing master key was pinned
+	// by the bot (action pin: the first time it read a command of theirs),
+	// seen changed (action changed, outcome denied) or unpinned by an
+	// operator (action unpin); detail is the administrator's pseudonym.
+	TypeAdminKey = "admin.key"
 )
 
 // Outcomes.

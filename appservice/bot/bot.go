@@ -64,6 +64,10 @@ type Options struct {
 	// the room keys clients share with it for every other room are dropped
 	// as they arrive.
 	ReadRoom string
+	// Password is the bot account's password, for homeservers that ask for
+	// it before they take the bot's cross-signing keys (Dendrite 0.13);
+	// empty: the keys are kept but not published.
+	Password string
 	Log      zerolog.Logger
 }
 
@@ -75,7 +79,23 @@ type Bot struct {
 	mu     sync.RWMutex
 	cli    *mautrix.Client
 	helper *cryptohelper.CryptoHelper
+	ident  Identity
 	ready  chan struct{}
+}
+
+// identity is where the bot's cross-signing stands.
+func (b *Bot) identity() Identity {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.ident
+}
+
+// Identity reports the bot's cross-signing (zero until it is ready).
+func (b *Bot) Identity() Identity {
+	if _, err := b.client(); err != nil {
+		return Identity{}
+	}
+	return b.identity()
 }
 
 // New returns a bot that does nothing until Run logs it in.
@@ -173,6 +193,11 @@ func (b *Bot) start(ctx context.Context) error {
 		helper.Close()
 		return fmt.Errorf("bot state: %w", err)
 	}
+	ident, err := b.crossSigning(ctx, helper.Machine())
+	if err != nil {
+		helper.Close()
+		return fmt.Errorf("bot cross-signing: %w", err)
+	}
 	cli.Crypto = helper
 	// A room the bot is invited to by a person (an admin giving it a seat,
 	// say) is joined, so it can serve that room too.
@@ -188,7 +213,7 @@ func (b *Bot) start(ctx context.Context) error {
 		}
 	})
 	b.mu.Lock()
-	b.cli, b.helper = cli, helper
+	b.cli, b.helper, b.ident = cli, helper, ident
 	b.mu.Unlock()
 	return nil
 }
@@ -421,15 +446,32 @@ func (b *Bot) SendState(ctx context.Context, room, eventType, stateKey string, c
 // shared the message's Megolm session with the bot: retry later.
 var ErrNoKeys = errors.New("the message's room key has not reached the bot yet")
 
-// Message is what ReadMessage returns: who wrote it and the plain text.
+// Message is what ReadMessage returns: who wrote it, where, the plain text,
+// and how far the bot trusts the device that sent it.
 type Message struct {
 	Sender  string
+	Room    string
 	MsgType string
 	Body    string
+	// Encrypted: the event was encrypted (and decrypted here).
+	Encrypted bool
+	// Trust is the sending device's trust as mautrix resolves it against
+	// the bot's own cross-signing keys: CrossSignedVerified means the device
+	// is cross-signed by its owner's master key and the bot has pinned that
+	// key. Forwarded keys never count.
+	Trust id.TrustState
+	// Pinned: the bot pinned the sender's master key on reading this
+	// message (the first time it saw one from this administrator).
+	Pinned bool
+	// KeyChanged: the sender is an administrator whose master key is not
+	// the one the bot pinned.
+	KeyChanged bool
 }
 
 // ReadMessage fetches one message event and returns its text, decrypting it
 // if it is encrypted. The service calls it only for the management room.
+// An administrator's master key is pinned the first time one of their
+// cross-signed devices is read.
 func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, error) {
 	cli, err := b.client()
 	if err != nil {
@@ -442,26 +484,52 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
 		return Message{}, fmt.Errorf("parse event: %w", err)
 	}
+	m := Message{Sender: string(evt.Sender), Room: string(evt.RoomID)}
 	if evt.Type == event.EventEncrypted {
-		enc := evt.Content.AsEncrypted()
-		dec, err := b.helper.Decrypt(ctx, evt)
-		if errors.Is(err, crypto.ErrNoSessionFound) &&
-			b.helper.WaitForSession(ctx, evt.RoomID, enc.SenderKey, enc.SessionID, 5*time.Second) {
-			dec, err = b.helper.Decrypt(ctx, evt)
-		}
-		if errors.Is(err, crypto.ErrNoSessionFound) {
-			return Message{}, ErrNoKeys
-		}
+		dec, err := b.decrypt(ctx, evt)
 		if err != nil {
-			return Message{}, fmt.Errorf("decrypt: %w", err)
+			return Message{}, err
+		}
+		if b.opts.Admin != nil && b.opts.Admin(m.Sender) &&
+			(dec.Mautrix.TrustState == id.TrustStateCrossSignedTOFU || dec.Mautrix.TrustState == id.TrustStateCrossSignedUntrusted) {
+			m.Pinned, err = b.pinAdmin(ctx, b.helper.Machine(), evt.Sender)
+			switch {
+			case errors.Is(err, ErrKeyChanged):
+				m.KeyChanged = true
+			case err != nil:
+				return Message{}, fmt.Errorf("pin the administrator's key: %w", err)
+			default:
+				if dec, err = b.decrypt(ctx, evt); err != nil { // trust resolved again
+					return Message{}, err
+				}
+			}
+		}
+		m.Encrypted, m.Trust = true, dec.Mautrix.TrustState
+		if dec.Mautrix.ForwardedKeys && m.Trust > id.TrustStateForwarded {
+			m.Trust = id.TrustStateForwarded
 		}
 		evt = dec
 	}
-	m := Message{Sender: string(evt.Sender)}
 	if msg, ok := evt.Content.Parsed.(*event.MessageEventContent); ok {
 		m.MsgType, m.Body = string(msg.MsgType), msg.Body
 	}
 	return m, nil
+}
+
+func (b *Bot) decrypt(ctx context.Context, evt *event.Event) (*event.Event, error) {
+	enc := evt.Content.AsEncrypted()
+	dec, err := b.helper.Decrypt(ctx, evt)
+	if errors.Is(err, crypto.ErrNoSessionFound) &&
+		b.helper.WaitForSession(ctx, evt.RoomID, enc.SenderKey, enc.SessionID, 5*time.Second) {
+		dec, err = b.helper.Decrypt(ctx, evt)
+	}
+	if errors.Is(err, crypto.ErrNoSessionFound) {
+		return nil, ErrNoKeys
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decrypt: %w", err)
+	}
+	return dec, nil
 }
 
 // Kick removes user from room (or withdraws their invite) as the bot, which

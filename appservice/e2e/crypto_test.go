@@ -22,6 +22,7 @@ import (
 // device and keys, syncing, decrypting what it receives.
 type e2eeUser struct {
 	*mautrix.Client
+	password string
 	mu       sync.Mutex
 	messages []*event.Event // decrypted (or plain) m.room.message events received
 	cancel   context.CancelFunc
@@ -30,8 +31,50 @@ type e2eeUser struct {
 
 func newE2EEUser(t *testing.T, st *devstack.Stack, localpart string) *e2eeUser {
 	t.Helper()
-	ctx := context.Background()
 	cli, password := newAccount(t, st, localpart)
+	return loginE2EE(t, st, cli, localpart, password)
+}
+
+// anotherDevice logs u's account in again: a second session of theirs,
+// with its own device keys, not cross-signed.
+func (u *e2eeUser) anotherDevice(t *testing.T, st *devstack.Stack) *e2eeUser {
+	t.Helper()
+	cli, err := mautrix.NewClient(st.HSURL, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	localpart, _, _ := u.UserID.Parse()
+	return loginE2EE(t, st, cli, localpart, u.password)
+}
+
+// crossSign sets up u's cross-signing (as Element does when a user first
+// secures their account: UIA with the account password) and signs u's
+// device with the new self-signing key.
+func (u *e2eeUser) crossSign(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	mach := u.Crypto.(*cryptohelper.CryptoHelper).Machine()
+	keys, err := mach.GenerateCrossSigningKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	localpart, _, _ := u.UserID.Parse()
+	err = mach.PublishCrossSigningKeys(ctx, keys, func(ui *mautrix.RespUserInteractive) any {
+		return map[string]any{"type": mautrix.AuthTypePassword, "session": ui.Session, "password": u.password,
+			"identifier": mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart}}
+	})
+	if err != nil {
+		t.Fatalf("%s: publish cross-signing keys: %v", u.UserID, err)
+	}
+	mach.CrossSigningKeys = keys
+	if err := mach.SignOwnDevice(ctx, mach.OwnIdentity()); err != nil {
+		t.Fatalf("%s: sign own device: %v", u.UserID, err)
+	}
+}
+
+func loginE2EE(t *testing.T, st *devstack.Stack, cli *mautrix.Client, localpart, password string) *e2eeUser {
+	t.Helper()
+	ctx := context.Background()
 	helper, err := cryptohelper.NewCryptoHelper(cli, []byte("test pickle key "+localpart), filepath.Join(t.TempDir(), localpart+"-crypto.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +88,7 @@ func newE2EEUser(t *testing.T, st *devstack.Stack, localpart string) *e2eeUser {
 		t.Fatalf("%s: crypto init: %v", localpart, err)
 	}
 	cli.Crypto = helper
-	u := &e2eeUser{Client: cli, done: make(chan struct{})}
+	u := &e2eeUser{Client: cli, password: password, done: make(chan struct{})}
 	cli.Syncer.(*mautrix.DefaultSyncer).OnEventType(event.EventMessage, func(ctx context.Context, evt *event.Event) {
 		u.mu.Lock()
 		u.messages = append(u.messages, evt)

@@ -51,6 +51,7 @@ func TestRedTeamDatabaseWriterCannotQueueActions(t *testing.T) {
 // The bot is a dead end for room keys. Clients share an encrypted room's
 // keys with its device; it keeps none of them (only the management room's),
 // and forwards none: a second device logged in for the bot with the as_token
+// cannot cross-sign itself (the bot's own cross-signing keys are published),
 // asks for the conversation's key and gets nothing.
 func TestRedTeamSecondBotDeviceGetsNoKeys(t *testing.T) {
 	st := startStack(t, devstack.Options{})
@@ -124,6 +125,40 @@ func TestRedTeamSecondBotDeviceGetsNoKeys(t *testing.T) {
 	syncCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go cli.SyncWithContext(syncCtx)
+	// It cannot cross-sign its device on first use: the bot's own keys are
+	// published, and replacing them needs the account's password.
+	var ours string
+	if err := db.QueryRow(`SELECT published_master FROM bot_cross_signing WHERE user_id = ?`, string(botID)).Scan(&ours); err != nil || ours == "" {
+		t.Fatalf("the bot has no published cross-signing keys (%v)", err)
+	}
+	mach := helper.Machine()
+	fake, err := mach.GenerateCrossSigningKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mach.PublishCrossSigningKeys(ctx, fake, func(ui *mautrix.RespUserInteractive) any {
+		return map[string]any{"type": mautrix.AuthTypeAppservice, "session": ui.Session}
+	}); err == nil {
+		t.Fatal("a device logged in with the as_token replaced the bot's cross-signing keys")
+	}
+	keys, err := cli.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{botID: {}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, ssk := keys.MasterKeys[botID], keys.SelfSigningKeys[botID]
+	if got := mk.FirstKey().String(); got != ours {
+		t.Fatalf("the homeserver's master key for the bot is %s, the service's %s", got, ours)
+	}
+	// The service's own bot device is signed by the bot's self-signing key.
+	signed := 0
+	for _, dev := range keys.DeviceKeys[botID] {
+		if _, ok := dev.Signatures[botID][id.NewKeyID(id.KeyAlgorithmEd25519, ssk.FirstKey().String())]; ok {
+			signed++
+		}
+	}
+	if signed != 1 {
+		t.Fatalf("%d of the bot's devices are cross-signed, want the service's one", signed)
+	}
 	if err := helper.Machine().SendRoomKeyRequest(ctx, room, enc.SenderKey, enc.SessionID, "attack-1", map[id.UserID][]id.DeviceID{botID: {"*"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha1"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -16,6 +18,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -283,6 +286,20 @@ func (s *Stack) writeServiceConfig() error {
 // SetManagementRoom writes admin.room and admin.users into the service's
 // config (keeping its tokens); the service reads them when it next starts.
 func (s *Stack) SetManagementRoom(room string, admins ...string) error {
+	return s.editServiceConfig(func(cfg map[string]any) (bool, error) {
+		a, _ := cfg["admin"].(map[string]any)
+		if a == nil {
+			a = map[string]any{}
+			cfg["admin"] = a
+		}
+		a["room"], a["users"] = room, admins
+		return true, nil
+	})
+}
+
+// editServiceConfig rewrites the service's config.yaml through edit, if it
+// reports a change.
+func (s *Stack) editServiceConfig(edit func(cfg map[string]any) (bool, error)) error {
 	data, err := os.ReadFile(s.ServiceConfig)
 	if err != nil {
 		return err
@@ -291,12 +308,9 @@ func (s *Stack) SetManagementRoom(room string, admins ...string) error {
 	if err := yaml.Unmarshal(data, &cfg); err != nil {
 		return err
 	}
-	a, _ := cfg["admin"].(map[string]any)
-	if a == nil {
-		a = map[string]any{}
-		cfg["admin"] = a
+	if changed, err := edit(cfg); err != nil || !changed {
+		return err
 	}
-	a["room"], a["users"] = room, admins
 	if data, err = yaml.Marshal(cfg); err != nil {
 		return err
 	}
@@ -414,7 +428,12 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 }
 
 // StartService starts matrix-hipaa and waits until it accepts connections.
+// The first time, it gives the bot account a password first (see
+// giveBotPassword).
 func (s *Stack) StartService(ctx context.Context) error {
+	if err := s.giveBotPassword(ctx); err != nil {
+		return err
+	}
 	logf, err := openLog(s.ServiceLog)
 	if err != nil {
 		return err
@@ -529,9 +548,60 @@ func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
 	return fmt.Errorf("%s did not answer within %s", url, timeout)
 }
 
+// giveBotPassword does once what an operator does on Dendrite 0.13, which
+// asks for the account's password before it takes cross-signing keys: the
+// bot account is registered through the application service API, given a
+// random password with Dendrite's admin API (as a throwaway server admin),
+// and the password written to appservice.bot_password_file.
+func (s *Stack) giveBotPassword(ctx context.Context) error {
+	return s.editServiceConfig(func(cfg map[string]any) (bool, error) {
+		as := cfg["appservice"].(map[string]any)
+		if as["bot_password_file"] != nil {
+			return false, nil
+		}
+		bot, _ := as["bot"].(string)
+		if bot == "" {
+			bot = "hipaa"
+		}
+		token, _ := as["as_token"].(string)
+		err := doJSONAuth(ctx, http.MethodPost, s.HSURL+"/_matrix/client/v3/register", token,
+			map[string]any{"type": "m.login.application_service", "username": bot, "inhibit_login": true}, nil)
+		if err != nil && !strings.Contains(err.Error(), "M_USER_IN_USE") {
+			return false, fmt.Errorf("register the bot: %w", err)
+		}
+		secret := make([]byte, 18)
+		rand.Read(secret)
+		adminToken, err := s.registerAccount(ctx, "stack-admin-"+hex.EncodeToString(secret[:4]), hex.EncodeToString(secret), true)
+		if err != nil {
+			return false, err
+		}
+		password := base64.RawURLEncoding.EncodeToString(secret)
+		err = doJSONAuth(ctx, http.MethodPost, s.HSURL+"/_dendrite/admin/resetPassword/"+url.PathEscape("@"+bot+":"+s.Opts.ServerName), adminToken,
+			map[string]any{"password": password, "logout_devices": false}, nil)
+		if err != nil {
+			return false, fmt.Errorf("set the bot's password: %w", err)
+		}
+		file := filepath.Join(filepath.Dir(s.ServiceConfig), "bot_password")
+		if err := config.WriteFileAtomic(file, []byte(password+"\n"), 0o600); err != nil {
+			return false, err
+		}
+		as["bot_password_file"] = file
+		return true, nil
+	})
+}
+
 // CreateUser registers an account through the shared-secret registration API
 // (as Synapse and Dendrite both offer it) and returns the user ID.
 func (s *Stack) CreateUser(ctx context.Context, localpart, password string, admin bool) (string, error) {
+	if _, err := s.registerAccount(ctx, localpart, password, admin); err != nil {
+		return "", err
+	}
+	return "@" + localpart + ":" + s.Opts.ServerName, nil
+}
+
+// registerAccount creates an account with the shared secret and returns
+// its access token.
+func (s *Stack) registerAccount(ctx context.Context, localpart, password string, admin bool) (string, error) {
 	endpoint := s.HSURL + "/_synapse/admin/v1/register"
 	var nonce struct {
 		Nonce string `json:"nonce"`
@@ -546,7 +616,7 @@ func (s *Stack) CreateUser(ctx context.Context, localpart, password string, admi
 	}
 	mac.Write([]byte(nonce.Nonce + "\x00" + localpart + "\x00" + password + "\x00" + role))
 	var out struct {
-		UserID string `json:"user_id"`
+		AccessToken string `json:"access_token"`
 	}
 	err := doJSON(ctx, http.MethodPost, endpoint, map[string]any{
 		"nonce": nonce.Nonce, "username": localpart, "password": password, "admin": admin,
@@ -555,10 +625,14 @@ func (s *Stack) CreateUser(ctx context.Context, localpart, password string, admi
 	if err != nil {
 		return "", fmt.Errorf("create user %s: %w", localpart, err)
 	}
-	return out.UserID, nil
+	return out.AccessToken, nil
 }
 
 func doJSON(ctx context.Context, method, url string, body, out any) error {
+	return doJSONAuth(ctx, method, url, "", body, out)
+}
+
+func doJSONAuth(ctx context.Context, method, url, token string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -572,6 +646,9 @@ func doJSON(ctx context.Context, method, url string, body, out any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
