@@ -65,6 +65,9 @@ Commands:
                                          pinned (management-room commands that change
                                          anything run only from devices they cross-signed)
   admin-key unpin -config FILE -user ID  forget a pin after the admin reset cross-signing
+  keys rotate -config FILE -key job|pseudonym
+                                         replace a key (service stopped); the old one is
+                                         kept beside it for the key vault (docs/keys.md)
   devices -config FILE -user ID           the user's sessions: last seen, cross-signed or not
   roster list -config FILE               the verified clinician roster
   roster check FILE                      check a roster file (YAML or CSV; every error as file:line)
@@ -165,6 +168,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = rosterCommand(args[1:], stdout, stderr)
 	case "admin-key":
 		err = adminKeyCommand(args[1:], stdout, stderr)
+	case "keys":
+		err = keysCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -324,7 +329,9 @@ func auditVerify(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "matrix-hipaa:", err)
 		return 1
 	}
-	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	// Only the chain key: what an auditor is given verifies, and can do
+	// nothing else (no pseudonyms reversed, no bot keys opened).
+	db, chain, err := appservice.OpenForVerify(ctx, cfg, time.Now)
 	if err != nil {
 		fmt.Fprintln(stderr, "matrix-hipaa:", err)
 		return 1
@@ -424,7 +431,11 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	ctx := context.Background()
-	_, db, chain, err := openData(ctx, *cfgPath)
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	db, chain, err := appservice.OpenForVerify(ctx, cfg, time.Now)
 	if err != nil {
 		return err
 	}
@@ -792,6 +803,15 @@ func recordCommand(ctx context.Context, db *store.DB, chain *audit.Chain, action
 	return err
 }
 
+// notRunning refuses while the service answers on its port.
+func notRunning(cfg *config.Config) error {
+	if c, err := net.DialTimeout("tcp", cfg.AppService.Listen, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("the service is running (it answers on %s): stop it first", cfg.AppService.Listen)
+	}
+	return nil
+}
+
 // restoreCommand puts a backup copy in place of the stopped service's SQLite
 // database (appservice.Restore).
 func restoreCommand(args []string, stdout, stderr io.Writer) error {
@@ -812,15 +832,14 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	// The running service holds the database open; replacing it underneath
 	// would lose whatever it writes next.
-	if c, err := net.DialTimeout("tcp", cfg.AppService.Listen, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("the service is running (it answers on %s): stop it first", cfg.AppService.Listen)
+	if err := notRunning(cfg); err != nil {
+		return err
 	}
 	keyFile := cfg.Resolve(cfg.Audit.KeyFile)
 	if _, err := os.Stat(keyFile); err != nil {
 		return fmt.Errorf("the audit key %s is needed to check the copy: restore it from the key vault first (%w)", keyFile, err)
 	}
-	keys, err := audit.LoadOrCreateKey(keyFile)
+	keys, err := audit.LoadChainKey(keyFile)
 	if err != nil {
 		return err
 	}
@@ -917,7 +936,7 @@ func configValidate(path string, stdout, stderr io.Writer) int {
 		}
 		problems = append(problems, err)
 	}
-	problems = append(problems, audit.CheckKeyFiles(cfg.Resolve(cfg.Audit.KeyFile), cfg.Resolve(cfg.Audit.SigningKeyFile)))
+	problems = append(problems, audit.CheckKeyFiles(appservice.KeyFiles(cfg), cfg.Resolve(cfg.Audit.SigningKeyFile)))
 	if err := errors.Join(problems...); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

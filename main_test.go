@@ -63,21 +63,28 @@ func TestConfigErrorsPrintOnePerLine(t *testing.T) {
 	}
 }
 
-// backup on the example config's SQLite: the copy is written and checked, the
-// backup itself is audited, and an existing file is never overwritten.
-func TestBackupCommand(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.yaml")
-	// The service's port, held open to play a running service for restore.
+// runningExample writes the example config into a new folder, with the
+// service's port held open to play a running service (close it to stop).
+func runningExample(t *testing.T) (dir, cfg string, running net.Listener) {
+	t.Helper()
+	dir = t.TempDir()
+	cfg = filepath.Join(dir, "config.yaml")
 	running, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer running.Close()
+	t.Cleanup(func() { running.Close() })
 	cfgText := strings.Replace(string(config.Example()), "  listen: 127.0.0.1:29330\n", "  listen: "+running.Addr().String()+"\n", 1)
 	if err := os.WriteFile(cfg, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return dir, cfg, running
+}
+
+// backup on the example config's SQLite: the copy is written and checked, the
+// backup itself is audited, and an existing file is never overwritten.
+func TestBackupCommand(t *testing.T) {
+	dir, cfg, running := runningExample(t)
 	for range 3 {
 		if code, _, errOut := runCLI("hold", "-config", cfg, "-list"); code != 0 {
 			t.Fatalf("hold -list: %d %s", code, errOut)
@@ -209,5 +216,51 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if code, _, _ := runCLI("config", "validate"); code != 2 {
 		t.Fatalf("no file: exit %d, want 2", code)
+	}
+}
+
+// What an auditor is given (audit.key, the checkpoint public key, read
+// access to the database) verifies the trail, and is all verifying needs:
+// with every other key out of reach, audit verify and export work and
+// create no key. Rotation refuses while the service runs.
+func TestAuditorNeedsOnlyTheChainKey(t *testing.T) {
+	dir, cfg, running := runningExample(t)
+	if code, _, errOut := runCLI("hold", "-config", cfg, "-list"); code != 0 {
+		t.Fatalf("hold -list: %s", errOut)
+	}
+	_, pub, _ := runCLI("audit", "public-key", "-config", cfg)
+	pub = strings.Fields(pub)[0]
+
+	auditor := t.TempDir()
+	data, _ := os.ReadFile(filepath.Join(dir, "audit.key"))
+	os.WriteFile(filepath.Join(auditor, "audit.key"), data, 0o600)
+	text := string(config.Example())
+	for old, repl := range map[string]string{
+		"  uri: matrix-hipaa.db\n":                     "  uri: " + filepath.Join(dir, "matrix-hipaa.db") + "\n",
+		"  checkpoint_file: audit-checkpoints.jsonl\n": "  checkpoint_file: " + filepath.Join(dir, "audit-checkpoints.jsonl") + "\n",
+	} {
+		text = strings.Replace(text, old, repl, 1)
+	}
+	auditorCfg := filepath.Join(auditor, "config.yaml")
+	os.WriteFile(auditorCfg, []byte(text), 0o600)
+	if code, out, errOut := runCLI("audit", "verify", "-config", auditorCfg, "-public-key", pub); code != 0 || !strings.HasPrefix(out, "OK: ") {
+		t.Fatalf("audit verify with the chain key alone: %d %q %q", code, out, errOut)
+	}
+	if code, out, errOut := runCLI("audit", "export", "-config", auditorCfg, "-format", "jsonl"); code != 0 || !strings.Contains(out, `"action":"verify"`) {
+		t.Fatalf("audit export with the chain key alone: %d %q", code, errOut)
+	}
+	entries, _ := os.ReadDir(auditor)
+	if len(entries) != 2 {
+		t.Fatalf("the auditor's folder holds %v: verifying made keys", entries)
+	}
+	if code, _, errOut := runCLI("keys", "rotate", "-config", cfg, "-key", "job"); code != 1 || !strings.Contains(errOut, "the service is running") {
+		t.Fatalf("rotation while running: %d %q", code, errOut)
+	}
+	running.Close()
+	if code, out, errOut := runCLI("keys", "rotate", "-config", cfg, "-key", "job"); code != 0 || !strings.Contains(out, "job.key.retired-") {
+		t.Fatalf("keys rotate: %d %q %q", code, out, errOut)
+	}
+	if code, _, _ := runCLI("keys", "rotate", "-config", cfg, "-key", "chain"); code != 1 {
+		t.Fatal("the chain key rotated in place")
 	}
 }

@@ -138,38 +138,50 @@ func signLegacyJobs(ctx context.Context, db *store.DB) error {
 		if err := tx.QueryRowContext(ctx, `SELECT done FROM job_mac_legacy`).Scan(&done); err != nil || done != 0 {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, dry_run FROM job WHERE mac = ''`)
-		if err != nil {
+		if _, err := macJobs(ctx, tx, `mac = ''`, db.JobKey(), func(macRow) bool { return true }); err != nil {
 			return err
 		}
-		type row struct {
-			id  int64
-			mac string
-		}
-		var sign []row
-		for rows.Next() {
-			var id int64
-			var kind, key string
-			var payload []byte
-			var dry bool
-			if err := rows.Scan(&id, &kind, &key, &payload, &dry); err != nil {
-				rows.Close()
-				return err
-			}
-			sign = append(sign, row{id, jobMAC(db.JobKey(), kind, key, payload, dry)})
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for _, s := range sign {
-			if _, err := tx.ExecContext(ctx, `UPDATE job SET mac = $1 WHERE id = $2`, s.mac, s.id); err != nil {
-				return err
-			}
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE job_mac_legacy SET done = 1`)
+		_, err := tx.ExecContext(ctx, `UPDATE job_mac_legacy SET done = 1`)
 		return err
 	})
+}
+
+// macJobs MACs again under key each job matching where (SQL) that take
+// accepts, and returns how many it did.
+func macJobs(ctx context.Context, tx *sql.Tx, where string, key []byte, take func(row macRow) bool) (int64, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id, kind, dedupe_key, payload, dry_run, mac FROM job WHERE `+where)
+	if err != nil {
+		return 0, err
+	}
+	var sign []macRow
+	for rows.Next() {
+		var r macRow
+		if err := rows.Scan(&r.id, &r.kind, &r.key, &r.payload, &r.dry, &r.mac); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if take(r) {
+			sign = append(sign, r)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, r := range sign {
+		if _, err := tx.ExecContext(ctx, `UPDATE job SET mac = $1 WHERE id = $2`, jobMAC(key, r.kind, r.key, r.payload, r.dry), r.id); err != nil {
+			return 0, err
+		}
+	}
+	return int64(len(sign)), nil
+}
+
+// macRow is what a job's MAC covers, and the MAC.
+type macRow struct {
+	id             int64
+	kind, key, mac string
+	payload        []byte
+	dry            bool
 }
 
 // errNoJobKey: jobs are queued only by a process holding the service's keys.

@@ -42,15 +42,11 @@ func NewLogger(cfg config.Logging, w io.Writer) zerolog.Logger {
 
 // OpenStore opens the configured database and the audit chain on it.
 func OpenStore(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *audit.Chain, error) {
-	uri := cfg.Database.URI
-	if cfg.Database.Type == "sqlite3" {
-		uri = cfg.Resolve(uri)
-	}
-	db, err := store.Open(ctx, cfg.Database.Type, uri, cfg.Database.MaxOpenConns)
+	db, err := openDB(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	keys, err := audit.LoadOrCreateKey(cfg.Resolve(cfg.Audit.KeyFile))
+	keys, err := audit.LoadKeys(KeyFiles(cfg))
 	if err != nil {
 		db.Close()
 		return nil, nil, err
@@ -61,6 +57,35 @@ func OpenStore(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *
 		return nil, nil, fmt.Errorf("sign jobs queued before job MACs: %w", err)
 	}
 	return db, chain, nil
+}
+
+// KeyFiles are where cfg keeps each key.
+func KeyFiles(cfg *config.Config) audit.KeyFiles {
+	return audit.KeyFiles{Chain: cfg.Resolve(cfg.Audit.KeyFile), Pseudonym: cfg.Resolve(cfg.Keys.PseudonymFile),
+		Job: cfg.Resolve(cfg.Keys.JobFile), Pickle: cfg.Resolve(cfg.Keys.BotPickleFile)}
+}
+
+// OpenForVerify opens the database and a chain that holds only the chain
+// key: enough to verify, export and record that it did, and nothing more
+// (no pseudonyms, no jobs, no bot keys).
+func OpenForVerify(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *audit.Chain, error) {
+	keys, err := audit.LoadChainKey(cfg.Resolve(cfg.Audit.KeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := openDB(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return db, audit.NewChain(keys, db, now), nil
+}
+
+func openDB(ctx context.Context, cfg *config.Config) (*store.DB, error) {
+	uri := cfg.Database.URI
+	if cfg.Database.Type == "sqlite3" {
+		uri = cfg.Resolve(uri)
+	}
+	return store.Open(ctx, cfg.Database.Type, uri, cfg.Database.MaxOpenConns)
 }
 
 // Service is the whole running application service.

@@ -39,6 +39,7 @@ type Config struct {
 	Admin   Admin   `yaml:"admin"`
 	Logging Logging `yaml:"logging"`
 	Jobs    Jobs    `yaml:"jobs"`
+	Keys    Keys    `yaml:"keys"`
 
 	// path is where the config was read from; relative paths resolve against its folder.
 	path string
@@ -77,6 +78,20 @@ type AppService struct {
 	// that ask for it before they take the bot's cross-signing keys
 	// (Dendrite 0.13). Needed once: the keys stay published afterwards.
 	BotPasswordFile string `yaml:"bot_password_file"`
+}
+
+// Keys are the service's other secret keys, one purpose each, each in its
+// own file (created 0600 if missing). Verifying the audit chain needs none
+// of them: audit.key_file and the checkpoint public key are enough.
+type Keys struct {
+	// PseudonymFile: the key that turns user and room IDs into the audit
+	// trail's pseudonyms (whoever has it can test a guess).
+	PseudonymFile string `yaml:"pseudonym_file"`
+	// JobFile: the key that MACs queued jobs.
+	JobFile string `yaml:"job_file"`
+	// BotPickleFile: the key that encrypts the bot's Olm/Megolm state and
+	// cross-signing keys in the database.
+	BotPickleFile string `yaml:"bot_pickle_file"`
 }
 
 // BotPassword reads appservice.bot_password_file ("" if none is set).
@@ -277,6 +292,15 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Audit.SigningKeyFile == "" {
 		c.Audit.SigningKeyFile = "audit-signing.key"
+	}
+	if c.Keys.PseudonymFile == "" {
+		c.Keys.PseudonymFile = "keys/pseudonym.key"
+	}
+	if c.Keys.JobFile == "" {
+		c.Keys.JobFile = "keys/job.key"
+	}
+	if c.Keys.BotPickleFile == "" {
+		c.Keys.BotPickleFile = "keys/bot-pickle.key"
 	}
 	if c.Audit.CheckpointFile == "" {
 		c.Audit.CheckpointFile = "audit-checkpoints.jsonl"

@@ -91,7 +91,10 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 		"  uri: matrix-hipaa.db\n":                     "  uri: /var/lib/matrix-hipaa/matrix-hipaa.db\n",
 		"\npolicy: policy.yaml\n":                      "\npolicy: /etc/matrix-hipaa/policy.yaml\n",
 		"  key_file: audit.key\n":                      "  key_file: /var/lib/matrix-hipaa/audit.key\n",
-		"  signing_key_file: audit-signing.key\n":      "  signing_key_file: /var/lib/matrix-hipaa/audit-signing.key\n",
+		"  signing_key_file: keys/audit-signing.key\n": "  signing_key_file: /var/lib/matrix-hipaa/keys/audit-signing.key\n",
+		"  pseudonym_file: keys/pseudonym.key\n":       "  pseudonym_file: /var/lib/matrix-hipaa/keys/pseudonym.key\n",
+		"  job_file: keys/job.key\n":                   "  job_file: /var/lib/matrix-hipaa/keys/job.key\n",
+		"  bot_pickle_file: keys/bot-pickle.key\n":     "  bot_pickle_file: /var/lib/matrix-hipaa/keys/bot-pickle.key\n",
 		"  checkpoint_file: audit-checkpoints.jsonl\n": "  checkpoint_file: /var/lib/matrix-hipaa/audit-checkpoints.jsonl\n",
 		"      path: audit/audit.jsonl\n":              "      path: /var/lib/matrix-hipaa/audit/audit.jsonl\n",
 	} {
@@ -202,7 +205,8 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 
 	// Its files belong to the service user and no one else can read them.
 	state := filepath.Join(root, "var/lib/matrix-hipaa")
-	for path, mode := range map[string]os.FileMode{"": 0o700 | os.ModeDir, "matrix-hipaa.db": 0o600, "audit.key": 0o600, "audit-signing.key": 0o600} {
+	for path, mode := range map[string]os.FileMode{"": 0o700 | os.ModeDir, "matrix-hipaa.db": 0o600, "audit.key": 0o600, "keys": 0o700 | os.ModeDir,
+		"keys/audit-signing.key": 0o600, "keys/pseudonym.key": 0o600, "keys/job.key": 0o600, "keys/bot-pickle.key": 0o600} {
 		st, err := os.Stat(filepath.Join(state, path))
 		must(t, err)
 		sys := st.Sys().(*syscall.Stat_t)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -281,14 +282,17 @@ func TestRecordTimesNeverDecrease(t *testing.T) {
 	}
 }
 
-func TestKeyFile(t *testing.T) {
-	dir := t.TempDir()
-	path := dir + "/audit.key"
-	k1, err := LoadOrCreateKey(path)
+func keyFiles(dir string) KeyFiles {
+	return KeyFiles{Chain: dir + "/audit.key", Pseudonym: dir + "/pseudonym.key", Job: dir + "/job.key", Pickle: dir + "/bot-pickle.key"}
+}
+
+func TestKeyFiles(t *testing.T) {
+	f := keyFiles(t.TempDir())
+	k1, err := LoadKeys(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k2, err := LoadOrCreateKey(path)
+	k2, err := LoadKeys(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,11 +302,99 @@ func TestKeyFile(t *testing.T) {
 	if k1.User("@a:b") == k1.User("@a:c") || k1.User("@a:b") == k1.Room("@a:b") {
 		t.Fatal("pseudonyms collide")
 	}
-	if err := chmod(path, 0o644); err != nil {
+	// Four independent keys, not one in four places.
+	seen := map[string]bool{}
+	for _, k := range [][]byte{k1.chain, k1.pseudo, k1.job, k1.pickle} {
+		if len(k) != 32 || seen[string(k)] {
+			t.Fatalf("keys not distinct 32-byte keys")
+		}
+		seen[string(k)] = true
+	}
+	if err := chmod(f.Pseudonym, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateKey(path); err == nil {
+	if _, err := LoadKeys(f); err == nil {
 		t.Fatal("a world-readable key was accepted")
+	}
+}
+
+// An auditor given audit.key alone (the chain key and the checkpoint public
+// key are all verifying needs) can verify and can do nothing else: the
+// chain key file holds no master from which the pseudonym, job or pickle
+// keys could be derived, and loading it creates no other key file.
+func TestAuditorsKeyOpensNothingElse(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	f := keyFiles(dir)
+	full, err := LoadKeys(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, _ := storetest.Open(t, "sqlite3")
+	c := NewChain(full, db, time.Now)
+	if err := c.AppendTx(ctx, db, &Record{Type: TypeServiceStart, Outcome: OutcomeSuccess, Actor: full.User("@admin:hs")}); err != nil {
+		t.Fatal(err)
+	}
+	auditor := t.TempDir()
+	data, _ := os.ReadFile(f.Chain)
+	os.WriteFile(auditor+"/audit.key", data, 0o600)
+	k, err := LoadChainKey(auditor + "/audit.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := Verify(ctx, db, k); err != nil || res.Bad != nil || res.Records != 1 {
+		t.Fatalf("verify with the chain key alone: %+v %v", res, err)
+	}
+	if k.CanPseudonymise() || k.PickleKey() != nil || k.JobKey() != nil {
+		t.Fatal("the chain key carries other keys")
+	}
+	for _, label := range []string{labelPseudo, labelPickle, labelJob} {
+		if d := derive(k.chain, label); bytes.Equal(d, full.pseudo) || bytes.Equal(d, full.pickle) || bytes.Equal(d, full.job) {
+			t.Fatalf("%s derives from the chain key", label)
+		}
+	}
+	if entries, _ := os.ReadDir(auditor); len(entries) != 1 {
+		t.Fatalf("loading the chain key made files: %v", entries)
+	}
+}
+
+// A deployment from before the split (one master key in audit.key) starts
+// with every value it had: the same chain MACs, pseudonyms, job MACs and bot
+// pickle key; afterwards audit.key holds the chain key alone.
+func TestOldMasterKeyIsSplit(t *testing.T) {
+	dir := t.TempDir()
+	f := keyFiles(dir)
+	master := bytes.Repeat([]byte{7}, 32)
+	if err := os.WriteFile(f.Chain, []byte(hex.EncodeToString(master)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := NewKeys(master)
+	verifier, err := LoadChainKey(f.Chain) // an auditor's old copy still verifies
+	if err != nil || !bytes.Equal(verifier.chain, old.chain) {
+		t.Fatalf("chain key from an old master: %v", err)
+	}
+	k, err := LoadKeys(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(k.chain, old.chain) || !bytes.Equal(k.pseudo, old.pseudo) || !bytes.Equal(k.job, old.job) || !bytes.Equal(k.pickle, old.pickle) {
+		t.Fatal("splitting changed a key")
+	}
+	data, _ := os.ReadFile(f.Chain)
+	if bytes.Contains(data, []byte(hex.EncodeToString(master))) || !bytes.HasPrefix(data, []byte(headChain)) {
+		t.Fatalf("audit.key still holds the master: %s", data)
+	}
+	again, err := LoadKeys(f)
+	if err != nil || again.User("@a:b") != old.User("@a:b") {
+		t.Fatalf("reload after the split: %v", err)
+	}
+	if v, err := LoadChainKey(f.Chain); err != nil || !bytes.Equal(v.chain, old.chain) {
+		t.Fatalf("chain key after the split: %v", err)
+	}
+	for _, p := range []string{f.Pseudonym, f.Job, f.Pickle, f.Chain} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", p, st.Mode(), err)
+		}
 	}
 }
 

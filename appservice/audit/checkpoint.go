@@ -44,7 +44,7 @@ type SigningKey struct {
 // LoadOrCreateSigningKey reads the hex Ed25519 seed at path, creating it
 // (mode 0600) if missing.
 func LoadOrCreateSigningKey(path string) (*SigningKey, error) {
-	seed, err := loadOrCreateSecret(path, "audit signing key", ed25519.SeedSize)
+	seed, err := loadOrCreateSecret(path, "# matrix-hipaa audit signing key", ed25519.SeedSize)
 	if err != nil {
 		return nil, err
 	}

@@ -8,8 +8,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
 )
 
 // adminKeyCommand lists the administrators' master keys the bot pinned, or
@@ -67,5 +69,37 @@ func adminKeyCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "%s unpinned: their next command from a cross-signed session pins their current master key\n", *user)
+	return err
+}
+
+// keysCommand rotates the job or pseudonym key in place, with the service
+// stopped (appservice.RotateKey).
+func keysCommand(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "rotate" {
+		return errUsage{"usage: matrix-hipaa keys rotate -config F -key job|pseudonym"}
+	}
+	fs, cfgPath := flags("keys rotate", stderr)
+	which := fs.String("key", "", "job or pseudonym")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *which == "" {
+		return errUsage{"usage: matrix-hipaa keys rotate -config F -key job|pseudonym"}
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if err := notRunning(cfg); err != nil {
+		return err
+	}
+	rot, err := appservice.RotateKey(context.Background(), cfg, *which, operator(), appservice.Stamp(time.Now()), time.Now)
+	if err != nil {
+		return err
+	}
+	if *which == "job" {
+		fmt.Fprintf(stdout, "%d queued jobs MACed under the new job key\n", rot.Resigned)
+	}
+	_, err = fmt.Fprintf(stdout, "the %s key is new; the old one is at %s: move it to the key vault\n", *which, rot.Retired)
 	return err
 }
