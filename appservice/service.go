@@ -296,6 +296,7 @@ func (s *Service) Run(ctx context.Context) error {
 	go s.Trust.Run(workCtx)
 	go s.refreshGauges(workCtx, 5*time.Second)
 	go s.Policy.Watch(workCtx, 2*time.Second)
+	go RunPruner(workCtx, s.DB, s.Chain, s.Config.Jobs.KeepMetadata.D(), time.Hour, s.Log)
 	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {
 		cli, err := mautrix.NewClient(s.Config.Homeserver.Address, id.UserID(s.Config.BotMXID()), s.Config.AppService.ASToken.Reveal())
 		if err == nil {

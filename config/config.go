@@ -218,6 +218,12 @@ type Jobs struct {
 	// "bot" (shows members it was the policy; needs the bot to have the
 	// room's redact power level, else the sender is used).
 	ExpireAs string `yaml:"expire_as"`
+	// KeepMetadata is how long the routing metadata of what is over is
+	// kept: inbox rows of events that no wipe could still redact (expired
+	// messages, non-message events), done jobs whose dedupe key names one
+	// event or time window, and done expiries. Default 30 days, at least a
+	// day; see docs/deploy.md ("Metadata the service keeps").
+	KeepMetadata Duration `yaml:"keep_metadata"`
 }
 
 const DefaultMaxBodyBytes = 64 << 20
@@ -331,6 +337,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Jobs.MaxBackoff == 0 {
 		c.Jobs.MaxBackoff = Duration(5 * time.Minute)
+	}
+	if c.Jobs.KeepMetadata == 0 {
+		c.Jobs.KeepMetadata = Duration(30 * 24 * time.Hour)
 	}
 }
 
@@ -504,6 +513,9 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	}
 	if c.Jobs.MaxAttempts < 1 {
 		d.Errorf("jobs.max_attempts", "jobs.max_attempts must be at least 1")
+	}
+	if c.Jobs.KeepMetadata.D() < 24*time.Hour {
+		d.Errorf("jobs.keep_metadata", "jobs.keep_metadata must be at least 24h: a homeserver retrying a transaction must still find its events")
 	}
 	if c.Jobs.MaxBackoff < c.Jobs.Backoff {
 		d.Errorf("jobs.max_backoff", "jobs.max_backoff must not be shorter than jobs.backoff")

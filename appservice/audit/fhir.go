@@ -106,6 +106,7 @@ var eventTypes = map[string]struct {
 	TypeRoster:         {"110136", "Security Roles Changed", "U"},
 	TypeMembership:     {"110113", "Security Alert", "E"},
 	TypeAdminKey:       {"110113", "Security Alert", "U"},
+	TypeMaintenance:    {"110100", "Application Activity", "D"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

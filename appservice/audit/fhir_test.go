@@ -40,6 +40,7 @@ func everyRecordType(c *Chain) []*Record {
 		{Type: TypeRoster, Outcome: OutcomeFailure, Actor: "roster-file", Action: "load-failed"},
 		{Type: TypeMembership, Outcome: OutcomeSuccess, Actor: k.User("@x:h"), Room: k.Room("!ward:h"), EventID: "$m", Action: "refuse", Detail: "not_verified"},
 		{Type: TypeAdminKey, Outcome: OutcomeDenied, Actor: k.User("@admin:h"), Room: k.Room("!mgmt:h"), EventID: "$cmd", Action: "changed", Detail: k.User("@admin:h")},
+		{Type: TypeMaintenance, Outcome: OutcomeSuccess, Action: "prune", Count: 5000},
 		{Type: TypeServiceStop, Outcome: OutcomeSuccess},
 	}
 	return recs

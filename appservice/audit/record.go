@@ -53,6 +53,9 @@ const (
 	// seen changed (action changed, outcome denied) or unpinned by an
 	// operator (action unpin); detail is the administrator's pseudonym.
 	TypeAdminKey = "admin.key"
+	// TypeMaintenance: the service removed metadata no guarantee needs any
+	// more (action prune; count the rows: inbox, expiry and job).
+	TypeMaintenance = "maintenance"
 )
 
 // Outcomes.

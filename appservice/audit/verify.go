@@ -54,17 +54,20 @@ func Verify(ctx context.Context, db *store.DB, keys *Keys) (Result, error) {
 	var res Result
 	var headSeq int64
 	var headMAC []byte
-	err := db.R.QueryRowContext(ctx, `SELECT seq, mac FROM audit_head WHERE id = 1`).Scan(&headSeq, &headMAC)
+	var minSeq, maxSeq sql.NullInt64
+	// One statement, one snapshot: the head and the last record read apart
+	// would let an append in between (the running service's) look like a
+	// record beyond the head.
+	err := db.R.QueryRowContext(ctx, `SELECT h.seq, h.mac, (SELECT MIN(seq) FROM audit), (SELECT MAX(seq) FROM audit) FROM audit_head h WHERE h.id = 1`).
+		Scan(&headSeq, &headMAC, &minSeq, &maxSeq)
 	if errors.Is(err, sql.ErrNoRows) {
 		headSeq, headMAC = 0, zeroMAC
-	} else if err != nil {
+		err = db.R.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq) FROM audit`).Scan(&minSeq, &maxSeq)
+	}
+	if err != nil {
 		return res, err
 	}
 	res.HeadSeq = headSeq
-	var minSeq, maxSeq sql.NullInt64
-	if err := db.R.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq) FROM audit`).Scan(&minSeq, &maxSeq); err != nil {
-		return res, err
-	}
 	if minSeq.Valid && minSeq.Int64 < 1 {
 		return Result{HeadSeq: headSeq, Bad: &Break{minSeq.Int64, "sequence numbers start at 1"}}, nil
 	}
