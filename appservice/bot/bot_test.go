@@ -3,6 +3,7 @@ package bot
 import (
 	"context"
 	"database/sql"
+	"encoding/base64"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -148,5 +149,47 @@ func TestHostileRemoteInvitesAreIgnored(t *testing.T) {
 		if got := b.AcceptsInvite(inviter); got != want {
 			t.Errorf("invite from %q accepted: %v, want %v", inviter, got, want)
 		}
+	}
+}
+
+// The bot's cross-signing keys are made once and kept sealed: a second
+// start gets the same keys, the stored row holds no seed in the clear, and
+// a store opened with another pickle key (or a row moved to another bot)
+// does not open.
+func TestCrossSigningSeedsSealed(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			ctx := context.Background()
+			db, _ := storetest.Open(t, dbType)
+			b := New(Options{DB: db, UserID: "@hipaa:hs", PickleKey: []byte("0123456789abcdef0123456789abcdef")})
+			seeds, ident, err := b.loadOrMakeSeeds(ctx)
+			if err != nil || ident.MasterKey == "" || ident.Published {
+				t.Fatalf("first start: %+v %v", ident, err)
+			}
+			again, ident2, err := b.loadOrMakeSeeds(ctx)
+			if err != nil || ident2.MasterKey != ident.MasterKey || string(again.MasterKey) != string(seeds.MasterKey) {
+				t.Fatalf("second start made other keys: %+v %v", ident2, err)
+			}
+			var sealed string
+			if err := db.R.QueryRow(`SELECT sealed FROM bot_cross_signing`).Scan(&sealed); err != nil {
+				t.Fatal(err)
+			}
+			for _, seed := range [][]byte{seeds.MasterKey, seeds.SelfSigningKey, seeds.UserSigningKey} {
+				if strings.Contains(sealed, base64.RawURLEncoding.EncodeToString(seed)) || strings.Contains(sealed, base64.RawStdEncoding.EncodeToString(seed)) {
+					t.Fatal("a seed is stored in the clear")
+				}
+			}
+			other := New(Options{DB: db, UserID: "@hipaa:hs", PickleKey: []byte("another key, another deployment!")})
+			if _, _, err := other.loadOrMakeSeeds(ctx); err == nil {
+				t.Fatal("the seeds opened with another pickle key")
+			}
+			if err := b.open(sealed, &crypto.CrossSigningSeeds{}); err != nil {
+				t.Fatal(err)
+			}
+			moved := New(Options{DB: db, UserID: "@other:hs", PickleKey: b.opts.PickleKey})
+			if err := moved.open(sealed, &crypto.CrossSigningSeeds{}); err == nil {
+				t.Fatal("the seeds opened as another bot's")
+			}
+		})
 	}
 }
