@@ -1,86 +1,117 @@
 // Command dev runs the development stack: a real Dendrite homeserver and
-// matrix-hipaa on loopback, with an admin and a demo user. Start it with
-// deploy/dev/start.sh.
+// matrix-hipaa on loopback, with an admin, a demo user and a management
+// room. Start it with deploy/dev/start.sh; `start.sh adduser NAME` adds an
+// account to a running stack.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
-	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
+type options struct {
+	state                       string
+	hsPort, asPort, metricsPort int
+}
+
 func main() {
-	state := flag.String("state", ".dev", "folder for configs, databases and logs")
-	hsPort := flag.Int("hs-port", 8008, "homeserver port on 127.0.0.1")
-	asPort := flag.Int("as-port", 29330, "matrix-hipaa port on 127.0.0.1")
-	metricsPort := flag.Int("metrics-port", 29331, "metrics port on 127.0.0.1")
+	var o options
+	flag.StringVar(&o.state, "state", ".dev", "folder for configs, databases and logs")
+	flag.IntVar(&o.hsPort, "hs-port", 8008, "homeserver port on 127.0.0.1")
+	flag.IntVar(&o.asPort, "as-port", 29330, "matrix-hipaa port on 127.0.0.1")
+	flag.IntVar(&o.metricsPort, "metrics-port", 29331, "metrics port on 127.0.0.1")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: start.sh [flags]           start the stack (Ctrl-C stops it)\n"+
+			"       start.sh [flags] adduser NAME   add @NAME:localhost to the running stack\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
-	if err := run(*state, *hsPort, *asPort, *metricsPort); err != nil {
+	// A closed pipe (start.sh | tee log, then Ctrl-C) must not kill the
+	// stack before it has stopped its children: writes then fail instead.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	var err error
+	switch flag.Arg(0) {
+	case "":
+		err = run(o, os.Stdout, os.Stderr)
+	case "adduser":
+		err = addUser(o, flag.Arg(1), os.Stdout)
+	default:
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "dev stack:", err)
 		os.Exit(1)
 	}
 }
 
-func run(state string, hsPort, asPort, metricsPort int) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+func (o options) prepare(ctx context.Context, build bool, log io.Writer) (*devstack.Stack, string, error) {
 	root, err := devstack.RepoRoot()
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	if !filepath.IsAbs(state) {
-		state = filepath.Join(root, state)
+	if !filepath.IsAbs(o.state) {
+		o.state = filepath.Join(root, o.state)
 	}
-	dendrite, err := devstack.BuildDendrite(ctx, os.Stderr)
+	dendrite, err := devstack.BuildDendrite(ctx, log)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	bin := filepath.Join(state, "bin", "matrix-hipaa")
-	fmt.Fprintln(os.Stderr, "building matrix-hipaa…")
-	if err := devstack.BuildService(ctx, root, bin, os.Stderr); err != nil {
-		return err
+	bin := filepath.Join(o.state, "bin", "matrix-hipaa")
+	if build {
+		fmt.Fprintln(log, "building matrix-hipaa…")
+		if err := devstack.BuildService(ctx, root, bin, log); err != nil {
+			return nil, "", err
+		}
 	}
 	stack, err := devstack.Prepare(devstack.Options{
-		StateDir: state, DendriteBin: dendrite, ServiceBin: bin,
-		HSPort: hsPort, ASPort: asPort, MetricsPort: metricsPort,
+		StateDir: o.state, DendriteBin: dendrite, ServiceBin: bin,
+		HSPort: o.hsPort, ASPort: o.asPort, MetricsPort: o.metricsPort,
 		PersistentJetStream: true,
+		// What the example config recommends for Dendrite: prompt delivery.
+		KeepAlive: "2s",
 	})
+	return stack, bin, err
+}
+
+// run starts the stack and stops it, whatever ends it: a signal, a closed
+// pipe, an error or a panic (the children also get SIGTERM from the kernel
+// if the stack itself is killed).
+func run(o options, stdout, stderr io.Writer) (err error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	stack, bin, err := o.prepare(ctx, true, stderr)
 	if err != nil {
 		return err
 	}
-	defer stack.Stop()
-	fmt.Fprintln(os.Stderr, "starting Dendrite", devstack.DendriteVersion, "…")
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+		stack.Stop()
+	}()
+	fmt.Fprintln(stderr, "starting Dendrite", devstack.DendriteVersion, "…")
 	if err := stack.StartDendrite(ctx); err != nil {
-		return fmt.Errorf("%w (log: %s)", err, stack.DendriteLog)
+		return err
+	}
+	dev, err := stack.SetUpDev(ctx)
+	if err != nil {
+		return err
 	}
 	if err := stack.StartService(ctx); err != nil {
 		return err
 	}
-	users := [][2]string{{"admin", "true"}, {"demo", "false"}}
-	var lines []string
-	for _, u := range users {
-		pwFile := filepath.Join(state, u[0]+".password")
-		pw, err := os.ReadFile(pwFile)
-		if err != nil {
-			pw = []byte(config.RandomToken()[:20])
-			if _, err := stack.CreateUser(ctx, u[0], string(pw), u[1] == "true"); err != nil {
-				return err
-			}
-			if err := config.WriteFileAtomic(pwFile, pw, 0o600); err != nil {
-				return err
-			}
-		}
-		lines = append(lines, fmt.Sprintf("    @%s:localhost  password %s", u[0], strings.TrimSpace(string(pw))))
-	}
-	fmt.Printf(`
+	cfg := stack.ServiceConfig
+	fmt.Fprintf(stdout, `
 matrix-hipaa dev stack is running (Ctrl-C stops it).
 
   Homeserver   %s   (Dendrite %s, server name "localhost")
@@ -89,15 +120,50 @@ matrix-hipaa dev stack is running (Ctrl-C stops it).
 
 Log in from Element (desktop, or app.element.io pointed at a local server) or any
 Matrix client with homeserver %s and one of:
-%s
+    %s  password %s   (an administrator: admin.users)
+    %s  password %s
 
-Audit trail:
-  %s audit export -config %s -format jsonl
-  %s audit verify -config %s
-Logs: %s and %s
-`, stack.HSURL, devstack.DendriteVersion, asPort, metricsPort, state, stack.HSURL,
-		strings.Join(lines, "\n"), bin, stack.ServiceConfig, bin, stack.ServiceConfig, stack.ServiceLog, stack.DendriteLog)
+The management room "matrix-hipaa management" (%s) is the admin's: log in as
+%s, open it and send !help. Commands that change anything (!wipe, !verify,
+!hold…) need the admin's verified session: in Element, set up secure backup
+(Settings → Security) so the session is cross-signed.
+
+More accounts:   %s adduser NAME
+Audit trail:     %s audit export -config %s -format jsonl
+                 %s audit verify -config %s
+At a glance:     %s status -config %s
+Rooms:           %s rooms -config %s
+Logs:            %s and %s
+`, stack.HSURL, devstack.DendriteVersion, o.asPort, o.metricsPort, stack.Opts.StateDir, stack.HSURL,
+		dev.Admin.ID, dev.Admin.Password, dev.Demo.ID, dev.Demo.Password, dev.ManagementRoom, dev.Admin.ID,
+		startScript(), bin, cfg, bin, cfg, bin, cfg, bin, cfg, stack.ServiceLog, stack.DendriteLog)
 	<-ctx.Done()
-	fmt.Fprintln(os.Stderr, "stopping…")
+	fmt.Fprintln(stderr, "stopping…") // may fail on a closed pipe: the stop runs anyway
 	return nil
+}
+
+// addUser registers an account on a running stack.
+func addUser(o options, name string, stdout io.Writer) error {
+	if name == "" {
+		return errors.New("usage: start.sh adduser NAME")
+	}
+	ctx := context.Background()
+	stack, _, err := o.prepare(ctx, false, io.Discard)
+	if err != nil {
+		return err
+	}
+	u, err := stack.AddUser(ctx, name)
+	if err != nil {
+		return fmt.Errorf("%w (is the stack running?)", err)
+	}
+	_, err = fmt.Fprintf(stdout, "%s  password %s\n", u.ID, u.Password)
+	return err
+}
+
+func startScript() string {
+	root, err := devstack.RepoRoot()
+	if err != nil {
+		return "deploy/dev/start.sh"
+	}
+	return filepath.Join(root, "deploy", "dev", "start.sh")
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Dendrite (first run only) and matrix-hipaa, writes configs with SQLite
-# under .dev/, starts both on loopback and creates an admin and a demo user.
-# Flags: -state DIR -hs-port N -as-port N -metrics-port N
+# under .dev/, starts both on loopback, creates an admin and a demo user and
+# the admin's management room. `start.sh adduser NAME` adds an account to the
+# running stack. Flags: -state DIR -hs-port N -as-port N -metrics-port N
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! command -v go >/dev/null 2>&1; then

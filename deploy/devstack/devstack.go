@@ -396,8 +396,45 @@ func openLog(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 }
 
+// childAttr puts a child in its own process group (a Ctrl-C meant for the
+// stack reaches the stack, which stops its children in order) and has the
+// kernel stop it if the stack dies without doing so (SIGKILL, a crash).
+func childAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+}
+
+// PortInUse is returned when a port the stack needs is taken, most often by
+// an earlier stack that is still running.
+type PortInUse struct {
+	Port int
+	What string
+}
+
+func (e PortInUse) Error() string {
+	return fmt.Sprintf("port %d (%s) is in use: another dev stack or server holds it; stop it, or choose another port", e.Port, e.What)
+}
+
+// checkPorts fails with PortInUse if any of ports is taken on loopback.
+func checkPorts(ports map[string]int) error {
+	for what, port := range ports {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return PortInUse{port, what}
+		}
+		l.Close()
+	}
+	return nil
+}
+
 // StartDendrite starts the homeserver and waits until it answers.
 func (s *Stack) StartDendrite(ctx context.Context) error {
+	ports := map[string]int{"homeserver": s.Opts.HSPort}
+	if s.Opts.Federate {
+		ports["federation"] = s.Opts.FederationPort
+	}
+	if err := checkPorts(ports); err != nil {
+		return err
+	}
 	dir := filepath.Join(s.Opts.StateDir, "dendrite")
 	logf, err := openLog(s.DendriteLog)
 	if err != nil {
@@ -414,7 +451,7 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 		cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+s.Opts.TLS.CAFile)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
@@ -424,13 +461,23 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 	s.mu.Lock()
 	s.hs, s.hsExit = cmd, exit
 	s.mu.Unlock()
-	return waitHTTP(ctx, s.HSURL+"/_matrix/client/versions", 90*time.Second)
+	if err := waitHTTP(ctx, s.HSURL+"/_matrix/client/versions", 90*time.Second, exit); err != nil {
+		return fmt.Errorf("Dendrite: %w; see %s", err, s.DendriteLog)
+	}
+	return nil
 }
 
 // StartService starts matrix-hipaa and waits until it accepts connections.
 // The first time, it gives the bot account a password first (see
 // giveBotPassword).
 func (s *Stack) StartService(ctx context.Context) error {
+	ports := map[string]int{"matrix-hipaa": s.Opts.ASPort, "metrics": s.Opts.MetricsPort}
+	if s.Opts.AdminToken != "" {
+		ports["admin API"] = s.Opts.AdminPort
+	}
+	if err := checkPorts(ports); err != nil {
+		return err
+	}
 	if err := s.giveBotPassword(ctx); err != nil {
 		return err
 	}
@@ -440,7 +487,7 @@ func (s *Stack) StartService(ctx context.Context) error {
 	}
 	cmd := exec.Command(s.Opts.ServiceBin, "run", "-config", s.ServiceConfig)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
@@ -529,9 +576,16 @@ func (s *Stack) Service(args ...string) ([]byte, []byte, error) {
 	return stdout.Bytes(), stderr.Bytes(), err
 }
 
-func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
+// waitHTTP waits until url answers 200, failing at once if exited closes
+// (the process meant to answer died: what answers is not it).
+func waitHTTP(ctx context.Context, url string, timeout time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return errors.New("it exited at start-up")
+		default:
+		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			resp.Body.Close()
@@ -710,11 +764,5 @@ func (s *Stack) Login(ctx context.Context, localpart string) (*mautrix.Client, e
 	if _, err := s.CreateUser(ctx, localpart, password, false); err != nil {
 		return nil, err
 	}
-	cli, err := mautrix.NewClient(s.HSURL, "", "")
-	if err != nil {
-		return nil, err
-	}
-	_, err = cli.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
-		Password: password, StoreCredentials: true})
-	return cli, err
+	return s.LoginAs(ctx, localpart, password)
 }
