@@ -541,21 +541,14 @@ func listRooms(args []string, stdout, stderr io.Writer) int {
 	attention := 0
 	for i := range rooms {
 		r := &rooms[i]
-		var notes []string
-		if r.Unenforced() {
-			notes = append(notes, "not encrypted yet")
-		}
-		if r.Underpowered() {
-			notes = append(notes, fmt.Sprintf("bot needs power %d to fix settings itself", r.Needed))
-		}
-		for _, p := range r.Problems {
-			notes = append(notes, fmt.Sprintf("%s failed since %s: %s", p.Action, time.UnixMilli(p.Since).UTC().Format(time.RFC3339), p.Detail))
-		}
-		// Only failures need someone; the others resolve or are informational.
-		if len(r.Problems) > 0 {
+		notes := r.Attention()
+		if r.NeedsAttention() {
 			attention++
 		} else if *onlyProblems {
 			continue
+		}
+		if r.Underpowered() {
+			notes = append(notes, fmt.Sprintf("(bot at power %d: the room's creator fixes its settings)", r.BotPower))
 		}
 		pol := "optional"
 		if r.EncryptionRequired {

@@ -85,7 +85,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		Rooms: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hipaa_rooms",
-			Help: "Known rooms by standing: known, problem (an action failed for good; see `matrix-hipaa rooms`), unencrypted_required (policy wants encryption, room has none), bot_underpowered (bot lacks the power the room's settings need).",
+			Help: "Known rooms by standing: known; needs_attention (a setting policy requires is not in force, or an action failed for good: what `matrix-hipaa rooms -problems` lists); problem (an action failed for good); unencrypted_required (policy wants encryption, room has none); bot_underpowered (bot lacks the power to fix settings itself: informational).",
 		}, []string{"standing"}),
 	}
 	m.AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{

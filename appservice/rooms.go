@@ -3,7 +3,9 @@ package appservice
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"sort"
+	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -17,6 +19,9 @@ type RoomReport struct {
 	EncryptionRequired bool
 	JoinRule           string
 	GuestAccess        string
+	// PublicForbidden, GuestsForbidden: policy forbids a public join rule,
+	// guest access.
+	PublicForbidden, GuestsForbidden bool
 	BotJoined          bool
 	BotPower, Needed   int
 	Problems           []Problem
@@ -32,8 +37,33 @@ type Problem struct {
 func (r *RoomReport) Unenforced() bool { return r.EncryptionRequired && !r.Encrypted }
 
 // Underpowered reports whether the bot is in the room without the power its
-// settings need (it then relies on the creator to fix them).
+// settings need (it then relies on the creator to fix them). On its own it
+// needs nobody: that is how most rooms people create are.
 func (r *RoomReport) Underpowered() bool { return r.BotJoined && r.BotPower < r.Needed }
+
+// Attention says why a room needs someone, or nothing: a setting policy
+// requires that is not in force, or an action that failed for good. One
+// definition for `rooms`, `status`, the hipaa_rooms{standing="needs_attention"}
+// gauge and the MatrixHipaaRoomsNotEnforced alert.
+func (r *RoomReport) Attention() []string {
+	var why []string
+	if r.Unenforced() {
+		why = append(why, "not encrypted")
+	}
+	if r.PublicForbidden && r.JoinRule == "public" {
+		why = append(why, "public join rule")
+	}
+	if r.GuestsForbidden && r.GuestAccess == "can_join" {
+		why = append(why, "guests may join")
+	}
+	for _, p := range r.Problems {
+		why = append(why, fmt.Sprintf("%s failed since %s: %s", p.Action, time.UnixMilli(p.Since).UTC().Format(time.RFC3339), p.Detail))
+	}
+	return why
+}
+
+// NeedsAttention reports whether Attention has anything to say.
+func (r *RoomReport) NeedsAttention() bool { return len(r.Attention()) > 0 }
 
 // ListRooms reports every room the service knows, sorted by ID.
 func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomReport, error) {
@@ -58,7 +88,9 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		r := get(id)
 		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		r.EncryptionRequired = pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id])).Encryption == policy.EncryptionRequired
+		eff := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id]))
+		r.EncryptionRequired = eff.Encryption == policy.EncryptionRequired
+		r.PublicForbidden, r.GuestsForbidden = eff.PublicRooms == policy.Forbid, eff.GuestAccess == policy.Forbid
 		return nil
 	})
 	if err != nil {

@@ -359,10 +359,13 @@ func (s *Service) refreshGauges(ctx context.Context, every time.Duration) {
 		}
 		s.Dispatcher.updateLag(ctx)
 		if rooms, err := ListRooms(ctx, s.DB, s.Policy.Current()); err == nil {
-			counts := map[string]float64{"known": 0, "problem": 0, "unencrypted_required": 0, "bot_underpowered": 0}
+			counts := map[string]float64{"known": 0, "needs_attention": 0, "problem": 0, "unencrypted_required": 0, "bot_underpowered": 0}
 			for i := range rooms {
 				r := &rooms[i]
 				counts["known"]++
+				if r.NeedsAttention() {
+					counts["needs_attention"]++
+				}
 				if len(r.Problems) > 0 {
 					counts["problem"]++
 				}

@@ -88,7 +88,7 @@ func ReadStatus(ctx context.Context, db *store.DB, pol *policy.Policy, dbFile st
 	}
 	s.Rooms = len(rooms)
 	for i := range rooms {
-		if len(rooms[i].Problems) > 0 || rooms[i].Unenforced() || rooms[i].Underpowered() {
+		if rooms[i].NeedsAttention() {
 			s.RoomIssues++
 		}
 	}
