@@ -522,16 +522,16 @@ func listRooms(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
-	if err != nil {
-		return fail(err)
-	}
 	ctx := context.Background()
 	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
 	if err != nil {
 		return fail(err)
 	}
 	defer db.Close()
+	pol, err := policyForReport(ctx, cfg, db, stdout)
+	if err != nil {
+		return fail(err)
+	}
 	rooms, err := appservice.ListRooms(ctx, db, pol)
 	if err := recordCommand(ctx, db, chain, "rooms", int64(len(rooms)), err); err != nil {
 		return fail(err)
@@ -856,6 +856,27 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
+// policyForReport is the policy `status` and `rooms` report on: the file's,
+// or, while the file is refused, the one the running service keeps in force
+// (saying so first: that is when an admin most needs these commands).
+func policyForReport(ctx context.Context, cfg *config.Config, db *store.DB, out io.Writer) (*policy.Policy, error) {
+	file := cfg.Resolve(cfg.Policy)
+	if cfg.Policy == "" {
+		return appservice.BuiltinPolicy(), nil
+	}
+	pol, err := policy.Load(file)
+	if err == nil {
+		return pol, nil
+	}
+	inForce, since, ierr := appservice.PolicyInForce(ctx, db)
+	if ierr != nil {
+		return nil, err // the service has never run: nothing else to report on
+	}
+	fmt.Fprintf(out, "policy file %s is REFUSED; the service keeps the policy in force (%s, since %s), which this reports on:\n%s\n\n",
+		file, inForce.Hash, since.UTC().Format(time.RFC3339), err)
+	return inForce, nil
+}
+
 // statusCommand prints the service's state as its database shows it.
 func statusCommand(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("status", stderr)
@@ -868,7 +889,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
+	pol, err := policyForReport(ctx, cfg, db, stdout)
 	if err != nil {
 		return err
 	}

@@ -2,13 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -262,5 +267,45 @@ func TestAuditorNeedsOnlyTheChainKey(t *testing.T) {
 	}
 	if code, _, _ := runCLI("keys", "rotate", "-config", cfg, "-key", "chain"); code != 1 {
 		t.Fatal("the chain key rotated in place")
+	}
+}
+
+// status and rooms while the policy file is broken (when an admin most needs
+// them) report on the policy the service keeps in force, and say the file is
+// refused; before the service has ever adopted a policy there is nothing
+// else to report on, and they fail with the file's errors.
+func TestStatusAndRoomsWithABrokenPolicyFile(t *testing.T) {
+	dir, cfgPath, _ := runningExample(t)
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broken := []byte("version: 1\ndefaults:\n  retention: forever\n")
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), broken, 0o600)
+	if code, _, errOut := runCLI("status", "-config", cfgPath); code != 1 || !strings.Contains(errOut, "policy.yaml:3:") {
+		t.Fatalf("status before any policy was in force: %d %q", code, errOut)
+	}
+	// The service adopts the good policy (as at its start).
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600)
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := appservice.NewPolicyHolder(ctx, cfg.Resolve(cfg.Policy), db, chain, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := h.Current().Hash
+	db.Close()
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), broken, 0o600)
+	for _, cmd := range [][]string{{"status"}, {"rooms"}} {
+		code, out, errOut := runCLI(append(cmd, "-config", cfgPath)...)
+		if code != 0 || !strings.Contains(out, "is REFUSED; the service keeps the policy in force ("+hash+", since ") || !strings.Contains(out, "policy.yaml:3:") {
+			t.Fatalf("%s with a broken policy file: %d\n%s%s", cmd[0], code, out, errOut)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"os/signal"
@@ -28,6 +29,9 @@ type PolicyHolder struct {
 	current atomic.Pointer[policy.Policy]
 	// stamp is what the file looked like when last read, to notice edits.
 	stamp fileStamp
+	// refused: the file's last reading was refused (so the next good one,
+	// even the policy already in force, is news).
+	refused bool
 	// OnChange, if set, runs after a new policy comes into force.
 	OnChange func(context.Context, *policy.Policy)
 }
@@ -49,21 +53,28 @@ func stampOf(path string) fileStamp {
 // value of every knob.
 var builtinPolicy = &policy.Policy{Version: 1, Hash: "builtin"}
 
+// BuiltinPolicy is the policy in force when none is configured.
+func BuiltinPolicy() *policy.Policy { return builtinPolicy }
+
 // NewPolicyHolder loads the policy at path ("" for the built-in one). A
 // service must not start on a policy it cannot read, so errors are returned.
 func NewPolicyHolder(ctx context.Context, path string, db *store.DB, chain *audit.Chain, log zerolog.Logger) (*PolicyHolder, error) {
 	h := &PolicyHolder{path: path, db: db, chain: chain, log: log}
 	if path == "" {
 		h.current.Store(builtinPolicy)
-		return h, h.audit(ctx, builtinPolicy.Hash, audit.OutcomeSuccess, "builtin")
+		return h, h.adopt(ctx, builtinPolicy, []byte{}, "builtin")
 	}
 	h.stamp = stampOf(path)
-	p, err := policy.Load(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := policy.Parse(path, data)
 	if err != nil {
 		return nil, err
 	}
 	h.current.Store(p)
-	return h, h.audit(ctx, p.Hash, audit.OutcomeSuccess, "start")
+	return h, h.adopt(ctx, p, data, "start")
 }
 
 // Current is the policy in force.
@@ -78,27 +89,77 @@ func (h *PolicyHolder) Reload(ctx context.Context, why string) (bool, error) {
 	data, err := os.ReadFile(h.path)
 	if err != nil {
 		h.log.Error().Err(err).Msg("cannot read the policy file; the last good policy stays in force")
+		h.refused = true
 		return false, errors.Join(err, h.audit(ctx, "", audit.OutcomeFailure, why))
 	}
 	p, err := policy.Parse(h.path, data)
 	if err != nil {
 		// The messages are file:line:col and key names; they carry no PHI.
 		h.log.Error().Str("errors", err.Error()).Msg("policy file refused; the last good policy stays in force")
+		h.refused = true
 		return false, errors.Join(err, h.audit(ctx, policy.HashOf(data), audit.OutcomeFailure, why))
 	}
 	if old := h.Current(); old != nil && old.Hash == p.Hash {
+		if h.refused {
+			// The edit was undone: say so, or the admin never knows.
+			h.refused = false
+			var since int64
+			h.db.R.QueryRowContext(ctx, `SELECT since FROM policy_in_force WHERE id = 1`).Scan(&since)
+			h.log.Info().Str("policy_version", p.Hash).Time("in_force_since", time.UnixMilli(since)).
+				Msg("policy file accepted again; the policy in force is unchanged")
+			return false, h.audit(ctx, p.Hash, audit.OutcomeSuccess, "accepted-again")
+		}
 		return false, nil
 	}
-	if err := h.audit(ctx, p.Hash, audit.OutcomeSuccess, why); err != nil {
+	if err := h.adopt(ctx, p, data, why); err != nil {
 		// Not in force until its adoption is on the record.
 		return false, err
 	}
+	h.refused = false
 	h.current.Store(p)
 	h.log.Info().Str("policy_version", p.Hash).Str("trigger", why).Msg("new policy in force")
 	if h.OnChange != nil {
 		h.OnChange(ctx, p)
 	}
 	return true, nil
+}
+
+// adopt records p (its text, data) as the policy in force, with its
+// policy.load record, in one transaction. A start with the policy already
+// in force keeps its since.
+func (h *PolicyHolder) adopt(ctx context.Context, p *policy.Policy, data []byte, why string) error {
+	return h.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		var hash string
+		err := tx.QueryRowContext(ctx, `SELECT hash FROM policy_in_force WHERE id = 1`).Scan(&hash)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			_, err = tx.ExecContext(ctx, `INSERT INTO policy_in_force (id, hash, body, since) VALUES (1, $1, $2, $3)`, p.Hash, data, h.chain.Now().UnixMilli())
+		case err == nil && hash != p.Hash:
+			_, err = tx.ExecContext(ctx, `UPDATE policy_in_force SET hash = $1, body = $2, since = $3 WHERE id = 1`, p.Hash, data, h.chain.Now().UnixMilli())
+		}
+		if err != nil {
+			return err
+		}
+		return h.chain.Append(ctx, tx, &audit.Record{Type: audit.TypePolicyLoad, Outcome: audit.OutcomeSuccess, PolicyVersion: p.Hash, Detail: why})
+	})
+}
+
+// PolicyInForce is the policy the running service last adopted, from the
+// database: what `status` and `rooms` report on while the file on disk is
+// refused. since is when it came into force (zero if none is recorded).
+func PolicyInForce(ctx context.Context, db *store.DB) (*policy.Policy, time.Time, error) {
+	var hash string
+	var body []byte
+	var since int64
+	err := db.R.QueryRowContext(ctx, `SELECT hash, body, since FROM policy_in_force WHERE id = 1`).Scan(&hash, &body, &since)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if hash == builtinPolicy.Hash {
+		return builtinPolicy, time.UnixMilli(since), nil
+	}
+	p, err := policy.Parse("(policy in force)", body)
+	return p, time.UnixMilli(since), err
 }
 
 func (h *PolicyHolder) audit(ctx context.Context, hash, outcome, why string) error {

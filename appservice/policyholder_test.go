@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,5 +109,52 @@ func TestMissingPolicyStopsStart(t *testing.T) {
 	h, err := NewPolicyHolder(context.Background(), "", p.db, p.chain, zerolog.Nop())
 	if err != nil || h.Current().For(policy.Room{ID: "!r:h"}).Encryption != policy.EncryptionRequired {
 		t.Fatalf("built-in policy: %v", err)
+	}
+}
+
+// A refused edit undone (the file back to the policy in force) is news: it
+// is logged and audited as accepted again, once; the policy in force, its
+// text and since when are in the database for status and rooms.
+func TestPolicyAcceptedAgain(t *testing.T) {
+	for _, dbType := range []string{"sqlite3", "postgres"} {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			file := filepath.Join(t.TempDir(), "policy.yaml")
+			good := "version: 1\ndefaults:\n  retention: 72h\n"
+			os.WriteFile(file, []byte(good), 0o600)
+			var logs strings.Builder
+			h, err := NewPolicyHolder(ctx, file, p.db, p.chain, zerolog.New(&logs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			inForce, since, err := PolicyInForce(ctx, p.db)
+			if err != nil || inForce.Hash != h.Current().Hash || since.IsZero() {
+				t.Fatalf("policy in force %v %v %v", inForce, since, err)
+			}
+			os.WriteFile(file, []byte("version: 1\ndefaults:\n  retention: forever\n"), 0o600)
+			h.Reload(ctx, "file-changed")
+			os.WriteFile(file, []byte(good), 0o600)
+			if changed, err := h.Reload(ctx, "file-changed"); changed || err != nil {
+				t.Fatalf("restored: changed=%v err=%v", changed, err)
+			}
+			h.Reload(ctx, "sighup") // nothing new: no second notice
+			var outcomes []string
+			for _, r := range p.exported(t) {
+				if r["type"] == audit.TypePolicyLoad {
+					outcomes = append(outcomes, r["outcome"].(string)+":"+r["detail"].(string))
+				}
+			}
+			if strings.Join(outcomes, ",") != "success:start,failure:file-changed,success:accepted-again" {
+				t.Fatalf("policy.load records %v", outcomes)
+			}
+			if n := strings.Count(logs.String(), "policy file accepted again"); n != 1 {
+				t.Fatalf("%d 'accepted again' log lines:\n%s", n, logs.String())
+			}
+			again, since2, _ := PolicyInForce(ctx, p.db)
+			if again.Hash != inForce.Hash || !since2.Equal(since) {
+				t.Fatal("the policy in force, or its since, changed")
+			}
+		})
 	}
 }
