@@ -207,7 +207,10 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 		}
 		// step records that the wipe reached next, what the step counted (in
 		// column col, if any) and, for the revocation, when it was confirmed.
-		step := func(next string, n int, col string, confirmed int64) error {
+		// A step the wipe did not ask for (leaving rooms in a plain wipe,
+		// redacting with --redact none) moves the state on, unaudited: the
+		// trail holds the steps that ran.
+		step := func(next string, ran bool, n int, col string, confirmed int64) error {
 			return r.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 				// Placeholders in ascending order: SQLite numbers $N by first appearance.
 				q := `UPDATE wipe SET state = $1, updated_at = $2, last_error = ''`
@@ -225,6 +228,9 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 					return err
 				}
 				w.State = next
+				if !ran {
+					return nil
+				}
 				return r.chain.Append(ctx, tx, wipeRecord(r.chain, w, next, audit.OutcomeSuccess, n))
 			})
 		}
@@ -261,7 +267,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 			if left := intersect(after, target); len(left) > 0 {
 				return fmt.Errorf("%d sessions remain after signing out", len(left))
 			}
-			if err := step("revoked", len(target), "revoked", r.now().UnixMilli()); err != nil {
+			if err := step("revoked", true, len(target), "revoked", r.now().UnixMilli()); err != nil {
 				return err
 			}
 		}
@@ -270,7 +276,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 			if err != nil {
 				return err
 			}
-			if err := step("redacted", n, "redacted", 0); err != nil {
+			if err := step("redacted", w.Scope != "none", n, "redacted", 0); err != nil {
 				return err
 			}
 		}
@@ -288,7 +294,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 					left++
 				}
 			}
-			if err := step("offboarded", left, "rooms_left", 0); err != nil {
+			if err := step("offboarded", w.Offboard, left, "rooms_left", 0); err != nil {
 				return err
 			}
 		}
@@ -298,7 +304,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 					return err
 				}
 			}
-			return step("done", 0, "", 0)
+			return step("done", true, 0, "", 0)
 		}
 		return nil
 	})

@@ -212,3 +212,45 @@ func TestWipeRequestChecks(t *testing.T) {
 		}
 	}
 }
+
+// The trail holds the steps a wipe ran: a plain wipe leaves no rooms, so it
+// has no "offboarded" step; --redact none redacts nothing, so no
+// "redacted" step. The state still moves through them to done.
+func TestWipeAuditsOnlyStepsThatRan(t *testing.T) {
+	cases := []struct {
+		w    Wipe
+		want string
+	}{
+		{Wipe{User: "@bob:h", Scope: "phi"}, "requested,revoked,redacted,done"},
+		{Wipe{User: "@bob:h", Scope: "none"}, "requested,revoked,done"},
+		{Wipe{User: "@bob:h", Scope: "all", Offboard: true}, "requested,revoked,redacted,offboarded,done"},
+	}
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			for _, c := range cases {
+				p := newPipeline(t, dbType)
+				ctx := context.Background()
+				hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE"}}, rooms: map[string][]string{"@bob:h": {"!ward:h"}}}
+				RegisterWipe(p.runner, hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, WipeCaps{})
+				c.w.Reason, c.w.RequestedBy = "lost phone", "os:admin"
+				id, err := RequestWipe(ctx, p.db, p.chain, c.w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p.runDue(t)
+				if w, _ := LoadWipe(ctx, p.db, id); w.State != "done" {
+					t.Fatalf("%+v: state %s", c.w, w.State)
+				}
+				var steps []string
+				for _, r := range p.exported(t) {
+					if r["type"] == "wipe" {
+						steps = append(steps, r["action"].(string))
+					}
+				}
+				if got := strings.Join(steps, ","); got != c.want {
+					t.Fatalf("scope %s offboard %v: audited %s, want %s", c.w.Scope, c.w.Offboard, got, c.want)
+				}
+			}
+		})
+	}
+}

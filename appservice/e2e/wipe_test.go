@@ -167,7 +167,8 @@ func TestWipeResumesAfterHomeserverOutage(t *testing.T) {
 			steps = append(steps, l.Action)
 		}
 	}
-	if strings.Join(steps, ",") != "requested,revoked,redacted,offboarded,done" {
+	// A plain wipe leaves no rooms: no "offboarded" step on the record.
+	if strings.Join(steps, ",") != "requested,revoked,redacted,done" {
 		t.Fatalf("audited steps %v", steps)
 	}
 	verify(t, st)
