@@ -223,6 +223,10 @@ func generateRegistration(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if w := cfg.Warnings(); len(w) > 0 {
+		// The registration's user namespace is made from the domain.
+		return fmt.Errorf("%w\nedit these first: the registration's user namespace is made from them", w)
+	}
 	if _, err := cfg.EnsureTokens(); err != nil {
 		return fmt.Errorf("write tokens into %s: %w", *cfgPath, err)
 	}
@@ -961,6 +965,9 @@ func configValidate(path string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "; roster of %d clinicians", clinicians)
 	}
 	fmt.Fprintln(stdout, ")")
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stdout, "WARNING %s\n", w)
+	}
 	return 0
 }
 

@@ -195,9 +195,22 @@ func TestConfigValidate(t *testing.T) {
 	write("config.yaml", config.Example(), 0o600)
 	write("policy.yaml", policy.Example(), 0o600)
 	code, out, errOut := runCLI("config", "validate", cfg)
-	if code != 0 || !strings.Contains(out, cfg+": valid (homeserver example.org, ") {
-		t.Fatalf("good config: %d %q %q", code, out, errOut)
+	if code != 0 || !strings.Contains(out, cfg+": valid (homeserver example.org, ") ||
+		!strings.Contains(out, "WARNING "+cfg+":8:11: homeserver.domain is still the example's example.org") {
+		t.Fatalf("the unedited example: %d %q %q", code, out, errOut)
 	}
+	// generate-registration refuses it: the namespace would be example.org's.
+	if code, _, errOut := runCLI("generate-registration", "-config", cfg); code != 1 || !strings.Contains(errOut, cfg+":8:11: homeserver.domain is still the example's") {
+		t.Fatalf("generate-registration on the unedited example: %d %q", code, errOut)
+	}
+	write("config.yaml", []byte(strings.Replace(string(config.Example()), "  domain: example.org\n", "  domain: hospital.test\n", 1)), 0o600)
+	if code, out, _ := runCLI("config", "validate", cfg); code != 0 || strings.Contains(out, "WARNING") {
+		t.Fatalf("an edited config: %d %q", code, out)
+	}
+	if code, out, errOut := runCLI("generate-registration", "-config", cfg); code != 0 || !strings.Contains(out, `hospital\.test`) {
+		t.Fatalf("generate-registration on an edited config: %d %q %q", code, out, errOut)
+	}
+	write("config.yaml", config.Example(), 0o600)
 	if _, err := os.Stat(filepath.Join(dir, "matrix-hipaa.db")); !os.IsNotExist(err) {
 		t.Fatalf("validate touched the database: %v", err)
 	}

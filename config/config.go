@@ -43,6 +43,29 @@ type Config struct {
 
 	// path is where the config was read from; relative paths resolve against its folder.
 	path string
+	// warnings are values left as the example has them (see Warnings).
+	warnings strictyaml.Errors
+}
+
+// Warnings lists the values still as the example config has them (the
+// example.org server name), each as file:line:col: message. Such a config
+// loads, but generate-registration refuses it: it would register a user
+// namespace on a domain that is not the hospital's.
+func (c *Config) Warnings() strictyaml.Errors { return c.warnings }
+
+// exampleDomain reports whether a server name is one RFC 2606 reserves for
+// examples (what the example config holds).
+func exampleDomain(d string) bool {
+	host := strings.ToLower(d)
+	if h, _, ok := strings.Cut(host, ":"); ok {
+		host = h
+	}
+	for _, ex := range []string{"example.org", "example.com", "example.net"} {
+		if host == ex || strings.HasSuffix(host, "."+ex) {
+			return true
+		}
+	}
+	return host == "example" || strings.HasSuffix(host, ".example")
 }
 
 type Homeserver struct {
@@ -262,6 +285,10 @@ func Parse(path string, data []byte) (*Config, error) {
 	if doc.Root != nil {
 		cfg.applyDefaults()
 		cfg.validate(doc)
+		if exampleDomain(cfg.Homeserver.Domain) {
+			cfg.warnings = append(cfg.warnings, doc.Problem("homeserver.domain",
+				"homeserver.domain is still the example's %s: set your homeserver's server name (the part after the colon in user IDs)", cfg.Homeserver.Domain))
+		}
 	}
 	if err := doc.Err(); err != nil {
 		return nil, err

@@ -85,6 +85,7 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 	cfgText := string(config.Example())
 	for old, repl := range map[string]string{
 		"  address: http://127.0.0.1:8008\n":           "  address: http://127.0.0.1:1\n",
+		"  domain: example.org\n":                      "  domain: hospital.test\n",
 		"  listen: 127.0.0.1:29330\n":                  fmt.Sprintf("  listen: 127.0.0.1:%d\n", asPort),
 		"  url: http://127.0.0.1:29330\n":              fmt.Sprintf("  url: http://127.0.0.1:%d\n", asPort),
 		"  listen: 127.0.0.1:29331\n":                  fmt.Sprintf("  listen: 127.0.0.1:%d\n", metricsPort),

@@ -70,6 +70,16 @@ func (d *Doc) Errorf(path, format string, args ...any) {
 	d.errs = append(d.errs, Problem{File: d.File, Pos: pos, Msg: fmt.Sprintf(format, args...)})
 }
 
+// Problem is a problem at the value found under path (as Errorf places
+// it), without recording it: for warnings.
+func (d *Doc) Problem(path, format string, args ...any) Problem {
+	pos, ok := d.Paths[path]
+	if !ok {
+		pos = d.nearest(path)
+	}
+	return Problem{File: d.File, Pos: pos, Msg: fmt.Sprintf(format, args...)}
+}
+
 // nearest finds the closest existing parent of path, so "a missing key" points
 // at the section it belongs in.
 func (d *Doc) nearest(path string) Pos {
