@@ -37,17 +37,41 @@ func (k *KeepAlive) resolveRoom(ctx context.Context) error {
 	alias := id.RoomAlias("#" + keepAliveAlias + ":" + k.domain)
 	if resp, err := k.cli.ResolveAlias(ctx, alias); err == nil {
 		k.room = resp.RoomID
-		return nil
+		return k.comply(ctx)
 	} else if !errors.Is(err, mautrix.MNotFound) {
 		return fmt.Errorf("resolve keep-alive room: %w", err)
 	}
+	// Under policy like any room: encrypted, no guests (a room that was not
+	// would need attention, and fire MatrixHipaaRoomsNotEnforced).
 	resp, err := k.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset: "private_chat", RoomAliasName: keepAliveAlias, Visibility: "private",
+		InitialState: []*event.Event{
+			{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}},
+			{Type: event.StateGuestAccess, Content: event.Content{Parsed: &event.GuestAccessEventContent{GuestAccess: event.GuestAccessForbidden}}},
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("create keep-alive room: %w", err)
 	}
 	k.room = resp.RoomID
+	return nil
+}
+
+// comply brings a keep-alive room made by an older version (unencrypted,
+// guests allowed by the private_chat preset) under policy.
+func (k *KeepAlive) comply(ctx context.Context) error {
+	var enc event.EncryptionEventContent
+	if err := k.cli.StateEvent(ctx, k.room, event.StateEncryption, "", &enc); err != nil || enc.Algorithm == "" {
+		if _, err := k.cli.SendStateEvent(ctx, k.room, event.StateEncryption, "", &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {
+			return fmt.Errorf("encrypt the keep-alive room: %w", err)
+		}
+	}
+	var ga event.GuestAccessEventContent
+	if err := k.cli.StateEvent(ctx, k.room, event.StateGuestAccess, "", &ga); err != nil || ga.GuestAccess != event.GuestAccessForbidden {
+		if _, err := k.cli.SendStateEvent(ctx, k.room, event.StateGuestAccess, "", &event.GuestAccessEventContent{GuestAccess: event.GuestAccessForbidden}); err != nil {
+			return fmt.Errorf("forbid guests in the keep-alive room: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,5 +43,11 @@ func TestKeepAlive(t *testing.T) {
 		if l.EventType == "org.matrix_hipaa.keepalive" {
 			t.Fatalf("a keep-alive reached the audit trail: %+v", l)
 		}
+	}
+	// The bot's own room is under policy like any other (encrypted, no
+	// guests): it needs nobody, and fires no alert.
+	v, listing := attentionViews(t, st)
+	if v != (needsAttention{}) || !strings.Contains(listing, "1 rooms, 0 needing attention") {
+		t.Fatalf("the keep-alive room needs attention: %+v\n%s", v, listing)
 	}
 }
