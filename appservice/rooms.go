@@ -22,9 +22,9 @@ type RoomReport struct {
 	// PublicForbidden, GuestsForbidden: policy forbids a public join rule,
 	// guest access.
 	PublicForbidden, GuestsForbidden bool
-	BotJoined          bool
-	BotPower, Needed   int
-	Problems           []Problem
+	BotJoined                        bool
+	BotPower, Needed                 int
+	Problems                         []Problem
 }
 
 // Problem is an action that failed for good in a room.
