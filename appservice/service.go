@@ -11,6 +11,7 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -227,8 +228,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	srv := &http.Server{Handler: s.Server, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
 		ErrorLog: stdlog.New(s.Log.With().Str("component", "http").Logger(), "", 0)}
+	// Every goroutine the service starts is joined (servers, workers) before
+	// service.stop is written and the database closed.
+	var servers, workers sync.WaitGroup
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ln) }()
+	servers.Go(func() { errc <- srv.Serve(ln) })
 	var msrv *http.Server
 	if addr := s.Config.Metrics.Listen; addr != "" {
 		mln, err := net.Listen("tcp", addr)
@@ -239,7 +243,7 @@ func (s *Service) Run(ctx context.Context) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { errc <- msrv.Serve(mln) }()
+		servers.Go(func() { errc <- msrv.Serve(mln) })
 	}
 	sweep := func(ctx context.Context, p *policy.Policy) {
 		n, err := SweepRooms(ctx, s.DB, s.Chain, p)
@@ -273,37 +277,35 @@ func (s *Service) Run(ctx context.Context) error {
 	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {
 		s.Log.Error().Err(err).Msg("WAL checkpoint failed; the WAL will grow until checkpoints succeed")
 	})
-	done := make(chan struct{}, 2)
-	go func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()); done <- struct{}{} }()
-	go func() { s.Runner.Run(workCtx); done <- struct{}{} }()
-	expiryDone := make(chan struct{})
-	go func() { s.Expiry.Run(workCtx); close(expiryDone) }()
-	exportDone := make(chan struct{})
-	go func() { audit.RunExporters(workCtx, s.exporters); close(exportDone) }()
-	go s.Checkpoint.Run(workCtx, func(err error) {
-		s.Log.Error().Err(err).Msg("could not write an audit checkpoint")
+	workers.Go(func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()) })
+	workers.Go(func() { s.Runner.Run(workCtx) })
+	workers.Go(func() { s.Expiry.Run(workCtx) })
+	workers.Go(func() { audit.RunExporters(workCtx, s.exporters) })
+	workers.Go(func() {
+		s.Checkpoint.Run(workCtx, func(err error) {
+			s.Log.Error().Err(err).Msg("could not write an audit checkpoint")
+		})
 	})
-	botDone := make(chan struct{})
-	go func() { s.Bot.Run(workCtx); close(botDone) }()
-	go s.Idle.Run(workCtx)
+	workers.Go(func() { s.Bot.Run(workCtx) })
+	workers.Go(func() { s.Idle.Run(workCtx) })
 	if s.Roster != nil {
 		if err := s.Roster.Load(ctx); err != nil && !errors.As(err, new(RosterRefused)) {
 			s.Log.Error().Err(err).Msg("roster file could not be read; the roster stays as it was")
 		}
-		go s.Roster.Watch(workCtx, 2*time.Second)
+		workers.Go(func() { s.Roster.Watch(workCtx, 2*time.Second) })
 	}
-	go s.Members.Run(workCtx, 10*time.Second)
-	go s.Trust.Run(workCtx)
-	go s.refreshGauges(workCtx, 5*time.Second)
-	go s.Policy.Watch(workCtx, 2*time.Second)
-	go RunPruner(workCtx, s.DB, s.Chain, s.Config.Jobs.KeepMetadata.D(), time.Hour, s.Log)
+	workers.Go(func() { s.Members.Run(workCtx, 10*time.Second) })
+	workers.Go(func() { s.Trust.Run(workCtx) })
+	workers.Go(func() { s.refreshGauges(workCtx, 5*time.Second) })
+	workers.Go(func() { s.Policy.Watch(workCtx, 2*time.Second) })
+	workers.Go(func() { RunPruner(workCtx, s.DB, s.Chain, s.Config.Jobs.KeepMetadata.D(), time.Hour, s.Log) })
 	if every := s.Config.Homeserver.KeepAlive.D(); every > 0 {
 		cli, err := mautrix.NewClient(s.Config.Homeserver.Address, id.UserID(s.Config.BotMXID()), s.Config.AppService.ASToken.Reveal())
 		if err == nil {
 			cli.SetAppServiceUserID = true
 			ka := &KeepAlive{cli: cli, domain: s.Config.Homeserver.Domain, interval: every, lastSeen: &s.Inbox.lastSeen, log: s.Log,
 				sent: s.Metrics.KeepAlives.Inc}
-			go ka.Run(workCtx)
+			workers.Go(func() { ka.Run(workCtx) })
 		}
 	}
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
@@ -327,12 +329,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if msrv != nil {
 		msrv.Shutdown(shutdown)
 	}
+	servers.Wait()
 	stopWork()
-	<-done
-	<-done
-	<-botDone
-	<-exportDone
-	<-expiryDone
+	workers.Wait()
 	if err := s.Chain.AppendTx(shutdown, s.DB, &audit.Record{Type: audit.TypeServiceStop, Outcome: audit.OutcomeSuccess}); err != nil {
 		s.Log.Error().Err(err).Msg("could not audit service stop")
 	}
