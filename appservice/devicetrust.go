@@ -169,11 +169,11 @@ func stillUntrusted(ctx context.Context, hs DeviceHomeserver, user, device strin
 // RegisterDeviceTrust handles the warning and sign-out jobs.
 func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol func() *policy.Policy, caps WipeCaps) {
 	decode := func(j *Job) (devicePayload, error) {
-		var p devicePayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil || p.User == "" || p.Device == "" {
-			return p, Permanent(fmt.Errorf("bad job payload: %v", err))
+		p, err := DecodePayload[devicePayload](j)
+		if err == nil && (p.User == "" || p.Device == "") {
+			err = Permanent(errors.New("bad job payload: no user or device"))
 		}
-		return p, nil
+		return p, err
 	}
 	record := func(ctx context.Context, p devicePayload, col, action string, j *Job) error {
 		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {

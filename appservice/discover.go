@@ -30,9 +30,9 @@ func discoveryJob(ev *Event, keys *audit.Keys) (JobSpec, *audit.Record) {
 // last, so the encryption rule sees whether the room is already encrypted.
 func RegisterDiscovery(r *Runner, hs *homeserver.Client, in *Inbox) {
 	r.Handle(JobDiscoverRoom, func(ctx context.Context, j *Job) error {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil {
+			return err
 		}
 		state, err := hs.RoomState(ctx, p.ActAs, p.Room)
 		if err != nil {

@@ -197,13 +197,7 @@ func eventContent(ev *Event) json.RawMessage {
 // b may be nil, in which case bot_join and notice jobs fail for good.
 // software (homeserver.software) decides which admin APIs exist.
 func RegisterEnforcement(r *Runner, hs *homeserver.Client, b *bot.Bot, software, botUser string) {
-	decode := func(j *Job) (actionPayload, error) {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return p, Permanent(fmt.Errorf("bad job payload: %w", err))
-		}
-		return p, nil
-	}
+	decode := DecodePayload[actionPayload]
 	needBot := func() error {
 		if b == nil {
 			return Permanent(errors.New("no E2EE bot configured"))
@@ -314,11 +308,10 @@ var safeStateValues = map[string]string{string(policy.ActSetJoinRule): "invite",
 // fails for good in a room is listed until the same action succeeds there.
 func TrackProblems(r *Runner) {
 	r.OnOutcome(func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error {
-		var p actionPayload
-		if json.Unmarshal(j.Payload, &p) != nil || p.Room == "" || j.DryRun {
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil || p.Room == "" || j.DryRun {
 			return nil
 		}
-		var err error
 		if state == "failed" {
 			_, err = r.db.Exec(ctx, tx, upsertProblem, p.Room, j.Kind, errText, now.UnixMilli())
 		} else {
@@ -333,11 +326,11 @@ func TrackProblems(r *Runner) {
 // redaction a no-op.
 func redactHandler(hs *homeserver.Client, botUser string) Handler {
 	return func(ctx context.Context, j *Job) error {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil {
+			return err
 		}
-		err := hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
+		err = hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, fmt.Sprintf("hipaa-job-%d", j.ID))
 		if p.ActAs == botUser && errors.Is(err, mautrix.MForbidden) {
 			// A remote sender's message, and the bot lacks the power: no
 			// retry will change that; the room is listed as a problem.

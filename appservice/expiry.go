@@ -220,12 +220,12 @@ const JobPurge = "purge_history"
 // newest message that has expired.
 func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot string) {
 	r.Handle(JobExpire, func(ctx context.Context, j *Job) error {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil {
+			return err
 		}
 		txn := fmt.Sprintf("hipaa-job-%d", j.ID)
-		err := errors.New("not tried")
+		err = errors.New("not tried")
 		// A remote sender's message: the service cannot act as them, only
 		// the bot can redact it (with the power to).
 		remote := !sameServer(p.ActAs, bot)
@@ -250,9 +250,9 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 		})
 	})
 	r.Handle(JobPurge, func(ctx context.Context, j *Job) error {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil {
+			return err
 		}
 		upTo, ok, err := purgeBound(ctx, r.db, p.Room)
 		if err != nil || !ok {
@@ -328,7 +328,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(policyRoom(room, splitList(aliases), splitList(spaces), links[room]))
+		eff := pol.For(storedRoom(room, aliases, spaces, links))
 		life := eff.Lifetime(0)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})

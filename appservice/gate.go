@@ -56,13 +56,13 @@ type GateDeps struct {
 // RegisterMemberGate handles check_member jobs.
 func RegisterMemberGate(r *Runner, g GateDeps) {
 	r.Handle(JobCheckMember, func(ctx context.Context, j *Job) error {
-		var p memberPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[memberPayload](j)
+		if err != nil {
+			return err
 		}
 		// Still there? (They may have left, or been removed already.)
 		var cur string
-		err := r.db.R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
+		err = r.db.R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
@@ -241,7 +241,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 			rows.Close()
 			return 0, err
 		}
-		if e := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id])); e.Members == policy.MembersVerified {
+		if e := pol.For(storedRoom(id, aliases, spaces, links)); e.Members == policy.MembersVerified {
 			rooms = append(rooms, gated{id, creator, e})
 		}
 	}

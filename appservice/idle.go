@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -125,7 +126,7 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 		if len(idle) == 0 || (len(idle) < len(sessions) && !s.Caps.AdminAPI) {
 			continue
 		}
-		payload, _ := json.Marshal(map[string]string{"user": u})
+		payload, _ := json.Marshal(idlePayload{User: u})
 		err = s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			// One job per idle spell: the key changes when the user is seen again.
 			return Enqueue(ctx, s.DB, tx, s.Now(), JobSpec{Kind: JobIdleLogoff, DedupeKey: fmt.Sprintf("idle:%s:%d", u, latest), Payload: payload})
@@ -141,16 +142,22 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 	return queued, nil
 }
 
+// idlePayload names the user an idle_logoff job signs out.
+type idlePayload struct {
+	User string `json:"user"`
+}
+
 // RegisterIdleLogoff handles idle_logoff jobs: the user's sessions are
 // checked again (one may have been used since the sweep, or the policy
 // changed), signed out everywhere, and the sign-out confirmed and audited.
 func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Policy, caps WipeCaps) {
 	r.Handle(JobIdleLogoff, func(ctx context.Context, j *Job) error {
-		var p struct {
-			User string `json:"user"`
+		p, err := DecodePayload[idlePayload](j)
+		if err == nil && p.User == "" {
+			err = Permanent(errors.New("bad job payload: no user"))
 		}
-		if err := json.Unmarshal(j.Payload, &p); err != nil || p.User == "" {
-			return Permanent(fmt.Errorf("bad job payload: %v", err))
+		if err != nil {
+			return err
 		}
 		timeout := pol().SessionIdleTimeout.D()
 		if timeout <= 0 {

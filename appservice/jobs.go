@@ -65,6 +65,16 @@ func (p permanentError) Unwrap() error { return p.err }
 // Permanent marks an error as not worth retrying.
 func Permanent(err error) error { return permanentError{err} }
 
+// DecodePayload reads a job's JSON payload into a T. A payload that does not
+// decode will not decode on a retry either: the error is Permanent.
+func DecodePayload[T any](j *Job) (T, error) {
+	var p T
+	if err := json.Unmarshal(j.Payload, &p); err != nil {
+		return p, Permanent(fmt.Errorf("bad job payload: %w", err))
+	}
+	return p, nil
+}
+
 // IsPermanent reports whether err was marked Permanent.
 func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
 

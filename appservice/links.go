@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 	"sync"
 
@@ -25,6 +24,12 @@ const JobVerifyLinks = "verify_links"
 
 // RoomLinks are a room's confirmed aliases and parent spaces.
 type RoomLinks struct{ Aliases, Spaces []string }
+
+// storedRoom is policyRoom for a room as room_state stores it: aliases and
+// spaces as stored lists, and the confirmed links of every room.
+func storedRoom(id, aliases, spaces string, links map[string]RoomLinks) policy.Room {
+	return policyRoom(id, splitList(aliases), splitList(spaces), links[id])
+}
 
 // policyRoom is a room as policy matches it: what its state claims, and
 // what of that (or of earlier claims still true) the homeserver confirmed.
@@ -142,9 +147,9 @@ type LinkHomeserver interface {
 // a room that lost a confirmed link may now fall under stricter policy.
 func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot string, enrol func(context.Context) error) {
 	r.Handle(JobVerifyLinks, func(ctx context.Context, j *Job) error {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil {
+			return err
 		}
 		creator, knownAliases, knownSpaces, err := roomClaims(ctx, r.db, p.Room)
 		if err != nil {

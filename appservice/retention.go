@@ -54,9 +54,9 @@ type RetentionStateReader interface {
 // (with how many it brought forward).
 func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *policy.Policy, m *Metrics, bot string) {
 	r.Handle(JobRoomRetention, func(ctx context.Context, j *Job) error {
-		var p actionPayload
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		p, err := DecodePayload[actionPayload](j)
+		if err != nil {
+			return err
 		}
 		want, err := strconv.ParseInt(p.Value, 10, 64)
 		if err != nil {

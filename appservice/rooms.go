@@ -88,7 +88,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		r := get(id)
 		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		eff := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id]))
+		eff := pol.For(storedRoom(id, aliases, spaces, links))
 		r.EncryptionRequired = eff.Encryption == policy.EncryptionRequired
 		r.PublicForbidden, r.GuestsForbidden = eff.PublicRooms == policy.Forbid, eff.GuestAccess == policy.Forbid
 		return nil

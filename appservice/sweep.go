@@ -34,7 +34,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(policyRoom(id, splitList(aliases), splitList(spaces), links[id]))
+		eff := pol.For(storedRoom(id, aliases, spaces, links))
 		if eff.Encryption == policy.EncryptionRequired {
 			todo = append(todo, candidate{id, creator, eff})
 		}
@@ -104,7 +104,7 @@ func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain
 			rows.Close()
 			return 0, err
 		}
-		r := policyRoom(id, splitList(aliases), splitList(spaces), links[id])
+		r := storedRoom(id, aliases, spaces, links)
 		before, after := old.For(r), pol.For(r)
 		if l := after.Lifetime(roomMax); l != before.Lifetime(roomMax) {
 			todo = append(todo, change{id, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: creator, Reason: lifetimeText(l)}, after.DryRun})

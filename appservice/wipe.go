@@ -195,11 +195,11 @@ var _ WipeHomeserver = (*homeserver.Client)(nil)
 // had reached; each step is safe to repeat.
 func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps WipeCaps) {
 	r.Handle(JobWipe, func(ctx context.Context, j *Job) error {
-		var p struct {
+		p, err := DecodePayload[struct {
 			ID int64 `json:"wipe_id"`
-		}
-		if err := json.Unmarshal(j.Payload, &p); err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+		}](j)
+		if err != nil {
+			return err
 		}
 		w, err := LoadWipe(ctx, r.db, p.ID)
 		if err != nil {
@@ -359,7 +359,7 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		if w.Scope == "all" || pol.For(policyRoom(m.room, splitList(aliases), splitList(spaces), links[m.room])).Encryption == policy.EncryptionRequired {
+		if w.Scope == "all" || pol.For(storedRoom(m.room, aliases, spaces, links)).Encryption == policy.EncryptionRequired {
 			todo = append(todo, m)
 		}
 	}

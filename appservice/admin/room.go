@@ -100,15 +100,15 @@ func (m *Room) Register(r *appservice.Runner) {
 }
 
 func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
-	var p appservice.CommandPayload
-	if err := json.Unmarshal(j.Payload, &p); err != nil {
-		return appservice.Permanent(fmt.Errorf("bad job payload: %w", err))
+	p, err := appservice.DecodePayload[appservice.CommandPayload](j)
+	if err != nil {
+		return err
 	}
 	// Done before (the reply is what failed)?
 	var done struct {
 		command, reply string
 	}
-	err := m.DB.R.QueryRowContext(ctx, `SELECT command, reply FROM admin_command WHERE event_id = $1`, p.EventID).Scan(&done.command, &done.reply)
+	err = m.DB.R.QueryRowContext(ctx, `SELECT command, reply FROM admin_command WHERE event_id = $1`, p.EventID).Scan(&done.command, &done.reply)
 	if err == nil && done.reply != "" {
 		return m.answer(ctx, p, done.reply)
 	} else if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -320,9 +320,9 @@ func (m *Room) answer(ctx context.Context, p appservice.CommandPayload, text str
 }
 
 func (m *Room) handleReport(ctx context.Context, j *appservice.Job) error {
-	var p reportPayload
-	if err := json.Unmarshal(j.Payload, &p); err != nil {
-		return appservice.Permanent(fmt.Errorf("bad job payload: %w", err))
+	p, err := appservice.DecodePayload[reportPayload](j)
+	if err != nil {
+		return err
 	}
 	w, err := appservice.LoadWipe(ctx, m.DB, p.WipeID)
 	if err != nil {
