@@ -273,7 +273,7 @@ func runService(args []string, stderr io.Writer) error {
 		}()
 	}
 	if addr := cfg.Admin.Listen; addr != "" {
-		ln, err := appservice.Listen(addr, cfg.Resolve(cfg.Admin.TLSCertFile), cfg.Resolve(cfg.Admin.TLSKeyFile), log.With().Str("component", "admin-api").Logger())
+		ln, err := appservice.Listen(addr, cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile, log.With().Str("component", "admin-api").Logger())
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}
@@ -326,7 +326,7 @@ func auditVerify(args []string, stdout, stderr io.Writer) int {
 	}
 	cpFile := *cpFlag
 	if cpFile == "" {
-		cpFile = cfg.Resolve(cfg.Audit.CheckpointFile)
+		cpFile = cfg.Audit.CheckpointFile
 	}
 	fromFile, err := audit.ReadCheckpointFile(cpFile)
 	if err != nil {
@@ -379,7 +379,7 @@ func checkpointKey(cfg *config.Config, given string) (ed25519.PublicKey, error) 
 	if given != "" {
 		return audit.ParsePublicKey(given)
 	}
-	path := cfg.Resolve(cfg.Audit.SigningKeyFile)
+	path := cfg.Audit.SigningKeyFile
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("no signing key at %s: pass -public-key to check checkpoints with an auditor's copy", path)
 	}
@@ -399,7 +399,7 @@ func auditPublicKey(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	k, err := audit.LoadOrCreateSigningKey(cfg.Resolve(cfg.Audit.SigningKeyFile))
+	k, err := audit.LoadOrCreateSigningKey(cfg.Audit.SigningKeyFile)
 	if err != nil {
 		return err
 	}
@@ -832,7 +832,7 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 	if err := notRunning(cfg); err != nil {
 		return err
 	}
-	keyFile := cfg.Resolve(cfg.Audit.KeyFile)
+	keyFile := cfg.Audit.KeyFile
 	if _, err := os.Stat(keyFile); err != nil {
 		return fmt.Errorf("the audit key %s is needed to check the copy: restore it from the key vault first (%w)", keyFile, err)
 	}
@@ -841,7 +841,7 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	suffix := ".replaced-" + appservice.Stamp(time.Now())
-	res, err := appservice.Restore(context.Background(), cfg.Resolve(cfg.Database.URI), cfg.Resolve(cfg.Audit.CheckpointFile), *from, keys, operator(), suffix, time.Now)
+	res, err := appservice.Restore(context.Background(), cfg.Database.URI, cfg.Audit.CheckpointFile, *from, keys, operator(), suffix, time.Now)
 	if err != nil {
 		return err
 	}
@@ -864,7 +864,7 @@ func restoreCommand(args []string, stdout, stderr io.Writer) error {
 // or, while the file is refused, the one the running service keeps in force
 // (saying so first: that is when an admin most needs these commands).
 func policyForReport(ctx context.Context, cfg *config.Config, db *store.DB, out io.Writer) (*policy.Policy, error) {
-	file := cfg.Resolve(cfg.Policy)
+	file := cfg.Policy
 	if cfg.Policy == "" {
 		return appservice.BuiltinPolicy(), nil
 	}
@@ -899,7 +899,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	dbFile := ""
 	if cfg.Database.Type == "sqlite3" {
-		dbFile = cfg.Resolve(cfg.Database.URI)
+		dbFile = cfg.Database.URI
 	}
 	st, err := appservice.ReadStatus(ctx, db, pol, dbFile)
 	if err := recordCommand(ctx, db, chain, "status", 0, err); err != nil {
@@ -941,11 +941,11 @@ func configValidate(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	var problems []error
-	pol, err := policy.Load(cfg.Resolve(cfg.Policy))
+	pol, err := policy.Load(cfg.Policy)
 	problems = append(problems, err)
 	clinicians := -1
 	if cfg.Roster != "" {
-		file := cfg.Resolve(cfg.Roster)
+		file := cfg.Roster
 		data, err := os.ReadFile(file)
 		if err == nil {
 			var list []roster.Clinician
@@ -954,13 +954,13 @@ func configValidate(path string, stdout, stderr io.Writer) int {
 		}
 		problems = append(problems, err)
 	}
-	problems = append(problems, audit.CheckKeyFiles(appservice.KeyFiles(cfg), cfg.Resolve(cfg.Audit.SigningKeyFile)))
+	problems = append(problems, audit.CheckKeyFiles(appservice.KeyFiles(cfg), cfg.Audit.SigningKeyFile))
 	if err := errors.Join(problems...); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: valid (homeserver %s, %s; database %s; policy %s with %d room overrides, hash %s",
-		path, cfg.Homeserver.Domain, cfg.Homeserver.Software, cfg.Database.Type, cfg.Resolve(cfg.Policy), len(pol.Rooms), pol.Hash)
+		path, cfg.Homeserver.Domain, cfg.Homeserver.Software, cfg.Database.Type, cfg.Policy, len(pol.Rooms), pol.Hash)
 	if clinicians >= 0 {
 		fmt.Fprintf(stdout, "; roster of %d clinicians", clinicians)
 	}

@@ -35,7 +35,7 @@ func (s *Service) Exporters() ([]*audit.Exporter, error) {
 func NewSink(cfg *config.Config, e config.Exporter) (audit.Sink, error) {
 	switch e.Type {
 	case "jsonl":
-		return &audit.JSONLFile{Path: cfg.Resolve(e.Path), MaxSize: e.MaxSizeMB << 20, MaxAge: e.MaxAge.D()}, nil
+		return &audit.JSONLFile{Path: e.Path, MaxSize: e.MaxSizeMB << 20, MaxAge: e.MaxAge.D()}, nil
 	case "syslog":
 		addr := e.Address
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -47,7 +47,7 @@ func NewSink(cfg *config.Config, e config.Exporter) (audit.Sink, error) {
 			tc.ServerName = e.ServerName
 		}
 		if e.CAFile != "" {
-			pem, err := os.ReadFile(cfg.Resolve(e.CAFile))
+			pem, err := os.ReadFile(e.CAFile)
 			if err != nil {
 				return nil, err
 			}
@@ -57,7 +57,7 @@ func NewSink(cfg *config.Config, e config.Exporter) (audit.Sink, error) {
 			}
 		}
 		if e.CertFile != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.Resolve(e.CertFile), cfg.Resolve(e.KeyFile))
+			cert, err := tls.LoadX509KeyPair(e.CertFile, e.KeyFile)
 			if err != nil {
 				return nil, err
 			}
@@ -69,7 +69,7 @@ func NewSink(cfg *config.Config, e config.Exporter) (audit.Sink, error) {
 		src := audit.FHIRSource{Observer: host, Site: e.Site}
 		var sinks multiSink
 		if e.Path != "" {
-			sinks = append(sinks, &audit.JSONLFile{Path: cfg.Resolve(e.Path), MaxSize: e.MaxSizeMB << 20, MaxAge: e.MaxAge.D(),
+			sinks = append(sinks, &audit.JSONLFile{Path: e.Path, MaxSize: e.MaxSizeMB << 20, MaxAge: e.MaxAge.D(),
 				Render: func(b []byte, st *audit.Stored) ([]byte, error) { return audit.AppendFHIRLine(b, st, src) }})
 		}
 		if e.URL != "" {

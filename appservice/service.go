@@ -62,15 +62,15 @@ func OpenStore(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *
 
 // KeyFiles are where cfg keeps each key.
 func KeyFiles(cfg *config.Config) audit.KeyFiles {
-	return audit.KeyFiles{Chain: cfg.Resolve(cfg.Audit.KeyFile), Pseudonym: cfg.Resolve(cfg.Keys.PseudonymFile),
-		Job: cfg.Resolve(cfg.Keys.JobFile), Pickle: cfg.Resolve(cfg.Keys.BotPickleFile)}
+	return audit.KeyFiles{Chain: cfg.Audit.KeyFile, Pseudonym: cfg.Keys.PseudonymFile,
+		Job: cfg.Keys.JobFile, Pickle: cfg.Keys.BotPickleFile}
 }
 
 // OpenForVerify opens the database and a chain that holds only the chain
 // key: enough to verify, export and record that it did, and nothing more
 // (no pseudonyms, no jobs, no bot keys).
 func OpenForVerify(ctx context.Context, cfg *config.Config, now Clock) (*store.DB, *audit.Chain, error) {
-	keys, err := audit.LoadChainKey(cfg.Resolve(cfg.Audit.KeyFile))
+	keys, err := audit.LoadChainKey(cfg.Audit.KeyFile)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -82,11 +82,7 @@ func OpenForVerify(ctx context.Context, cfg *config.Config, now Clock) (*store.D
 }
 
 func openDB(ctx context.Context, cfg *config.Config) (*store.DB, error) {
-	uri := cfg.Database.URI
-	if cfg.Database.Type == "sqlite3" {
-		uri = cfg.Resolve(uri)
-	}
-	return store.Open(ctx, cfg.Database.Type, uri, cfg.Database.MaxOpenConns)
+	return store.Open(ctx, cfg.Database.Type, cfg.Database.URI, cfg.Database.MaxOpenConns)
 }
 
 // Service is the whole running application service.
@@ -128,12 +124,12 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := NewMetrics(reg)
 	s := &Service{Config: cfg, DB: db, Chain: chain, Metrics: m, Registry: reg, Log: log}
-	signer, err := audit.LoadOrCreateSigningKey(cfg.Resolve(cfg.Audit.SigningKeyFile))
+	signer, err := audit.LoadOrCreateSigningKey(cfg.Audit.SigningKeyFile)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	s.Checkpoint = &audit.Checkpointer{Chain: chain, DB: db, Key: signer, File: cfg.Resolve(cfg.Audit.CheckpointFile),
+	s.Checkpoint = &audit.Checkpointer{Chain: chain, DB: db, Key: signer, File: cfg.Audit.CheckpointFile,
 		Every: cfg.Audit.CheckpointEvery, Interval: cfg.Audit.CheckpointInterval.D()}
 	s.Inbox = NewInbox(db, chain, m, cfg.BotMXID())
 	s.Server = NewServer(s.Inbox, cfg.AppService.HSToken.Reveal(), cfg.AppService.MaxBodyBytes, m, log)
@@ -141,7 +137,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		Workers: cfg.Jobs.Workers, MaxAttempts: cfg.Jobs.MaxAttempts,
 		Backoff: cfg.Jobs.Backoff.D(), MaxBackoff: cfg.Jobs.MaxBackoff.D(),
 	})
-	if s.Policy, err = NewPolicyHolder(ctx, cfg.Resolve(cfg.Policy), db, chain, log); err != nil {
+	if s.Policy, err = NewPolicyHolder(ctx, cfg.Policy, db, chain, log); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -178,7 +174,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	RegisterMemberGate(s.Runner, GateDeps{HS: hs, Bot: s.Bot, Policy: s.Policy.Current, Exempt: exempt})
 	s.Members = NewMemberSweeper(db, s.Policy.Current, exempt, now, s.Runner.Wake, log)
 	if cfg.Roster != "" {
-		s.Roster = &RosterFile{Path: cfg.Resolve(cfg.Roster), DB: db, Chain: chain, Log: log, Changed: s.Members.Poke}
+		s.Roster = &RosterFile{Path: cfg.Roster, DB: db, Chain: chain, Log: log, Changed: s.Members.Poke}
 	}
 	RegisterDeviceTrust(s.Runner, hs, s.Bot, s.Policy.Current, s.WipeCaps)
 	s.Trust = &DeviceTrust{DB: db, Policy: s.Policy.Current, HS: hs, Now: now, Wake: s.Runner.Wake, Log: log}
@@ -194,7 +190,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 // listen opens appservice.listen, with TLS when a certificate is configured.
 func (s *Service) listen() (net.Listener, error) {
 	as := s.Config.AppService
-	return Listen(as.Listen, s.Config.Resolve(as.TLSCertFile), s.Config.Resolve(as.TLSKeyFile), s.Log)
+	return Listen(as.Listen, as.TLSCertFile, as.TLSKeyFile, s.Log)
 }
 
 // Listen opens addr for HTTP, or HTTPS (TLS 1.2+) when certFile and keyFile

@@ -122,7 +122,7 @@ func (c *Config) BotPassword() (string, error) {
 	if c.AppService.BotPasswordFile == "" {
 		return "", nil
 	}
-	b, err := os.ReadFile(c.Resolve(c.AppService.BotPasswordFile))
+	b, err := os.ReadFile(c.AppService.BotPasswordFile)
 	if err != nil {
 		return "", err
 	}
@@ -280,10 +280,15 @@ func Load(path string) (*Config, error) {
 // Parse is Load for bytes already read; path is used for messages and to
 // resolve relative paths.
 func Parse(path string, data []byte) (*Config, error) {
-	cfg := &Config{}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{path: abs}
 	doc := strictyaml.Decode(path, data, cfg)
 	if doc.Root != nil {
 		cfg.applyDefaults()
+		cfg.resolvePaths()
 		cfg.validate(doc)
 		if exampleDomain(cfg.Homeserver.Domain) {
 			cfg.warnings = append(cfg.warnings, doc.Problem("homeserver.domain",
@@ -293,12 +298,26 @@ func Parse(path string, data []byte) (*Config, error) {
 	if err := doc.Err(); err != nil {
 		return nil, err
 	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, err
-	}
-	cfg.path = abs
 	return cfg, nil
+}
+
+// resolvePaths makes every file path in the config absolute, against the
+// config file's folder, once: the rest of the service uses them as they are.
+func (c *Config) resolvePaths() {
+	for _, p := range []*string{&c.Policy, &c.Roster, &c.Audit.KeyFile, &c.Audit.SigningKeyFile, &c.Audit.CheckpointFile,
+		&c.AppService.TLSCertFile, &c.AppService.TLSKeyFile, &c.AppService.BotPasswordFile, &c.Admin.TLSCertFile, &c.Admin.TLSKeyFile,
+		&c.Keys.PseudonymFile, &c.Keys.JobFile, &c.Keys.BotPickleFile} {
+		*p = c.Resolve(*p)
+	}
+	if c.Database.Type == "sqlite3" {
+		c.Database.URI = c.Resolve(c.Database.URI)
+	}
+	for i := range c.Audit.Exporters {
+		e := &c.Audit.Exporters[i]
+		for _, p := range []*string{&e.Path, &e.CAFile, &e.CertFile, &e.KeyFile} {
+			*p = c.Resolve(*p)
+		}
+	}
 }
 
 func (c *Config) applyDefaults() {
@@ -575,7 +594,7 @@ func (c *Config) checkTLSPair(d *strictyaml.Doc, section, cert, key string) bool
 	case key == "":
 		d.Errorf(section+".tls_cert_file", "%s.tls_cert_file needs %s.tls_key_file beside it", section, section)
 	default:
-		if _, err := tls.LoadX509KeyPair(c.Resolve(cert), c.Resolve(key)); err != nil {
+		if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
 			d.Errorf(section+".tls_cert_file", "%s.tls_cert_file and tls_key_file: %v", section, err)
 		}
 	}

@@ -95,7 +95,7 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"tls key without cert", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_key_file: k.pem\n", "appservice.tls_key_file needs appservice.tls_cert_file beside it"},
 		{"tls with an http url", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: c.pem\n  tls_key_file: k.pem\n", "appservice.url must be https:// when the service serves TLS"},
 		{"admin tls key without cert", "  listen: \"\"\n  token: \"\"", "  listen: \"\"\n  token: \"\"\n  tls_key_file: k.pem", "admin.tls_key_file needs admin.tls_cert_file beside it"},
-		{"tls files missing", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: no-such.pem\n  tls_key_file: k.pem\n", "appservice.tls_cert_file and tls_key_file: open no-such.pem"},
+		{"tls files missing", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: no-such.pem\n  tls_key_file: k.pem\n", "no-such.pem: no such file or directory"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -333,5 +333,27 @@ func TestAdminTokensWithoutASharedOne(t *testing.T) {
 	}
 	if len(c.Admin.Tokens) != 1 || c.Admin.Tokens[0].Name != "alice" {
 		t.Fatalf("tokens %+v", c.Admin.Tokens)
+	}
+}
+
+// Paths are resolved once, at load, against the config file's folder (not
+// the working directory): the rest of the service takes them as they are.
+func TestPathsResolvedAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got, want := range map[string]string{
+		cfg.Policy: "policy.yaml", cfg.Database.URI: "matrix-hipaa.db", cfg.Audit.KeyFile: "audit.key",
+		cfg.Keys.JobFile: "keys/job.key", cfg.Audit.Exporters[0].Path: "audit/audit.jsonl",
+	} {
+		if got != filepath.Join(dir, want) {
+			t.Errorf("%s resolved to %s", want, got)
+		}
 	}
 }
