@@ -284,16 +284,20 @@ type Runner struct {
 	gen      int64
 	finished map[int64]int64
 
-	// onOutcome, if set, runs inside the transaction that records a job as
-	// done or failed for good, so what it keeps can never disagree with the
-	// job table.
-	onOutcome func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error
+	// onOutcome run, in order, inside the transaction that records a job as
+	// done or failed for good, so what they keep can never disagree with
+	// the job table.
+	onOutcome []OutcomeHook
 }
 
-// OnOutcome sets a hook that runs in the transaction recording each job's
-// final state ("done" or "failed").
-func (r *Runner) OnOutcome(f func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error) {
-	r.onOutcome = f
+// OutcomeHook sees a job's final state ("done" or "failed") in the
+// transaction that records it; an error rolls that transaction back.
+type OutcomeHook func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error
+
+// OnOutcome adds a hook that runs in the transaction recording each job's
+// final state ("done" or "failed"), after those added before it.
+func (r *Runner) OnOutcome(f OutcomeHook) {
+	r.onOutcome = append(r.onOutcome, f)
 }
 
 type RunnerOptions struct {
@@ -582,8 +586,8 @@ func (r *Runner) finishAs(ctx context.Context, log zerolog.Logger, j *Job, state
 			state, attempts, now.UnixMilli(), errText, j.ID); err != nil {
 			return err
 		}
-		if r.onOutcome != nil {
-			if err := r.onOutcome(ctx, tx, j, state, errText, now); err != nil {
+		for _, hook := range r.onOutcome {
+			if err := hook(ctx, tx, j, state, errText, now); err != nil {
 				return err
 			}
 		}

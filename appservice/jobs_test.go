@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -487,5 +488,24 @@ func TestRoomFixesSetOnlySafeValues(t *testing.T) {
 		if j := p.job(t, k); j.state != "failed" || !strings.Contains(j.lastErr, "refused") {
 			t.Fatalf("%s: %+v", k, j)
 		}
+	}
+}
+
+// Outcome hooks are a list: each runs, in the order added, in the
+// transaction that records the job's final state.
+func TestOutcomeHooksRunInOrder(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	var ran []string
+	for _, name := range []string{"problems", "archive"} {
+		p.runner.OnOutcome(func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error {
+			ran = append(ran, name+":"+state)
+			return nil
+		})
+	}
+	p.runner.Handle("notice", func(context.Context, *Job) error { return nil })
+	p.enqueue(t, JobSpec{Kind: "notice", DedupeKey: "n1", Payload: []byte(`{}`)})
+	p.runDue(t)
+	if strings.Join(ran, ",") != "problems:done,archive:done" {
+		t.Fatalf("hooks ran %v", ran)
 	}
 }

@@ -32,8 +32,8 @@ type PolicyHolder struct {
 	// refused: the file's last reading was refused (so the next good one,
 	// even the policy already in force, is news).
 	refused bool
-	// OnChange, if set, runs after a new policy comes into force.
-	OnChange func(context.Context, *policy.Policy)
+	// onChange run, in order, after a new policy comes into force.
+	onChange []func(context.Context, *policy.Policy)
 }
 
 type fileStamp struct {
@@ -77,6 +77,12 @@ func NewPolicyHolder(ctx context.Context, path string, db *store.DB, chain *audi
 	return h, h.adopt(ctx, p, data, "start")
 }
 
+// OnChange adds f to what runs after a new policy comes into force, after
+// those added before it.
+func (h *PolicyHolder) OnChange(f func(context.Context, *policy.Policy)) {
+	h.onChange = append(h.onChange, f)
+}
+
 // Current is the policy in force.
 func (h *PolicyHolder) Current() *policy.Policy { return h.current.Load() }
 
@@ -118,8 +124,8 @@ func (h *PolicyHolder) Reload(ctx context.Context, why string) (bool, error) {
 	h.refused = false
 	h.current.Store(p)
 	h.log.Info().Str("policy_version", p.Hash).Str("trigger", why).Msg("new policy in force")
-	if h.OnChange != nil {
-		h.OnChange(ctx, p)
+	for _, f := range h.onChange {
+		f(ctx, p)
 	}
 	return true, nil
 }

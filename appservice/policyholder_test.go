@@ -158,3 +158,27 @@ func TestPolicyAcceptedAgain(t *testing.T) {
 		})
 	}
 }
+
+// Hooks are lists: every function added runs, in the order added, once per
+// new policy.
+func TestPolicyChangeHooksRunInOrder(t *testing.T) {
+	p := newPipeline(t, "sqlite3")
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(file, []byte("version: 1\n"), 0o600)
+	h, err := NewPolicyHolder(ctx, file, p.db, p.chain, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ran []string
+	for _, name := range []string{"sweep", "notices", "reschedule"} {
+		h.OnChange(func(context.Context, *policy.Policy) { ran = append(ran, name) })
+	}
+	os.WriteFile(file, []byte("version: 1\ndefaults:\n  retention: 24h\n"), 0o600)
+	if changed, err := h.Reload(ctx, "sighup"); !changed || err != nil {
+		t.Fatal(changed, err)
+	}
+	if strings.Join(ran, ",") != "sweep,notices,reschedule" {
+		t.Fatalf("hooks ran %v", ran)
+	}
+}

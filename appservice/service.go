@@ -252,9 +252,11 @@ func (s *Service) Run(ctx context.Context) error {
 			s.Runner.Wake()
 		}
 	}
+	// What a new policy sets off, in this order: known rooms enrolled,
+	// members told of new lifetimes, waiting messages rescheduled.
 	inForce := s.Policy.Current()
-	s.Policy.OnChange = func(ctx context.Context, p *policy.Policy) {
-		sweep(ctx, p)
+	s.Policy.OnChange(sweep)
+	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
 		if n, err := NoticeLifetimeChanges(ctx, s.DB, s.Chain, inForce, p); err != nil {
 			s.Log.Error().Err(err).Msg("could not tell rooms of their new message lifetime")
 		} else if n > 0 {
@@ -262,12 +264,14 @@ func (s *Service) Run(ctx context.Context) error {
 			s.Runner.Wake()
 		}
 		inForce = p
+	})
+	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
 		if n, err := RescheduleExpiries(ctx, s.DB, p); err != nil {
 			s.Log.Error().Err(err).Msg("could not apply the new policy's lifetimes to waiting messages")
 		} else if n > 0 {
 			s.Log.Info().Int64("messages", n).Msg("shorter lifetimes brought waiting messages' expiry forward")
 		}
-	}
+	})
 	sweep(ctx, s.Policy.Current())
 	workCtx, stopWork := context.WithCancel(context.Background())
 	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {
