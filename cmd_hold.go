@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 )
 
 func holdCommand(args []string, stdout, stderr io.Writer) error {
@@ -44,7 +43,7 @@ func holdCommand(args []string, stdout, stderr io.Writer) error {
 		}
 		tw.Flush()
 		// Listing shows reasons: it is a read of held data, audited.
-		return chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: operator(), Action: "hold-list", Count: int64(len(holds))})
+		return recordCommand(ctx, db, chain, "hold-list", "", int64(len(holds)), nil)
 	case *release != 0:
 		if err := appservice.ReleaseHold(ctx, db, chain, *release, operator()); err != nil {
 			return err

@@ -35,7 +35,7 @@ func listRooms(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	rooms, err := appservice.ListRooms(ctx, db, pol)
-	if err := recordCommand(ctx, db, chain, "rooms", int64(len(rooms)), err); err != nil {
+	if err := recordCommand(ctx, db, chain, "rooms", "", int64(len(rooms)), err); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -130,7 +130,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 		dbFile = cfg.Database.URI
 	}
 	st, err := appservice.ReadStatus(ctx, db, pol, dbFile)
-	if err := recordCommand(ctx, db, chain, "status", 0, err); err != nil {
+	if err := recordCommand(ctx, db, chain, "status", "", 0, err); err != nil {
 		return err
 	}
 	now := time.Now()

@@ -46,9 +46,8 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			if err := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: operator(),
-				Action: "roster-list", Count: int64(len(list))}); err != nil {
-				return fmt.Errorf("could not record this command in the audit trail: %w", err)
+			if err := recordCommand(ctx, db, chain, "roster-list", "", int64(len(list)), nil); err != nil {
+				return err
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "USER\tNPI\tROLE\tDEPARTMENT\tLICENCE UNTIL\tSTATUS\tSOURCE\tVERIFIED BY")

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 )
 
@@ -86,15 +85,7 @@ func devicesCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	defer db.Close()
 	devs, err := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal()).DeviceInventory(ctx, *user)
-	outcome := audit.OutcomeSuccess
-	if err != nil {
-		outcome = audit.OutcomeFailure
-	}
-	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAdminCommand, Outcome: outcome, Actor: operator(), Action: "devices",
-		Detail: chain.Keys().User(*user), Count: int64(len(devs))}); aerr != nil {
-		return fmt.Errorf("could not record this command in the audit trail: %w", aerr)
-	}
-	if err != nil {
+	if err := recordCommand(ctx, db, chain, "devices", chain.Keys().User(*user), int64(len(devs)), err); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

@@ -215,10 +215,11 @@ func openData(ctx context.Context, cfgPath string) (*config.Config, *store.DB, *
 }
 
 // recordCommand puts an administrator's read-only command in the audit
-// trail, its outcome that of err, and returns err (joined with any failure
-// to record: an unrecorded read is not shown).
-func recordCommand(ctx context.Context, db *store.DB, chain *audit.Chain, action string, count int64, err error) error {
-	rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: operator(), Action: action, Count: count}
+// trail (detail: the pseudonym of whom it was about, if anyone), its outcome
+// that of err, and returns err (joined with any failure to record: an
+// unrecorded read is not shown). Every CLI read is recorded through it.
+func recordCommand(ctx context.Context, db *store.DB, chain *audit.Chain, action, detail string, count int64, err error) error {
+	rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: operator(), Action: action, Detail: detail, Count: count}
 	if err != nil {
 		rec.Outcome = audit.OutcomeFailure
 	}
