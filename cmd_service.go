@@ -15,6 +15,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"gopkg.in/yaml.v3"
 )
@@ -63,9 +64,11 @@ func runService(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The features, on the engine.
+	sessions.Install(svc)
 	if room := cfg.Admin.Room; room != "" {
 		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI, ManagementRoom: room,
-			Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)
+			Guard: sessions.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)
 		go func() {
 			// A seat in the management room, invited by an admin if need be.
 			select {
@@ -86,7 +89,7 @@ func runService(args []string, stdout, stderr io.Writer) error {
 		// Timeouts: a slow or stalled client cannot hold connections open.
 		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
 			Handler: &admin.Server{DB: svc.DB, Chain: svc.Chain, Policy: svc.Policy.Current, Token: cfg.Admin.Token.Reveal(), People: adminPeople(cfg),
-				Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin},
+				Guard: sessions.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin},
 				Refused: func(reason string) {
 					svc.Metrics.AuthFailures.WithLabelValues(reason).Inc()
 					log.Warn().Str("reason", reason).Msg("admin API request refused for its credentials")

@@ -10,8 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 )
 
 func wipeCommand(args []string, stdout, stderr io.Writer) error {
@@ -41,17 +41,17 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 	defer db.Close()
 	id := *status
 	if id == 0 {
-		w := appservice.Wipe{User: *user, Device: *device, Offboard: *offboard, Deactivate: *deactivate, Scope: *scope, Reason: *reason, RequestedBy: operator(),
-			Force: *forceReason != "", ForceReason: *forceReason, Guard: appservice.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}
+		w := sessions.Wipe{User: *user, Device: *device, Offboard: *offboard, Deactivate: *deactivate, Scope: *scope, Reason: *reason, RequestedBy: operator(),
+			Force: *forceReason != "", ForceReason: *forceReason, Guard: sessions.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}
 		if !from.IsZero() {
 			w.Since = from.UnixMilli()
 		}
-		if id, err = appservice.RequestWipe(ctx, db, chain, w); err != nil {
+		if id, err = sessions.RequestWipe(ctx, db, chain, w); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wipe %d requested for %s\n", id, *user)
 	}
-	got, err := appservice.WaitWipe(ctx, db, id, *wait)
+	got, err := sessions.WaitWipe(ctx, db, id, *wait)
 	if errors.Is(err, sql.ErrNoRows) {
 		return errUsage{fmt.Sprintf("there is no wipe %d", id)}
 	}

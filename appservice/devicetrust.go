@@ -219,7 +219,7 @@ func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol
 			return err
 		}
 		// Where the homeserver cannot end one session, all of them end.
-		if err := caps.endSessions(ctx, hs, p.User, []string{p.Device}); err != nil {
+		if err := caps.EndSessions(ctx, hs, p.User, []string{p.Device}); err != nil {
 			return err
 		}
 		return record(ctx, p, "signed_out_at", "unverified_signed_out", j)

@@ -136,7 +136,7 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 // a problem); a notice's inviter is dropped, so a bot not yet in the room
 // fails once rather than retrying.
 func (d *PolicyDecider) actorFor(a policy.Action) policy.Action {
-	if a.ActAs == "" || sameServer(a.ActAs, d.Bot) {
+	if a.ActAs == "" || SameServer(a.ActAs, d.Bot) {
 		return a
 	}
 	switch a.Kind {
@@ -148,14 +148,14 @@ func (d *PolicyDecider) actorFor(a policy.Action) policy.Action {
 	return a
 }
 
-// sameServer reports whether two Matrix IDs are on one server.
-func sameServer(a, b string) bool {
-	sa := serverOf(a)
-	return sa != "" && sa == serverOf(b)
+// SameServer reports whether two Matrix IDs are on one server.
+func SameServer(a, b string) bool {
+	sa := ServerOf(a)
+	return sa != "" && sa == ServerOf(b)
 }
 
-// serverOf is a Matrix ID's server name ("" if it has none).
-func serverOf(mxid string) string {
+// ServerOf is a Matrix ID's server name ("" if it has none).
+func ServerOf(mxid string) string {
 	_, s, _ := strings.Cut(mxid, ":")
 	return s
 }

@@ -228,7 +228,7 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 		err = errors.New("not tried")
 		// A remote sender's message: the service cannot act as them, only
 		// the bot can redact it (with the power to).
-		remote := !sameServer(p.ActAs, bot)
+		remote := !SameServer(p.ActAs, bot)
 		if asBot || remote {
 			err = hs.Redact(ctx, bot, p.Room, p.EventID, p.Reason, txn)
 		}
@@ -305,7 +305,7 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 // instead: it confirms the room's state and holds a change that would end
 // too many messages at once, so a policy reload is no way around that.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
-	links, err := loadLinks(ctx, db)
+	links, err := LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -328,7 +328,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(storedRoom(room, aliases, spaces, links))
+		eff := pol.For(StoredRoom(room, aliases, spaces, links))
 		life := eff.Lifetime(0)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})

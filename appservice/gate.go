@@ -221,7 +221,7 @@ func NewMemberSweeper(db *store.DB, pol func() *policy.Policy, exempt func(strin
 // Sweep checks every joined or invited member of every gated room once and
 // returns how many removals it queued.
 func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
-	links, err := loadLinks(ctx, s.DB)
+	links, err := LoadRoomLinks(ctx, s.DB)
 	if err != nil {
 		return 0, err
 	}
@@ -241,7 +241,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 			rows.Close()
 			return 0, err
 		}
-		if e := pol.For(storedRoom(id, aliases, spaces, links)); e.Members == policy.MembersVerified {
+		if e := pol.For(StoredRoom(id, aliases, spaces, links)); e.Members == policy.MembersVerified {
 			rooms = append(rooms, gated{id, creator, e})
 		}
 	}

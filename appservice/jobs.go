@@ -244,7 +244,7 @@ const (
 var priorities = map[string]int{
 	// What an administrator asked for, and what stops PHI from staying
 	// where it must not.
-	JobWipe: PriorityUrgent, JobAdminCommand: PriorityUrgent, JobDeviceSignOut: PriorityUrgent, JobCheckMember: PriorityUrgent,
+	"wipe" /* sessions.JobWipe */ : PriorityUrgent, JobAdminCommand: PriorityUrgent, JobDeviceSignOut: PriorityUrgent, JobCheckMember: PriorityUrgent,
 	string(policy.ActRedact): PriorityUrgent, string(policy.ActEnableEncryption): PriorityUrgent,
 	string(policy.ActSetJoinRule): PriorityUrgent, string(policy.ActSetGuestAccess): PriorityUrgent,
 	string(policy.ActQuarantineMedia): PriorityUrgent,
@@ -293,6 +293,12 @@ type Runner struct {
 // OutcomeHook sees a job's final state ("done" or "failed") in the
 // transaction that records it; an error rolls that transaction back.
 type OutcomeHook func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error
+
+// DB, Chain and Now are the runner's database, audit chain and clock, for
+// handlers that record what they did.
+func (r *Runner) DB() *store.DB       { return r.db }
+func (r *Runner) Chain() *audit.Chain { return r.chain }
+func (r *Runner) Now() time.Time      { return r.now() }
 
 // OnOutcome adds a hook that runs in the transaction recording each job's
 // final state ("done" or "failed"), after those added before it.

@@ -302,7 +302,7 @@ func TestHostileFloodCannotDelayAWipe(t *testing.T) {
 				return nil
 			})
 			wipeStarted := make(chan time.Time, 1)
-			p.runner.Handle(JobWipe, func(ctx context.Context, j *Job) error {
+			p.runner.Handle("wipe", func(ctx context.Context, j *Job) error {
 				wipeStarted <- time.Now()
 				return nil
 			})
@@ -321,7 +321,7 @@ func TestHostileFloodCannotDelayAWipe(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			queued := time.Now()
-			p.enqueue(t, JobSpec{Kind: JobWipe, DedupeKey: "wipe:1", Payload: json.RawMessage(`{}`)})
+			p.enqueue(t, JobSpec{Kind: "wipe", DedupeKey: "wipe:1", Payload: json.RawMessage(`{}`)})
 			select {
 			case at := <-wipeStarted:
 				t.Logf("wipe started %s after it was queued, behind %d routine jobs", at.Sub(queued).Round(time.Millisecond), len(flood))
@@ -341,9 +341,9 @@ func TestHostileFloodCannotDelayAWipe(t *testing.T) {
 // Every kind the service queues has the priority its purpose asks.
 func TestJobPriorities(t *testing.T) {
 	for kind, want := range map[string]int{
-		JobWipe: PriorityUrgent, JobAdminCommand: PriorityUrgent, "redact": PriorityUrgent, "enable_encryption": PriorityUrgent,
+		"wipe": PriorityUrgent, JobAdminCommand: PriorityUrgent, "redact": PriorityUrgent, "enable_encryption": PriorityUrgent,
 		JobCheckMember: PriorityUrgent, JobDeviceSignOut: PriorityUrgent,
-		JobExpire: PriorityNormal, JobDiscoverRoom: PriorityNormal, "bot_join": PriorityNormal, JobIdleLogoff: PriorityNormal,
+		JobExpire: PriorityNormal, JobDiscoverRoom: PriorityNormal, "bot_join": PriorityNormal, "idle_logoff": PriorityNormal,
 		"notice": PriorityRoutine, JobDeviceWarn: PriorityRoutine, JobPurge: PriorityRoutine,
 	} {
 		if got := PriorityOf(kind); got != want {

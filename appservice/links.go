@@ -27,7 +27,7 @@ type RoomLinks struct{ Aliases, Spaces []string }
 
 // storedRoom is policyRoom for a room as room_state stores it: aliases and
 // spaces as stored lists, and the confirmed links of every room.
-func storedRoom(id, aliases, spaces string, links map[string]RoomLinks) policy.Room {
+func StoredRoom(id, aliases, spaces string, links map[string]RoomLinks) policy.Room {
 	return policyRoom(id, splitList(aliases), splitList(spaces), links[id])
 }
 
@@ -37,8 +37,8 @@ func policyRoom(id string, aliases, spaces []string, l RoomLinks) policy.Room {
 	return policy.Room{ID: id, Aliases: aliases, Spaces: spaces, VerifiedAliases: l.Aliases, VerifiedSpaces: l.Spaces}
 }
 
-// loadLinks reads every confirmed link.
-func loadLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, error) {
+// LoadRoomLinks reads every room's confirmed links.
+func LoadRoomLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, error) {
 	return queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`)
 }
 
@@ -80,7 +80,7 @@ type Links struct {
 
 // LoadLinks reads the confirmed links into memory.
 func LoadLinks(ctx context.Context, db *store.DB) (*Links, error) {
-	m, err := loadLinks(ctx, db)
+	m, err := LoadRoomLinks(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +271,7 @@ func spaceLists(ctx context.Context, db *store.DB, hs LinkHomeserver, bot, actAs
 func localActors(bot string, users ...string) []string {
 	var out []string
 	for _, u := range users {
-		if u != "" && u != bot && sameServer(u, bot) && !slices.Contains(out, u) {
+		if u != "" && u != bot && SameServer(u, bot) && !slices.Contains(out, u) {
 			out = append(out, u)
 		}
 	}

@@ -67,7 +67,7 @@ func (r *RoomReport) NeedsAttention() bool { return len(r.Attention()) > 0 }
 
 // ListRooms reports every room the service knows, sorted by ID.
 func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomReport, error) {
-	links, err := loadLinks(ctx, db)
+	links, err := LoadRoomLinks(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +88,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		r := get(id)
 		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		eff := pol.For(storedRoom(id, aliases, spaces, links))
+		eff := pol.For(StoredRoom(id, aliases, spaces, links))
 		r.EncryptionRequired = eff.Encryption == policy.EncryptionRequired
 		r.PublicForbidden, r.GuestsForbidden = eff.PublicRooms == policy.Forbid, eff.GuestAccess == policy.Forbid
 		return nil

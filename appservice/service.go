@@ -101,14 +101,20 @@ type Service struct {
 	HS         *homeserver.Client
 	Checkpoint *audit.Checkpointer
 	Expiry     *ExpiryPump
-	Idle       *IdleSweeper
 	Members    *MemberSweeper
 	Trust      *DeviceTrust
 	Roster     *RosterFile // nil without a roster file
 	WipeCaps   WipeCaps
 	Log        zerolog.Logger
 	exporters  []*audit.Exporter
+	// loops are the features' background work, run beside the engine's
+	// and joined with it.
+	loops []func(context.Context)
 }
+
+// Loop adds f to what Run starts beside the engine's own work; f returns
+// when its context ends, and Run waits for it before it writes service.stop.
+func (s *Service) Loop(f func(context.Context)) { s.loops = append(s.loops, f) }
 
 // New assembles a service from config. Callers register job handlers on
 // s.Runner before Run.
@@ -166,9 +172,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	})
 	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
-	RegisterWipe(s.Runner, hs, s.Policy.Current, s.WipeCaps)
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
-	RegisterIdleLogoff(s.Runner, hs, s.Policy.Current, s.WipeCaps)
 	botID := cfg.BotMXID()
 	exempt := func(u string) bool { return u == botID || cfg.Admin.IsAdmin(u) }
 	RegisterMemberGate(s.Runner, GateDeps{HS: hs, Bot: s.Bot, Policy: s.Policy.Current, Exempt: exempt})
@@ -178,8 +182,6 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	}
 	RegisterDeviceTrust(s.Runner, hs, s.Bot, s.Policy.Current, s.WipeCaps)
 	s.Trust = &DeviceTrust{DB: db, Policy: s.Policy.Current, HS: hs, Now: now, Wake: s.Runner.Wake, Log: log}
-	s.Idle = &IdleSweeper{Caps: s.WipeCaps, DB: db, Policy: s.Policy.Current, HS: hs, Domain: cfg.Homeserver.Domain, Now: now, Wake: s.Runner.Wake, Log: log,
-		Exempt: func(u string) bool { return u == botID }}
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
 		return nil, err
@@ -287,7 +289,9 @@ func (s *Service) Run(ctx context.Context) error {
 		})
 	})
 	workers.Go(func() { s.Bot.Run(workCtx) })
-	workers.Go(func() { s.Idle.Run(workCtx) })
+	for _, loop := range s.loops {
+		workers.Go(func() { loop(workCtx) })
+	}
 	if s.Roster != nil {
 		if err := s.Roster.Load(ctx); err != nil && !errors.As(err, new(RosterRefused)) {
 			s.Log.Error().Err(err).Msg("roster file could not be read; the roster stays as it was")

@@ -15,7 +15,7 @@ import (
 // whenever a new policy comes into force. Each gets an enable_encryption job
 // as its creator and a policy.decision record. It returns how many it enrolled.
 func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *policy.Policy) (int, error) {
-	links, err := loadLinks(ctx, db)
+	links, err := LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -34,7 +34,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(storedRoom(id, aliases, spaces, links))
+		eff := pol.For(StoredRoom(id, aliases, spaces, links))
 		if eff.Encryption == policy.EncryptionRequired {
 			todo = append(todo, candidate{id, creator, eff})
 		}
@@ -83,7 +83,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 // lifetime a new policy changed: one notice job per room (dry-run aware,
 // audited as a policy.decision), at most once per room and policy version.
 func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain, old, pol *policy.Policy) (int, error) {
-	links, err := loadLinks(ctx, db)
+	links, err := LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -104,7 +104,7 @@ func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain
 			rows.Close()
 			return 0, err
 		}
-		r := storedRoom(id, aliases, spaces, links)
+		r := StoredRoom(id, aliases, spaces, links)
 		before, after := old.For(r), pol.For(r)
 		if l := after.Lifetime(roomMax); l != before.Lifetime(roomMax) {
 			todo = append(todo, change{id, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: creator, Reason: lifetimeText(l)}, after.DryRun})

@@ -31,6 +31,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
@@ -48,7 +49,7 @@ type Server struct {
 	People map[string]string
 	// Guard protects the bot, administrators and other servers' users
 	// from wipes that are not forced.
-	Guard appservice.WipeGuard
+	Guard sessions.WipeGuard
 	// Refused, if set, is told of each request refused for its
 	// credentials (missing or wrong), to log and count it.
 	Refused func(reason string)
@@ -355,7 +356,7 @@ func (s *Server) requestWipe(w http.ResponseWriter, r *http.Request) {
 	if req.Redact == "" {
 		req.Redact = "phi"
 	}
-	id, err := appservice.RequestWipe(r.Context(), s.DB, s.Chain, appservice.Wipe{User: req.UserID, Reason: req.Reason, RequestedBy: who,
+	id, err := sessions.RequestWipe(r.Context(), s.DB, s.Chain, sessions.Wipe{User: req.UserID, Reason: req.Reason, RequestedBy: who,
 		Offboard: req.Offboard, Deactivate: req.Deactivate, Device: req.Device, Scope: req.Redact, Since: req.SinceMS,
 		Force: req.ForceReason != "", ForceReason: req.ForceReason, Guard: s.Guard})
 	if appservice.IsInvalid(err) {
@@ -374,12 +375,12 @@ func (s *Server) wipeStatus(w http.ResponseWriter, r *http.Request, idText strin
 		return
 	}
 	// Reading a wipe's progress is on the record too (it names the user).
-	found, ok := read(s, w, r, "wipe-status", func() ([]appservice.Wipe, error) {
-		wp, err := appservice.LoadWipe(r.Context(), s.DB, id)
+	found, ok := read(s, w, r, "wipe-status", func() ([]sessions.Wipe, error) {
+		wp, err := sessions.LoadWipe(r.Context(), s.DB, id)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, nil
 		}
-		return []appservice.Wipe{wp}, err
+		return []sessions.Wipe{wp}, err
 	})
 	if !ok {
 		return

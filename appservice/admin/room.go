@@ -15,6 +15,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
@@ -45,7 +46,7 @@ type Room struct {
 	IsAdmin func(user string) bool
 	// Guard protects the bot, administrators and other servers' users
 	// from wipes (the management room cannot force one).
-	Guard appservice.WipeGuard
+	Guard sessions.WipeGuard
 	// SingleDevice: the homeserver can sign out one device (Synapse).
 	SingleDevice bool
 	// ManagementRoom is admin.room: a job naming any other room, or whose
@@ -202,13 +203,13 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 			rec.Outcome = audit.OutcomeFailure
 			return m.answerOnce(ctx, p, rec, "this homeserver cannot sign out a single device. To end every session of the user, send the same !wipe without --device.")
 		}
-		w := appservice.Wipe{User: cmd.Target, Device: cmd.Device, Offboard: cmd.Name == "offboard", Scope: cmd.Scope, Reason: cmd.Reason,
+		w := sessions.Wipe{User: cmd.Target, Device: cmd.Device, Offboard: cmd.Name == "offboard", Scope: cmd.Scope, Reason: cmd.Reason,
 			RequestedBy: keys.User(p.Sender), Guard: m.Guard}
 		if !cmd.Since.IsZero() {
 			w.Since = cmd.Since.UnixMilli()
 		}
 		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
-			id, err := appservice.RequestWipeTx(ctx, tx, m.Chain, w)
+			id, err := sessions.RequestWipeTx(ctx, tx, m.Chain, w)
 			if err != nil {
 				return "", 0, err
 			}
@@ -324,7 +325,7 @@ func (m *Room) handleReport(ctx context.Context, j *appservice.Job) error {
 	if err != nil {
 		return err
 	}
-	w, err := appservice.LoadWipe(ctx, m.DB, p.WipeID)
+	w, err := sessions.LoadWipe(ctx, m.DB, p.WipeID)
 	if err != nil {
 		return err
 	}
@@ -335,7 +336,7 @@ func (m *Room) handleReport(ctx context.Context, j *appservice.Job) error {
 }
 
 // WipeSummary is how a finished wipe is reported to admins.
-func WipeSummary(w appservice.Wipe) string {
+func WipeSummary(w sessions.Wipe) string {
 	if w.State == "failed" {
 		return fmt.Sprintf("wipe %d of %s FAILED: %s. Sessions revoked: %d, messages redacted: %d.", w.ID, w.User, w.LastError, w.Revoked, w.Redacted)
 	}

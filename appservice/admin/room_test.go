@@ -15,6 +15,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
@@ -147,7 +148,7 @@ func TestManagementRoomHandler(t *testing.T) {
 			if got := b.replies["cmd-$3"]; !strings.Contains(got, "wipe 1 of @bob:hs started (redact: all)") {
 				t.Fatalf("wipe reply %q", got)
 			}
-			w, err := appservice.LoadWipe(ctx, db, 1)
+			w, err := sessions.LoadWipe(ctx, db, 1)
 			if err != nil || w.Reason != "lost phone" || w.Scope != "all" || w.RequestedBy != m.Chain.Keys().User("@admin:hs") {
 				t.Fatalf("wipe %+v %v", w, err)
 			}

@@ -1,4 +1,4 @@
-package appservice
+package sessions
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 
 	"github.com/rs/zerolog"
 
@@ -23,7 +25,7 @@ const JobIdleLogoff = "idle_logoff"
 
 // SessionHomeserver is what idle logoff needs from the homeserver.
 type SessionHomeserver interface {
-	SessionEnder
+	appservice.SessionEnder
 	Sessions(ctx context.Context, user string) ([]homeserver.Device, error)
 }
 
@@ -58,13 +60,13 @@ func idleSessions(sessions []homeserver.Device, timeout time.Duration, now time.
 type IdleSweeper struct {
 	// Caps: with Synapse's admin API, idle devices of a user who still
 	// uses others are deleted one by one.
-	Caps   WipeCaps
+	Caps   appservice.WipeCaps
 	DB     *store.DB
 	Policy func() *policy.Policy
 	HS     SessionHomeserver
 	Domain string
 	Exempt func(user string) bool
-	Now    Clock
+	Now    appservice.Clock
 	Wake   func()
 	Log    zerolog.Logger
 }
@@ -81,7 +83,7 @@ func (s *IdleSweeper) Run(ctx context.Context) {
 		wait := 10 * time.Second // policy off: look again soon for a change
 		if timeout := s.Policy().SessionIdleTimeout.D(); timeout > 0 {
 			if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.Log.Warn().Str("error", SafeError(err)).Msg("idle session sweep failed")
+				s.Log.Warn().Str("error", appservice.SafeError(err)).Msg("idle session sweep failed")
 			} else if n > 0 {
 				s.Log.Info().Int("users", n).Msg("idle users queued for sign-out")
 			}
@@ -102,7 +104,7 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 	if timeout <= 0 {
 		return 0, nil
 	}
-	users, err := JoinedUsers(ctx, s.DB, s.Domain)
+	users, err := appservice.JoinedUsers(ctx, s.DB, s.Domain)
 	if err != nil {
 		return 0, err
 	}
@@ -116,10 +118,10 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 		}
 		sessions, err := s.HS.Sessions(ctx, u)
 		if err != nil {
-			if Unreachable(err) {
+			if appservice.Unreachable(err) {
 				return queued, err
 			}
-			s.Log.Debug().Str("error", SafeError(err)).Msg("could not list a user's sessions")
+			s.Log.Debug().Str("error", appservice.SafeError(err)).Msg("could not list a user's sessions")
 			continue
 		}
 		idle, latest := idleSessions(sessions, timeout, s.Now())
@@ -129,7 +131,7 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 		payload, _ := json.Marshal(idlePayload{User: u})
 		err = s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			// One job per idle spell: the key changes when the user is seen again.
-			return Enqueue(ctx, s.DB, tx, s.Now(), JobSpec{Kind: JobIdleLogoff, DedupeKey: fmt.Sprintf("idle:%s:%d", u, latest), Payload: payload})
+			return appservice.Enqueue(ctx, s.DB, tx, s.Now(), appservice.JobSpec{Kind: JobIdleLogoff, DedupeKey: fmt.Sprintf("idle:%s:%d", u, latest), Payload: payload})
 		})
 		if err != nil {
 			return queued, err
@@ -150,11 +152,11 @@ type idlePayload struct {
 // RegisterIdleLogoff handles idle_logoff jobs: the user's sessions are
 // checked again (one may have been used since the sweep, or the policy
 // changed), signed out everywhere, and the sign-out confirmed and audited.
-func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Policy, caps WipeCaps) {
-	r.Handle(JobIdleLogoff, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[idlePayload](j)
+func RegisterIdleLogoff(r *appservice.Runner, hs SessionHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) {
+	r.Handle(JobIdleLogoff, func(ctx context.Context, j *appservice.Job) error {
+		p, err := appservice.DecodePayload[idlePayload](j)
 		if err == nil && p.User == "" {
-			err = Permanent(errors.New("bad job payload: no user"))
+			err = appservice.Permanent(errors.New("bad job payload: no user"))
 		}
 		if err != nil {
 			return err
@@ -167,12 +169,12 @@ func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Poli
 		if err != nil {
 			return err
 		}
-		idle, _ := idleSessions(sessions, timeout, r.now())
-		all, _ := allIdle(sessions, timeout, r.now())
+		idle, _ := idleSessions(sessions, timeout, r.Now())
+		all, _ := allIdle(sessions, timeout, r.Now())
 		if len(idle) == 0 || (!all && !caps.AdminAPI) {
 			return nil // used again since the sweep
 		}
-		if err := caps.endSessions(ctx, hs, p.User, idle); err != nil {
+		if err := caps.EndSessions(ctx, hs, p.User, idle); err != nil {
 			return err
 		}
 		after, err := hs.Sessions(ctx, p.User)
@@ -192,7 +194,7 @@ func RegisterIdleLogoff(r *Runner, hs SessionHomeserver, pol func() *policy.Poli
 		if !all {
 			action = "idle_device_logoff"
 		}
-		return r.chain.AppendTx(ctx, r.db, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
-			Detail: r.chain.Keys().User(p.User), JobID: j.ID, Count: int64(len(idle))})
+		return r.Chain().AppendTx(ctx, r.DB(), &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
+			Detail: r.Chain().Keys().User(p.User), JobID: j.ID, Count: int64(len(idle))})
 	})
 }

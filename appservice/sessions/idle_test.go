@@ -1,4 +1,4 @@
-package appservice
+package sessions
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
@@ -77,11 +78,11 @@ func (f *fakeSessions) SignOutEverywhere(_ context.Context, user string) error {
 func TestIdleLogoff(t *testing.T) {
 	type setup struct {
 		dbType string
-		caps   WipeCaps
+		caps   appservice.WipeCaps
 	}
 	var runs []setup
 	for _, d := range storetest.Dialects {
-		runs = append(runs, setup{d, WipeCaps{}}, setup{d, WipeCaps{AdminAPI: true, Admin: "@hipaa:h"}})
+		runs = append(runs, setup{d, appservice.WipeCaps{}}, setup{d, appservice.WipeCaps{AdminAPI: true, Admin: "@hipaa:h"}})
 	}
 	for _, run := range runs {
 		dbType := run.dbType

@@ -1,4 +1,4 @@
-package appservice
+package sessions
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
@@ -60,16 +62,16 @@ func (g WipeGuard) check(w Wipe) error {
 		who = "the service's own bot"
 	case g.Admin != nil && g.Admin(w.User):
 		who = "an administrator"
-	case serverOf(w.User) != g.Domain:
+	case appservice.ServerOf(w.User) != g.Domain:
 		who = "a user of another server"
 	default:
 		return nil
 	}
 	if !w.Force {
-		return Invalid("%s is %s: a wipe of them needs force, with its own reason", w.User, who)
+		return appservice.Invalid("%s is %s: a wipe of them needs force, with its own reason", w.User, who)
 	}
 	if strings.TrimSpace(w.ForceReason) == "" {
-		return Invalid("forcing a wipe of %s needs its own reason", who)
+		return appservice.Invalid("forcing a wipe of %s needs its own reason", who)
 	}
 	return nil
 }
@@ -87,7 +89,7 @@ func RequestWipe(ctx context.Context, db *store.DB, chain *audit.Chain, w Wipe) 
 		if !strings.HasPrefix(w.User, "@") {
 			rec.Detail = "" // not a user ID: nothing to name
 		}
-		return 0, RecordRefusal(ctx, db, chain, rec, err)
+		return 0, appservice.RecordRefusal(ctx, db, chain, rec, err)
 	}
 	return id, nil
 }
@@ -96,15 +98,15 @@ func RequestWipe(ctx context.Context, db *store.DB, chain *audit.Chain, w Wipe) 
 func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) (int64, error) {
 	switch {
 	case w.User == "" || w.User[0] != '@':
-		return 0, Invalid("a wipe is for a user ID (@name:server)")
+		return 0, appservice.Invalid("a wipe is for a user ID (@name:server)")
 	case w.Reason == "":
-		return 0, Invalid("a wipe needs a reason")
+		return 0, appservice.Invalid("a wipe needs a reason")
 	case w.Scope != "none" && w.Scope != "phi" && w.Scope != "all":
-		return 0, Invalid("redaction scope must be none, phi or all, not %q", w.Scope)
+		return 0, appservice.Invalid("redaction scope must be none, phi or all, not %q", w.Scope)
 	case w.Deactivate && !w.Offboard:
-		return 0, Invalid("deactivating an account is part of offboarding: add -offboard")
+		return 0, appservice.Invalid("deactivating an account is part of offboarding: add -offboard")
 	case w.Deactivate && w.Device != "":
-		return 0, Invalid("a single-device wipe cannot deactivate the account")
+		return 0, appservice.Invalid("a single-device wipe cannot deactivate the account")
 	}
 	if err := w.Guard.check(w); err != nil {
 		return 0, err
@@ -120,7 +122,7 @@ func RequestWipeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, w Wipe) 
 		return 0, err
 	}
 	payload, _ := json.Marshal(map[string]int64{"wipe_id": w.ID})
-	if err := Enqueue(ctx, chain.DB(), tx, now, JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
+	if err := appservice.Enqueue(ctx, chain.DB(), tx, now, appservice.JobSpec{Kind: JobWipe, DedupeKey: fmt.Sprintf("wipe:%d", w.ID), Payload: payload}); err != nil {
 		return 0, err
 	}
 	recs := []*audit.Record{wipeRecord(chain, w, "requested", audit.OutcomeSuccess, 0)}
@@ -144,16 +146,9 @@ func LoadWipe(ctx context.Context, db *store.DB, id int64) (Wipe, error) {
 	return w, err
 }
 
-// SessionEnder ends sessions: all of a user's as the user, or single
-// devices through Synapse's admin API acting as admin.
-type SessionEnder interface {
-	SignOutEverywhere(ctx context.Context, user string) error
-	DeleteDevices(ctx context.Context, admin, user string, devices []string) error
-}
-
 // WipeHomeserver is what a wipe needs from the homeserver.
 type WipeHomeserver interface {
-	SessionEnder
+	appservice.SessionEnder
 	Devices(ctx context.Context, user string) ([]string, error)
 	Redact(ctx context.Context, user, room, eventID, reason, txnID string) error
 	JoinedRooms(ctx context.Context, user string) ([]string, error)
@@ -162,46 +157,25 @@ type WipeHomeserver interface {
 	Deactivate(ctx context.Context, admin, user string) error
 }
 
-// WipeCaps is what the homeserver allows a wipe, decided at start-up from
-// homeserver.software.
-type WipeCaps struct {
-	// AdminAPI: Synapse's admin API, used acting as Admin (the bot, made a
-	// server admin): single devices can be deleted, accounts deactivated.
-	AdminAPI bool
-	Admin    string
-}
-
-// endSessions ends devices of user where the homeserver can end single
-// sessions, and every session of user where it cannot.
-func (c WipeCaps) endSessions(ctx context.Context, hs SessionEnder, user string, devices []string) error {
-	if c.AdminAPI {
-		return hs.DeleteDevices(ctx, c.Admin, user, devices)
-	}
-	return hs.SignOutEverywhere(ctx, user)
-}
-
-// Describe says what a wipe can do here, for the start-up log.
-func (c WipeCaps) Describe() string {
-	if c.AdminAPI {
-		return "Synapse admin API: delete single devices or all, deactivate on offboarding"
-	}
-	return "all sessions (POST /logout/all as the user); single devices and deactivation: not offered by this homeserver"
-}
-
 var _ WipeHomeserver = (*homeserver.Client)(nil)
 
 // RegisterWipe handles wipe jobs. Each step is recorded (and audited) when
 // done, so a retried job (homeserver down, a crash) resumes at the step it
 // had reached; each step is safe to repeat.
-func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps WipeCaps) {
-	r.Handle(JobWipe, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[struct {
+func RegisterWipe(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) {
+	r.Handle(JobWipe, wipeHandler(r, hs, pol, caps))
+}
+
+// wipeHandler runs a wipe job's steps.
+func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) appservice.Handler {
+	return func(ctx context.Context, j *appservice.Job) error {
+		p, err := appservice.DecodePayload[struct {
 			ID int64 `json:"wipe_id"`
 		}](j)
 		if err != nil {
 			return err
 		}
-		w, err := LoadWipe(ctx, r.db, p.ID)
+		w, err := LoadWipe(ctx, r.DB(), p.ID)
 		if err != nil {
 			return err
 		}
@@ -211,10 +185,10 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 		// redacting with --redact none) moves the state on, unaudited: the
 		// trail holds the steps that ran.
 		step := func(next string, ran bool, n int, col string, confirmed int64) error {
-			return r.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+			return r.DB().Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 				// Placeholders in ascending order: SQLite numbers $N by first appearance.
 				q := `UPDATE wipe SET state = $1, updated_at = $2, last_error = ''`
-				args := []any{next, r.now().UnixMilli()}
+				args := []any{next, r.Now().UnixMilli()}
 				if col != "" {
 					args = append(args, n)
 					q += fmt.Sprintf(`, %s = $%d`, col, len(args))
@@ -231,7 +205,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 				if !ran {
 					return nil
 				}
-				return r.chain.Append(ctx, tx, wipeRecord(r.chain, w, next, audit.OutcomeSuccess, n))
+				return r.Chain().Append(ctx, tx, wipeRecord(r.Chain(), w, next, audit.OutcomeSuccess, n))
 			})
 		}
 		if w.State == "requested" {
@@ -240,7 +214,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 				if w.Deactivate {
 					what = "deactivate accounts: offboard without -deactivate, and deactivate the account in your identity system"
 				}
-				return failWipe(ctx, r, w, "revoke", Permanent(errors.New("this homeserver cannot "+what)))
+				return failWipe(ctx, r, w, "revoke", appservice.Permanent(errors.New("this homeserver cannot "+what)))
 			}
 			before, err := hs.Devices(ctx, w.User)
 			if err != nil {
@@ -255,7 +229,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 			}
 			// With nothing to end, the sessions are already gone (a repeat of this step).
 			if len(target) > 0 {
-				if err := caps.endSessions(ctx, hs, w.User, target); err != nil {
+				if err := caps.EndSessions(ctx, hs, w.User, target); err != nil {
 					return err
 				}
 			}
@@ -267,12 +241,12 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 			if left := intersect(after, target); len(left) > 0 {
 				return fmt.Errorf("%d sessions remain after signing out", len(left))
 			}
-			if err := step("revoked", true, len(target), "revoked", r.now().UnixMilli()); err != nil {
+			if err := step("revoked", true, len(target), "revoked", r.Now().UnixMilli()); err != nil {
 				return err
 			}
 		}
 		if w.State == "revoked" {
-			n, err := redactWiped(ctx, r.db, hs, pol(), w)
+			n, err := redactWiped(ctx, r.DB(), hs, pol(), w)
 			if err != nil {
 				return err
 			}
@@ -307,7 +281,7 @@ func RegisterWipe(r *Runner, hs WipeHomeserver, pol func() *policy.Policy, caps 
 			return step("done", true, 0, "", 0)
 		}
 		return nil
-	})
+	}
 }
 
 // intersect lists the IDs in both a and b.
@@ -321,13 +295,13 @@ func intersect(a, b []string) []string {
 	return out
 }
 
-func failWipe(ctx context.Context, r *Runner, w Wipe, step string, err error) error {
-	dbErr := r.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+func failWipe(ctx context.Context, r *appservice.Runner, w Wipe, step string, err error) error {
+	dbErr := r.DB().Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 		if _, e := tx.ExecContext(ctx, `UPDATE wipe SET state = 'failed', last_error = $1, updated_at = $2 WHERE id = $3`,
-			step+": "+SafeError(err), r.now().UnixMilli(), w.ID); e != nil {
+			step+": "+appservice.SafeError(err), r.Now().UnixMilli(), w.ID); e != nil {
 			return e
 		}
-		return r.chain.Append(ctx, tx, wipeRecord(r.chain, w, "failed", audit.OutcomeFailure, 0))
+		return r.Chain().Append(ctx, tx, wipeRecord(r.Chain(), w, "failed", audit.OutcomeFailure, 0))
 	})
 	return errors.Join(err, dbErr)
 }
@@ -340,7 +314,7 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 	if w.Scope == "none" {
 		return 0, nil
 	}
-	links, err := loadLinks(ctx, db)
+	links, err := appservice.LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -359,7 +333,7 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		if w.Scope == "all" || pol.For(storedRoom(m.room, aliases, spaces, links)).Encryption == policy.EncryptionRequired {
+		if w.Scope == "all" || pol.For(appservice.StoredRoom(m.room, aliases, spaces, links)).Encryption == policy.EncryptionRequired {
 			todo = append(todo, m)
 		}
 	}

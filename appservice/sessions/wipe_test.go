@@ -1,14 +1,16 @@
-package appservice
+package sessions
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -103,7 +105,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatal(err)
 			}
 			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{"@bob:h": {"!ward:h", "!cafe:h"}}}
-			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol }, WipeCaps{})
+			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})
 			id, err := RequestWipe(ctx, p.db, p.chain, Wipe{User: "@bob:h", Offboard: true, Scope: "phi", Reason: "lost phone", RequestedBy: "os:admin"})
 			if err != nil {
 				t.Fatal(err)
@@ -139,7 +141,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatalf("audited steps %v", steps)
 			}
 			// Running the finished job again changes nothing.
-			if err := p.runner.handlers[JobWipe](ctx, &Job{Payload: []byte(`{"wipe_id":1}`)}); err != nil || hs.signouts != 1 {
+			if err := wipeHandler(p.runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})(ctx, &appservice.Job{Payload: []byte(`{"wipe_id":1}`)}); err != nil || hs.signouts != 1 {
 				t.Fatalf("re-run: %v, %d sign-outs", err, hs.signouts)
 			}
 		})
@@ -150,10 +152,10 @@ func TestWipeStateMachine(t *testing.T) {
 // deleted and the others stay, and offboarding can deactivate; without it,
 // both are refused with the reason, and everything else signs out all.
 func TestWipeByCapability(t *testing.T) {
-	synapse := WipeCaps{AdminAPI: true, Admin: "@hipaa:h"}
+	synapse := appservice.WipeCaps{AdminAPI: true, Admin: "@hipaa:h"}
 	cases := []struct {
 		name         string
-		caps         WipeCaps
+		caps         appservice.WipeCaps
 		wipe         Wipe
 		wantState    string
 		wantErr      string
@@ -231,7 +233,7 @@ func TestWipeAuditsOnlyStepsThatRan(t *testing.T) {
 				p := newPipeline(t, dbType)
 				ctx := context.Background()
 				hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE"}}, rooms: map[string][]string{"@bob:h": {"!ward:h"}}}
-				RegisterWipe(p.runner, hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, WipeCaps{})
+				RegisterWipe(p.runner, hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, appservice.WipeCaps{})
 				c.w.Reason, c.w.RequestedBy = "lost phone", "os:admin"
 				id, err := RequestWipe(ctx, p.db, p.chain, c.w)
 				if err != nil {
@@ -250,6 +252,49 @@ func TestWipeAuditsOnlyStepsThatRan(t *testing.T) {
 				if got := strings.Join(steps, ","); got != c.want {
 					t.Fatalf("scope %s offboard %v: audited %s, want %s", c.w.Scope, c.w.Offboard, got, c.want)
 				}
+			}
+		})
+	}
+}
+
+// The sessions' job kinds have the priorities the engine's table gives
+// them: a wipe runs ahead of routine work; idle logoff is normal.
+func TestSessionJobPriorities(t *testing.T) {
+	if appservice.PriorityOf(JobWipe) != appservice.PriorityUrgent || appservice.PriorityOf(JobIdleLogoff) != appservice.PriorityNormal {
+		t.Fatalf("wipe %d, idle_logoff %d", appservice.PriorityOf(JobWipe), appservice.PriorityOf(JobIdleLogoff))
+	}
+}
+
+// A wipe after the metadata pruner has run still redacts every message of
+// the user that exists: in a room where nothing expires, and under a hold;
+// a message already redacted on expiry is gone from the inbox, as it is
+// from the homeserver.
+func TestWipeAfterPruning(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := newPipeline(t, dbType)
+			ctx := context.Background()
+			cut := time.UnixMilli(1_800_000_000_000)
+			old := cut.Add(-48 * time.Hour).UnixMilli()
+			exec := func(q string, args ...any) {
+				if _, err := p.db.W.ExecContext(ctx, q, args...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, id := range []string{"$lives", "$expired", "$held"} {
+				exec(`INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at) VALUES ($1, $2, 't', '!r:hs', 'm.room.encrypted', '@u:hs', $2)`, id, old)
+			}
+			exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES ('$expired', '!r:hs', '@u:hs', $1, $2, 'queued', $1)`, old, old+1)
+			exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES ('$held', '!r:hs', '@u:hs', $1, $2, 'held', $1)`, old, old+1)
+			exec(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at) VALUES ('expire', 'expire:$expired', '{}', 'done', $1, $1, $1)`, old)
+			exec(`UPDATE dispatch_cursor SET seq = (SELECT MAX(seq) FROM inbox) WHERE id = 1`)
+			if pr, err := appservice.PruneMetadata(ctx, p.db, p.chain, cut); err != nil || pr.Expiry != 1 {
+				t.Fatalf("prune %+v %v", pr, err)
+			}
+			hs := &fakeHS{}
+			n, err := redactWiped(ctx, p.db, hs, &policy.Policy{Version: 1, Hash: "builtin"}, Wipe{ID: 1, User: "@u:hs", Scope: "all"})
+			if err != nil || n != 2 || fmt.Sprint(hs.redacted) != "[$lives $held]" {
+				t.Fatalf("wipe after pruning redacted %d: %v (%v)", n, hs.redacted, err)
 			}
 		})
 	}
