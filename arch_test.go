@@ -21,6 +21,7 @@ const module = "github.com/matrix-hipaa/matrix-hipaa"
 var (
 	features = []string{
 		module + "/appservice/sessions",
+		module + "/appservice/identity",
 	}
 	surfaces = []string{
 		module + "/appservice/admin",

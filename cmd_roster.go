@@ -9,8 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
@@ -42,7 +42,7 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 	switch sub {
 	case "list":
 		run = func(ctx context.Context, db *store.DB, chain *audit.Chain) error {
-			list, err := appservice.ListRoster(ctx, db)
+			list, err := identity.ListRoster(ctx, db)
 			if err != nil {
 				return err
 			}
@@ -83,7 +83,7 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 				c.LicenceExpires = t
 			}
 			c.VerifiedBy = operator()
-			if err := appservice.Verify(ctx, db, chain, c, appservice.SourceAdmin, operator()); err != nil {
+			if err := identity.Verify(ctx, db, chain, c, identity.SourceAdmin, operator()); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "%s verified as %s\n", c.UserID, c.Role)
@@ -93,7 +93,7 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 		user := fs.String("user", "", "Matrix user ID")
 		reason := fs.String("reason", "", "why (kept with the roster, not in the audit trail)")
 		run = func(ctx context.Context, db *store.DB, chain *audit.Chain) error {
-			if err := appservice.Revoke(ctx, db, chain, *user, *reason, operator()); err != nil {
+			if err := identity.Revoke(ctx, db, chain, *user, *reason, operator()); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "%s is no longer verified; the service removes them from rooms limited to verified clinicians\n", *user)
@@ -111,7 +111,7 @@ func rosterCommand(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			n, err := appservice.ApplyRoster(ctx, db, chain, got.Clinicians, appservice.SourceFHIR, by, false)
+			n, err := identity.ApplyRoster(ctx, db, chain, got.Clinicians, identity.SourceFHIR, by, false)
 			if err != nil {
 				return err
 			}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"gopkg.in/yaml.v3"
@@ -66,6 +67,7 @@ func runService(args []string, stdout, stderr io.Writer) error {
 	}
 	// The features, on the engine.
 	sessions.Install(svc)
+	identity.Install(svc)
 	if room := cfg.Admin.Room; room != "" {
 		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI, ManagementRoom: room,
 			Guard: sessions.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)

@@ -146,7 +146,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	var expiries []Expiry
 	var members []memberChange
 	for _, e := range events {
-		if m := membershipOf(e); m != "" {
+		if m := MembershipOf(e); m != "" {
 			members = append(members, memberChange{e.RoomID, *e.StateKey, m})
 		}
 		room := rooms[e.RoomID]

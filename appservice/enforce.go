@@ -30,7 +30,21 @@ type PolicyDecider struct {
 	ManagementRoom string
 	// Links are the rooms' confirmed aliases and spaces (nil: none).
 	Links *Links
+	// deciders are the features' say on an event (see OnEvent).
+	deciders []EventDecider
 }
+
+// EventDecider is a feature's say on one event, given the room's state as of
+// it and the settings policy gives the room: jobs to add to the dispatcher's
+// transaction. It must be pure, like Decide. It is not asked about
+// ciphertext.
+type EventDecider func(ev *Event, room *RoomInfo, settings policy.Effective, dec *Decision)
+
+// OnEvent adds a feature's decider; deciders run in the order added.
+func (d *PolicyDecider) OnEvent(f EventDecider) { d.deciders = append(d.deciders, f) }
+
+// Add puts a job in the decision.
+func (d *Decision) Add(job JobSpec) { d.Jobs = append(d.Jobs, job) }
 
 // JobAdminCommand reads one message of the management room and runs the
 // command in it (package admin handles it).
@@ -95,8 +109,8 @@ func (d *PolicyDecider) Decide(ev *Event, room *RoomInfo) Decision {
 	if cipher {
 		return dec
 	}
-	if m := membershipOf(ev); (m == "invite" || m == "join") && settings.Members == policy.MembersVerified && *ev.StateKey != d.Bot {
-		dec.Jobs = append(dec.Jobs, memberCheckJob(ev, m, room))
+	for _, f := range d.deciders {
+		f(ev, room, settings, &dec)
 	}
 	if job, ok := retentionChangeJob(ev, room, settings); ok {
 		dec.Jobs = append(dec.Jobs, job)

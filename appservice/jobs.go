@@ -243,13 +243,15 @@ const (
 // priorities are the job kinds that are not normal.
 var priorities = map[string]int{
 	// What an administrator asked for, and what stops PHI from staying
-	// where it must not.
-	"wipe" /* sessions.JobWipe */ : PriorityUrgent, JobAdminCommand: PriorityUrgent, JobDeviceSignOut: PriorityUrgent, JobCheckMember: PriorityUrgent,
+	// where it must not. (Features' kinds by their stored strings: wipe is
+	// sessions', device_sign_out, check_member and device_warn identity's;
+	// each feature tests that its kinds are here.)
+	"wipe": PriorityUrgent, JobAdminCommand: PriorityUrgent, "device_sign_out": PriorityUrgent, "check_member": PriorityUrgent,
 	string(policy.ActRedact): PriorityUrgent, string(policy.ActEnableEncryption): PriorityUrgent,
 	string(policy.ActSetJoinRule): PriorityUrgent, string(policy.ActSetGuestAccess): PriorityUrgent,
 	string(policy.ActQuarantineMedia): PriorityUrgent,
 	// Telling people, and housekeeping.
-	string(policy.ActNotice): PriorityRoutine, JobDeviceWarn: PriorityRoutine, JobPurge: PriorityRoutine,
+	string(policy.ActNotice): PriorityRoutine, "device_warn": PriorityRoutine, JobPurge: PriorityRoutine,
 }
 
 // PriorityOf is the priority a job of this kind is queued with.

@@ -342,9 +342,9 @@ func TestHostileFloodCannotDelayAWipe(t *testing.T) {
 func TestJobPriorities(t *testing.T) {
 	for kind, want := range map[string]int{
 		"wipe": PriorityUrgent, JobAdminCommand: PriorityUrgent, "redact": PriorityUrgent, "enable_encryption": PriorityUrgent,
-		JobCheckMember: PriorityUrgent, JobDeviceSignOut: PriorityUrgent,
+		"check_member": PriorityUrgent, "device_sign_out": PriorityUrgent,
 		JobExpire: PriorityNormal, JobDiscoverRoom: PriorityNormal, "bot_join": PriorityNormal, "idle_logoff": PriorityNormal,
-		"notice": PriorityRoutine, JobDeviceWarn: PriorityRoutine, JobPurge: PriorityRoutine,
+		"notice": PriorityRoutine, "device_warn": PriorityRoutine, JobPurge: PriorityRoutine,
 	} {
 		if got := PriorityOf(kind); got != want {
 			t.Errorf("%s: priority %d, want %d", kind, got, want)

@@ -42,8 +42,8 @@ func LoadRoomLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, err
 	return queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`)
 }
 
-// loadRoomLinks reads one room's confirmed links.
-func loadRoomLinks(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
+// RoomLinksOf reads one room's confirmed links.
+func RoomLinksOf(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
 	m, err := queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link WHERE room_id = $1 ORDER BY kind, value`, room)
 	return m[room], err
 }
@@ -167,7 +167,7 @@ func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot st
 		default:
 			return err
 		}
-		prev, err := loadRoomLinks(ctx, r.db, p.Room)
+		prev, err := RoomLinksOf(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}

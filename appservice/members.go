@@ -14,9 +14,9 @@ type memberChange struct {
 	room, user, membership string
 }
 
-// membershipOf is the membership an m.room.member state event sets, or ""
+// MembershipOf is the membership an m.room.member state event sets, or ""
 // for any other event.
-func membershipOf(e *Event) string {
+func MembershipOf(e *Event) string {
 	if e.Type != "m.room.member" || e.StateKey == nil || !memberships[e.Content.Membership] {
 		return ""
 	}

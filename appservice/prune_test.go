@@ -57,7 +57,7 @@ func TestPruneKeepsEveryGuarantee(t *testing.T) {
 			job("purge_history", "purge:!r:hs:1799000000", "done", old)
 			job("notice", "notice:retention:policy:sha256:ab:!r:hs", "done", old)
 			job("enable_encryption", "enable_encryption:sweep:!r:hs:sha256:ab", "done", old)
-			job(JobDeviceWarn, "devwarn:@u:hs:PHONE", "done", old)
+			job("device_warn", "devwarn:@u:hs:PHONE", "done", old)
 			job("redact", "redact:plaintext:$fresh", "done", recent)
 			job("redact", "redact:plaintext:$pending", "pending", old)
 

@@ -85,7 +85,7 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 		keys := r.chain.Keys()
 		rec := &audit.Record{Type: audit.TypePolicyDecision, Outcome: audit.OutcomeSuccess, Room: keys.Room(p.Room), EventID: p.EventID,
 			EventType: "m.room.retention", Action: "retention_change", PolicyVersion: cur.Hash}
-		links, err := loadRoomLinks(ctx, r.db, p.Room)
+		links, err := RoomLinksOf(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}

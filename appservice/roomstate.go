@@ -140,7 +140,7 @@ func (c *roomCache) load(ctx context.Context, db *store.DB, ids []string) (map[s
 		}
 	}
 	if len(missing) > 0 {
-		loaded, err := loadRooms(ctx, db, missing)
+		loaded, err := LoadRooms(ctx, db, missing)
 		if err != nil {
 			return nil, err
 		}
@@ -157,8 +157,8 @@ func (c *roomCache) load(ctx context.Context, db *store.DB, ids []string) (map[s
 	return out, nil
 }
 
-// loadRooms loads the tracked state of the given rooms (unknown rooms start empty).
-func loadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*RoomInfo, error) {
+// LoadRooms loads the tracked state of the given rooms (unknown rooms start empty).
+func LoadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*RoomInfo, error) {
 	out := make(map[string]*RoomInfo, len(ids))
 	for _, id := range ids {
 		if _, ok := out[id]; ok {

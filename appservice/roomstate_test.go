@@ -63,7 +63,7 @@ func TestRoomStateTracking(t *testing.T) {
 					t.Errorf("state at %s:\n got %s\nwant %s", id, seen[id], w)
 				}
 			}
-			rooms, err := loadRooms(context.Background(), p.db, []string{room, "!unknown:h"})
+			rooms, err := LoadRooms(context.Background(), p.db, []string{room, "!unknown:h"})
 			if err != nil {
 				t.Fatal(err)
 			}

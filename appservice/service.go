@@ -95,22 +95,26 @@ type Service struct {
 	Inbox      *Inbox
 	Server     *Server
 	Dispatcher *Dispatcher
+	// Decider is the dispatcher's policy; features add their say on events
+	// to it (OnEvent).
+	Decider    *PolicyDecider
 	Runner     *Runner
 	Policy     *PolicyHolder
 	Bot        *bot.Bot
 	HS         *homeserver.Client
 	Checkpoint *audit.Checkpointer
 	Expiry     *ExpiryPump
-	Members    *MemberSweeper
-	Trust      *DeviceTrust
-	Roster     *RosterFile // nil without a roster file
 	WipeCaps   WipeCaps
 	Log        zerolog.Logger
 	exporters  []*audit.Exporter
 	// loops are the features' background work, run beside the engine's
-	// and joined with it.
-	loops []func(context.Context)
+	// and joined with it; starts run once, in order, before the loops.
+	loops, starts []func(context.Context)
 }
+
+// OnStart adds f to what Run does once, after service.start is written and
+// before the features' loops start (loading a file, say).
+func (s *Service) OnStart(f func(context.Context)) { s.starts = append(s.starts, f) }
 
 // Loop adds f to what Run starts beside the engine's own work; f returns
 // when its context ends, and Run waits for it before it writes service.stop.
@@ -151,7 +155,8 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	if err != nil {
 		return nil, fmt.Errorf("load confirmed room links: %w", err)
 	}
-	s.Dispatcher = NewDispatcher(db, chain, &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room, Links: links}, m, log, s.Runner.Wake)
+	s.Decider = &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room, Links: links}
+	s.Dispatcher = NewDispatcher(db, chain, s.Decider, m, log, s.Runner.Wake)
 	hs := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal())
 	s.HS = hs
 	password, err := cfg.BotPassword()
@@ -173,15 +178,6 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
-	botID := cfg.BotMXID()
-	exempt := func(u string) bool { return u == botID || cfg.Admin.IsAdmin(u) }
-	RegisterMemberGate(s.Runner, GateDeps{HS: hs, Bot: s.Bot, Policy: s.Policy.Current, Exempt: exempt})
-	s.Members = NewMemberSweeper(db, s.Policy.Current, exempt, now, s.Runner.Wake, log)
-	if cfg.Roster != "" {
-		s.Roster = &RosterFile{Path: cfg.Roster, DB: db, Chain: chain, Log: log, Changed: s.Members.Poke}
-	}
-	RegisterDeviceTrust(s.Runner, hs, s.Bot, s.Policy.Current, s.WipeCaps)
-	s.Trust = &DeviceTrust{DB: db, Policy: s.Policy.Current, HS: hs, Now: now, Wake: s.Runner.Wake, Log: log}
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
 		return nil, err
@@ -289,17 +285,12 @@ func (s *Service) Run(ctx context.Context) error {
 		})
 	})
 	workers.Go(func() { s.Bot.Run(workCtx) })
+	for _, start := range s.starts {
+		start(ctx)
+	}
 	for _, loop := range s.loops {
 		workers.Go(func() { loop(workCtx) })
 	}
-	if s.Roster != nil {
-		if err := s.Roster.Load(ctx); err != nil && !errors.As(err, new(RosterRefused)) {
-			s.Log.Error().Err(err).Msg("roster file could not be read; the roster stays as it was")
-		}
-		workers.Go(func() { s.Roster.Watch(workCtx, 2*time.Second) })
-	}
-	workers.Go(func() { s.Members.Run(workCtx, 10*time.Second) })
-	workers.Go(func() { s.Trust.Run(workCtx) })
 	workers.Go(func() { s.refreshGauges(workCtx, 5*time.Second) })
 	workers.Go(func() { s.Policy.Watch(workCtx, 2*time.Second) })
 	workers.Go(func() { RunPruner(workCtx, s.DB, s.Chain, s.Config.Jobs.KeepMetadata.D(), time.Hour, s.Log) })

@@ -31,6 +31,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -408,7 +409,7 @@ type clinicianJSON struct {
 }
 
 func (s *Server) listRoster(w http.ResponseWriter, r *http.Request) {
-	list, ok := read(s, w, r, "roster-list", func() ([]appservice.RosterEntry, error) { return appservice.ListRoster(r.Context(), s.DB) })
+	list, ok := read(s, w, r, "roster-list", func() ([]identity.RosterEntry, error) { return identity.ListRoster(r.Context(), s.DB) })
 	if !ok {
 		return
 	}
@@ -447,7 +448,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		}
 		c.LicenceExpires = t
 	}
-	s.reply(w, appservice.Verify(r.Context(), s.DB, s.Chain, c, appservice.SourceAdmin, who), map[string]any{"verified": req.UserID})
+	s.reply(w, identity.Verify(r.Context(), s.DB, s.Chain, c, identity.SourceAdmin, who), map[string]any{"verified": req.UserID})
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
@@ -460,7 +461,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s.reply(w, appservice.Revoke(r.Context(), s.DB, s.Chain, req.UserID, req.Reason, who), map[string]any{"revoked": req.UserID})
+	s.reply(w, identity.Revoke(r.Context(), s.DB, s.Chain, req.UserID, req.Reason, who), map[string]any{"revoked": req.UserID})
 }
 
 // reply answers an audited change: 400 with the reason for a refused

@@ -15,6 +15,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
@@ -225,13 +226,13 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 			return fmt.Sprintf("%s %d of %s started (redact: %s). I will report here when it is done.", what, id, cmd.Target, cmd.Scope), id, nil
 		})
 	case "whois":
-		e, err := appservice.LookupClinician(ctx, m.DB, cmd.Target)
+		e, err := identity.LookupClinician(ctx, m.DB, cmd.Target)
 		if err != nil {
 			return err
 		}
 		return m.answerOnce(ctx, p, rec, Whois(cmd.Target, e, now))
 	case "roster":
-		list, err := appservice.ListRoster(ctx, m.DB)
+		list, err := identity.ListRoster(ctx, m.DB)
 		if err != nil {
 			return err
 		}
@@ -241,14 +242,14 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 		c := roster.Clinician{UserID: cmd.Target, NPI: cmd.NPI, Role: cmd.Role, Department: cmd.Department, LicenceExpires: cmd.LicenceExpires,
 			VerifiedBy: "admin " + p.Sender}
 		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
-			if err := appservice.VerifyTx(ctx, tx, m.Chain, c, appservice.SourceAdmin, keys.User(p.Sender)); err != nil {
+			if err := identity.VerifyTx(ctx, tx, m.Chain, c, identity.SourceAdmin, keys.User(p.Sender)); err != nil {
 				return "", 0, err
 			}
 			return fmt.Sprintf("%s is now a verified %s.", cmd.Target, cmd.Role), 0, nil
 		})
 	case "revoke":
 		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
-			if err := appservice.RevokeTx(ctx, tx, m.Chain, cmd.Target, cmd.Reason, keys.User(p.Sender)); err != nil {
+			if err := identity.RevokeTx(ctx, tx, m.Chain, cmd.Target, cmd.Reason, keys.User(p.Sender)); err != nil {
 				return "", 0, err
 			}
 			return fmt.Sprintf("%s is no longer verified; they are removed from rooms limited to verified clinicians within a minute.", cmd.Target), 0, nil
@@ -382,7 +383,7 @@ func formatHolds(holds []appservice.Hold) string {
 }
 
 // Whois describes someone's verification for admins.
-func Whois(user string, e *appservice.RosterEntry, now time.Time) string {
+func Whois(user string, e *identity.RosterEntry, now time.Time) string {
 	if e == nil {
 		return user + " is not on the verified clinician roster."
 	}
@@ -407,7 +408,7 @@ func Whois(user string, e *appservice.RosterEntry, now time.Time) string {
 // rosterShown is how many roster entries a reply lists; the rest are counted.
 const rosterShown = 50
 
-func formatRoster(list []appservice.RosterEntry, now time.Time) string {
+func formatRoster(list []identity.RosterEntry, now time.Time) string {
 	var b strings.Builder
 	valid := 0
 	for i := range list {

@@ -48,13 +48,14 @@ func (c *Clock) Advance(d time.Duration) {
 
 // Pipeline is the engine on one test database, with no policy.
 type Pipeline struct {
-	DB     *store.DB
-	Chain  *audit.Chain
-	Inbox  *appservice.Inbox
-	Server *appservice.Server
-	Disp   *appservice.Dispatcher
-	Runner *appservice.Runner
-	Clock  *Clock
+	DB      *store.DB
+	Chain   *audit.Chain
+	Inbox   *appservice.Inbox
+	Server  *appservice.Server
+	Disp    *appservice.Dispatcher
+	Runner  *appservice.Runner
+	Clock   *Clock
+	Metrics *appservice.Metrics
 }
 
 // New is a Pipeline on a fresh database of dbType.
@@ -72,7 +73,7 @@ func New(t testing.TB, dbType string) *Pipeline {
 	inbox := appservice.NewInbox(db, chain, m, "@hipaa:hs")
 	runner := appservice.NewRunner(db, chain, m, log, clock.Now, appservice.RunnerOptions{Workers: 2, MaxAttempts: 4, Backoff: time.Second, MaxBackoff: 10 * time.Second})
 	return &Pipeline{
-		DB: db, Chain: chain, Inbox: inbox, Clock: clock, Runner: runner,
+		DB: db, Chain: chain, Inbox: inbox, Clock: clock, Runner: runner, Metrics: m,
 		Server: appservice.NewServer(inbox, HSToken, 1<<20, m, log),
 		Disp:   appservice.NewDispatcher(db, chain, appservice.NoPolicy{}, m, log, runner.Wake),
 	}

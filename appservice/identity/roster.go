@@ -1,10 +1,11 @@
-package appservice
+package identity
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"os"
 	"time"
 
@@ -112,14 +113,14 @@ func rosterRecord(chain *audit.Chain, by, action, user string, outcome string) *
 }
 
 // VerifyTx adds or updates a clinician (and lifts any revocation), audited
-// as verify by by. Invalid fields are refused (see IsInvalid).
+// as verify by by. appservice.Invalid fields are refused (see appservice.IsInvalid).
 func VerifyTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, c roster.Clinician, source, by string) error {
 	if c.VerifiedBy == "" {
 		c.VerifiedBy = by
 	}
 	for _, check := range []error{roster.CheckUserID(c.UserID), roster.CheckNPI(c.NPI), roster.CheckRole(c.Role)} {
 		if check != nil {
-			return Invalid("%v", check)
+			return appservice.Invalid("%v", check)
 		}
 	}
 	now := chain.Now()
@@ -140,14 +141,14 @@ func VerifyTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, c roster.Clin
 // unknown role, not a user ID) is audited as denied, with who tried.
 func Verify(ctx context.Context, db *store.DB, chain *audit.Chain, c roster.Clinician, source, by string) error {
 	err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, chain, c, source, by) })
-	return RecordRefusal(ctx, db, chain, rosterRecord(chain, by, "verify", validUserOrEmpty(c.UserID), ""), err)
+	return appservice.RecordRefusal(ctx, db, chain, rosterRecord(chain, by, "verify", validUserOrEmpty(c.UserID), ""), err)
 }
 
 // Revoke is RevokeTx in a transaction of its own; a refusal (no reason, not
 // a verified clinician) is audited as denied, with who tried.
 func Revoke(ctx context.Context, db *store.DB, chain *audit.Chain, user, reason, by string) error {
 	err := db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, chain, user, reason, by) })
-	return RecordRefusal(ctx, db, chain, rosterRecord(chain, by, "revoke", validUserOrEmpty(user), ""), err)
+	return appservice.RecordRefusal(ctx, db, chain, rosterRecord(chain, by, "revoke", validUserOrEmpty(user), ""), err)
 }
 
 // validUserOrEmpty: a refused request's user is named (as a pseudonym) only
@@ -163,7 +164,7 @@ func validUserOrEmpty(u string) string {
 // The reason stays in the roster table.
 func RevokeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, user, reason, by string) error {
 	if reason == "" {
-		return Invalid("revoking a verification needs a reason")
+		return appservice.Invalid("revoking a verification needs a reason")
 	}
 	res, err := tx.ExecContext(ctx, `UPDATE clinician SET revoked_at = $1, revoked_by = $2, revoke_reason = $3, updated_at = $1 WHERE user_id = $4 AND revoked_at = 0`,
 		chain.Now().UnixMilli(), by, reason, user)
@@ -171,7 +172,7 @@ func RevokeTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, user, reason,
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return Invalid("%s is not a verified clinician", user)
+		return appservice.Invalid("%s is not a verified clinician", user)
 	}
 	return chain.Append(ctx, tx, rosterRecord(chain, by, "revoke", user, audit.OutcomeSuccess))
 }

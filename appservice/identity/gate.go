@@ -1,4 +1,4 @@
-package appservice
+package identity
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
@@ -33,10 +35,10 @@ type memberPayload struct {
 }
 
 // memberCheckJob is the check of one invite or join in a gated room.
-func memberCheckJob(ev *Event, membership string, room *RoomInfo) JobSpec {
+func memberCheckJob(ev *appservice.Event, membership string, room *appservice.RoomInfo) appservice.JobSpec {
 	payload, _ := json.Marshal(memberPayload{Room: ev.RoomID, EventID: ev.ID, User: *ev.StateKey, Membership: membership,
 		Sender: ev.Sender, Creator: room.State.Creator})
-	return JobSpec{Kind: JobCheckMember, DedupeKey: "member:" + ev.ID, Payload: payload}
+	return appservice.JobSpec{Kind: JobCheckMember, DedupeKey: "member:" + ev.ID, Payload: payload}
 }
 
 // GateDeps is what the membership gate needs.
@@ -54,36 +56,41 @@ type GateDeps struct {
 }
 
 // RegisterMemberGate handles check_member jobs.
-func RegisterMemberGate(r *Runner, g GateDeps) {
-	r.Handle(JobCheckMember, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[memberPayload](j)
+func RegisterMemberGate(r *appservice.Runner, g GateDeps) {
+	r.Handle(JobCheckMember, memberGateHandler(r, g))
+}
+
+// memberGateHandler checks one invite or join (or a sweep's finding).
+func memberGateHandler(r *appservice.Runner, g GateDeps) appservice.Handler {
+	return func(ctx context.Context, j *appservice.Job) error {
+		p, err := appservice.DecodePayload[memberPayload](j)
 		if err != nil {
 			return err
 		}
 		// Still there? (They may have left, or been removed already.)
 		var cur string
-		err = r.db.R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
+		err = r.DB().R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		if cur != "" && cur != "join" && cur != "invite" {
 			return nil
 		}
-		rooms, err := loadRooms(ctx, r.db, []string{p.Room})
+		rooms, err := appservice.LoadRooms(ctx, r.DB(), []string{p.Room})
 		if err != nil {
 			return err
 		}
-		links, err := loadRoomLinks(ctx, r.db, p.Room)
+		links, err := appservice.RoomLinksOf(ctx, r.DB(), p.Room)
 		if err != nil {
 			return err
 		}
 		settings := g.Policy().For(rooms[p.Room].PolicyRoom(links))
-		entry, err := LookupClinician(ctx, r.db, p.User)
+		entry, err := LookupClinician(ctx, r.DB(), p.User)
 		if err != nil {
 			return err
 		}
-		v := policy.DecideMember(settings, entry.Member(p.User, g.Exempt(p.User)), r.now())
-		keys := r.chain.Keys()
+		v := policy.DecideMember(settings, entry.Member(p.User, g.Exempt(p.User)), r.Now())
+		keys := r.Chain().Keys()
 		rec := &audit.Record{Type: audit.TypeMembership, Outcome: audit.OutcomeSuccess, Actor: keys.User(p.User), Room: keys.Room(p.Room),
 			EventID: p.EventID, Action: "admit", JobID: j.ID}
 		if v.Allowed {
@@ -91,7 +98,7 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 				return nil
 			}
 			if j.Attempts == 0 {
-				if err := r.chain.AppendTx(ctx, r.db, rec); err != nil {
+				if err := r.Chain().AppendTx(ctx, r.DB(), rec); err != nil {
 					return err
 				}
 			}
@@ -118,7 +125,7 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 			rec.Action = "remove"
 		}
 		if j.Attempts == 0 {
-			if err := r.chain.AppendTx(ctx, r.db, rec); err != nil {
+			if err := r.Chain().AppendTx(ctx, r.DB(), rec); err != nil {
 				return err
 			}
 		}
@@ -144,7 +151,7 @@ func RegisterMemberGate(r *Runner, g GateDeps) {
 			txn = "refused-" + p.EventID
 		}
 		return g.Bot.SendNotice(ctx, p.Room, p.Creator, target, text, txn)
-	})
+	}
 }
 
 // MemberSweeper finds members of gated rooms who no longer qualify (their
@@ -154,7 +161,7 @@ type MemberSweeper struct {
 	DB     *store.DB
 	Policy func() *policy.Policy
 	Exempt func(string) bool
-	Now    Clock
+	Now    appservice.Clock
 	Wake   func()
 	Log    zerolog.Logger
 	kick   chan struct{}
@@ -175,7 +182,7 @@ func (s *MemberSweeper) Run(ctx context.Context, every time.Duration) {
 	for {
 		seen, _ := s.rosterVersion(ctx)
 		if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-			s.Log.Warn().Str("error", SafeError(err)).Msg("member sweep failed")
+			s.Log.Warn().Str("error", appservice.SafeError(err)).Msg("member sweep failed")
 		} else if n > 0 {
 			s.Log.Info().Int("members", n).Msg("members who no longer qualify queued for removal")
 		}
@@ -214,14 +221,14 @@ func (s *MemberSweeper) rosterVersion(ctx context.Context) (string, error) {
 }
 
 // NewMemberSweeper returns a sweeper ready to Run.
-func NewMemberSweeper(db *store.DB, pol func() *policy.Policy, exempt func(string) bool, now Clock, wake func(), log zerolog.Logger) *MemberSweeper {
+func NewMemberSweeper(db *store.DB, pol func() *policy.Policy, exempt func(string) bool, now appservice.Clock, wake func(), log zerolog.Logger) *MemberSweeper {
 	return &MemberSweeper{DB: db, Policy: pol, Exempt: exempt, Now: now, Wake: wake, Log: log, kick: make(chan struct{}, 1)}
 }
 
 // Sweep checks every joined or invited member of every gated room once and
 // returns how many removals it queued.
 func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
-	links, err := LoadRoomLinks(ctx, s.DB)
+	links, err := appservice.LoadRoomLinks(ctx, s.DB)
 	if err != nil {
 		return 0, err
 	}
@@ -241,7 +248,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 			rows.Close()
 			return 0, err
 		}
-		if e := pol.For(StoredRoom(id, aliases, spaces, links)); e.Members == policy.MembersVerified {
+		if e := pol.For(appservice.StoredRoom(id, aliases, spaces, links)); e.Members == policy.MembersVerified {
 			rooms = append(rooms, gated{id, creator, e})
 		}
 	}
@@ -257,7 +264,7 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 	for i := range entries {
 		byUser[entries[i].UserID] = &entries[i]
 	}
-	var jobs []JobSpec
+	var jobs []appservice.JobSpec
 	for _, room := range rooms {
 		mrows, err := s.DB.R.QueryContext(ctx, `SELECT user_id, membership, updated_at FROM room_member WHERE room_id = $1 AND membership IN ('join', 'invite')`, room.id)
 		if err != nil {
@@ -275,14 +282,14 @@ func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
 				continue
 			}
 			payload, _ := json.Marshal(memberPayload{Room: room.id, User: user, Membership: membership, Creator: room.creator, Sweep: true})
-			jobs = append(jobs, JobSpec{Kind: JobCheckMember, DedupeKey: fmt.Sprintf("member-sweep:%s:%s:%s:%d", room.id, user, v.Code, updated), Payload: payload})
+			jobs = append(jobs, appservice.JobSpec{Kind: JobCheckMember, DedupeKey: fmt.Sprintf("member-sweep:%s:%s:%s:%d", room.id, user, v.Code, updated), Payload: payload})
 		}
 		mrows.Close()
 	}
 	if len(jobs) == 0 {
 		return 0, nil
 	}
-	if err := s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, s.DB, tx, s.Now(), jobs...) }); err != nil {
+	if err := s.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return appservice.Enqueue(ctx, s.DB, tx, s.Now(), jobs...) }); err != nil {
 		return 0, err
 	}
 	if s.Wake != nil {

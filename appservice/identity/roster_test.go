@@ -1,4 +1,4 @@
-package appservice
+package identity
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
@@ -114,7 +115,7 @@ func TestRosterFile(t *testing.T) {
 			}
 			// Mistakes are refused as such.
 			err = p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, p.chain, "@nobody:h", "x", "os:admin") })
-			if !IsInvalid(err) {
+			if !appservice.IsInvalid(err) {
 				t.Fatalf("revoking someone not on the roster: %v", err)
 			}
 			var actions []string

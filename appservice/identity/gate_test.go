@@ -1,4 +1,4 @@
-package appservice
+package identity
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -79,15 +80,18 @@ func TestMemberGate(t *testing.T) {
 			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			holder, err := NewPolicyHolder(ctx, path, p.db, p.chain, zerolog.Nop())
+			holder, err := appservice.NewPolicyHolder(ctx, path, p.db, p.chain, zerolog.Nop())
 			if err != nil {
 				t.Fatal(err)
 			}
 			pol := holder.Current()
-			p.disp = NewDispatcher(p.db, p.chain, &PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.chain.Keys()}, p.m, zerolog.Nop(), p.runner.Wake)
+			decider := &appservice.PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.chain.Keys()}
+			decider.OnEvent(memberDecider("@hipaa:h"))
+			p.disp = appservice.NewDispatcher(p.db, p.chain, decider, p.Metrics, zerolog.Nop(), p.runner.Wake)
 			g := &fakeGate{db: p.db, current: map[string]string{}, creatorPowered: true}
-			RegisterMemberGate(p.runner, GateDeps{HS: g, Bot: fakeGateBot{g}, Policy: func() *policy.Policy { return pol },
-				Exempt: func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }})
+			gateDeps := GateDeps{HS: g, Bot: fakeGateBot{g}, Policy: func() *policy.Policy { return pol },
+				Exempt: func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }}
+			RegisterMemberGate(p.runner, gateDeps)
 			day := func(s string) time.Time { d, _ := time.Parse("2006-01-02", s); return d }
 			p.verifyClinicians(t,
 				roster.Clinician{UserID: "@att:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
@@ -148,7 +152,7 @@ func TestMemberGate(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := p.runner.handlers[JobCheckMember](ctx, &Job{ID: 999, Payload: payload}); err != nil || len(g.kicks) != 0 {
+			if err := memberGateHandler(p.runner, gateDeps)(ctx, &appservice.Job{ID: 999, Payload: payload}); err != nil || len(g.kicks) != 0 {
 				t.Fatalf("a stale check acted: %v %v", err, g.kicks)
 			}
 			g.current["@late:h"] = "$newer"

@@ -1,4 +1,4 @@
-package appservice
+package identity
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 
 	"github.com/rs/zerolog"
 
@@ -24,7 +26,7 @@ const (
 
 // DeviceHomeserver is what device trust needs from the homeserver.
 type DeviceHomeserver interface {
-	SessionEnder
+	appservice.SessionEnder
 	DeviceInventory(ctx context.Context, user string) ([]homeserver.Device, error)
 }
 
@@ -60,7 +62,7 @@ type DeviceTrust struct {
 	DB     *store.DB
 	Policy func() *policy.Policy
 	HS     DeviceHomeserver
-	Now    Clock
+	Now    appservice.Clock
 	Wake   func()
 	Log    zerolog.Logger
 }
@@ -72,7 +74,7 @@ type DeviceTrust struct {
 func (d *DeviceTrust) Run(ctx context.Context) {
 	for {
 		if n, err := d.Sweep(ctx); err != nil && ctx.Err() == nil {
-			d.Log.Warn().Str("error", SafeError(err)).Msg("session trust sweep failed")
+			d.Log.Warn().Str("error", appservice.SafeError(err)).Msg("session trust sweep failed")
 		} else if n > 0 {
 			d.Log.Info().Int("jobs", n).Msg("unverified sessions: warnings or sign-outs queued")
 		}
@@ -103,7 +105,7 @@ func (d *DeviceTrust) Sweep(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	now := d.Now()
-	var jobs []JobSpec
+	var jobs []appservice.JobSpec
 	for i := range entries {
 		e := &entries[i]
 		if !e.Verified(now) {
@@ -111,10 +113,10 @@ func (d *DeviceTrust) Sweep(ctx context.Context) (int, error) {
 		}
 		devs, err := d.HS.DeviceInventory(ctx, e.UserID)
 		if err != nil {
-			if Unreachable(err) {
+			if appservice.Unreachable(err) {
 				return 0, err
 			}
-			d.Log.Debug().Str("error", SafeError(err)).Msg("could not list a clinician's sessions")
+			d.Log.Debug().Str("error", appservice.SafeError(err)).Msg("could not list a clinician's sessions")
 			continue
 		}
 		for _, dev := range untrusted(devs) {
@@ -132,17 +134,17 @@ func (d *DeviceTrust) Sweep(ctx context.Context) (int, error) {
 			}
 			payload, _ := json.Marshal(devicePayload{User: e.UserID, Device: dev.ID})
 			if warned == 0 {
-				jobs = append(jobs, JobSpec{Kind: JobDeviceWarn, DedupeKey: fmt.Sprintf("devwarn:%s:%s", e.UserID, dev.ID), Payload: payload})
+				jobs = append(jobs, appservice.JobSpec{Kind: JobDeviceWarn, DedupeKey: fmt.Sprintf("devwarn:%s:%s", e.UserID, dev.ID), Payload: payload})
 			}
 			if pol.UnverifiedSessions == policy.UnverifiedSignOut && signedOut == 0 && now.Sub(time.UnixMilli(first)) >= pol.Grace() {
-				jobs = append(jobs, JobSpec{Kind: JobDeviceSignOut, DedupeKey: fmt.Sprintf("devsignout:%s:%s", e.UserID, dev.ID), Payload: payload})
+				jobs = append(jobs, appservice.JobSpec{Kind: JobDeviceSignOut, DedupeKey: fmt.Sprintf("devsignout:%s:%s", e.UserID, dev.ID), Payload: payload})
 			}
 		}
 	}
 	if len(jobs) == 0 {
 		return 0, nil
 	}
-	if err := d.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return Enqueue(ctx, d.DB, tx, now, jobs...) }); err != nil {
+	if err := d.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return appservice.Enqueue(ctx, d.DB, tx, now, jobs...) }); err != nil {
 		return 0, err
 	}
 	if d.Wake != nil {
@@ -167,25 +169,25 @@ func stillUntrusted(ctx context.Context, hs DeviceHomeserver, user, device strin
 }
 
 // RegisterDeviceTrust handles the warning and sign-out jobs.
-func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol func() *policy.Policy, caps WipeCaps) {
-	decode := func(j *Job) (devicePayload, error) {
-		p, err := DecodePayload[devicePayload](j)
+func RegisterDeviceTrust(r *appservice.Runner, hs DeviceHomeserver, dm DirectMessenger, pol func() *policy.Policy, caps appservice.WipeCaps) {
+	decode := func(j *appservice.Job) (devicePayload, error) {
+		p, err := appservice.DecodePayload[devicePayload](j)
 		if err == nil && (p.User == "" || p.Device == "") {
-			err = Permanent(errors.New("bad job payload: no user or device"))
+			err = appservice.Permanent(errors.New("bad job payload: no user or device"))
 		}
 		return p, err
 	}
-	record := func(ctx context.Context, p devicePayload, col, action string, j *Job) error {
-		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+	record := func(ctx context.Context, p devicePayload, col, action string, j *appservice.Job) error {
+		return r.DB().Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE device_trust SET %s = $1 WHERE user_id = $2 AND device_id = $3`, col),
-				r.now().UnixMilli(), p.User, p.Device); err != nil {
+				r.Now().UnixMilli(), p.User, p.Device); err != nil {
 				return err
 			}
-			return r.chain.Append(ctx, tx, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
-				Detail: r.chain.Keys().User(p.User), JobID: j.ID, Count: 1})
+			return r.Chain().Append(ctx, tx, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
+				Detail: r.Chain().Keys().User(p.User), JobID: j.ID, Count: 1})
 		})
 	}
-	r.Handle(JobDeviceWarn, func(ctx context.Context, j *Job) error {
+	r.Handle(JobDeviceWarn, func(ctx context.Context, j *appservice.Job) error {
 		p, err := decode(j)
 		if err != nil {
 			return err
@@ -193,7 +195,7 @@ func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol
 		if still, err := stillUntrusted(ctx, hs, p.User, p.Device); err != nil || !still {
 			return err // verified (or gone) since the sweep
 		}
-		room, err := directRoom(ctx, r.db, dm, p.User)
+		room, err := directRoom(ctx, r.DB(), dm, p.User)
 		if err != nil {
 			return err
 		}
@@ -207,7 +209,7 @@ func RegisterDeviceTrust(r *Runner, hs DeviceHomeserver, dm DirectMessenger, pol
 		}
 		return record(ctx, p, "warned_at", "unverified_warned", j)
 	})
-	r.Handle(JobDeviceSignOut, func(ctx context.Context, j *Job) error {
+	r.Handle(JobDeviceSignOut, func(ctx context.Context, j *appservice.Job) error {
 		p, err := decode(j)
 		if err != nil {
 			return err

@@ -1,4 +1,4 @@
-package appservice
+package identity
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -79,7 +80,7 @@ func (f *fakeDM) SendNotice(_ context.Context, room, _, target, text, _ string) 
 // nobody else's sessions are looked at.
 func TestDeviceTrust(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
-		for _, caps := range []WipeCaps{{}, {AdminAPI: true, Admin: "@hipaa:h"}} {
+		for _, caps := range []appservice.WipeCaps{{}, {AdminAPI: true, Admin: "@hipaa:h"}} {
 			t.Run(fmt.Sprintf("%s/adminAPI=%v", dbType, caps.AdminAPI), func(t *testing.T) {
 				p := newPipeline(t, dbType)
 				ctx := context.Background()
