@@ -490,6 +490,17 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 		if err != nil {
 			return Message{}, err
 		}
+		if b.opts.Admin != nil && b.opts.Admin(m.Sender) && dec.Mautrix.TrustState < id.TrustStateCrossSignedVerified {
+			// Judge an administrator's session by their keys as the
+			// homeserver has them now, not as cached: a cross-signing reset
+			// the bot has not yet heard of must show as a changed key.
+			if _, err := b.helper.Machine().FetchKeys(ctx, []id.UserID{evt.Sender}, true); err != nil {
+				return Message{}, fmt.Errorf("fetch the administrator's keys: %w", err)
+			}
+			if dec, err = b.decrypt(ctx, evt); err != nil {
+				return Message{}, err
+			}
+		}
 		if b.opts.Admin != nil && b.opts.Admin(m.Sender) &&
 			(dec.Mautrix.TrustState == id.TrustStateCrossSignedTOFU || dec.Mautrix.TrustState == id.TrustStateCrossSignedUntrusted) {
 			m.Pinned, err = b.pinAdmin(ctx, b.helper.Machine(), evt.Sender)
