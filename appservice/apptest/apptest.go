@@ -114,6 +114,14 @@ func (p *Pipeline) RunDue(t testing.TB) int {
 	return n
 }
 
+// Exec runs a statement on the writer.
+func (p *Pipeline) Exec(t testing.TB, q string, args ...any) {
+	t.Helper()
+	if _, err := p.DB.W.ExecContext(context.Background(), q, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Count runs a COUNT query.
 func (p *Pipeline) Count(t testing.TB, q string, args ...any) int {
 	t.Helper()
@@ -154,4 +162,9 @@ func Message(id, room, sender, body string) map[string]any {
 // State is a state event.
 func State(id, room, sender, typ, stateKey string, content map[string]any) map[string]any {
 	return map[string]any{"event_id": id, "room_id": room, "sender": sender, "type": typ, "state_key": stateKey, "content": content}
+}
+
+// Member is an m.room.member event.
+func Member(id, room, sender, target, membership string) map[string]any {
+	return State(id, room, sender, "m.room.member", target, map[string]any{"membership": membership})
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -82,9 +83,9 @@ func TestDeviceTrust(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		for _, caps := range []appservice.WipeCaps{{}, {AdminAPI: true, Admin: "@hipaa:h"}} {
 			t.Run(fmt.Sprintf("%s/adminAPI=%v", dbType, caps.AdminAPI), func(t *testing.T) {
-				p := newPipeline(t, dbType)
+				p := apptest.New(t, dbType)
 				ctx := context.Background()
-				p.verifyClinicians(t,
+				verifyClinicians(t, p,
 					roster.Clinician{UserID: "@doc:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
 					roster.Clinician{UserID: "@rn:h", NPI: "1003000126", Role: "nurse", VerifiedBy: "x"},
 				)
@@ -95,12 +96,12 @@ func TestDeviceTrust(t *testing.T) {
 				}}
 				dm := &fakeDM{}
 				pol := &policy.Policy{UnverifiedSessions: policy.UnverifiedSignOut, UnverifiedSessionGrace: config.Duration(time.Hour)}
-				RegisterDeviceTrust(p.runner, hs, dm, func() *policy.Policy { return pol }, caps)
-				d := &DeviceTrust{DB: p.db, Policy: func() *policy.Policy { return pol }, HS: hs, Now: p.clock.Now, Log: zerolog.Nop()}
+				RegisterDeviceTrust(p.Runner, hs, dm, func() *policy.Policy { return pol }, caps)
+				d := &DeviceTrust{DB: p.DB, Policy: func() *policy.Policy { return pol }, HS: hs, Now: p.Clock.Now, Log: zerolog.Nop()}
 				if n, err := d.Sweep(ctx); err != nil || n != 2 {
 					t.Fatalf("first sweep queued %d (%v), want the two warnings", n, err)
 				}
-				p.runDue(t)
+				p.RunDue(t)
 				if n, _ := d.Sweep(ctx); n != 0 {
 					t.Fatalf("warned again (%d jobs)", n)
 				}
@@ -110,11 +111,11 @@ func TestDeviceTrust(t *testing.T) {
 				}
 				// The nurse verifies her pager; the doctor does not.
 				hs.devices["@rn:h"][0].CrossSigned = true
-				p.clock.Advance(time.Hour)
+				p.Clock.Advance(time.Hour)
 				if n, err := d.Sweep(ctx); err != nil || n != 1 {
 					t.Fatalf("after the grace queued %d (%v)", n, err)
 				}
-				p.runDue(t)
+				p.RunDue(t)
 				if caps.AdminAPI {
 					if strings.Join(hs.deleted, ",") != "@doc:h/TABLET" || len(hs.signOuts) != 0 || len(hs.devices["@doc:h"]) != 2 {
 						t.Fatalf("deleted %v, sign-outs %v", hs.deleted, hs.signOuts)
@@ -123,7 +124,7 @@ func TestDeviceTrust(t *testing.T) {
 					t.Fatalf("deleted %v, sign-outs %v", hs.deleted, hs.signOuts)
 				}
 				var actions []string
-				for _, r := range p.exported(t) {
+				for _, r := range p.Records(t) {
 					if r["type"] == "session" {
 						actions = append(actions, r["action"].(string))
 					}

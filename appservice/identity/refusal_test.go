@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
@@ -16,15 +17,15 @@ import (
 func TestRefusedRosterChangesAreAudited(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			attempts := []struct {
 				name string
 				err  error
 			}{
-				{"bad NPI", Verify(ctx, p.db, p.chain, roster.Clinician{UserID: "@doc:h", NPI: "1234567890", Role: "physician"}, SourceAdmin, "os:alice")},
-				{"a role that is not one", Verify(ctx, p.db, p.chain, roster.Clinician{UserID: "@doc:h", NPI: "1234567893", Role: "Chief <b>Wizard</b>"}, SourceAdmin, "os:alice")},
-				{"revoke someone not verified", Revoke(ctx, p.db, p.chain, "@nobody:h", "left", "os:bob")},
+				{"bad NPI", Verify(ctx, p.DB, p.Chain, roster.Clinician{UserID: "@doc:h", NPI: "1234567890", Role: "physician"}, SourceAdmin, "os:alice")},
+				{"a role that is not one", Verify(ctx, p.DB, p.Chain, roster.Clinician{UserID: "@doc:h", NPI: "1234567893", Role: "Chief <b>Wizard</b>"}, SourceAdmin, "os:alice")},
+				{"revoke someone not verified", Revoke(ctx, p.DB, p.Chain, "@nobody:h", "left", "os:bob")},
 			}
 			for _, a := range attempts {
 				if !appservice.IsInvalid(a.err) {
@@ -32,7 +33,7 @@ func TestRefusedRosterChangesAreAudited(t *testing.T) {
 				}
 			}
 			var got []string
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["outcome"] == "denied" {
 					got = append(got, fmt.Sprint(r["type"], " ", r["action"], " ", r["actor"]))
 				}
@@ -41,7 +42,7 @@ func TestRefusedRosterChangesAreAudited(t *testing.T) {
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("refusals audited %q, want %q", got, want)
 			}
-			if n := p.count(t, `SELECT COUNT(*) FROM clinician`); n != 0 {
+			if n := p.Count(t, `SELECT COUNT(*) FROM clinician`); n != 0 {
 				t.Fatalf("a refused request changed %d rows", n)
 			}
 		})

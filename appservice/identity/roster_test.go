@@ -13,17 +13,18 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
 // verifyClinicians puts clinicians on the roster, as an admin would.
-func (p *pipeline) verifyClinicians(t testing.TB, cs ...roster.Clinician) {
+func verifyClinicians(t testing.TB, p *apptest.Pipeline, cs ...roster.Clinician) {
 	t.Helper()
 	ctx := context.Background()
 	for _, c := range cs {
-		if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.chain, c, SourceAdmin, "os:admin") }); err != nil {
+		if err := p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.Chain, c, SourceAdmin, "os:admin") }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -47,7 +48,7 @@ const rosterV1 = `clinicians:
 func TestRosterFile(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			path := filepath.Join(t.TempDir(), "roster.yaml")
 			write := func(s string, age time.Duration) {
@@ -60,10 +61,10 @@ func TestRosterFile(t *testing.T) {
 				os.Chtimes(path, mt, mt)
 			}
 			changed := 0
-			f := &RosterFile{Path: path, DB: p.db, Chain: p.chain, Log: zerolog.Nop(), Changed: func() { changed++ }}
+			f := &RosterFile{Path: path, DB: p.DB, Chain: p.Chain, Log: zerolog.Nop(), Changed: func() { changed++ }}
 			status := func() string {
 				t.Helper()
-				list, err := ListRoster(ctx, p.db)
+				list, err := ListRoster(ctx, p.DB)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -95,7 +96,7 @@ func TestRosterFile(t *testing.T) {
 				t.Fatalf("after a broken file: %s", status())
 			}
 			// An admin revokes the doctor; the nurse leaves the file; the doctor's revocation stands.
-			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, p.chain, "@doc:h", "suspended", "os:admin") }); err != nil {
+			if err := p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, p.Chain, "@doc:h", "suspended", "os:admin") }); err != nil {
 				t.Fatal(err)
 			}
 			write(rosterV1[:strings.Index(rosterV1, "  - user_id: \"@rn:h\"")], time.Hour)
@@ -106,20 +107,20 @@ func TestRosterFile(t *testing.T) {
 				t.Fatalf("after the nurse left the file: %s", s)
 			}
 			// An admin's verify lifts a revocation.
-			e, _ := LookupClinician(ctx, p.db, "@doc:h")
-			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.chain, e.Clinician, SourceAdmin, "os:admin") }); err != nil {
+			e, _ := LookupClinician(ctx, p.DB, "@doc:h")
+			if err := p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return VerifyTx(ctx, tx, p.Chain, e.Clinician, SourceAdmin, "os:admin") }); err != nil {
 				t.Fatal(err)
 			}
 			if s := status(); !strings.HasPrefix(s, "@doc:h=physician,") {
 				t.Fatalf("after re-verifying: %s", s)
 			}
 			// Mistakes are refused as such.
-			err = p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, p.chain, "@nobody:h", "x", "os:admin") })
+			err = p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error { return RevokeTx(ctx, tx, p.Chain, "@nobody:h", "x", "os:admin") })
 			if !appservice.IsInvalid(err) {
 				t.Fatalf("revoking someone not on the roster: %v", err)
 			}
 			var actions []string
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["type"] == "roster" {
 					actions = append(actions, r["action"].(string))
 				}

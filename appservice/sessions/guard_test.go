@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
 
@@ -15,11 +16,11 @@ import (
 // admin credential must not sign the other admins or the bot out); a forced
 // one is audited as forced.
 func TestHostileWipeOfProtectedUsersNeedsForce(t *testing.T) {
-	p := newPipeline(t, "sqlite3")
+	p := apptest.New(t, "sqlite3")
 	ctx := context.Background()
 	guard := WipeGuard{Bot: "@hipaa:h", Domain: "h", Admin: func(u string) bool { return u == "@ciso:h" }}
 	wipe := func(user string, force bool, forceReason string) error {
-		_, err := RequestWipe(ctx, p.db, p.chain, Wipe{User: user, Scope: "none", Reason: "ticket 7", RequestedBy: "admin-api:mallory",
+		_, err := RequestWipe(ctx, p.DB, p.Chain, Wipe{User: user, Scope: "none", Reason: "ticket 7", RequestedBy: "admin-api:mallory",
 			Force: force, ForceReason: forceReason, Guard: guard})
 		return err
 	}
@@ -38,7 +39,7 @@ func TestHostileWipeOfProtectedUsersNeedsForce(t *testing.T) {
 		t.Fatalf("a forced wipe: %v", err)
 	}
 	var actions []string
-	for _, r := range p.exported(t) {
+	for _, r := range p.Records(t) {
 		if r["type"] == "wipe" {
 			actions = append(actions, fmt.Sprint(r["action"], "/", r["outcome"]))
 		}
@@ -47,7 +48,7 @@ func TestHostileWipeOfProtectedUsersNeedsForce(t *testing.T) {
 	if fmt.Sprint(actions) != want {
 		t.Fatalf("wipe records %v, want %s", actions, want)
 	}
-	if n := p.count(t, `SELECT COUNT(*) FROM wipe`); n != 2 {
+	if n := p.Count(t, `SELECT COUNT(*) FROM wipe`); n != 2 {
 		t.Fatalf("%d wipes recorded, want 2", n)
 	}
 }
@@ -57,19 +58,19 @@ func TestHostileWipeOfProtectedUsersNeedsForce(t *testing.T) {
 func TestRefusedWipeIsAudited(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
-			_, err := RequestWipe(ctx, p.db, p.chain, Wipe{User: "@doc:h", Scope: "phi", RequestedBy: "os:dave"})
+			_, err := RequestWipe(ctx, p.DB, p.Chain, Wipe{User: "@doc:h", Scope: "phi", RequestedBy: "os:dave"})
 			if !appservice.IsInvalid(err) {
 				t.Fatalf("%v, want a refusal", err)
 			}
 			var got []string
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["outcome"] == "denied" {
 					got = append(got, fmt.Sprint(r["type"], " ", r["action"], " ", r["actor"]))
 				}
 			}
-			if fmt.Sprint(got) != "[wipe requested os:dave]" || p.count(t, `SELECT COUNT(*) FROM wipe`) != 0 {
+			if fmt.Sprint(got) != "[wipe requested os:dave]" || p.Count(t, `SELECT COUNT(*) FROM wipe`) != 0 {
 				t.Fatalf("refusal audited %q", got)
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
@@ -87,10 +88,10 @@ func TestIdleLogoff(t *testing.T) {
 	for _, run := range runs {
 		dbType := run.dbType
 		t.Run(fmt.Sprintf("%s/adminAPI=%v", dbType, run.caps.AdminAPI), func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			pol := &policy.Policy{SessionIdleTimeout: config.Duration(time.Hour)}
-			now := p.clock.Now()
+			now := p.Clock.Now()
 			seen := func(d time.Duration) homeserver.Device {
 				return homeserver.Device{ID: "D", LastSeen: now.Add(-d).UnixMilli()}
 			}
@@ -105,22 +106,22 @@ func TestIdleLogoff(t *testing.T) {
 			}}
 			var evs []map[string]any
 			for _, u := range []string{"@idle:h", "@busy:h", "@later:h", "@hipaa:h", "@remote:x", "@nosess:h", "@leaving:h"} {
-				evs = append(evs, member("$j"+u, "!r:h", u, u, "join"))
+				evs = append(evs, apptest.Member("$j"+u, "!r:h", u, u, "join"))
 				if u == "@leaving:h" {
-					evs = append(evs, member("$l"+u, "!r:h", u, u, "leave"))
+					evs = append(evs, apptest.Member("$l"+u, "!r:h", u, u, "leave"))
 				}
 			}
-			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != 200 {
-				t.Fatal(rec.Code)
+			if code := p.Put(t, "t1", evs...); code != 200 {
+				t.Fatal(code)
 			}
 			for n := 1; n > 0; {
 				var err error
-				if n, err = p.disp.DispatchBatch(ctx); err != nil {
+				if n, err = p.Disp.DispatchBatch(ctx); err != nil {
 					t.Fatal(err)
 				}
 			}
-			RegisterIdleLogoff(p.runner, hs, func() *policy.Policy { return pol }, run.caps)
-			sw := &IdleSweeper{Caps: run.caps, DB: p.db, Policy: func() *policy.Policy { return pol }, HS: hs, Domain: "h", Now: p.clock.Now,
+			RegisterIdleLogoff(p.Runner, hs, func() *policy.Policy { return pol }, run.caps)
+			sw := &IdleSweeper{Caps: run.caps, DB: p.DB, Policy: func() *policy.Policy { return pol }, HS: hs, Domain: "h", Now: p.Clock.Now,
 				Exempt: func(u string) bool { return u == "@hipaa:h" }}
 			want := 2 // @idle and @later
 			if run.caps.AdminAPI {
@@ -130,15 +131,15 @@ func TestIdleLogoff(t *testing.T) {
 			if err != nil || n != want {
 				t.Fatalf("queued %d (%v), want %d", n, err, want)
 			}
-			if again, _ := sw.Sweep(ctx); again != want || p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'idle_logoff'`) != want {
+			if again, _ := sw.Sweep(ctx); again != want || p.Count(t, `SELECT COUNT(*) FROM job WHERE kind = 'idle_logoff'`) != want {
 				t.Fatalf("a second sweep made new jobs for the same idle spell")
 			}
 			hs.sessions["@later:h"] = []homeserver.Device{seen(0)}
-			p.runDue(t)
+			p.RunDue(t)
 			var got []string
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["type"] == audit.TypeSession {
-					got = append(got, fmt.Sprintf("%s:%v:%v", r["action"], r["detail"] == p.chain.Keys().User("@idle:h"), r["count"]))
+					got = append(got, fmt.Sprintf("%s:%v:%v", r["action"], r["detail"] == p.Chain.Keys().User("@idle:h"), r["count"]))
 				}
 			}
 			if !run.caps.AdminAPI {

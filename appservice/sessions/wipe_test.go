@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -88,37 +89,37 @@ func (f *fakeHS) Leave(ctx context.Context, user, room string) error {
 func TestWipeStateMachine(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			// The user's messages: two in an enforced room, one in a room
 			// policy leaves optional, one state event.
 			evs := []map[string]any{
-				msgEvent("$m1", "!ward:h", "@bob:h", "x"), msgEvent("$m2", "!ward:h", "@bob:h", "y"),
-				msgEvent("$c1", "!cafe:h", "@bob:h", "z"), msgEvent("$a1", "!ward:h", "@alice:h", "w"),
-				stateEvent("$s1", "!ward:h", "@bob:h", "m.room.topic", "", map[string]any{"topic": "t"}),
+				apptest.Message("$m1", "!ward:h", "@bob:h", "x"), apptest.Message("$m2", "!ward:h", "@bob:h", "y"),
+				apptest.Message("$c1", "!cafe:h", "@bob:h", "z"), apptest.Message("$a1", "!ward:h", "@alice:h", "w"),
+				apptest.State("$s1", "!ward:h", "@bob:h", "m.room.topic", "", map[string]any{"topic": "t"}),
 			}
-			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != 200 {
-				t.Fatal(rec.Code)
+			if code := p.Put(t, "t1", evs...); code != 200 {
+				t.Fatal(code)
 			}
 			pol, err := policy.Parse("p.yaml", []byte("version: 1\nrooms:\n  - room_id: \"!cafe:h\"\n    encryption: optional\n"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{"@bob:h": {"!ward:h", "!cafe:h"}}}
-			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})
-			id, err := RequestWipe(ctx, p.db, p.chain, Wipe{User: "@bob:h", Offboard: true, Scope: "phi", Reason: "lost phone", RequestedBy: "os:admin"})
+			RegisterWipe(p.Runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})
+			id, err := RequestWipe(ctx, p.DB, p.Chain, Wipe{User: "@bob:h", Offboard: true, Scope: "phi", Reason: "lost phone", RequestedBy: "os:admin"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			hs.down = true
-			p.runDue(t)
-			if w, _ := LoadWipe(ctx, p.db, id); w.State != "requested" {
+			p.RunDue(t)
+			if w, _ := LoadWipe(ctx, p.DB, id); w.State != "requested" {
 				t.Fatalf("state %s while the homeserver is down", w.State)
 			}
 			hs.down = false
-			p.clock.Advance(time.Minute)
-			p.runDue(t)
-			w, err := LoadWipe(ctx, p.db, id)
+			p.Clock.Advance(time.Minute)
+			p.RunDue(t)
+			w, err := LoadWipe(ctx, p.DB, id)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -129,7 +130,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatalf("redacted %v, rooms left %v, sign-outs %d", hs.redacted, hs.rooms, hs.signouts)
 			}
 			steps := []string{}
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["type"] == "wipe" {
 					steps = append(steps, r["action"].(string))
 					if strings.Contains(r["detail"].(string), "bob") {
@@ -141,7 +142,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatalf("audited steps %v", steps)
 			}
 			// Running the finished job again changes nothing.
-			if err := wipeHandler(p.runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})(ctx, &appservice.Job{Payload: []byte(`{"wipe_id":1}`)}); err != nil || hs.signouts != 1 {
+			if err := wipeHandler(p.Runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})(ctx, &appservice.Job{Payload: []byte(`{"wipe_id":1}`)}); err != nil || hs.signouts != 1 {
 				t.Fatalf("re-run: %v, %d sign-outs", err, hs.signouts)
 			}
 		})
@@ -174,19 +175,19 @@ func TestWipeByCapability(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p := newPipeline(t, "sqlite3")
+			p := apptest.New(t, "sqlite3")
 			ctx := context.Background()
 			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{}}
 			pol, _ := policy.Parse("p.yaml", []byte("version: 1\n"))
-			RegisterWipe(p.runner, hs, func() *policy.Policy { return pol }, c.caps)
+			RegisterWipe(p.Runner, hs, func() *policy.Policy { return pol }, c.caps)
 			w := c.wipe
 			w.User, w.Scope, w.Reason, w.RequestedBy = "@bob:h", "none", "r", "os:admin"
-			id, err := RequestWipe(ctx, p.db, p.chain, w)
+			id, err := RequestWipe(ctx, p.DB, p.Chain, w)
 			if err != nil {
 				t.Fatal(err)
 			}
-			p.runDue(t)
-			got, _ := LoadWipe(ctx, p.db, id)
+			p.RunDue(t)
+			got, _ := LoadWipe(ctx, p.DB, id)
 			if got.State != c.wantState || !strings.Contains(got.LastError, c.wantErr) {
 				t.Fatalf("state %s (%q), want %s (%q)", got.State, got.LastError, c.wantState, c.wantErr)
 			}
@@ -201,7 +202,7 @@ func TestWipeByCapability(t *testing.T) {
 }
 
 func TestWipeRequestChecks(t *testing.T) {
-	p := newPipeline(t, "sqlite3")
+	p := apptest.New(t, "sqlite3")
 	for _, w := range []Wipe{
 		{User: "bob", Scope: "phi", Reason: "r"},
 		{User: "@bob:h", Scope: "phi"},
@@ -209,7 +210,7 @@ func TestWipeRequestChecks(t *testing.T) {
 		{User: "@bob:h", Scope: "phi", Reason: "r", Deactivate: true},
 		{User: "@bob:h", Scope: "phi", Reason: "r", Offboard: true, Deactivate: true, Device: "X"},
 	} {
-		if _, err := RequestWipe(context.Background(), p.db, p.chain, w); err == nil {
+		if _, err := RequestWipe(context.Background(), p.DB, p.Chain, w); err == nil {
 			t.Errorf("accepted %+v", w)
 		}
 	}
@@ -230,21 +231,21 @@ func TestWipeAuditsOnlyStepsThatRan(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
 			for _, c := range cases {
-				p := newPipeline(t, dbType)
+				p := apptest.New(t, dbType)
 				ctx := context.Background()
 				hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE"}}, rooms: map[string][]string{"@bob:h": {"!ward:h"}}}
-				RegisterWipe(p.runner, hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, appservice.WipeCaps{})
+				RegisterWipe(p.Runner, hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, appservice.WipeCaps{})
 				c.w.Reason, c.w.RequestedBy = "lost phone", "os:admin"
-				id, err := RequestWipe(ctx, p.db, p.chain, c.w)
+				id, err := RequestWipe(ctx, p.DB, p.Chain, c.w)
 				if err != nil {
 					t.Fatal(err)
 				}
-				p.runDue(t)
-				if w, _ := LoadWipe(ctx, p.db, id); w.State != "done" {
+				p.RunDue(t)
+				if w, _ := LoadWipe(ctx, p.DB, id); w.State != "done" {
 					t.Fatalf("%+v: state %s", c.w, w.State)
 				}
 				var steps []string
-				for _, r := range p.exported(t) {
+				for _, r := range p.Records(t) {
 					if r["type"] == "wipe" {
 						steps = append(steps, r["action"].(string))
 					}
@@ -272,12 +273,12 @@ func TestSessionJobPriorities(t *testing.T) {
 func TestWipeAfterPruning(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			cut := time.UnixMilli(1_800_000_000_000)
 			old := cut.Add(-48 * time.Hour).UnixMilli()
 			exec := func(q string, args ...any) {
-				if _, err := p.db.W.ExecContext(ctx, q, args...); err != nil {
+				if _, err := p.DB.W.ExecContext(ctx, q, args...); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -288,11 +289,11 @@ func TestWipeAfterPruning(t *testing.T) {
 			exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES ('$held', '!r:hs', '@u:hs', $1, $2, 'held', $1)`, old, old+1)
 			exec(`INSERT INTO job (kind, dedupe_key, payload, state, due_at, created_at, updated_at) VALUES ('expire', 'expire:$expired', '{}', 'done', $1, $1, $1)`, old)
 			exec(`UPDATE dispatch_cursor SET seq = (SELECT MAX(seq) FROM inbox) WHERE id = 1`)
-			if pr, err := appservice.PruneMetadata(ctx, p.db, p.chain, cut); err != nil || pr.Expiry != 1 {
+			if pr, err := appservice.PruneMetadata(ctx, p.DB, p.Chain, cut); err != nil || pr.Expiry != 1 {
 				t.Fatalf("prune %+v %v", pr, err)
 			}
 			hs := &fakeHS{}
-			n, err := redactWiped(ctx, p.db, hs, &policy.Policy{Version: 1, Hash: "builtin"}, Wipe{ID: 1, User: "@u:hs", Scope: "all"})
+			n, err := redactWiped(ctx, p.DB, hs, &policy.Policy{Version: 1, Hash: "builtin"}, Wipe{ID: 1, User: "@u:hs", Scope: "all"})
 			if err != nil || n != 2 || fmt.Sprint(hs.redacted) != "[$lives $held]" {
 				t.Fatalf("wipe after pruning redacted %d: %v (%v)", n, hs.redacted, err)
 			}
