@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -41,14 +42,8 @@ func (k *KeepAlive) resolveRoom(ctx context.Context) error {
 	} else if !errors.Is(err, mautrix.MNotFound) {
 		return fmt.Errorf("resolve keep-alive room: %w", err)
 	}
-	// Under policy like any room: encrypted, no guests (a room that was not
-	// would need attention, and fire MatrixHipaaRoomsNotEnforced).
 	resp, err := k.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
-		Preset: "private_chat", RoomAliasName: keepAliveAlias, Visibility: "private",
-		InitialState: []*event.Event{
-			{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}},
-			{Type: event.StateGuestAccess, Content: event.Content{Parsed: &event.GuestAccessEventContent{GuestAccess: event.GuestAccessForbidden}}},
-		},
+		Preset: "private_chat", RoomAliasName: keepAliveAlias, Visibility: "private", InitialState: bot.CompliantRoomState(),
 	})
 	if err != nil {
 		return fmt.Errorf("create keep-alive room: %w", err)

@@ -554,6 +554,17 @@ func (b *Bot) Kick(ctx context.Context, room, user, reason string) error {
 	return err
 }
 
+// CompliantRoomState is the initial state of every room the service
+// creates: encrypted, no guests. Policy never acts on the service's own
+// events, so its rooms must be created as policy wants them (the private
+// chat presets let guests join); otherwise they would need attention.
+func CompliantRoomState() []*event.Event {
+	return []*event.Event{
+		{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}},
+		{Type: event.StateGuestAccess, Content: event.Content{Parsed: &event.GuestAccessEventContent{GuestAccess: event.GuestAccessForbidden}}},
+	}
+}
+
 // CreateDM creates an encrypted direct-message room with user (invited) and
 // returns its ID.
 func (b *Bot) CreateDM(ctx context.Context, user string) (string, error) {
@@ -563,7 +574,7 @@ func (b *Bot) CreateDM(ctx context.Context, user string) (string, error) {
 	}
 	resp, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{id.UserID(user)},
-		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}},
+		InitialState: CompliantRoomState(),
 	})
 	if err != nil {
 		return "", err

@@ -196,6 +196,15 @@ func TestUnverifiedSessionsOfClinicians(t *testing.T) {
 		t.Fatal("the warning was not encrypted")
 	}
 	t.Logf("warned %s after the policy: %s", time.Since(start).Round(time.Second), textOf(warning))
+	// The bot's direct message room is under policy like any room
+	// (encrypted, no guests): it needs nobody.
+	waitFor(t, "the service to have seen the DM room", func() bool {
+		out, _, _ := st.Service("rooms")
+		return strings.Contains(string(out), string(warning.RoomID))
+	})
+	if v, listing := attentionViews(t, st); v.rooms != 0 {
+		t.Fatalf("the bot's DM room needs attention: %+v\n%s", v, listing)
+	}
 	waitForLong(t, "the unverified session to be signed out", 150*time.Second, func() bool {
 		lines, _ := export(t, st)
 		for _, l := range lines {
