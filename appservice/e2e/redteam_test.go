@@ -425,5 +425,4 @@ func TestRedTeamHostileUserIDInNotice(t *testing.T) {
 	if !strings.Contains(c.FormattedBody, "&lt;img src=x onerror=alert(1)&gt;") || !strings.Contains(c.FormattedBody, "%22%3E%3Cimg") {
 		t.Fatalf("the notice does not name the user, escaped: %q", c.FormattedBody)
 	}
-	t.Logf("formatted body: %s", c.FormattedBody)
 }
