@@ -345,7 +345,7 @@ func TestAuditorsKeyOpensNothingElse(t *testing.T) {
 	if res, err := Verify(ctx, db, k); err != nil || res.Bad != nil || res.Records != 1 {
 		t.Fatalf("verify with the chain key alone: %+v %v", res, err)
 	}
-	if k.CanPseudonymise() || k.PickleKey() != nil || k.JobKey() != nil {
+	if k.pseudo != nil || k.PickleKey() != nil || k.JobKey() != nil {
 		t.Fatal("the chain key carries other keys")
 	}
 	for _, label := range []string{labelPseudo, labelPickle, labelJob} {

@@ -55,10 +55,6 @@ func (k *Keys) JobKey() []byte { return k.job }
 // PickleKey encrypts the bot's Olm and Megolm state in the database.
 func (k *Keys) PickleKey() []byte { return k.pickle }
 
-// CanPseudonymise reports whether these keys include the pseudonym key
-// (a verifier's do not).
-func (k *Keys) CanPseudonymise() bool { return k.pseudo != nil }
-
 func derive(master []byte, label string) []byte {
 	m := hmac.New(sha256.New, master)
 	m.Write([]byte(label))
@@ -101,13 +97,13 @@ func LoadKeys(f KeyFiles) (*Keys, error) {
 	return &k, nil
 }
 
-// Rotatable names the keys that rotate in place, with their file heads.
-var Rotatable = map[string]string{"pseudonym": headPseudo, "job": headJob}
+// rotatable names the keys that rotate in place, with their file heads.
+var rotatable = map[string]string{"pseudonym": headPseudo, "job": headJob}
 
 // PrepareRotation makes the new key of an in-place rotation, in path+".new"
 // (0600, synced), or returns the one an interrupted rotation left there.
 func PrepareRotation(path, which string) ([]byte, error) {
-	head, ok := Rotatable[which]
+	head, ok := rotatable[which]
 	if !ok {
 		return nil, fmt.Errorf("the %s key does not rotate in place (see docs/keys.md)", which)
 	}

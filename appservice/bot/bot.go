@@ -90,14 +90,6 @@ func (b *Bot) identity() Identity {
 	return b.ident
 }
 
-// Identity reports the bot's cross-signing (zero until it is ready).
-func (b *Bot) Identity() Identity {
-	if _, err := b.client(); err != nil {
-		return Identity{}
-	}
-	return b.identity()
-}
-
 // New returns a bot that does nothing until Run logs it in.
 func New(o Options) *Bot {
 	return &Bot{opts: o, log: o.Log.With().Str("component", "bot").Logger(), ready: make(chan struct{})}

@@ -25,11 +25,9 @@ type Identity struct {
 	// MasterKey is the bot's cross-signing master key (kept in our store).
 	MasterKey string
 	// Published: the homeserver holds exactly that master key for the bot.
+	// (If it holds another, uploaded by someone else, the bot keeps
+	// trusting only its own keys and logs an error.)
 	Published bool
-	// Foreign: the homeserver holds another master key for the bot, which
-	// someone other than this service uploaded. The bot keeps trusting only
-	// its own keys.
-	Foreign bool
 }
 
 // crossSigning gives the bot its own cross-signing keys: generated once,
@@ -63,7 +61,6 @@ func (b *Bot) crossSigning(ctx context.Context, mach *crypto.OlmMachine) (Identi
 			return ident, nil
 		}
 	default:
-		ident.Foreign = true
 		b.log.Error().Msg("the homeserver holds cross-signing keys for the bot that this service did not make; the bot keeps trusting only its own (see docs/threat-model.md)")
 		return ident, nil
 	}
