@@ -78,6 +78,9 @@ type DB struct {
 	stmts   sync.Map // query → *sql.Stmt on W
 	dsn     string   // SQLite only, for the checkpointer
 	jobKey  []byte   // MACs jobs (SetJobKey)
+	// preparing counts the statements being prepared in the background
+	// (Prepared); Close waits for them, so none uses the writer after it.
+	preparing sync.WaitGroup
 }
 
 // SetJobKey sets the key that MACs the jobs queued and run through this
@@ -163,6 +166,10 @@ func Open(ctx context.Context, dbType, uri string, maxConns int) (*DB, error) {
 }
 
 func (db *DB) Close() error {
+	// A statement still being prepared would hold the writer connection
+	// past Close (SQLite then closed its files after the caller had moved
+	// on: seen as a test's temporary folder changing while it was removed).
+	db.preparing.Wait()
 	db.stmts.Range(func(_, v any) bool {
 		if st, ok := v.(*sql.Stmt); ok {
 			st.Close()
@@ -413,14 +420,14 @@ func (db *DB) Prepared(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt
 	if !loaded {
 		// tx holds the only writer connection, so prepare for later use once
 		// it is free; this time, prepare inside tx.
-		go func() {
+		db.preparing.Go(func() {
 			st, err := db.W.PrepareContext(context.Background(), query)
 			if err != nil {
 				db.stmts.Delete(query)
 				return
 			}
 			db.stmts.Store(query, st)
-		}()
+		})
 	}
 	return tx.PrepareContext(ctx, query)
 }
