@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -340,8 +341,30 @@ func TestClearedContentLeavesNoResidue(t *testing.T) {
 // zeroing it; only a rewrite of the table (VACUUM FULL, pg_repack) removes
 // them. docs/deploy.md tells operators what to run. Read with pageinspect.
 func TestPostgresClearedContentResidue(t *testing.T) {
-	db, _ := storetest.Open(t, "postgres")
+	// A database of its own: VACUUM keeps dead rows that a transaction still
+	// open in the same database may see, and the other tests' schemas share
+	// the test database (run beside them, VACUUM FULL kept 7 pages).
 	ctx := context.Background()
+	admin, err := sql.Open("pgx", storetest.PostgresURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	name := fmt.Sprintf("residue_%d", time.Now().UnixNano())
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create a database for the test: %v", err)
+	}
+	t.Cleanup(func() { admin.ExecContext(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)") })
+	u, err := url.Parse(storetest.PostgresURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	db, err := store.Open(ctx, "postgres", u.String(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
 	if _, err := db.W.ExecContext(ctx, `CREATE EXTENSION IF NOT EXISTS pageinspect WITH SCHEMA public`); err != nil {
 		t.Fatalf("pageinspect (part of Debian's postgresql package): %v", err)
 	}
