@@ -65,9 +65,7 @@ func runService(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The features, on the engine.
-	sessions.Install(svc)
-	identity.Install(svc)
+	installFeatures(svc)
 	if room := cfg.Admin.Room; room != "" {
 		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI, ManagementRoom: room,
 			Guard: sessions.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)
@@ -106,6 +104,12 @@ func runService(args []string, stdout, stderr io.Writer) error {
 		}()
 	}
 	return svc.Run(ctx)
+}
+
+// installFeatures puts the features on the engine.
+func installFeatures(svc *appservice.Service) {
+	sessions.Install(svc)
+	identity.Install(svc)
 }
 
 // adminPeople maps each person's admin token hash to their name.

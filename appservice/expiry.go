@@ -304,7 +304,7 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 // (honoured) retention makes it shorter, a room_retention job is queued
 // instead: it confirms the room's state and holds a change that would end
 // too many messages at once, so a policy reload is no way around that.
-func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (int64, error) {
+func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, now time.Time) (int64, error) {
 	links, err := LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
@@ -344,7 +344,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy) (
 	}
 	var moved int64
 	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		if err := Enqueue(ctx, db, tx, time.Now(), confirm...); err != nil {
+		if err := Enqueue(ctx, db, tx, now, confirm...); err != nil {
 			return err
 		}
 		for _, c := range changes {

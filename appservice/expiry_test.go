@@ -183,7 +183,7 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				n, err := RescheduleExpiries(ctx, p.db, pol)
+				n, err := RescheduleExpiries(ctx, p.db, pol, p.clock.Now())
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -150,7 +150,7 @@ func TestPolicyReloadDoesNotBypassTheRetentionHold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := RescheduleExpiries(ctx, p.db, pol)
+	n, err := RescheduleExpiries(ctx, p.db, pol, p.clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

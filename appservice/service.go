@@ -178,11 +178,44 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
 	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
+	// What a new policy sets off, in this order: known rooms enrolled,
+	// members told of new lifetimes, waiting messages rescheduled.
+	inForce := s.Policy.Current()
+	s.Policy.OnChange(s.sweep)
+	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
+		if n, err := NoticeLifetimeChanges(ctx, s.DB, s.Chain, inForce, p); err != nil {
+			s.Log.Error().Err(err).Msg("could not tell rooms of their new message lifetime")
+		} else if n > 0 {
+			s.Log.Info().Int("rooms", n).Msg("telling rooms of their new message lifetime")
+			s.Runner.Wake()
+		}
+		inForce = p
+	})
+	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
+		if n, err := RescheduleExpiries(ctx, s.DB, p, s.Chain.Now()); err != nil {
+			s.Log.Error().Err(err).Msg("could not apply the new policy's lifetimes to waiting messages")
+		} else if n > 0 {
+			s.Log.Info().Int64("messages", n).Msg("shorter lifetimes brought waiting messages' expiry forward")
+		}
+	})
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// sweep enrols known rooms the policy requires to be encrypted.
+func (s *Service) sweep(ctx context.Context, p *policy.Policy) {
+	n, err := SweepRooms(ctx, s.DB, s.Chain, p)
+	if err != nil {
+		s.Log.Error().Err(err).Msg("could not check known rooms against the policy")
+		return
+	}
+	if n > 0 {
+		s.Log.Info().Int("rooms", n).Msg("enrolling known rooms that policy requires to be encrypted")
+		s.Runner.Wake()
+	}
 }
 
 // listen opens appservice.listen, with TLS when a certificate is configured.
@@ -239,38 +272,7 @@ func (s *Service) Run(ctx context.Context) error {
 		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		servers.Go(func() { errc <- msrv.Serve(mln) })
 	}
-	sweep := func(ctx context.Context, p *policy.Policy) {
-		n, err := SweepRooms(ctx, s.DB, s.Chain, p)
-		if err != nil {
-			s.Log.Error().Err(err).Msg("could not check known rooms against the policy")
-			return
-		}
-		if n > 0 {
-			s.Log.Info().Int("rooms", n).Msg("enrolling known rooms that policy requires to be encrypted")
-			s.Runner.Wake()
-		}
-	}
-	// What a new policy sets off, in this order: known rooms enrolled,
-	// members told of new lifetimes, waiting messages rescheduled.
-	inForce := s.Policy.Current()
-	s.Policy.OnChange(sweep)
-	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
-		if n, err := NoticeLifetimeChanges(ctx, s.DB, s.Chain, inForce, p); err != nil {
-			s.Log.Error().Err(err).Msg("could not tell rooms of their new message lifetime")
-		} else if n > 0 {
-			s.Log.Info().Int("rooms", n).Msg("telling rooms of their new message lifetime")
-			s.Runner.Wake()
-		}
-		inForce = p
-	})
-	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
-		if n, err := RescheduleExpiries(ctx, s.DB, p); err != nil {
-			s.Log.Error().Err(err).Msg("could not apply the new policy's lifetimes to waiting messages")
-		} else if n > 0 {
-			s.Log.Info().Int64("messages", n).Msg("shorter lifetimes brought waiting messages' expiry forward")
-		}
-	})
-	sweep(ctx, s.Policy.Current())
+	s.sweep(ctx, s.Policy.Current())
 	workCtx, stopWork := context.WithCancel(context.Background())
 	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {
 		s.Log.Error().Err(err).Msg("WAL checkpoint failed; the WAL will grow until checkpoints succeed")
