@@ -20,6 +20,8 @@ const module = "github.com/matrix-hipaa/matrix-hipaa"
 // people and may use any of them; main assembles them.
 var (
 	features = []string{
+		module + "/appservice/enforce",
+		module + "/appservice/expiry",
 		module + "/appservice/sessions",
 		module + "/appservice/identity",
 	}

@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
 )
 
 func holdCommand(args []string, stdout, stderr io.Writer) error {
@@ -28,7 +28,7 @@ func holdCommand(args []string, stdout, stderr io.Writer) error {
 	defer db.Close()
 	switch {
 	case *list:
-		holds, err := appservice.StandingHolds(ctx, db)
+		holds, err := expiry.StandingHolds(ctx, db)
 		if err != nil {
 			return err
 		}
@@ -45,7 +45,7 @@ func holdCommand(args []string, stdout, stderr io.Writer) error {
 		// Listing shows reasons: it is a read of held data, audited.
 		return recordCommand(ctx, db, chain, "hold-list", "", int64(len(holds)), nil)
 	case *release != 0:
-		if err := appservice.ReleaseHold(ctx, db, chain, *release, operator()); err != nil {
+		if err := expiry.ReleaseHold(ctx, db, chain, *release, operator()); err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(stdout, "hold %d released; its messages expire as they come due\n", *release)
@@ -54,7 +54,7 @@ func holdCommand(args []string, stdout, stderr io.Writer) error {
 		if (*room == "") == (*user == "") || *reason == "" {
 			return errUsage{"usage: matrix-hipaa hold -config F (-room ID | -user ID) -reason TEXT, or -release N, or -list"}
 		}
-		id, err := appservice.PlaceHold(ctx, db, chain, *room, *user, *reason, operator())
+		id, err := expiry.PlaceHold(ctx, db, chain, *room, *user, *reason, operator())
 		if err != nil {
 			return err
 		}

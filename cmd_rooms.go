@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -34,7 +35,7 @@ func listRooms(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rooms, err := appservice.ListRooms(ctx, db, pol)
+	rooms, err := enforce.ListRooms(ctx, db, pol)
 	if err := recordCommand(ctx, db, chain, "rooms", "", int64(len(rooms)), err); err != nil {
 		return err
 	}
@@ -129,7 +130,10 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	if cfg.Database.Type == "sqlite3" {
 		dbFile = cfg.Database.URI
 	}
-	st, err := appservice.ReadStatus(ctx, db, pol, dbFile)
+	st, err := appservice.ReadStatus(ctx, db, dbFile)
+	if err == nil {
+		st.Rooms, st.RoomIssues, err = enforce.RoomCounts(ctx, db, pol)
+	}
 	if err := recordCommand(ctx, db, chain, "status", "", 0, err); err != nil {
 		return err
 	}

@@ -15,9 +15,9 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 )
 
@@ -61,15 +61,23 @@ func runService(args []string, stdout, stderr io.Writer) error {
 	log := appservice.NewLogger(cfg.Logging, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return serve(ctx, cfg, log)
+}
+
+// serve assembles the service (the engine, its features and the admin
+// surfaces) and runs it until ctx ends.
+func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	svc, err := appservice.New(ctx, cfg, log, time.Now)
 	if err != nil {
 		return err
 	}
-	installFeatures(svc)
+	if err := installFeatures(svc); err != nil {
+		return err
+	}
 	if room := cfg.Admin.Room; room != "" {
 		(&admin.Room{DB: svc.DB, Chain: svc.Chain, Bot: svc.Bot, HS: svc.HS, IsAdmin: cfg.Admin.IsAdmin, SingleDevice: svc.WipeCaps.AdminAPI, ManagementRoom: room,
 			Guard: sessions.WipeGuard{Bot: cfg.BotMXID(), Domain: cfg.Homeserver.Domain, Admin: cfg.Admin.IsAdmin}}).Register(svc.Runner)
-		go func() {
+		svc.Loop(func(ctx context.Context) {
 			// A seat in the management room, invited by an admin if need be.
 			select {
 			case <-svc.Bot.Ready():
@@ -79,7 +87,7 @@ func runService(args []string, stdout, stderr io.Writer) error {
 			if _, err := svc.Bot.EnsureJoined(ctx, room, cfg.Admin.Users[0]); err != nil && ctx.Err() == nil {
 				log.Warn().Str("error", appservice.SafeError(err)).Msg("the bot could not join the management room (admin.room); invite it there")
 			}
-		}()
+		})
 	}
 	if addr := cfg.Admin.Listen; addr != "" {
 		ln, err := appservice.Listen(addr, cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile, log.With().Str("component", "admin-api").Logger())
@@ -94,22 +102,22 @@ func runService(args []string, stdout, stderr io.Writer) error {
 					svc.Metrics.AuthFailures.WithLabelValues(reason).Inc()
 					log.Warn().Str("reason", reason).Msg("admin API request refused for its credentials")
 				}}}
-		go srv.Serve(ln)
-		// Stopped when asked to stop, before the service closes its database.
-		go func() {
+		// Joined with the service's own work: stopped, and waited for,
+		// before the service writes service.stop and closes its database.
+		svc.Loop(func(ctx context.Context) {
+			served := make(chan struct{})
+			go func() {
+				defer close(served)
+				srv.Serve(ln)
+			}()
 			<-ctx.Done()
 			shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			srv.Shutdown(shut)
-		}()
+			<-served
+		})
 	}
 	return svc.Run(ctx)
-}
-
-// installFeatures puts the features on the engine.
-func installFeatures(svc *appservice.Service) {
-	sessions.Install(svc)
-	identity.Install(svc)
 }
 
 // adminPeople maps each person's admin token hash to their name.

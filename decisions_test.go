@@ -145,7 +145,9 @@ func decisionsUnchanged(t *testing.T, dbType string) {
 		t.Fatal(err)
 	}
 	defer svc.DB.Close()
-	installFeatures(svc)
+	if err := installFeatures(svc); err != nil {
+		t.Fatal(err)
+	}
 	for i, events := range goldenEvents() {
 		body, _ := json.Marshal(map[string]any{"events": events})
 		req := httptest.NewRequest(http.MethodPut, fmt.Sprintf("/_matrix/app/v1/transactions/t%d", i), bytes.NewReader(body))

@@ -15,7 +15,7 @@ import (
 const JobDiscoverRoom = "discover_room"
 
 func discoveryJob(ev *Event, keys *audit.Keys) (JobSpec, *audit.Record) {
-	payload, _ := json.Marshal(actionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Reason: "room first seen mid-life"})
+	payload, _ := json.Marshal(ActionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Reason: "room first seen mid-life"})
 	// Reading state changes nothing, so it is not subject to dry-run; what
 	// policy then decides about the room is.
 	return JobSpec{Kind: JobDiscoverRoom, DedupeKey: "discover:" + ev.RoomID, Payload: payload},
@@ -30,7 +30,7 @@ func discoveryJob(ev *Event, keys *audit.Keys) (JobSpec, *audit.Record) {
 // last, so the encryption rule sees whether the room is already encrypted.
 func RegisterDiscovery(r *Runner, hs *homeserver.Client, in *Inbox) {
 	r.Handle(JobDiscoverRoom, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[actionPayload](j)
+		p, err := DecodePayload[ActionPayload](j)
 		if err != nil {
 			return err
 		}

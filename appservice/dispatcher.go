@@ -13,17 +13,53 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 )
 
-// Decision is what policy made of one event: jobs to run and records to add
-// to the audit trail. Both are committed with the dispatcher's progress.
+// Decision is what policy made of one event: jobs to run, records to add
+// to the audit trail and features' own rows. All are committed with the
+// dispatcher's progress, in one transaction.
 type Decision struct {
-	Jobs     []JobSpec
-	Records  []*audit.Record
-	Expiries []Expiry
+	Jobs    []JobSpec
+	Records []*audit.Record
+	rows    []featureRow
 }
 
-func (d *Decision) add(job JobSpec, rec *audit.Record) {
+// featureRow is a row a feature's RowSaver writes.
+type featureRow struct {
+	saver RowSaver
+	v     any
+}
+
+// Add puts a job in the decision.
+func (d *Decision) Add(job JobSpec) { d.Jobs = append(d.Jobs, job) }
+
+// AddRecorded puts a job and the audit record of deciding it in the decision.
+func (d *Decision) AddRecorded(job JobSpec, rec *audit.Record) {
 	d.Jobs = append(d.Jobs, job)
 	d.Records = append(d.Records, rec)
+}
+
+// Row puts one of a feature's own rows in the decision: s saves it, with
+// the others of the batch, in the dispatcher's transaction.
+func (d *Decision) Row(s RowSaver, v any) { d.rows = append(d.rows, featureRow{s, v}) }
+
+// saveRows has each RowSaver write its rows, savers in the order first seen.
+func saveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows []featureRow) error {
+	for len(rows) > 0 {
+		s := rows[0].saver
+		var mine []any
+		rest := rows[:0:0]
+		for _, r := range rows {
+			if r.saver == s {
+				mine = append(mine, r.v)
+			} else {
+				rest = append(rest, r)
+			}
+		}
+		if err := s.SaveRows(ctx, db, tx, mine); err != nil {
+			return err
+		}
+		rows = rest
+	}
+	return nil
 }
 
 // Decider turns a stored event into a decision, given the state of its room
@@ -143,7 +179,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 	}
 	var jobs []JobSpec
 	var recs []*audit.Record
-	var expiries []Expiry
+	var featureRows []featureRow
 	var members []memberChange
 	for _, e := range events {
 		if m := MembershipOf(e); m != "" {
@@ -157,7 +193,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		}
 		jobs = append(jobs, dec.Jobs...)
 		recs = append(recs, dec.Records...)
-		expiries = append(expiries, dec.Expiries...)
+		featureRows = append(featureRows, dec.rows...)
 	}
 	err = d.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 		if err := saveRooms(ctx, d.db, tx, rooms, d.chain.Now()); err != nil {
@@ -170,7 +206,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context) (int, error) {
 		if err := Enqueue(ctx, d.db, tx, d.chain.Now(), jobs...); err != nil {
 			return err
 		}
-		if err := scheduleExpiries(ctx, d.db, tx, expiries); err != nil {
+		if err := saveRows(ctx, d.db, tx, featureRows); err != nil {
 			return err
 		}
 		if err := d.chain.Append(ctx, tx, recs...); err != nil {

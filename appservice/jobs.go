@@ -244,14 +244,15 @@ const (
 var priorities = map[string]int{
 	// What an administrator asked for, and what stops PHI from staying
 	// where it must not. (Features' kinds by their stored strings: wipe is
-	// sessions', device_sign_out, check_member and device_warn identity's;
-	// each feature tests that its kinds are here.)
+	// sessions', device_sign_out, check_member and device_warn identity's,
+	// purge_history expiry's, the policy actions enforce's; each feature
+	// tests that its kinds are here.)
 	"wipe": PriorityUrgent, JobAdminCommand: PriorityUrgent, "device_sign_out": PriorityUrgent, "check_member": PriorityUrgent,
 	string(policy.ActRedact): PriorityUrgent, string(policy.ActEnableEncryption): PriorityUrgent,
 	string(policy.ActSetJoinRule): PriorityUrgent, string(policy.ActSetGuestAccess): PriorityUrgent,
 	string(policy.ActQuarantineMedia): PriorityUrgent,
 	// Telling people, and housekeeping.
-	string(policy.ActNotice): PriorityRoutine, "device_warn": PriorityRoutine, JobPurge: PriorityRoutine,
+	string(policy.ActNotice): PriorityRoutine, "device_warn": PriorityRoutine, "purge_history": PriorityRoutine,
 }
 
 // PriorityOf is the priority a job of this kind is queued with.
@@ -326,6 +327,9 @@ func NewRunner(db *store.DB, chain *audit.Chain, m *Metrics, log zerolog.Logger,
 
 // Handle registers the handler for a job kind.
 func (r *Runner) Handle(kind string, h Handler) { r.handlers[kind] = h }
+
+// Handles reports whether a handler for kind is registered.
+func (r *Runner) Handles(kind string) bool { _, ok := r.handlers[kind]; return ok }
 
 // Wake makes the runner look for due jobs now.
 func (r *Runner) Wake() {

@@ -224,62 +224,6 @@ func TestSafeErrorKeepsHomeserverTextOut(t *testing.T) {
 	}
 }
 
-// An action that fails for good in a room is listed as that room's problem
-// (with the homeserver's status, not its text) until the same action later
-// succeeds there; dry-run and other rooms leave the list alone.
-func TestProblemsFollowJobOutcomes(t *testing.T) {
-	for _, dbType := range storetest.Dialects {
-		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
-			TrackProblems(p.runner)
-			ctx := context.Background()
-			fail := atomic.Bool{}
-			fail.Store(true)
-			p.runner.Handle("set_join_rule", func(ctx context.Context, j *Job) error {
-				if fail.Load() {
-					return Permanent(&mautrix.HTTPError{Response: &http.Response{StatusCode: 403},
-						RespError: &mautrix.RespError{ErrCode: "M_FORBIDDEN", Err: "Ward 7 name leaks here"}})
-				}
-				return nil
-			})
-			payload := func(room string) json.RawMessage {
-				return json.RawMessage(`{"room":"` + room + `","event_id":"$e","reason":"r"}`)
-			}
-			problems := func() []RoomReport {
-				var out []RoomReport
-				pol, err := policy.Parse("p.yaml", []byte("version: 1\n"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				rooms, err := ListRooms(ctx, p.db, pol)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, r := range rooms {
-					if len(r.Problems) > 0 {
-						out = append(out, r)
-					}
-				}
-				return out
-			}
-			p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "a1", Payload: payload("!a:h")})
-			p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "b1", Payload: payload("!b:h"), DryRun: true})
-			p.runDue(t)
-			got := problems()
-			if len(got) != 1 || got[0].ID != "!a:h" || got[0].Problems[0].Action != "set_join_rule" ||
-				got[0].Problems[0].Detail != "homeserver answered HTTP 403 M_FORBIDDEN" {
-				t.Fatalf("problems after a failure: %+v", got)
-			}
-			fail.Store(false)
-			p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "a2", Payload: payload("!a:h")})
-			p.runDue(t)
-			if got := problems(); len(got) != 0 {
-				t.Fatalf("problem not cleared by a later success: %+v", got)
-			}
-		})
-	}
-}
-
 // A flood of routine work (notices to a remote server's users, thousands of
 // them, each stuck on a slow homeserver) fills every worker but the one kept
 // for urgent jobs; a wipe queued afterwards, from another process as the
@@ -343,8 +287,8 @@ func TestJobPriorities(t *testing.T) {
 	for kind, want := range map[string]int{
 		"wipe": PriorityUrgent, JobAdminCommand: PriorityUrgent, "redact": PriorityUrgent, "enable_encryption": PriorityUrgent,
 		"check_member": PriorityUrgent, "device_sign_out": PriorityUrgent,
-		JobExpire: PriorityNormal, JobDiscoverRoom: PriorityNormal, "bot_join": PriorityNormal, "idle_logoff": PriorityNormal,
-		"notice": PriorityRoutine, "device_warn": PriorityRoutine, JobPurge: PriorityRoutine,
+		"expire": PriorityNormal, JobDiscoverRoom: PriorityNormal, "bot_join": PriorityNormal, "idle_logoff": PriorityNormal,
+		"notice": PriorityRoutine, "device_warn": PriorityRoutine, "purge_history": PriorityRoutine,
 	} {
 		if got := PriorityOf(kind); got != want {
 			t.Errorf("%s: priority %d, want %d", kind, got, want)
@@ -475,19 +419,6 @@ func TestLegacyJobsSignedOnce(t *testing.T) {
 	p.runDue(t)
 	if fmt.Sprint(ran) != "[before-upgrade]" {
 		t.Fatalf("ran %v, want only the job from before the upgrade", ran)
-	}
-}
-
-func TestRoomFixesSetOnlySafeValues(t *testing.T) {
-	p := newPipeline(t, "sqlite3")
-	RegisterEnforcement(p.runner, nil, nil, "dendrite", "@hipaa:h")
-	p.enqueue(t, JobSpec{Kind: "set_join_rule", DedupeKey: "open", Payload: json.RawMessage(`{"room":"!r:h","act_as":"@doc:h","value":"public"}`)},
-		JobSpec{Kind: "set_guest_access", DedupeKey: "guests", Payload: json.RawMessage(`{"room":"!r:h","act_as":"@doc:h","value":"can_join"}`)})
-	p.runDue(t)
-	for _, k := range []string{"open", "guests"} {
-		if j := p.job(t, k); j.state != "failed" || !strings.Contains(j.lastErr, "refused") {
-			t.Fatalf("%s: %+v", k, j)
-		}
 	}
 }
 

@@ -28,12 +28,12 @@ type RoomLinks struct{ Aliases, Spaces []string }
 // storedRoom is policyRoom for a room as room_state stores it: aliases and
 // spaces as stored lists, and the confirmed links of every room.
 func StoredRoom(id, aliases, spaces string, links map[string]RoomLinks) policy.Room {
-	return policyRoom(id, splitList(aliases), splitList(spaces), links[id])
+	return PolicyRoom(id, splitList(aliases), splitList(spaces), links[id])
 }
 
-// policyRoom is a room as policy matches it: what its state claims, and
+// PolicyRoom is a room as policy matches it: what its state claims, and
 // what of that (or of earlier claims still true) the homeserver confirmed.
-func policyRoom(id string, aliases, spaces []string, l RoomLinks) policy.Room {
+func PolicyRoom(id string, aliases, spaces []string, l RoomLinks) policy.Room {
 	return policy.Room{ID: id, Aliases: aliases, Spaces: spaces, VerifiedAliases: l.Aliases, VerifiedSpaces: l.Spaces}
 }
 
@@ -127,7 +127,7 @@ func linkJob(ev *Event, room *RoomInfo) (JobSpec, bool) {
 	default:
 		return JobSpec{}, false
 	}
-	payload, _ := json.Marshal(actionPayload{Room: target, EventID: ev.ID, ActAs: ev.Sender})
+	payload, _ := json.Marshal(ActionPayload{Room: target, EventID: ev.ID, ActAs: ev.Sender})
 	return JobSpec{Kind: JobVerifyLinks, DedupeKey: "verify_links:" + target + ":" + ev.ID, Payload: payload}, true
 }
 
@@ -147,15 +147,15 @@ type LinkHomeserver interface {
 // a room that lost a confirmed link may now fall under stricter policy.
 func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot string, enrol func(context.Context) error) {
 	r.Handle(JobVerifyLinks, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[actionPayload](j)
+		p, err := DecodePayload[ActionPayload](j)
 		if err != nil {
 			return err
 		}
-		creator, knownAliases, knownSpaces, err := roomClaims(ctx, r.db, p.Room)
+		creator, knownAliases, knownSpaces, err := RoomClaims(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}
-		state, err := firstAllowed(localActors(bot, creator, p.ActAs), func(u string) ([]json.RawMessage, error) { return hs.RoomState(ctx, u, p.Room) })
+		state, err := FirstAllowed(LocalActors(bot, creator, p.ActAs), func(u string) ([]json.RawMessage, error) { return hs.RoomState(ctx, u, p.Room) })
 		var aliases, spaces []string
 		switch {
 		case err == nil:
@@ -249,11 +249,11 @@ func claimedLinks(state []json.RawMessage) (aliases, spaces []string) {
 // m.space.child for it with a via list), read as a local member of the space:
 // its creator if the service knows it, whoever triggered the check, or the bot.
 func spaceLists(ctx context.Context, db *store.DB, hs LinkHomeserver, bot, actAs, space, room string) (bool, error) {
-	creator, _, _, err := roomClaims(ctx, db, space)
+	creator, _, _, err := RoomClaims(ctx, db, space)
 	if err != nil {
 		return false, err
 	}
-	content, err := firstAllowed(localActors(bot, creator, actAs), func(u string) (map[string]any, error) {
+	content, err := FirstAllowed(LocalActors(bot, creator, actAs), func(u string) (map[string]any, error) {
 		return hs.StateContent(ctx, u, space, "m.space.child", room)
 	})
 	if errors.Is(err, mautrix.MNotFound) || errors.Is(err, mautrix.MForbidden) {
@@ -266,9 +266,9 @@ func spaceLists(ctx context.Context, db *store.DB, hs LinkHomeserver, bot, actAs
 	return len(via) > 0, nil
 }
 
-// localActors are the users of the bot's server among users, in order,
+// LocalActors are the users of the bot's server among users, in order,
 // then the bot: the service can act only as local users.
-func localActors(bot string, users ...string) []string {
+func LocalActors(bot string, users ...string) []string {
 	var out []string
 	for _, u := range users {
 		if u != "" && u != bot && SameServer(u, bot) && !slices.Contains(out, u) {
@@ -278,9 +278,9 @@ func localActors(bot string, users ...string) []string {
 	return append(out, bot)
 }
 
-// firstAllowed tries each actor until one is not refused (403) or the
+// FirstAllowed tries each actor until one is not refused (403) or the
 // answer is found missing; it returns the last refusal otherwise.
-func firstAllowed[T any](actors []string, f func(string) (T, error)) (T, error) {
+func FirstAllowed[T any](actors []string, f func(string) (T, error)) (T, error) {
 	var zero T
 	err := error(mautrix.MForbidden)
 	for _, u := range actors {

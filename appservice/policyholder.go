@@ -33,7 +33,7 @@ type PolicyHolder struct {
 	// even the policy already in force, is news).
 	refused bool
 	// onChange run, in order, after a new policy comes into force.
-	onChange []func(context.Context, *policy.Policy)
+	onChange []func(ctx context.Context, old, p *policy.Policy)
 }
 
 type fileStamp struct {
@@ -77,9 +77,9 @@ func NewPolicyHolder(ctx context.Context, path string, db *store.DB, chain *audi
 	return h, h.adopt(ctx, p, data, "start")
 }
 
-// OnChange adds f to what runs after a new policy comes into force, after
-// those added before it.
-func (h *PolicyHolder) OnChange(f func(context.Context, *policy.Policy)) {
+// OnChange adds f to what runs after a new policy, p, comes into force in
+// place of old, after those added before it.
+func (h *PolicyHolder) OnChange(f func(ctx context.Context, old, p *policy.Policy)) {
 	h.onChange = append(h.onChange, f)
 }
 
@@ -122,10 +122,10 @@ func (h *PolicyHolder) Reload(ctx context.Context, why string) (bool, error) {
 		return false, err
 	}
 	h.refused = false
-	h.current.Store(p)
+	old := h.current.Swap(p)
 	h.log.Info().Str("policy_version", p.Hash).Str("trigger", why).Msg("new policy in force")
 	for _, f := range h.onChange {
-		f(ctx, p)
+		f(ctx, old, p)
 	}
 	return true, nil
 }

@@ -172,7 +172,7 @@ func TestPolicyChangeHooksRunInOrder(t *testing.T) {
 	}
 	var ran []string
 	for _, name := range []string{"sweep", "notices", "reschedule"} {
-		h.OnChange(func(context.Context, *policy.Policy) { ran = append(ran, name) })
+		h.OnChange(func(context.Context, *policy.Policy, *policy.Policy) { ran = append(ran, name) })
 	}
 	os.WriteFile(file, []byte("version: 1\ndefaults:\n  retention: 24h\n"), 0o600)
 	if changed, err := h.Reload(ctx, "sighup"); !changed || err != nil {

@@ -42,12 +42,12 @@ func TestPruneKeepsEveryGuarantee(t *testing.T) {
 			inbox("$lives", "m.room.encrypted", old)   // no expiry in its room: a wipe may redact it
 			inbox("$expired", "m.room.encrypted", old) // redacted on expiry
 			expiry("$expired", "queued")
-			job(JobExpire, "expire:$expired", "done", old)
+			job("expire", "expire:$expired", "done", old)
 			inbox("$held", "m.room.encrypted", old) // under a legal hold
 			expiry("$held", "held")
 			inbox("$failed", "m.room.encrypted", old) // its expiry could not redact it
 			expiry("$failed", "queued")
-			job(JobExpire, "expire:$failed", "failed", old)
+			job("expire", "expire:$failed", "failed", old)
 			p.exec(t, `UPDATE dispatch_cursor SET seq = (SELECT MAX(seq) FROM inbox) WHERE id = 1`)
 			inbox("$undispatched", "m.reaction", old) // the dispatcher has not reached it
 			inbox("$fresh", "m.room.member", recent)  // inside the window

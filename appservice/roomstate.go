@@ -31,6 +31,12 @@ type RoomInfo struct {
 	retentionEvent string
 }
 
+// RetentionChanged reports whether the event being decided changed the
+// room's own max_lifetime, and what it was before.
+func (r *RoomInfo) RetentionChanged() (prev int64, changed bool) {
+	return r.prevMaxLifetime, r.retentionChanged
+}
+
 // Fresh reports whether the event being decided is the first the service
 // has seen in this room.
 func (r *RoomInfo) Fresh() bool { return r.fresh }
@@ -38,7 +44,7 @@ func (r *RoomInfo) Fresh() bool { return r.fresh }
 // PolicyRoom is the room as policy matches it: its claims, and of them
 // what links (from room_link) confirms.
 func (r *RoomInfo) PolicyRoom(links RoomLinks) policy.Room {
-	return policyRoom(r.ID, r.Aliases, r.Spaces, links)
+	return PolicyRoom(r.ID, r.Aliases, r.Spaces, links)
 }
 
 // Apply updates the room from one event, if it is a state event that matters.
@@ -179,10 +185,10 @@ func LoadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*Roo
 	return out, nil
 }
 
-// roomClaims is a room's creator and the aliases and parent spaces its
+// RoomClaims is a room's creator and the aliases and parent spaces its
 // state claims, as the dispatcher last stored them (none for a room it does
 // not know).
-func roomClaims(ctx context.Context, db *store.DB, room string) (creator string, aliases, spaces []string, err error) {
+func RoomClaims(ctx context.Context, db *store.DB, room string) (creator string, aliases, spaces []string, err error) {
 	var a, s string
 	err = db.R.QueryRowContext(ctx, `SELECT creator, aliases, spaces FROM room_state WHERE room_id = $1`, room).Scan(&creator, &a, &s)
 	if err == sql.ErrNoRows {

@@ -96,29 +96,36 @@ type Service struct {
 	Server     *Server
 	Dispatcher *Dispatcher
 	// Decider is the dispatcher's policy; features add their say on events
-	// to it (OnEvent).
+	// to it (Add).
 	Decider    *PolicyDecider
 	Runner     *Runner
 	Policy     *PolicyHolder
 	Bot        *bot.Bot
 	HS         *homeserver.Client
 	Checkpoint *audit.Checkpointer
-	Expiry     *ExpiryPump
 	WipeCaps   WipeCaps
+	Links      *Links
 	Log        zerolog.Logger
+	now        Clock
 	exporters  []*audit.Exporter
 	// loops are the features' background work, run beside the engine's
 	// and joined with it; starts run once, in order, before the loops.
 	loops, starts []func(context.Context)
+	enrollers     []Enroller
+	features      []string
 }
-
-// OnStart adds f to what Run does once, after service.start is written and
-// before the features' loops start (loading a file, say).
-func (s *Service) OnStart(f func(context.Context)) { s.starts = append(s.starts, f) }
 
 // Loop adds f to what Run starts beside the engine's own work; f returns
 // when its context ends, and Run waits for it before it writes service.stop.
+// (Features' loops come through Add; this is for surfaces.)
 func (s *Service) Loop(f func(context.Context)) { s.loops = append(s.loops, f) }
+
+// Env is what the service gives each feature.
+func (s *Service) Env() Env {
+	return Env{Config: s.Config, DB: s.DB, Chain: s.Chain, Now: s.now, Log: s.Log, Metrics: s.Metrics,
+		Policy: s.Policy.Current, Wake: s.Runner.Wake, HS: s.HS, Bot: s.Bot, Links: s.Links, Caps: s.WipeCaps,
+		BotUser: s.Config.BotMXID()}
+}
 
 // New assembles a service from config. Callers register job handlers on
 // s.Runner before Run.
@@ -133,7 +140,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := NewMetrics(reg)
-	s := &Service{Config: cfg, DB: db, Chain: chain, Metrics: m, Registry: reg, Log: log}
+	s := &Service{Config: cfg, DB: db, Chain: chain, Metrics: m, Registry: reg, Log: log, now: now}
 	signer, err := audit.LoadOrCreateSigningKey(cfg.Audit.SigningKeyFile)
 	if err != nil {
 		db.Close()
@@ -155,6 +162,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	if err != nil {
 		return nil, fmt.Errorf("load confirmed room links: %w", err)
 	}
+	s.Links = links
 	s.Decider = &PolicyDecider{Policy: s.Policy, Bot: cfg.BotMXID(), Keys: chain.Keys(), ManagementRoom: cfg.Admin.Room, Links: links}
 	s.Dispatcher = NewDispatcher(db, chain, s.Decider, m, log, s.Runner.Wake)
 	hs := homeserver.New(cfg.Homeserver.Address, cfg.AppService.ASToken.Reveal())
@@ -168,36 +176,12 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, ReadRoom: cfg.Admin.Room,
 		Password: password, Log: log,
 	})
-	RegisterEnforcement(s.Runner, hs, s.Bot, cfg.Homeserver.Software, cfg.BotMXID())
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
-	RegisterRoomRetention(s.Runner, hs, s.Policy.Current, m, cfg.BotMXID())
-	RegisterLinkVerification(s.Runner, hs, links, cfg.BotMXID(), func(ctx context.Context) error {
-		_, err := SweepRooms(ctx, db, chain, s.Policy.Current())
-		return err
-	})
-	RegisterExpiry(s.Runner, hs, cfg.Homeserver.PurgeHistory, cfg.Jobs.ExpireAs == "bot", cfg.BotMXID())
+	RegisterLinkVerification(s.Runner, hs, links, cfg.BotMXID(), func(ctx context.Context) error { return s.enrol(ctx, s.Policy.Current()) })
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
-	s.Expiry = &ExpiryPump{DB: db, Now: now, Wake: s.Runner.Wake, Log: log}
-	// What a new policy sets off, in this order: known rooms enrolled,
-	// members told of new lifetimes, waiting messages rescheduled.
-	inForce := s.Policy.Current()
-	s.Policy.OnChange(s.sweep)
-	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
-		if n, err := NoticeLifetimeChanges(ctx, s.DB, s.Chain, inForce, p); err != nil {
-			s.Log.Error().Err(err).Msg("could not tell rooms of their new message lifetime")
-		} else if n > 0 {
-			s.Log.Info().Int("rooms", n).Msg("telling rooms of their new message lifetime")
-			s.Runner.Wake()
-		}
-		inForce = p
-	})
-	s.Policy.OnChange(func(ctx context.Context, p *policy.Policy) {
-		if n, err := RescheduleExpiries(ctx, s.DB, p, s.Chain.Now()); err != nil {
-			s.Log.Error().Err(err).Msg("could not apply the new policy's lifetimes to waiting messages")
-		} else if n > 0 {
-			s.Log.Info().Int64("messages", n).Msg("shorter lifetimes brought waiting messages' expiry forward")
-		}
-	})
+	// A new policy first brings known rooms under it (Enrollers), then the
+	// features' PolicyWatchers run, in the order the features were added.
+	s.Policy.OnChange(func(ctx context.Context, _, p *policy.Policy) { s.enrolLogged(ctx, p) })
 	if s.exporters, err = s.Exporters(); err != nil {
 		db.Close()
 		return nil, err
@@ -205,16 +189,10 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	return s, nil
 }
 
-// sweep enrols known rooms the policy requires to be encrypted.
-func (s *Service) sweep(ctx context.Context, p *policy.Policy) {
-	n, err := SweepRooms(ctx, s.DB, s.Chain, p)
-	if err != nil {
+// enrolLogged runs the Enrollers, logging what fails.
+func (s *Service) enrolLogged(ctx context.Context, p *policy.Policy) {
+	if err := s.enrol(ctx, p); err != nil {
 		s.Log.Error().Err(err).Msg("could not check known rooms against the policy")
-		return
-	}
-	if n > 0 {
-		s.Log.Info().Int("rooms", n).Msg("enrolling known rooms that policy requires to be encrypted")
-		s.Runner.Wake()
 	}
 }
 
@@ -272,14 +250,13 @@ func (s *Service) Run(ctx context.Context) error {
 		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		servers.Go(func() { errc <- msrv.Serve(mln) })
 	}
-	s.sweep(ctx, s.Policy.Current())
+	s.enrolLogged(ctx, s.Policy.Current())
 	workCtx, stopWork := context.WithCancel(context.Background())
 	s.DB.StartCheckpointer(workCtx, 100*time.Millisecond, func(err error) {
 		s.Log.Error().Err(err).Msg("WAL checkpoint failed; the WAL will grow until checkpoints succeed")
 	})
 	workers.Go(func() { s.Dispatcher.Run(workCtx, s.Inbox.Notify()) })
 	workers.Go(func() { s.Runner.Run(workCtx) })
-	workers.Go(func() { s.Expiry.Run(workCtx) })
 	workers.Go(func() { audit.RunExporters(workCtx, s.exporters) })
 	workers.Go(func() {
 		s.Checkpoint.Run(workCtx, func(err error) {
@@ -354,28 +331,6 @@ func (s *Service) refreshGauges(ctx context.Context, every time.Duration) {
 			}
 		}
 		s.Dispatcher.updateLag(ctx)
-		if rooms, err := ListRooms(ctx, s.DB, s.Policy.Current()); err == nil {
-			counts := map[string]float64{"known": 0, "needs_attention": 0, "problem": 0, "unencrypted_required": 0, "bot_underpowered": 0}
-			for i := range rooms {
-				r := &rooms[i]
-				counts["known"]++
-				if r.NeedsAttention() {
-					counts["needs_attention"]++
-				}
-				if len(r.Problems) > 0 {
-					counts["problem"]++
-				}
-				if r.Unenforced() {
-					counts["unencrypted_required"]++
-				}
-				if r.Underpowered() {
-					counts["bot_underpowered"]++
-				}
-			}
-			for k, v := range counts {
-				s.Metrics.Rooms.WithLabelValues(k).Set(v)
-			}
-		}
 		select {
 		case <-ctx.Done():
 			return

@@ -8,25 +8,26 @@ import (
 	"os"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
-	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // Status is the service's state as its database shows it, for an operator's
 // glance: counts, positions and times only, nothing about what anyone wrote.
 type Status struct {
-	Schema            int
-	DatabaseBytes     int64 // SQLite file and WAL; -1 on PostgreSQL
-	EventsReceived    int64 // every event ever stored (the inbox's last seq)
-	LastReceived      int64 // unix ms; 0 if none
-	Waiting           int64 // stored, not yet through policy
-	JobsPending       int64
-	JobsFailed        int64
-	AuditHead         int64
-	AuditHeadTime     int64 // unix ms
-	CheckpointSeq     int64 // last record a signed checkpoint vouches for; 0 if none
-	CheckpointTime    int64 // unix ms, when it was written
-	Exporters         []ExporterStatus
-	HoldsStanding     int64
+	Schema         int
+	DatabaseBytes  int64 // SQLite file and WAL; -1 on PostgreSQL
+	EventsReceived int64 // every event ever stored (the inbox's last seq)
+	LastReceived   int64 // unix ms; 0 if none
+	Waiting        int64 // stored, not yet through policy
+	JobsPending    int64
+	JobsFailed     int64
+	AuditHead      int64
+	AuditHeadTime  int64 // unix ms
+	CheckpointSeq  int64 // last record a signed checkpoint vouches for; 0 if none
+	CheckpointTime int64 // unix ms, when it was written
+	Exporters      []ExporterStatus
+	HoldsStanding  int64
+	// Rooms and RoomIssues are the rooms listing's (package enforce), which
+	// the caller fills in.
 	Rooms, RoomIssues int
 }
 
@@ -38,7 +39,7 @@ type ExporterStatus struct {
 }
 
 // ReadStatus gathers Status; dbFile is the SQLite file ("" on PostgreSQL).
-func ReadStatus(ctx context.Context, db *store.DB, pol *policy.Policy, dbFile string) (Status, error) {
+func ReadStatus(ctx context.Context, db *store.DB, dbFile string) (Status, error) {
 	var s Status
 	one := func(q string, dest ...any) error {
 		err := db.R.QueryRowContext(ctx, q).Scan(dest...)
@@ -81,16 +82,6 @@ func ReadStatus(ctx context.Context, db *store.DB, pol *policy.Policy, dbFile st
 	}
 	if err := rows.Err(); err != nil {
 		return s, err
-	}
-	rooms, err := ListRooms(ctx, db, pol)
-	if err != nil {
-		return s, err
-	}
-	s.Rooms = len(rooms)
-	for i := range rooms {
-		if rooms[i].NeedsAttention() {
-			s.RoomIssues++
-		}
 	}
 	s.DatabaseBytes = -1
 	if dbFile != "" {

@@ -31,6 +31,8 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
@@ -229,7 +231,7 @@ func read[T any](s *Server, w http.ResponseWriter, r *http.Request, action strin
 
 func (s *Server) listHolds(w http.ResponseWriter, r *http.Request) {
 	// The list shows reasons: reading it is on the record.
-	holds, ok := read(s, w, r, "hold-list", func() ([]appservice.Hold, error) { return appservice.StandingHolds(r.Context(), s.DB) })
+	holds, ok := read(s, w, r, "hold-list", func() ([]expiry.Hold, error) { return expiry.StandingHolds(r.Context(), s.DB) })
 	if !ok {
 		return
 	}
@@ -265,7 +267,7 @@ func (s *Server) placeHold(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "M_MISSING_PARAM", "a hold needs a reason")
 		return
 	}
-	id, err := appservice.PlaceHold(r.Context(), s.DB, s.Chain, req.RoomID, req.UserID, req.Reason, who)
+	id, err := expiry.PlaceHold(r.Context(), s.DB, s.Chain, req.RoomID, req.UserID, req.Reason, who)
 	if err != nil {
 		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not place the hold")
 		return
@@ -295,7 +297,7 @@ func (s *Server) releaseHold(w http.ResponseWriter, r *http.Request, idText stri
 	if !ok {
 		return
 	}
-	if err := appservice.ReleaseHold(r.Context(), s.DB, s.Chain, id, who); appservice.IsInvalid(err) {
+	if err := expiry.ReleaseHold(r.Context(), s.DB, s.Chain, id, who); appservice.IsInvalid(err) {
 		fail(w, http.StatusNotFound, "M_NOT_FOUND", fmt.Sprintf("no standing hold %d", id))
 		return
 	} else if err != nil {
@@ -317,7 +319,7 @@ type roomJSON struct {
 }
 
 func (s *Server) rooms(w http.ResponseWriter, r *http.Request) {
-	rooms, ok := read(s, w, r, "rooms", func() ([]appservice.RoomReport, error) { return appservice.ListRooms(r.Context(), s.DB, s.Policy()) })
+	rooms, ok := read(s, w, r, "rooms", func() ([]enforce.RoomReport, error) { return enforce.ListRooms(r.Context(), s.DB, s.Policy()) })
 	if !ok {
 		return
 	}

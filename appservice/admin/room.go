@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
@@ -193,7 +194,7 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 		rec.Count = int64(len(devs))
 		return m.answerOnce(ctx, p, rec, formatDevices(cmd.Target, devs))
 	case "holds":
-		holds, err := appservice.StandingHolds(ctx, m.DB)
+		holds, err := expiry.StandingHolds(ctx, m.DB)
 		if err != nil {
 			return err
 		}
@@ -260,7 +261,7 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 			room, user = cmd.Target, ""
 		}
 		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
-			id, err := appservice.PlaceHoldTx(ctx, tx, m.Chain, room, user, cmd.Reason, keys.User(p.Sender))
+			id, err := expiry.PlaceHoldTx(ctx, tx, m.Chain, room, user, cmd.Reason, keys.User(p.Sender))
 			if err != nil {
 				return "", 0, err
 			}
@@ -268,7 +269,7 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 		})
 	case "release":
 		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
-			if err := appservice.ReleaseHoldTx(ctx, tx, m.Chain, cmd.ID, keys.User(p.Sender)); err != nil {
+			if err := expiry.ReleaseHoldTx(ctx, tx, m.Chain, cmd.ID, keys.User(p.Sender)); err != nil {
 				return "", 0, err
 			}
 			return fmt.Sprintf("hold %d released; what it kept expires as policy says.", cmd.ID), cmd.ID, nil
@@ -366,7 +367,7 @@ func formatDevices(user string, devs []homeserver.Device) string {
 	return b.String()
 }
 
-func formatHolds(holds []appservice.Hold) string {
+func formatHolds(holds []expiry.Hold) string {
 	if len(holds) == 0 {
 		return "no legal holds stand."
 	}

@@ -6,10 +6,13 @@ package apptest
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +24,8 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // HSToken is the homeserver token Put authenticates with.
@@ -46,7 +51,8 @@ func (c *Clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// Pipeline is the engine on one test database, with no policy.
+// Pipeline is the engine on one test database, with no policy until
+// UsePolicy.
 type Pipeline struct {
 	DB      *store.DB
 	Chain   *audit.Chain
@@ -56,6 +62,11 @@ type Pipeline struct {
 	Runner  *appservice.Runner
 	Clock   *Clock
 	Metrics *appservice.Metrics
+	// Bot is the bot's Matrix ID the decider and features are given.
+	Bot string
+	// Svc is the service features are added to (Add): the pipeline's
+	// engine parts, without a homeserver, bot or HTTP listener.
+	Svc *appservice.Service
 }
 
 // New is a Pipeline on a fresh database of dbType.
@@ -72,10 +83,71 @@ func New(t testing.TB, dbType string) *Pipeline {
 	log := zerolog.New(io.Discard)
 	inbox := appservice.NewInbox(db, chain, m, "@hipaa:hs")
 	runner := appservice.NewRunner(db, chain, m, log, clock.Now, appservice.RunnerOptions{Workers: 2, MaxAttempts: 4, Backoff: time.Second, MaxBackoff: 10 * time.Second})
-	return &Pipeline{
-		DB: db, Chain: chain, Inbox: inbox, Clock: clock, Runner: runner, Metrics: m,
+	p := &Pipeline{
+		DB: db, Chain: chain, Inbox: inbox, Clock: clock, Runner: runner, Metrics: m, Bot: "@hipaa:h",
 		Server: appservice.NewServer(inbox, HSToken, 1<<20, m, log),
 		Disp:   appservice.NewDispatcher(db, chain, appservice.NoPolicy{}, m, log, runner.Wake),
+	}
+	p.Svc = &appservice.Service{DB: db, Chain: chain, Metrics: m, Inbox: inbox, Server: p.Server, Dispatcher: p.Disp, Runner: runner, Log: log}
+	return p
+}
+
+// UsePolicy puts the policy yaml in force: the dispatcher now asks a
+// PolicyDecider, which features added later (Add) join. The holder reloads
+// the policy from its file (Reload runs the features' PolicyWatchers).
+func (p *Pipeline) UsePolicy(t testing.TB, yaml string) *appservice.PolicyHolder {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := appservice.NewPolicyHolder(context.Background(), path, p.DB, p.Chain, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Svc.Policy = holder
+	p.Svc.Decider = &appservice.PolicyDecider{Policy: holder, Bot: p.Bot, Keys: p.Chain.Keys()}
+	p.Disp = appservice.NewDispatcher(p.DB, p.Chain, p.Svc.Decider, p.Metrics, zerolog.Nop(), p.Runner.Wake)
+	p.Svc.Dispatcher = p.Disp
+	return holder
+}
+
+// SetPolicy replaces the policy file's text and reloads it, as an edit
+// would, running the features' PolicyWatchers.
+func (p *Pipeline) SetPolicy(t testing.TB, holder *appservice.PolicyHolder, path, yaml string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Reload(context.Background(), "test"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Env is what the features of a test are given: the pipeline's database,
+// chain, clock and runner, the policy in force (the built-in one before
+// UsePolicy), no homeserver and no bot.
+func (p *Pipeline) Env() appservice.Env {
+	pol := func() *policy.Policy { return appservice.BuiltinPolicy() }
+	if p.Svc.Policy != nil {
+		pol = p.Svc.Policy.Current
+	}
+	return appservice.Env{DB: p.DB, Chain: p.Chain, Now: p.Clock.Now, Log: zerolog.Nop(), Metrics: p.Metrics,
+		Policy: pol, Wake: p.Runner.Wake, BotUser: p.Bot, Config: &config.Config{}}
+}
+
+// Add puts features on the pipeline (appservice.Service.Add).
+func (p *Pipeline) Add(t testing.TB, features ...appservice.Feature) {
+	t.Helper()
+	if err := p.Svc.Add(features...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Handle registers job handlers on the runner.
+func (p *Pipeline) Handle(jobs map[string]appservice.Handler) {
+	for kind, h := range jobs {
+		p.Runner.Handle(kind, h)
 	}
 }
 
@@ -167,4 +239,24 @@ func State(id, room, sender, typ, stateKey string, content map[string]any) map[s
 // Member is an m.room.member event.
 func Member(id, room, sender, target, membership string) map[string]any {
 	return State(id, room, sender, "m.room.member", target, map[string]any{"membership": membership})
+}
+
+// Enqueue queues jobs, as the dispatcher or a command would.
+func (p *Pipeline) Enqueue(t testing.TB, specs ...appservice.JobSpec) {
+	t.Helper()
+	err := p.DB.Tx(context.Background(), store.Deferred, func(tx *sql.Tx) error {
+		return appservice.Enqueue(context.Background(), p.DB, tx, p.Clock.Now(), specs...)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// JobState is a job's state and last error, by its dedupe key.
+func (p *Pipeline) JobState(t testing.TB, key string) (state, lastErr string) {
+	t.Helper()
+	if err := p.DB.R.QueryRow(`SELECT state, last_error FROM job WHERE dedupe_key = $1`, key).Scan(&state, &lastErr); err != nil {
+		t.Fatal(err)
+	}
+	return state, lastErr
 }

@@ -168,8 +168,9 @@ func stillUntrusted(ctx context.Context, hs DeviceHomeserver, user, device strin
 	return false, nil
 }
 
-// RegisterDeviceTrust handles the warning and sign-out jobs.
-func RegisterDeviceTrust(r *appservice.Runner, hs DeviceHomeserver, dm DirectMessenger, pol func() *policy.Policy, caps appservice.WipeCaps) {
+// deviceJobs handle the warning and sign-out jobs.
+func deviceJobs(env appservice.Env, hs DeviceHomeserver, dm DirectMessenger, pol func() *policy.Policy, caps appservice.WipeCaps) map[string]appservice.Handler {
+	jobs := map[string]appservice.Handler{}
 	decode := func(j *appservice.Job) (devicePayload, error) {
 		p, err := appservice.DecodePayload[devicePayload](j)
 		if err == nil && (p.User == "" || p.Device == "") {
@@ -178,16 +179,16 @@ func RegisterDeviceTrust(r *appservice.Runner, hs DeviceHomeserver, dm DirectMes
 		return p, err
 	}
 	record := func(ctx context.Context, p devicePayload, col, action string, j *appservice.Job) error {
-		return r.DB().Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+		return env.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE device_trust SET %s = $1 WHERE user_id = $2 AND device_id = $3`, col),
-				r.Now().UnixMilli(), p.User, p.Device); err != nil {
+				env.Now().UnixMilli(), p.User, p.Device); err != nil {
 				return err
 			}
-			return r.Chain().Append(ctx, tx, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
-				Detail: r.Chain().Keys().User(p.User), JobID: j.ID, Count: 1})
+			return env.Chain.Append(ctx, tx, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
+				Detail: env.Chain.Keys().User(p.User), JobID: j.ID, Count: 1})
 		})
 	}
-	r.Handle(JobDeviceWarn, func(ctx context.Context, j *appservice.Job) error {
+	jobs[JobDeviceWarn] = func(ctx context.Context, j *appservice.Job) error {
 		p, err := decode(j)
 		if err != nil {
 			return err
@@ -195,7 +196,7 @@ func RegisterDeviceTrust(r *appservice.Runner, hs DeviceHomeserver, dm DirectMes
 		if still, err := stillUntrusted(ctx, hs, p.User, p.Device); err != nil || !still {
 			return err // verified (or gone) since the sweep
 		}
-		room, err := directRoom(ctx, r.DB(), dm, p.User)
+		room, err := directRoom(ctx, env.DB, dm, p.User)
 		if err != nil {
 			return err
 		}
@@ -208,8 +209,8 @@ func RegisterDeviceTrust(r *appservice.Runner, hs DeviceHomeserver, dm DirectMes
 			return err
 		}
 		return record(ctx, p, "warned_at", "unverified_warned", j)
-	})
-	r.Handle(JobDeviceSignOut, func(ctx context.Context, j *appservice.Job) error {
+	}
+	jobs[JobDeviceSignOut] = func(ctx context.Context, j *appservice.Job) error {
 		p, err := decode(j)
 		if err != nil {
 			return err
@@ -225,7 +226,8 @@ func RegisterDeviceTrust(r *appservice.Runner, hs DeviceHomeserver, dm DirectMes
 			return err
 		}
 		return record(ctx, p, "signed_out_at", "unverified_signed_out", j)
-	})
+	}
+	return jobs
 }
 
 // directRoom is the bot's DM room with user, created on first use.

@@ -96,7 +96,7 @@ func TestDeviceTrust(t *testing.T) {
 				}}
 				dm := &fakeDM{}
 				pol := &policy.Policy{UnverifiedSessions: policy.UnverifiedSignOut, UnverifiedSessionGrace: config.Duration(time.Hour)}
-				RegisterDeviceTrust(p.Runner, hs, dm, func() *policy.Policy { return pol }, caps)
+				p.Handle(deviceJobs(p.Env(), hs, dm, func() *policy.Policy { return pol }, caps))
 				d := &DeviceTrust{DB: p.DB, Policy: func() *policy.Policy { return pol }, HS: hs, Now: p.Clock.Now, Log: zerolog.Nop()}
 				if n, err := d.Sweep(ctx); err != nil || n != 2 {
 					t.Fatalf("first sweep queued %d (%v), want the two warnings", n, err)

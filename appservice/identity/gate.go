@@ -55,13 +55,13 @@ type GateDeps struct {
 	Exempt func(user string) bool
 }
 
-// RegisterMemberGate handles check_member jobs.
-func RegisterMemberGate(r *appservice.Runner, g GateDeps) {
-	r.Handle(JobCheckMember, memberGateHandler(r, g))
+// gateJobs handle check_member jobs.
+func gateJobs(env appservice.Env, g GateDeps) map[string]appservice.Handler {
+	return map[string]appservice.Handler{JobCheckMember: memberGateHandler(env, g)}
 }
 
 // memberGateHandler checks one invite or join (or a sweep's finding).
-func memberGateHandler(r *appservice.Runner, g GateDeps) appservice.Handler {
+func memberGateHandler(env appservice.Env, g GateDeps) appservice.Handler {
 	return func(ctx context.Context, j *appservice.Job) error {
 		p, err := appservice.DecodePayload[memberPayload](j)
 		if err != nil {
@@ -69,28 +69,28 @@ func memberGateHandler(r *appservice.Runner, g GateDeps) appservice.Handler {
 		}
 		// Still there? (They may have left, or been removed already.)
 		var cur string
-		err = r.DB().R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
+		err = env.DB.R.QueryRowContext(ctx, `SELECT membership FROM room_member WHERE room_id = $1 AND user_id = $2`, p.Room, p.User).Scan(&cur)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		if cur != "" && cur != "join" && cur != "invite" {
 			return nil
 		}
-		rooms, err := appservice.LoadRooms(ctx, r.DB(), []string{p.Room})
+		rooms, err := appservice.LoadRooms(ctx, env.DB, []string{p.Room})
 		if err != nil {
 			return err
 		}
-		links, err := appservice.RoomLinksOf(ctx, r.DB(), p.Room)
+		links, err := appservice.RoomLinksOf(ctx, env.DB, p.Room)
 		if err != nil {
 			return err
 		}
 		settings := g.Policy().For(rooms[p.Room].PolicyRoom(links))
-		entry, err := LookupClinician(ctx, r.DB(), p.User)
+		entry, err := LookupClinician(ctx, env.DB, p.User)
 		if err != nil {
 			return err
 		}
-		v := policy.DecideMember(settings, entry.Member(p.User, g.Exempt(p.User)), r.Now())
-		keys := r.Chain().Keys()
+		v := policy.DecideMember(settings, entry.Member(p.User, g.Exempt(p.User)), env.Now())
+		keys := env.Chain.Keys()
 		rec := &audit.Record{Type: audit.TypeMembership, Outcome: audit.OutcomeSuccess, Actor: keys.User(p.User), Room: keys.Room(p.Room),
 			EventID: p.EventID, Action: "admit", JobID: j.ID}
 		if v.Allowed {
@@ -98,7 +98,7 @@ func memberGateHandler(r *appservice.Runner, g GateDeps) appservice.Handler {
 				return nil
 			}
 			if j.Attempts == 0 {
-				if err := r.Chain().AppendTx(ctx, r.DB(), rec); err != nil {
+				if err := env.Chain.AppendTx(ctx, env.DB, rec); err != nil {
 					return err
 				}
 			}
@@ -125,7 +125,7 @@ func memberGateHandler(r *appservice.Runner, g GateDeps) appservice.Handler {
 			rec.Action = "remove"
 		}
 		if j.Attempts == 0 {
-			if err := r.Chain().AppendTx(ctx, r.DB(), rec); err != nil {
+			if err := env.Chain.AppendTx(ctx, env.DB, rec); err != nil {
 				return err
 			}
 		}

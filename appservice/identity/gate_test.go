@@ -87,12 +87,12 @@ func TestMemberGate(t *testing.T) {
 			}
 			pol := holder.Current()
 			decider := &appservice.PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.Chain.Keys()}
-			decider.OnEvent(memberDecider("@hipaa:h"))
+			decider.Use(New(p.Env())) // the member check decider
 			p.Disp = appservice.NewDispatcher(p.DB, p.Chain, decider, p.Metrics, zerolog.Nop(), p.Runner.Wake)
 			g := &fakeGate{db: p.DB, current: map[string]string{}, creatorPowered: true}
 			gateDeps := GateDeps{HS: g, Bot: fakeGateBot{g}, Policy: func() *policy.Policy { return pol },
 				Exempt: func(u string) bool { return u == "@hipaa:h" || u == "@admin:h" }}
-			RegisterMemberGate(p.Runner, gateDeps)
+			p.Handle(gateJobs(p.Env(), gateDeps))
 			day := func(s string) time.Time { d, _ := time.Parse("2006-01-02", s); return d }
 			verifyClinicians(t, p,
 				roster.Clinician{UserID: "@att:h", NPI: "1234567893", Role: "physician", VerifiedBy: "x"},
@@ -153,7 +153,7 @@ func TestMemberGate(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := memberGateHandler(p.Runner, gateDeps)(ctx, &appservice.Job{ID: 999, Payload: payload}); err != nil || len(g.kicks) != 0 {
+			if err := memberGateHandler(p.Env(), gateDeps)(ctx, &appservice.Job{ID: 999, Payload: payload}); err != nil || len(g.kicks) != 0 {
 				t.Fatalf("a stale check acted: %v %v", err, g.kicks)
 			}
 			g.current["@late:h"] = "$newer"

@@ -149,11 +149,11 @@ type idlePayload struct {
 	User string `json:"user"`
 }
 
-// RegisterIdleLogoff handles idle_logoff jobs: the user's sessions are
+// idleJobs handle idle_logoff jobs: the user's sessions are
 // checked again (one may have been used since the sweep, or the policy
 // changed), signed out everywhere, and the sign-out confirmed and audited.
-func RegisterIdleLogoff(r *appservice.Runner, hs SessionHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) {
-	r.Handle(JobIdleLogoff, func(ctx context.Context, j *appservice.Job) error {
+func idleJobs(env appservice.Env, hs SessionHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) map[string]appservice.Handler {
+	return map[string]appservice.Handler{JobIdleLogoff: func(ctx context.Context, j *appservice.Job) error {
 		p, err := appservice.DecodePayload[idlePayload](j)
 		if err == nil && p.User == "" {
 			err = appservice.Permanent(errors.New("bad job payload: no user"))
@@ -169,8 +169,8 @@ func RegisterIdleLogoff(r *appservice.Runner, hs SessionHomeserver, pol func() *
 		if err != nil {
 			return err
 		}
-		idle, _ := idleSessions(sessions, timeout, r.Now())
-		all, _ := allIdle(sessions, timeout, r.Now())
+		idle, _ := idleSessions(sessions, timeout, env.Now())
+		all, _ := allIdle(sessions, timeout, env.Now())
 		if len(idle) == 0 || (!all && !caps.AdminAPI) {
 			return nil // used again since the sweep
 		}
@@ -194,7 +194,7 @@ func RegisterIdleLogoff(r *appservice.Runner, hs SessionHomeserver, pol func() *
 		if !all {
 			action = "idle_device_logoff"
 		}
-		return r.Chain().AppendTx(ctx, r.DB(), &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
-			Detail: r.Chain().Keys().User(p.User), JobID: j.ID, Count: int64(len(idle))})
-	})
+		return env.Chain.AppendTx(ctx, env.DB, &audit.Record{Type: audit.TypeSession, Outcome: audit.OutcomeSuccess, Action: action,
+			Detail: env.Chain.Keys().User(p.User), JobID: j.ID, Count: int64(len(idle))})
+	}}
 }

@@ -120,7 +120,7 @@ func TestIdleLogoff(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			RegisterIdleLogoff(p.Runner, hs, func() *policy.Policy { return pol }, run.caps)
+			p.Handle(idleJobs(p.Env(), hs, func() *policy.Policy { return pol }, run.caps))
 			sw := &IdleSweeper{Caps: run.caps, DB: p.DB, Policy: func() *policy.Policy { return pol }, HS: hs, Domain: "h", Now: p.Clock.Now,
 				Exempt: func(u string) bool { return u == "@hipaa:h" }}
 			want := 2 // @idle and @later

@@ -159,15 +159,15 @@ type WipeHomeserver interface {
 
 var _ WipeHomeserver = (*homeserver.Client)(nil)
 
-// RegisterWipe handles wipe jobs. Each step is recorded (and audited) when
+// wipeJobs handle wipe jobs. Each step is recorded (and audited) when
 // done, so a retried job (homeserver down, a crash) resumes at the step it
 // had reached; each step is safe to repeat.
-func RegisterWipe(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) {
-	r.Handle(JobWipe, wipeHandler(r, hs, pol, caps))
+func wipeJobs(env appservice.Env, hs WipeHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) map[string]appservice.Handler {
+	return map[string]appservice.Handler{JobWipe: wipeHandler(env, hs, pol, caps)}
 }
 
 // wipeHandler runs a wipe job's steps.
-func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) appservice.Handler {
+func wipeHandler(env appservice.Env, hs WipeHomeserver, pol func() *policy.Policy, caps appservice.WipeCaps) appservice.Handler {
 	return func(ctx context.Context, j *appservice.Job) error {
 		p, err := appservice.DecodePayload[struct {
 			ID int64 `json:"wipe_id"`
@@ -175,7 +175,7 @@ func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Pol
 		if err != nil {
 			return err
 		}
-		w, err := LoadWipe(ctx, r.DB(), p.ID)
+		w, err := LoadWipe(ctx, env.DB, p.ID)
 		if err != nil {
 			return err
 		}
@@ -185,10 +185,10 @@ func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Pol
 		// redacting with --redact none) moves the state on, unaudited: the
 		// trail holds the steps that ran.
 		step := func(next string, ran bool, n int, col string, confirmed int64) error {
-			return r.DB().Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+			return env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 				// Placeholders in ascending order: SQLite numbers $N by first appearance.
 				q := `UPDATE wipe SET state = $1, updated_at = $2, last_error = ''`
-				args := []any{next, r.Now().UnixMilli()}
+				args := []any{next, env.Now().UnixMilli()}
 				if col != "" {
 					args = append(args, n)
 					q += fmt.Sprintf(`, %s = $%d`, col, len(args))
@@ -205,7 +205,7 @@ func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Pol
 				if !ran {
 					return nil
 				}
-				return r.Chain().Append(ctx, tx, wipeRecord(r.Chain(), w, next, audit.OutcomeSuccess, n))
+				return env.Chain.Append(ctx, tx, wipeRecord(env.Chain, w, next, audit.OutcomeSuccess, n))
 			})
 		}
 		if w.State == "requested" {
@@ -214,7 +214,7 @@ func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Pol
 				if w.Deactivate {
 					what = "deactivate accounts: offboard without -deactivate, and deactivate the account in your identity system"
 				}
-				return failWipe(ctx, r, w, "revoke", appservice.Permanent(errors.New("this homeserver cannot "+what)))
+				return failWipe(ctx, env, w, "revoke", appservice.Permanent(errors.New("this homeserver cannot "+what)))
 			}
 			before, err := hs.Devices(ctx, w.User)
 			if err != nil {
@@ -241,12 +241,12 @@ func wipeHandler(r *appservice.Runner, hs WipeHomeserver, pol func() *policy.Pol
 			if left := intersect(after, target); len(left) > 0 {
 				return fmt.Errorf("%d sessions remain after signing out", len(left))
 			}
-			if err := step("revoked", true, len(target), "revoked", r.Now().UnixMilli()); err != nil {
+			if err := step("revoked", true, len(target), "revoked", env.Now().UnixMilli()); err != nil {
 				return err
 			}
 		}
 		if w.State == "revoked" {
-			n, err := redactWiped(ctx, r.DB(), hs, pol(), w)
+			n, err := redactWiped(ctx, env.DB, hs, pol(), w)
 			if err != nil {
 				return err
 			}
@@ -295,13 +295,13 @@ func intersect(a, b []string) []string {
 	return out
 }
 
-func failWipe(ctx context.Context, r *appservice.Runner, w Wipe, step string, err error) error {
-	dbErr := r.DB().Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+func failWipe(ctx context.Context, env appservice.Env, w Wipe, step string, err error) error {
+	dbErr := env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 		if _, e := tx.ExecContext(ctx, `UPDATE wipe SET state = 'failed', last_error = $1, updated_at = $2 WHERE id = $3`,
-			step+": "+appservice.SafeError(err), r.Now().UnixMilli(), w.ID); e != nil {
+			step+": "+appservice.SafeError(err), env.Now().UnixMilli(), w.ID); e != nil {
 			return e
 		}
-		return r.Chain().Append(ctx, tx, wipeRecord(r.Chain(), w, "failed", audit.OutcomeFailure, 0))
+		return env.Chain.Append(ctx, tx, wipeRecord(env.Chain, w, "failed", audit.OutcomeFailure, 0))
 	})
 	return errors.Join(err, dbErr)
 }

@@ -106,7 +106,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatal(err)
 			}
 			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{"@bob:h": {"!ward:h", "!cafe:h"}}}
-			RegisterWipe(p.Runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})
+			p.Handle(wipeJobs(p.Env(), hs, func() *policy.Policy { return pol }, appservice.WipeCaps{}))
 			id, err := RequestWipe(ctx, p.DB, p.Chain, Wipe{User: "@bob:h", Offboard: true, Scope: "phi", Reason: "lost phone", RequestedBy: "os:admin"})
 			if err != nil {
 				t.Fatal(err)
@@ -142,7 +142,7 @@ func TestWipeStateMachine(t *testing.T) {
 				t.Fatalf("audited steps %v", steps)
 			}
 			// Running the finished job again changes nothing.
-			if err := wipeHandler(p.Runner, hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})(ctx, &appservice.Job{Payload: []byte(`{"wipe_id":1}`)}); err != nil || hs.signouts != 1 {
+			if err := wipeHandler(p.Env(), hs, func() *policy.Policy { return pol }, appservice.WipeCaps{})(ctx, &appservice.Job{Payload: []byte(`{"wipe_id":1}`)}); err != nil || hs.signouts != 1 {
 				t.Fatalf("re-run: %v, %d sign-outs", err, hs.signouts)
 			}
 		})
@@ -179,7 +179,7 @@ func TestWipeByCapability(t *testing.T) {
 			ctx := context.Background()
 			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE", "LAPTOP"}}, rooms: map[string][]string{}}
 			pol, _ := policy.Parse("p.yaml", []byte("version: 1\n"))
-			RegisterWipe(p.Runner, hs, func() *policy.Policy { return pol }, c.caps)
+			p.Handle(wipeJobs(p.Env(), hs, func() *policy.Policy { return pol }, c.caps))
 			w := c.wipe
 			w.User, w.Scope, w.Reason, w.RequestedBy = "@bob:h", "none", "r", "os:admin"
 			id, err := RequestWipe(ctx, p.DB, p.Chain, w)
@@ -234,7 +234,7 @@ func TestWipeAuditsOnlyStepsThatRan(t *testing.T) {
 				p := apptest.New(t, dbType)
 				ctx := context.Background()
 				hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE"}}, rooms: map[string][]string{"@bob:h": {"!ward:h"}}}
-				RegisterWipe(p.Runner, hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, appservice.WipeCaps{})
+				p.Handle(wipeJobs(p.Env(), hs, func() *policy.Policy { return &policy.Policy{Version: 1, Hash: "builtin"} }, appservice.WipeCaps{}))
 				c.w.Reason, c.w.RequestedBy = "lost phone", "os:admin"
 				id, err := RequestWipe(ctx, p.DB, p.Chain, c.w)
 				if err != nil {

@@ -1,4 +1,4 @@
-package appservice
+package enforce
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -67,7 +68,7 @@ func (r *RoomReport) NeedsAttention() bool { return len(r.Attention()) > 0 }
 
 // ListRooms reports every room the service knows, sorted by ID.
 func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomReport, error) {
-	links, err := LoadRoomLinks(ctx, db)
+	links, err := appservice.LoadRoomLinks(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +89,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		r := get(id)
 		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		eff := pol.For(StoredRoom(id, aliases, spaces, links))
+		eff := pol.For(appservice.StoredRoom(id, aliases, spaces, links))
 		r.EncryptionRequired = eff.Encryption == policy.EncryptionRequired
 		r.PublicForbidden, r.GuestsForbidden = eff.PublicRooms == policy.Forbid, eff.GuestAccess == policy.Forbid
 		return nil
@@ -142,4 +143,56 @@ func queryEach(ctx context.Context, db *store.DB, q string, each func(*sql.Rows)
 		}
 	}
 	return rows.Err()
+}
+
+// RoomCounts is how many rooms the service knows and how many of them need
+// attention, for the status report.
+func RoomCounts(ctx context.Context, db *store.DB, pol *policy.Policy) (rooms, attention int, err error) {
+	list, err := ListRooms(ctx, db, pol)
+	for i := range list {
+		if list[i].NeedsAttention() {
+			attention++
+		}
+	}
+	return len(list), attention, err
+}
+
+// Loops keeps the rooms gauges current.
+func (f *Feature) Loops() []func(context.Context) {
+	return []func(context.Context){func(ctx context.Context) { f.refreshGauges(ctx, 5*time.Second) }}
+}
+
+// refreshGauges sets matrix_hipaa_rooms by what the rooms listing says.
+func (f *Feature) refreshGauges(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if rooms, err := ListRooms(ctx, f.env.DB, f.env.Policy()); err == nil {
+			counts := map[string]float64{"known": 0, "needs_attention": 0, "problem": 0, "unencrypted_required": 0, "bot_underpowered": 0}
+			for i := range rooms {
+				r := &rooms[i]
+				counts["known"]++
+				if r.NeedsAttention() {
+					counts["needs_attention"]++
+				}
+				if len(r.Problems) > 0 {
+					counts["problem"]++
+				}
+				if r.Unenforced() {
+					counts["unencrypted_required"]++
+				}
+				if r.Underpowered() {
+					counts["bot_underpowered"]++
+				}
+			}
+			for k, v := range counts {
+				f.env.Metrics.Rooms.WithLabelValues(k).Set(v)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package appservice
+package expiry
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
@@ -41,9 +42,9 @@ func BenchmarkExpiryScale(b *testing.B) {
 	for _, dbType := range storetest.Dialects {
 		b.Run(dbType, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				p := newPipeline(b, dbType)
+				p := apptest.New(b, dbType)
 				ctx := context.Background()
-				t0 := p.clock.Now().UnixMilli()
+				t0 := p.Clock.Now().UnixMilli()
 				var peak, peakAnon float64
 				sample := func() {
 					runtime.GC()
@@ -57,7 +58,7 @@ func BenchmarkExpiryScale(b *testing.B) {
 						batch[j] = Expiry{EventID: fmt.Sprintf("$%043d", k), RoomID: fmt.Sprintf("!room%d:h", k%500), Sender: fmt.Sprintf("@u%d:h", k%3000),
 							ReceivedAt: t0 + int64(k), DueAt: t0 + int64(k) + 3_600_000}
 					}
-					if err := p.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return scheduleExpiries(ctx, p.db, tx, batch) }); err != nil {
+					if err := p.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error { return scheduleExpiries(ctx, p.DB, tx, batch) }); err != nil {
 						b.Fatal(err)
 					}
 					if n%100_000 == 0 {
@@ -65,8 +66,8 @@ func BenchmarkExpiryScale(b *testing.B) {
 					}
 				}
 				sched := time.Since(start)
-				p.clock.Advance(2 * time.Hour)
-				pump := &ExpiryPump{DB: p.db, Now: p.clock.Now}
+				p.Clock.Advance(2 * time.Hour)
+				pump := &Pump{DB: p.DB, Now: p.Clock.Now}
 				start = time.Now()
 				moved := 0
 				for pages := 0; ; pages++ {

@@ -1,10 +1,11 @@
-package appservice
+package expiry
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 )
@@ -19,7 +20,7 @@ func PlaceHold(ctx context.Context, db *store.DB, chain *audit.Chain, room, user
 	})
 	if err != nil {
 		keys := chain.Keys()
-		return 0, RecordRefusal(ctx, db, chain, &audit.Record{Type: audit.TypeHold, Actor: by, Room: keys.Room(room), Detail: holdTarget(room, user, keys), Action: "place"}, err)
+		return 0, appservice.RecordRefusal(ctx, db, chain, &audit.Record{Type: audit.TypeHold, Actor: by, Room: keys.Room(room), Detail: holdTarget(room, user, keys), Action: "place"}, err)
 	}
 	return id, nil
 }
@@ -27,10 +28,10 @@ func PlaceHold(ctx context.Context, db *store.DB, chain *audit.Chain, room, user
 // PlaceHoldTx is PlaceHold inside the caller's transaction.
 func PlaceHoldTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, room, user, reason, by string) (int64, error) {
 	if (room == "") == (user == "") {
-		return 0, Invalid("a hold is on a room or on a user")
+		return 0, appservice.Invalid("a hold is on a room or on a user")
 	}
 	if reason == "" {
-		return 0, Invalid("a hold needs a reason")
+		return 0, appservice.Invalid("a hold needs a reason")
 	}
 	var id int64
 	if err := tx.QueryRowContext(ctx, `INSERT INTO legal_hold (room_id, user_id, reason, placed_by, placed_at) VALUES ($1, $2, $3, $4, $5) RETURNING id`,
@@ -53,7 +54,7 @@ func ReleaseHoldTx(ctx context.Context, tx *sql.Tx, chain *audit.Chain, id int64
 	var room, user string
 	err := tx.QueryRowContext(ctx, `SELECT room_id, user_id FROM legal_hold WHERE id = $1 AND released_at = 0`, id).Scan(&room, &user)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Invalid("no standing hold %d", id)
+		return appservice.Invalid("no standing hold %d", id)
 	} else if err != nil {
 		return err
 	}

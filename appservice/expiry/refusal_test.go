@@ -1,10 +1,12 @@
-package appservice
+package expiry
 
 import (
 	"context"
 	"fmt"
 	"testing"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
 
@@ -14,21 +16,21 @@ import (
 func TestRefusedAdminActionsAreAudited(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			attempts := []struct {
 				name string
 				err  error
 			}{
-				{"hold without a reason", func() error { _, err := PlaceHold(ctx, p.db, p.chain, "!r:h", "", "", "os:carol"); return err }()},
+				{"hold without a reason", func() error { _, err := PlaceHold(ctx, p.DB, p.Chain, "!r:h", "", "", "os:carol"); return err }()},
 			}
 			for _, a := range attempts {
-				if !IsInvalid(a.err) {
+				if !appservice.IsInvalid(a.err) {
 					t.Fatalf("%s: %v, want a refusal", a.name, a.err)
 				}
 			}
 			var got []string
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["outcome"] == "denied" {
 					got = append(got, fmt.Sprint(r["type"], " ", r["action"], " ", r["actor"]))
 				}
@@ -37,7 +39,7 @@ func TestRefusedAdminActionsAreAudited(t *testing.T) {
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("refusals audited %q, want %q", got, want)
 			}
-			if n := p.count(t, `SELECT COUNT(*) FROM legal_hold`); n != 0 {
+			if n := p.Count(t, `SELECT COUNT(*) FROM legal_hold`); n != 0 {
 				t.Fatalf("a refused request changed %d rows", n)
 			}
 		})

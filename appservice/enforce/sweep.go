@@ -1,10 +1,11 @@
-package appservice
+package enforce
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -15,7 +16,7 @@ import (
 // whenever a new policy comes into force. Each gets an enable_encryption job
 // as its creator and a policy.decision record. It returns how many it enrolled.
 func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *policy.Policy) (int, error) {
-	links, err := LoadRoomLinks(ctx, db)
+	links, err := appservice.LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -34,7 +35,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(StoredRoom(id, aliases, spaces, links))
+		eff := pol.For(appservice.StoredRoom(id, aliases, spaces, links))
 		if eff.Encryption == policy.EncryptionRequired {
 			todo = append(todo, candidate{id, creator, eff})
 		}
@@ -49,7 +50,7 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 	keys := chain.Keys()
 	enrolled := 0
 	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		var jobs []JobSpec
+		var jobs []appservice.JobSpec
 		var recs []*audit.Record
 		for _, c := range todo {
 			key := fmt.Sprintf("sweep:%s:%s", c.room, pol.Hash)
@@ -62,13 +63,13 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 			}
 			for _, kind := range []policy.ActionKind{policy.ActEnableEncryption, policy.ActBotJoin} {
 				a := policy.Action{Kind: kind, Rule: "encryption-sweep", ActAs: c.creator, Reason: policy.ReasonEncryptionRequired}
-				job, rec := jobFor(a, c.room, fmt.Sprintf("%s:%s", kind, key), "", c.eff.DryRun, pol.Hash, keys)
+				job, rec := appservice.ActionJob(a, c.room, fmt.Sprintf("%s:%s", kind, key), "", c.eff.DryRun, pol.Hash, keys)
 				jobs = append(jobs, job)
 				recs = append(recs, rec)
 			}
 			enrolled++
 		}
-		if err := Enqueue(ctx, db, tx, chain.Now(), jobs...); err != nil {
+		if err := appservice.Enqueue(ctx, db, tx, chain.Now(), jobs...); err != nil {
 			return err
 		}
 		return chain.Append(ctx, tx, recs...)
@@ -79,54 +80,12 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 	return enrolled, nil
 }
 
-// NoticeLifetimeChanges tells the members of every known room whose message
-// lifetime a new policy changed: one notice job per room (dry-run aware,
-// audited as a policy.decision), at most once per room and policy version.
-func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain, old, pol *policy.Policy) (int, error) {
-	links, err := LoadRoomLinks(ctx, db)
-	if err != nil {
-		return 0, err
+// Enrol enrols the known rooms pol wants encrypted (SweepRooms).
+func (f *Feature) Enrol(ctx context.Context, pol *policy.Policy) error {
+	n, err := SweepRooms(ctx, f.env.DB, f.env.Chain, pol)
+	if n > 0 {
+		f.env.Log.Info().Int("rooms", n).Msg("enrolling known rooms that policy requires to be encrypted")
+		f.env.Wake()
 	}
-	rows, err := db.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces, max_lifetime_ms FROM room_state WHERE creator <> ''`)
-	if err != nil {
-		return 0, err
-	}
-	type change struct {
-		room string
-		a    policy.Action
-		dry  bool
-	}
-	var todo []change
-	for rows.Next() {
-		var id, creator, aliases, spaces string
-		var roomMax int64
-		if err := rows.Scan(&id, &creator, &aliases, &spaces, &roomMax); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		r := StoredRoom(id, aliases, spaces, links)
-		before, after := old.For(r), pol.For(r)
-		if l := after.Lifetime(roomMax); l != before.Lifetime(roomMax) {
-			todo = append(todo, change{id, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: creator, Reason: lifetimeText(l)}, after.DryRun})
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(todo) == 0 {
-		return 0, err
-	}
-	keys := chain.Keys()
-	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		var jobs []JobSpec
-		var recs []*audit.Record
-		for _, c := range todo {
-			job, rec := jobFor(c.a, c.room, fmt.Sprintf("notice:retention:policy:%s:%s", pol.Hash, c.room), "", c.dry, pol.Hash, keys)
-			jobs = append(jobs, job)
-			recs = append(recs, rec)
-		}
-		if err := Enqueue(ctx, db, tx, chain.Now(), jobs...); err != nil {
-			return err
-		}
-		return chain.Append(ctx, tx, recs...)
-	})
-	return len(todo), err
+	return err
 }

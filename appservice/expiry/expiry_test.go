@@ -1,4 +1,4 @@
-package appservice
+package expiry
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -21,21 +23,21 @@ func TestExpiryFor(t *testing.T) {
 	honour := policy.Effective{RoomRetention: policy.RoomRetentionHonour}
 	cases := []struct {
 		name string
-		ev   Event
+		ev   appservice.Event
 		s    policy.Effective
 		room policy.RoomState
 		due  int64 // 0: no expiry
 	}{
-		{"message", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{}, 1000 + 86_400_000},
-		{"ciphertext too", Event{ID: "$e", Type: "m.room.encrypted", ReceivedAt: 1000}, day, policy.RoomState{}, 1000 + 86_400_000},
-		{"sticker", Event{ID: "$s", Type: "m.sticker", ReceivedAt: 5}, day, policy.RoomState{}, 5 + 86_400_000},
-		{"state events stay", Event{ID: "$t", Type: "m.room.topic", StateKey: &sk, ReceivedAt: 1000}, day, policy.RoomState{}, 0},
-		{"redactions stay", Event{ID: "$r", Type: "m.room.redaction", ReceivedAt: 1000}, day, policy.RoomState{}, 0},
-		{"no lifetime", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, policy.RoomState{}, 0},
-		{"the room's m.room.retention tightens", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 3_600_000}, 1000 + 3_600_000},
-		{"and cannot loosen", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 10 * 86_400_000}, 1000 + 86_400_000},
-		{"the room sets one where policy keeps", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, honour, policy.RoomState{MaxLifetime: 60_000}, 1000 + 60_000},
-		{"the room's wish is ignored unless honoured", Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Builtin(), policy.RoomState{MaxLifetime: 60_000}, 0},
+		{"message", appservice.Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{}, 1000 + 86_400_000},
+		{"ciphertext too", appservice.Event{ID: "$e", Type: "m.room.encrypted", ReceivedAt: 1000}, day, policy.RoomState{}, 1000 + 86_400_000},
+		{"sticker", appservice.Event{ID: "$s", Type: "m.sticker", ReceivedAt: 5}, day, policy.RoomState{}, 5 + 86_400_000},
+		{"state events stay", appservice.Event{ID: "$t", Type: "m.room.topic", StateKey: &sk, ReceivedAt: 1000}, day, policy.RoomState{}, 0},
+		{"redactions stay", appservice.Event{ID: "$r", Type: "m.room.redaction", ReceivedAt: 1000}, day, policy.RoomState{}, 0},
+		{"no lifetime", appservice.Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Effective{}, policy.RoomState{}, 0},
+		{"the room's m.room.retention tightens", appservice.Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 3_600_000}, 1000 + 3_600_000},
+		{"and cannot loosen", appservice.Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, day, policy.RoomState{MaxLifetime: 10 * 86_400_000}, 1000 + 86_400_000},
+		{"the room sets one where policy keeps", appservice.Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, honour, policy.RoomState{MaxLifetime: 60_000}, 1000 + 60_000},
+		{"the room's wish is ignored unless honoured", appservice.Event{ID: "$m", Type: "m.room.message", ReceivedAt: 1000}, policy.Builtin(), policy.RoomState{MaxLifetime: 60_000}, 0},
 	}
 	for _, c := range cases {
 		got, ok := expiryFor(&c.ev, c.s, c.room)
@@ -51,9 +53,9 @@ func TestExpiryFor(t *testing.T) {
 func TestExpiryPump(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
-			t0 := p.clock.Now().UnixMilli()
+			t0 := p.Clock.Now().UnixMilli()
 			sched := []Expiry{
 				{"$late", "!a:h", "@u:h", t0, t0 + 10_000, 0},
 				{"$soon", "!a:h", "@u:h", t0, t0 + 5_000, 0},
@@ -61,31 +63,31 @@ func TestExpiryPump(t *testing.T) {
 				{"$held", "!legal:h", "@u:h", t0, t0 + 7_000, 0},
 				{"$heldUser", "!a:h", "@suspect:h", t0, t0 + 8_000, 0},
 			}
-			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-				if err := scheduleExpiries(ctx, p.db, tx, sched); err != nil {
+			if err := p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+				if err := scheduleExpiries(ctx, p.DB, tx, sched); err != nil {
 					return err
 				}
-				return scheduleExpiries(ctx, p.db, tx, sched[:1]) // a replayed batch changes nothing
+				return scheduleExpiries(ctx, p.DB, tx, sched[:1]) // a replayed batch changes nothing
 			}); err != nil {
 				t.Fatal(err)
 			}
-			roomHold, err := PlaceHold(ctx, p.db, p.chain, "!legal:h", "", "litigation 2026-114", "os:counsel")
+			roomHold, err := PlaceHold(ctx, p.DB, p.Chain, "!legal:h", "", "litigation 2026-114", "os:counsel")
 			if err != nil {
 				t.Fatal(err)
 			}
-			userHold, err := PlaceHold(ctx, p.db, p.chain, "", "@suspect:h", "HR case", "os:counsel")
+			userHold, err := PlaceHold(ctx, p.DB, p.Chain, "", "@suspect:h", "HR case", "os:counsel")
 			if err != nil {
 				t.Fatal(err)
 			}
-			pump := &ExpiryPump{DB: p.db, Now: p.clock.Now, Page: 2}
+			pump := &Pump{DB: p.DB, Now: p.Clock.Now, Page: 2}
 			queued := func() []string {
 				var out []string
-				rows, _ := p.db.R.Query(`SELECT payload FROM job WHERE kind = 'expire' ORDER BY id`)
+				rows, _ := p.DB.R.Query(`SELECT payload FROM job WHERE kind = 'expire' ORDER BY id`)
 				defer rows.Close()
 				for rows.Next() {
 					var raw []byte
 					rows.Scan(&raw)
-					var pl actionPayload
+					var pl appservice.ActionPayload
 					json.Unmarshal(raw, &pl)
 					out = append(out, pl.EventID)
 				}
@@ -106,33 +108,33 @@ func TestExpiryPump(t *testing.T) {
 			if q := queued(); len(q) != 0 {
 				t.Fatalf("queued before anything was due: %v", q)
 			}
-			p.clock.Advance(5 * time.Second)
+			p.Clock.Advance(5 * time.Second)
 			drain()
 			if q := queued(); len(q) != 1 || q[0] != "$soon" {
 				t.Fatalf("at +5s: %v", q)
 			}
 			// Down for an hour: on return, everything overdue, oldest first,
 			// in pages of 2; the held ones parked.
-			p.clock.Advance(time.Hour)
+			p.Clock.Advance(time.Hour)
 			drain()
 			if q := queued(); len(q) != 3 || q[1] != "$late" || q[2] != "$last" {
 				t.Fatalf("after downtime: %v", q)
 			}
-			if n := p.count(t, `SELECT COUNT(*) FROM expiry WHERE state = 'held'`); n != 2 {
+			if n := p.Count(t, `SELECT COUNT(*) FROM expiry WHERE state = 'held'`); n != 2 {
 				t.Fatalf("%d held, want 2", n)
 			}
 			// Releasing the room hold sends its message back; the user hold stands.
-			if err := ReleaseHold(ctx, p.db, p.chain, roomHold, "os:counsel"); err != nil {
+			if err := ReleaseHold(ctx, p.DB, p.Chain, roomHold, "os:counsel"); err != nil {
 				t.Fatal(err)
 			}
 			drain()
 			if q := queued(); len(q) != 4 || q[3] != "$held" {
 				t.Fatalf("after releasing the room hold: %v", q)
 			}
-			if err := ReleaseHold(ctx, p.db, p.chain, roomHold, "os:counsel"); err == nil {
+			if err := ReleaseHold(ctx, p.DB, p.Chain, roomHold, "os:counsel"); err == nil {
 				t.Fatal("a hold was released twice")
 			}
-			if err := ReleaseHold(ctx, p.db, p.chain, userHold, "os:counsel"); err != nil {
+			if err := ReleaseHold(ctx, p.DB, p.Chain, userHold, "os:counsel"); err != nil {
 				t.Fatal(err)
 			}
 			drain()
@@ -141,7 +143,7 @@ func TestExpiryPump(t *testing.T) {
 			}
 			// Holds are audited without their reasons.
 			holds := 0
-			for _, r := range p.exported(t) {
+			for _, r := range p.Records(t) {
 				if r["type"] == "hold" {
 					holds++
 				}
@@ -161,12 +163,12 @@ func TestExpiryPump(t *testing.T) {
 func TestRescheduleOnPolicyChange(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
-			t0 := p.clock.Now().UnixMilli()
+			t0 := p.Clock.Now().UnixMilli()
 			hour := int64(time.Hour / time.Millisecond)
-			if err := p.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-				return scheduleExpiries(ctx, p.db, tx, []Expiry{
+			if err := p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+				return scheduleExpiries(ctx, p.DB, tx, []Expiry{
 					{"$a1", "!a:h", "@u:h", t0, t0 + hour, 0}, {"$a2", "!a:h", "@u:h", t0 + 1000, t0 + 1000 + hour, 0},
 					{"$b1", "!b:h", "@u:h", t0, t0 + hour, 0},
 				})
@@ -175,7 +177,7 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 			}
 			due := func(id string) int64 {
 				var d int64
-				p.db.R.QueryRow(`SELECT due_at FROM expiry WHERE event_id = $1`, id).Scan(&d)
+				p.DB.R.QueryRow(`SELECT due_at FROM expiry WHERE event_id = $1`, id).Scan(&d)
 				return d
 			}
 			apply := func(yaml string) int64 {
@@ -183,7 +185,7 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				n, err := RescheduleExpiries(ctx, p.db, pol, p.clock.Now())
+				n, err := RescheduleExpiries(ctx, p.DB, pol, p.Clock.Now())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -202,7 +204,7 @@ func TestRescheduleOnPolicyChange(t *testing.T) {
 			}
 			// Retroactive keep: waiting messages are no longer expired.
 			if n := apply("version: 1\nrooms:\n  - room_id: \"!b:h\"\n    retention: 0\n    retroactive: true\n"); n != 1 ||
-				p.count(t, `SELECT COUNT(*) FROM expiry WHERE event_id = '$b1' AND state = 'cancelled'`) != 1 {
+				p.Count(t, `SELECT COUNT(*) FROM expiry WHERE event_id = '$b1' AND state = 'cancelled'`) != 1 {
 				t.Fatalf("retroactive keep changed %d", n)
 			}
 		})
@@ -229,15 +231,15 @@ func TestLifetimeText(t *testing.T) {
 func TestLifetimeNotices(t *testing.T) {
 	sk := ""
 	s := policy.Effective{Retention: config.Duration(72 * time.Hour), RoomRetention: policy.RoomRetentionHonour}
-	room := &RoomInfo{ID: "!r:h"}
-	create := &Event{ID: "$c", Type: "m.room.create", Sender: "@doc:h", StateKey: &sk, RoomID: "!r:h"}
+	room := &appservice.RoomInfo{ID: "!r:h"}
+	create := &appservice.Event{ID: "$c", Type: "m.room.create", Sender: "@doc:h", StateKey: &sk, RoomID: "!r:h"}
 	room.Apply(create)
 	room.State.Creator = "@doc:h"
 	if a, ok := lifetimeNotice(create, room, s); !ok || a.ActAs != "@doc:h" || !strings.Contains(a.Reason, "3 days") {
 		t.Fatalf("creation: %+v %v", a, ok)
 	}
-	retention := func(id string, ms int) *Event {
-		e := &Event{ID: id, Type: "m.room.retention", StateKey: &sk, RoomID: "!r:h",
+	retention := func(id string, ms int) *appservice.Event {
+		e := &appservice.Event{ID: id, Type: "m.room.retention", StateKey: &sk, RoomID: "!r:h",
 			Raw: json.RawMessage(`{"type":"m.room.retention","state_key":"","content":{"max_lifetime":` + strconv.Itoa(ms) + `}}`)}
 		room.Apply(e)
 		return e
@@ -254,7 +256,7 @@ func TestLifetimeNotices(t *testing.T) {
 	if _, ok := lifetimeNotice(retention("$looser", 20*86_400_000), room, s); ok {
 		t.Fatal("a looser wish changes nothing (the policy's 3 days stand)")
 	}
-	msg := &Event{ID: "$m", Type: "m.room.message", RoomID: "!r:h"}
+	msg := &appservice.Event{ID: "$m", Type: "m.room.message", RoomID: "!r:h"}
 	room.Apply(msg)
 	if _, ok := lifetimeNotice(msg, room, s); ok {
 		t.Fatal("a message is not a lifetime change")
@@ -262,24 +264,24 @@ func TestLifetimeNotices(t *testing.T) {
 
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			for _, r := range []struct{ id, aliases string }{{"!a:h", "#icu-1:h"}, {"!b:h", "#cafe:h"}} {
-				if _, err := p.db.W.Exec(`INSERT INTO room_state (room_id, creator, aliases, updated_at) VALUES ($1, '@doc:h', $2, 0)`, r.id, r.aliases); err != nil {
+				if _, err := p.DB.W.Exec(`INSERT INTO room_state (room_id, creator, aliases, updated_at) VALUES ($1, '@doc:h', $2, 0)`, r.id, r.aliases); err != nil {
 					t.Fatal(err)
 				}
 			}
-			p.exec(t, `INSERT INTO room_link (room_id, kind, value, verified_at) VALUES ('!a:h', 'alias', '#icu-1:h', 0)`)
+			p.Exec(t, `INSERT INTO room_link (room_id, kind, value, verified_at) VALUES ('!a:h', 'alias', '#icu-1:h', 0)`)
 			old, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\n"))
 			pol, _ := policy.Parse("p.yaml", []byte("version: 1\ndefaults:\n  retention: 30d\nrooms:\n  - alias: \"#icu-*:h\"\n    retention: 72h\n"))
-			n, err := NoticeLifetimeChanges(ctx, p.db, p.chain, old, pol)
+			n, err := NoticeLifetimeChanges(ctx, p.DB, p.Chain, old, pol)
 			if err != nil || n != 1 {
 				t.Fatalf("%d rooms told (%v), want 1", n, err)
 			}
-			if c := p.count(t, `SELECT COUNT(*) FROM job WHERE kind = 'notice' AND payload LIKE '%!a:h%' AND payload LIKE '%3 days%'`); c != 1 {
+			if c := p.Count(t, `SELECT COUNT(*) FROM job WHERE kind = 'notice' AND payload LIKE '%!a:h%' AND payload LIKE '%3 days%'`); c != 1 {
 				t.Fatalf("%d notices for !a:h", c)
 			}
-			if n, _ := NoticeLifetimeChanges(ctx, p.db, p.chain, pol, pol); n != 0 {
+			if n, _ := NoticeLifetimeChanges(ctx, p.DB, p.Chain, pol, pol); n != 0 {
 				t.Fatalf("the same policy again told %d rooms", n)
 			}
 		})
@@ -291,18 +293,18 @@ func TestLifetimeNotices(t *testing.T) {
 func TestPurgeBound(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
+			p := apptest.New(t, dbType)
 			ctx := context.Background()
 			// The homeserver's timestamps are what count; receipt here is
 			// a day later, as after an outage.
 			ins := func(id, room, state string, origin int64) {
-				if _, err := p.db.W.Exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES ($1, $2, '@u:h', $3, 0, $4, $5)`,
+				if _, err := p.DB.W.Exec(`INSERT INTO expiry (event_id, room_id, sender, received_at, due_at, state, origin_ts) VALUES ($1, $2, '@u:h', $3, 0, $4, $5)`,
 					id, room, origin+86_400_000, state, origin); err != nil {
 					t.Fatal(err)
 				}
 			}
 			bound := func(room string) (int64, bool) {
-				v, ok, err := purgeBound(ctx, p.db, room)
+				v, ok, err := purgeBound(ctx, p.DB, room)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -327,7 +329,7 @@ func TestPurgeBound(t *testing.T) {
 			if v, ok := bound("!c:h"); ok {
 				t.Fatalf("purged up to %d past a message of unknown timestamp", v)
 			}
-			if _, err := PlaceHold(ctx, p.db, p.chain, "", "@someone:h", "case", "os:counsel"); err != nil {
+			if _, err := PlaceHold(ctx, p.DB, p.Chain, "", "@someone:h", "case", "os:counsel"); err != nil {
 				t.Fatal(err)
 			}
 			if _, ok := bound("!a:h"); ok {

@@ -1,8 +1,13 @@
-package appservice
+package enforce
 
 import (
+	"context"
 	"strings"
 	"testing"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // What "needs attention" means, one definition for rooms, status, the gauge
@@ -32,5 +37,28 @@ func TestRoomNeedsAttention(t *testing.T) {
 		if got := strings.Join(r.Attention(), "; "); got != c.want || r.NeedsAttention() != (c.want != "") {
 			t.Errorf("%s: %q (needs attention %v), want %q", c.name, got, r.NeedsAttention(), c.want)
 		}
+	}
+}
+
+// The status report's room counts: a room the dispatcher saw, which the
+// example policy wants encrypted and is not, needs attention.
+func TestRoomCounts(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := apptest.New(t, dbType)
+			if code := p.Put(t, "t1", map[string]any{"event_id": "$e", "room_id": "!r:hs", "sender": "@u:hs", "type": "m.room.encrypted",
+				"origin_server_ts": 5, "content": map[string]any{}}); code != 200 {
+				t.Fatal(code)
+			}
+			p.Dispatch(t)
+			pol, err := policy.Parse("p.yaml", policy.Example())
+			if err != nil {
+				t.Fatal(err)
+			}
+			rooms, attention, err := RoomCounts(context.Background(), p.DB, pol)
+			if err != nil || rooms != 1 || attention != 1 {
+				t.Fatalf("RoomCounts = %d, %d, %v; want 1, 1", rooms, attention, err)
+			}
+		})
 	}
 }

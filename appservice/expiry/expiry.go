@@ -1,4 +1,4 @@
-package appservice
+package expiry
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -38,7 +38,7 @@ const reasonExpired = "This room's message lifetime has ended."
 // (policy's, tightened by the room's own m.room.retention).
 // The time counts from when the service received it, not from the event's
 // own timestamp, which its sender's client sets.
-func expiryFor(ev *Event, s policy.Effective, room policy.RoomState) (Expiry, bool) {
+func expiryFor(ev *appservice.Event, s policy.Effective, room policy.RoomState) (Expiry, bool) {
 	life := s.Lifetime(room.MaxLifetime)
 	if life <= 0 || ev.StateKey != nil || ev.Type == "m.room.redaction" || ev.ReceivedAt == 0 {
 		return Expiry{}, false
@@ -65,20 +65,20 @@ func scheduleExpiries(ctx context.Context, db *store.DB, tx *sql.Tx, list []Expi
 	return nil
 }
 
-// ExpiryPump moves expiries that have come due into the job table, oldest
+// Pump moves expiries that have come due into the job table, oldest
 // first, a page at a time (memory stays flat however many are pending), and
 // parks those under a legal hold. After downtime it catches up from the
 // oldest; the job runner then redacts with its concurrency and backoff.
-type ExpiryPump struct {
+type Pump struct {
 	DB   *store.DB
-	Now  Clock
+	Now  appservice.Clock
 	Wake func() // the job runner's
 	Page int
 	Log  zerolog.Logger
 }
 
 // Run pumps until ctx ends: at the next due time, or at least once a second.
-func (p *ExpiryPump) Run(ctx context.Context) {
+func (p *Pump) Run(ctx context.Context) {
 	for {
 		n, err := p.Once(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -100,7 +100,7 @@ func (p *ExpiryPump) Run(ctx context.Context) {
 	}
 }
 
-func (p *ExpiryPump) page() int {
+func (p *Pump) page() int {
 	if p.Page <= 0 {
 		return 500
 	}
@@ -108,7 +108,7 @@ func (p *ExpiryPump) page() int {
 }
 
 // Once queues one page of due expiries and returns how many it took.
-func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
+func (p *Pump) Once(ctx context.Context) (int, error) {
 	now := p.Now()
 	type due struct {
 		id, room, sender string
@@ -137,7 +137,7 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 		if err != nil {
 			return err
 		}
-		var jobs []JobSpec
+		var jobs []appservice.JobSpec
 		var queued, held []any
 		for _, d := range page {
 			if holds.rooms[d.room] || holds.users[d.sender] {
@@ -145,8 +145,8 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 				continue
 			}
 			queued = append(queued, d.received, d.id)
-			payload, _ := json.Marshal(actionPayload{Room: d.room, EventID: d.id, ActAs: d.sender, Reason: reasonExpired})
-			jobs = append(jobs, JobSpec{Kind: JobExpire, DedupeKey: "expire:" + d.id, Payload: payload})
+			payload, _ := json.Marshal(appservice.ActionPayload{Room: d.room, EventID: d.id, ActAs: d.sender, Reason: reasonExpired})
+			jobs = append(jobs, appservice.JobSpec{Kind: JobExpire, DedupeKey: "expire:" + d.id, Payload: payload})
 		}
 		for _, set := range []struct {
 			state string
@@ -163,7 +163,7 @@ func (p *ExpiryPump) Once(ctx context.Context) (int, error) {
 				return err
 			}
 		}
-		return Enqueue(ctx, p.DB, tx, now, jobs...)
+		return appservice.Enqueue(ctx, p.DB, tx, now, jobs...)
 	})
 	if err != nil {
 		return 0, err
@@ -214,13 +214,15 @@ func activeHolds(ctx context.Context, db *store.DB, tx *sql.Tx) (holdSet, error)
 // JobPurge purges a room's expired history on Synapse.
 const JobPurge = "purge_history"
 
-// RegisterExpiry handles expire jobs: a redaction as the sender, like
+// expiryHandlers handle expire jobs: a redaction as the sender, like
 // policy's own redactions. With purge (Synapse), each room whose messages
 // expire also gets, at most once an hour, a purge of its history up to the
 // newest message that has expired.
-func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot string) {
-	r.Handle(JobExpire, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[actionPayload](j)
+func expiryHandlers(env appservice.Env, hs Redactor, purge, asBot bool) map[string]appservice.Handler {
+	bot := env.BotUser
+	jobs := map[string]appservice.Handler{}
+	jobs[JobExpire] = func(ctx context.Context, j *appservice.Job) error {
+		p, err := appservice.DecodePayload[appservice.ActionPayload](j)
 		if err != nil {
 			return err
 		}
@@ -228,7 +230,7 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 		err = errors.New("not tried")
 		// A remote sender's message: the service cannot act as them, only
 		// the bot can redact it (with the power to).
-		remote := !SameServer(p.ActAs, bot)
+		remote := !appservice.SameServer(p.ActAs, bot)
 		if asBot || remote {
 			err = hs.Redact(ctx, bot, p.Room, p.EventID, p.Reason, txn)
 		}
@@ -237,29 +239,36 @@ func RegisterExpiry(r *Runner, hs *homeserver.Client, purge, asBot bool, bot str
 			err = hs.Redact(ctx, p.ActAs, p.Room, p.EventID, p.Reason, txn+"-sender")
 		}
 		if remote && errors.Is(err, mautrix.MForbidden) {
-			return Permanent(fmt.Errorf("the bot may not redact a remote member's message here: %w", err))
+			return appservice.Permanent(fmt.Errorf("the bot may not redact a remote member's message here: %w", err))
 		}
 		if err != nil || !purge {
 			return err
 		}
-		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
-			hour := r.now().Truncate(time.Hour)
-			payload, _ := json.Marshal(actionPayload{Room: p.Room, ActAs: bot, Reason: "expired history"})
-			return Enqueue(ctx, r.db, tx, r.now(), JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, hour.Unix()),
+		return env.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			hour := env.Now().Truncate(time.Hour)
+			payload, _ := json.Marshal(appservice.ActionPayload{Room: p.Room, ActAs: bot, Reason: "expired history"})
+			return appservice.Enqueue(ctx, env.DB, tx, env.Now(), appservice.JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, hour.Unix()),
 				Payload: payload, DueAt: hour.Add(time.Hour)})
 		})
-	})
-	r.Handle(JobPurge, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[actionPayload](j)
+	}
+	jobs[JobPurge] = func(ctx context.Context, j *appservice.Job) error {
+		p, err := appservice.DecodePayload[appservice.ActionPayload](j)
 		if err != nil {
 			return err
 		}
-		upTo, ok, err := purgeBound(ctx, r.db, p.Room)
+		upTo, ok, err := purgeBound(ctx, env.DB, p.Room)
 		if err != nil || !ok {
 			return err
 		}
 		return hs.PurgeHistory(ctx, p.ActAs, p.Room, upTo)
-	})
+	}
+	return jobs
+}
+
+// Redactor is what expiry needs of the homeserver.
+type Redactor interface {
+	Redact(ctx context.Context, user, room, eventID, reason, txnID string) error
+	PurgeHistory(ctx context.Context, user, room string, upTo int64) error
 }
 
 // purgeBound is how far a room's history may be purged, in the homeserver's
@@ -305,7 +314,7 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 // instead: it confirms the room's state and holds a change that would end
 // too many messages at once, so a policy reload is no way around that.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, now time.Time) (int64, error) {
-	links, err := LoadRoomLinks(ctx, db)
+	links, err := appservice.LoadRoomLinks(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -320,7 +329,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, n
 		retroactive bool
 	}
 	var changes []change
-	var confirm []JobSpec
+	var confirm []appservice.JobSpec
 	for rows.Next() {
 		var room, aliases, spaces, creator string
 		var roomMax int64
@@ -328,14 +337,14 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, n
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(StoredRoom(room, aliases, spaces, links))
+		eff := pol.For(appservice.StoredRoom(room, aliases, spaces, links))
 		life := eff.Lifetime(0)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})
 		}
 		if own := eff.Lifetime(roomMax); own > 0 && (life == 0 || own < life) {
-			payload, _ := json.Marshal(actionPayload{Room: room, ActAs: creator, Value: strconv.FormatInt(roomMax, 10)})
-			confirm = append(confirm, JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:policy:" + pol.Hash + ":" + room, Payload: payload, DryRun: eff.DryRun})
+			payload, _ := json.Marshal(appservice.ActionPayload{Room: room, ActAs: creator, Value: strconv.FormatInt(roomMax, 10)})
+			confirm = append(confirm, appservice.JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:policy:" + pol.Hash + ":" + room, Payload: payload, DryRun: eff.DryRun})
 		}
 	}
 	rows.Close()
@@ -344,7 +353,7 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, n
 	}
 	var moved int64
 	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		if err := Enqueue(ctx, db, tx, now, confirm...); err != nil {
+		if err := appservice.Enqueue(ctx, db, tx, now, confirm...); err != nil {
 			return err
 		}
 		for _, c := range changes {
@@ -396,12 +405,12 @@ func lifetimeText(d time.Duration) string {
 // lifetimeNotice decides whether members should be told the room's message
 // lifetime: when the room is created with one, and when the room's own
 // m.room.retention changes it. (Policy changes are told by NoticeLifetimeChanges.)
-func lifetimeNotice(ev *Event, room *RoomInfo, s policy.Effective) (policy.Action, bool) {
+func lifetimeNotice(ev *appservice.Event, room *appservice.RoomInfo, s policy.Effective) (policy.Action, bool) {
 	lifetime := func(roomMax int64) time.Duration { return s.Lifetime(roomMax) }
 	now := lifetime(room.State.MaxLifetime)
 	switch {
 	case ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" && now > 0:
-	case room.retentionChanged && lifetime(room.prevMaxLifetime) != now:
+	case retentionChanged(room) && lifetime(prevLifetime(room)) != now:
 	default:
 		return policy.Action{}, false
 	}

@@ -1,44 +1,25 @@
-package appservice
+package enforce
 
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
+	"fmt"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
 
-// strictDecider puts the pipeline under the built-in (strict) policy.
-func (p *pipeline) strictDecider(t *testing.T) { p.policyDecider(t, "version: 1\n") }
-
-// policyDecider puts the pipeline under a policy and returns its holder.
-func (p *pipeline) policyDecider(t *testing.T, yaml string) *PolicyHolder {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	holder, err := NewPolicyHolder(context.Background(), path, p.db, p.chain, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.disp = NewDispatcher(p.db, p.chain, &PolicyDecider{Policy: holder, Bot: "@hipaa:h", Keys: p.chain.Keys()}, p.m, zerolog.Nop(), p.runner.Wake)
-	return holder
-}
-
 type queued struct {
 	Kind    string
-	Payload actionPayload
+	Payload appservice.ActionPayload
 }
 
-func (p *pipeline) queuedJobs(t *testing.T) []queued {
+func queuedJobs(t *testing.T, p *apptest.Pipeline) []queued {
 	t.Helper()
-	rows, err := p.db.R.Query(`SELECT kind, payload FROM job ORDER BY id`)
+	rows, err := p.DB.R.Query(`SELECT kind, payload FROM job ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,32 +47,33 @@ func (p *pipeline) queuedJobs(t *testing.T) []queued {
 func TestHostileRemoteFloodOfBackdatedPlaintext(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			p := newPipeline(t, dbType)
-			p.strictDecider(t)
+			p := apptest.New(t, dbType)
+			p.UsePolicy(t, "version: 1\n")
+			p.Add(t, New(p.Env()))
 			room := "!ward:h"
 			evs := []map[string]any{
-				stateEvent("$create", room, "@alice:h", "m.room.create", "", map[string]any{"room_version": "10"}),
-				stateEvent("$enc", room, "@alice:h", "m.room.encryption", "", map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}),
+				apptest.State("$create", room, "@alice:h", "m.room.create", "", map[string]any{"room_version": "10"}),
+				apptest.State("$enc", room, "@alice:h", "m.room.encryption", "", map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}),
 			}
 			const flood = 50
 			for i := range flood {
-				e := msgEvent(ids("flood", flood)[i], room, "@mallory:evil.example", "plaintext")
+				e := apptest.Message(fmt.Sprintf("$flood%d", i), room, "@mallory:evil.example", "plaintext")
 				e["origin_server_ts"] = int64(i) * 3_600_000 // an hour apart, by its own clock
 				evs = append(evs, e)
 			}
-			if rec := p.put(t, "t1", txnBodyOf(evs...)); rec.Code != 200 {
-				t.Fatal(rec.Code)
+			if code := p.Put(t, "t1", evs...); code != 200 {
+				t.Fatal(code)
 			}
 			// A room a remote user created, found on its first message.
 			remoteRoom := "!theirs:evil.example"
-			if rec := p.put(t, "t2", txnBodyOf(stateEvent("$rcreate", remoteRoom, "@mallory:evil.example", "m.room.create", "", map[string]any{"room_version": "10"}))); rec.Code != 200 {
-				t.Fatal(rec.Code)
+			if code := p.Put(t, "t2", apptest.State("$rcreate", remoteRoom, "@mallory:evil.example", "m.room.create", "", map[string]any{"room_version": "10"})); code != 200 {
+				t.Fatal(code)
 			}
-			if _, err := p.disp.DispatchBatch(context.Background()); err != nil {
+			if _, err := p.Disp.DispatchBatch(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			var redactions, notices int
-			for _, j := range p.queuedJobs(t) {
+			for _, j := range queuedJobs(t, p) {
 				switch j.Kind {
 				case "redact":
 					redactions++
@@ -114,15 +96,15 @@ func TestHostileRemoteFloodOfBackdatedPlaintext(t *testing.T) {
 			}
 			// The same again eleven minutes later (by the service's clock) is
 			// told once more.
-			p.clock.Advance(11 * time.Minute)
-			if rec := p.put(t, "t3", txnBodyOf(msgEvent("$later", room, "@mallory:evil.example", "again"))); rec.Code != 200 {
-				t.Fatal(rec.Code)
+			p.Clock.Advance(11 * time.Minute)
+			if code := p.Put(t, "t3", apptest.Message("$later", room, "@mallory:evil.example", "again")); code != 200 {
+				t.Fatal(code)
 			}
-			if _, err := p.disp.DispatchBatch(context.Background()); err != nil {
+			if _, err := p.Disp.DispatchBatch(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			notices = 0
-			for _, j := range p.queuedJobs(t) {
+			for _, j := range queuedJobs(t, p) {
 				if j.Kind == "notice" {
 					notices++
 				}

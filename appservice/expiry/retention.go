@@ -1,4 +1,4 @@
-package appservice
+package expiry
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"maunium.net/go/mautrix"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -30,17 +31,17 @@ const JobRoomRetention = "room_retention"
 // own. (Not only when shorter than the room's last value: that may have
 // been one the homeserver never confirmed. The job moves only what is
 // still due later, so a repeat changes nothing.)
-func retentionChangeJob(ev *Event, room *RoomInfo, s policy.Effective) (JobSpec, bool) {
-	if (ev.Type != "m.room.retention" && ev.Type != "m.room.redaction") || !room.retentionChanged {
-		return JobSpec{}, false
+func retentionChangeJob(ev *appservice.Event, room *appservice.RoomInfo, s policy.Effective) (appservice.JobSpec, bool) {
+	if (ev.Type != "m.room.retention" && ev.Type != "m.room.redaction") || !retentionChanged(room) {
+		return appservice.JobSpec{}, false
 	}
 	own, after := s.Lifetime(0), s.Lifetime(room.State.MaxLifetime)
 	undo := ev.Type == "m.room.redaction" // the retention event redacted: MaxLifetime is 0 again
 	if !undo && (after <= 0 || (own > 0 && after >= own)) {
-		return JobSpec{}, false
+		return appservice.JobSpec{}, false
 	}
-	payload, _ := json.Marshal(actionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Value: strconv.FormatInt(room.State.MaxLifetime, 10), Since: ev.ReceivedAt})
-	return JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:" + ev.ID, Payload: payload, DryRun: s.DryRun}, true
+	payload, _ := json.Marshal(appservice.ActionPayload{Room: ev.RoomID, EventID: ev.ID, ActAs: ev.Sender, Value: strconv.FormatInt(room.State.MaxLifetime, 10), Since: ev.ReceivedAt})
+	return appservice.JobSpec{Kind: JobRoomRetention, DedupeKey: "room_retention:" + ev.ID, Payload: payload, DryRun: s.DryRun}, true
 }
 
 // RetentionStateReader reads a room's current state event.
@@ -48,25 +49,26 @@ type RetentionStateReader interface {
 	StateContent(ctx context.Context, user, room, eventType, stateKey string) (map[string]any, error)
 }
 
-// RegisterRoomRetention handles room_retention jobs. Each outcome is a
+// roomRetentionHandler handles room_retention jobs. Each outcome is a
 // policy.decision record (action retention_change): not-confirmed (denied),
 // held (with how many messages it would end at once), applied or confirmed
 // (with how many it brought forward).
-func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *policy.Policy, m *Metrics, bot string) {
-	r.Handle(JobRoomRetention, func(ctx context.Context, j *Job) error {
-		p, err := DecodePayload[actionPayload](j)
+func roomRetentionHandler(env appservice.Env, hs RetentionStateReader) appservice.Handler {
+	pol, m, bot := env.Policy, env.Metrics, env.BotUser
+	return func(ctx context.Context, j *appservice.Job) error {
+		p, err := appservice.DecodePayload[appservice.ActionPayload](j)
 		if err != nil {
 			return err
 		}
 		want, err := strconv.ParseInt(p.Value, 10, 64)
 		if err != nil {
-			return Permanent(fmt.Errorf("bad job payload: %w", err))
+			return appservice.Permanent(fmt.Errorf("bad job payload: %w", err))
 		}
-		creator, aliases, spaces, err := roomClaims(ctx, r.db, p.Room)
+		creator, aliases, spaces, err := appservice.RoomClaims(ctx, env.DB, p.Room)
 		if err != nil {
 			return err
 		}
-		content, err := firstAllowed(localActors(bot, creator, p.ActAs), func(u string) (map[string]any, error) {
+		content, err := appservice.FirstAllowed(appservice.LocalActors(bot, creator, p.ActAs), func(u string) (map[string]any, error) {
 			return hs.StateContent(ctx, u, p.Room, "m.room.retention", "")
 		})
 		var confirmed int64
@@ -82,31 +84,31 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 			return err
 		}
 		cur := pol()
-		keys := r.chain.Keys()
+		keys := env.Chain.Keys()
 		rec := &audit.Record{Type: audit.TypePolicyDecision, Outcome: audit.OutcomeSuccess, Room: keys.Room(p.Room), EventID: p.EventID,
 			EventType: "m.room.retention", Action: "retention_change", PolicyVersion: cur.Hash}
-		links, err := RoomLinksOf(ctx, r.db, p.Room)
+		links, err := appservice.RoomLinksOf(ctx, env.DB, p.Room)
 		if err != nil {
 			return err
 		}
-		eff := cur.For(policyRoom(p.Room, aliases, spaces, links))
+		eff := cur.For(appservice.PolicyRoom(p.Room, aliases, spaces, links))
 		if confirmed != want {
 			// Soft-failed, resolved away or redacted: undo what the change
 			// did to the messages received since, which took its lifetime.
 			// They get what the room's current state gives.
 			rec.Outcome, rec.Detail = audit.OutcomeDenied, "not-confirmed"
 			life := eff.Lifetime(max(confirmed, 0)).Milliseconds()
-			return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			return env.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 				q, args := `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND received_at >= $3`, []any{life, p.Room, p.Since}
 				if life <= 0 {
 					q, args = `UPDATE expiry SET state = 'cancelled' WHERE room_id = $1 AND state = 'pending' AND received_at >= $2`, []any{p.Room, p.Since}
 				}
-				res, err := r.db.Exec(ctx, tx, q, args...)
+				res, err := env.DB.Exec(ctx, tx, q, args...)
 				if err != nil {
 					return err
 				}
 				rec.Count, _ = res.RowsAffected()
-				return r.chain.Append(ctx, tx, rec)
+				return env.Chain.Append(ctx, tx, rec)
 			})
 		}
 		life := eff.Lifetime(want).Milliseconds()
@@ -114,48 +116,52 @@ func RegisterRoomRetention(r *Runner, hs RetentionStateReader, pol func() *polic
 			// The room's retention is gone (its event redacted): every
 			// waiting message gets the policy's lifetime back.
 			rec.Detail = "undone"
-			return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			return env.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
 				q, args := `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at < received_at + $1`, []any{life, p.Room}
 				if life <= 0 {
 					q, args = `UPDATE expiry SET state = 'cancelled' WHERE room_id = $1 AND state = 'pending'`, []any{p.Room}
 				}
-				res, err := r.db.Exec(ctx, tx, q, args...)
+				res, err := env.DB.Exec(ctx, tx, q, args...)
 				if err != nil {
 					return err
 				}
 				rec.Count, _ = res.RowsAffected()
-				return r.chain.Append(ctx, tx, rec)
+				return env.Chain.Append(ctx, tx, rec)
 			})
 		}
 		if life <= 0 {
 			return nil
 		}
-		at := r.now()
+		at := env.Now()
 		var atOnce int64
-		if err := r.db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND state = 'pending' AND received_at + $2 <= $3 AND due_at > $3`,
+		if err := env.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM expiry WHERE room_id = $1 AND state = 'pending' AND received_at + $2 <= $3 AND due_at > $3`,
 			p.Room, life, at.UnixMilli()).Scan(&atOnce); err != nil {
 			return err
 		}
 		over := atOnce > int64(cur.ChangeLimit())
 		if wait := policy.RetentionChangeDelay - at.Sub(j.Created); over && wait > 0 {
 			rec.Outcome, rec.Detail, rec.Count = audit.OutcomeDenied, "held", atOnce
-			if err := r.chain.AppendTx(ctx, r.db, rec); err != nil {
+			if err := env.Chain.AppendTx(ctx, env.DB, rec); err != nil {
 				return err
 			}
 			m.RetentionHeld.Inc()
-			return RetryLater(wait, fmt.Errorf("held: would end %d messages at once", atOnce))
+			return appservice.RetryLater(wait, fmt.Errorf("held: would end %d messages at once", atOnce))
 		}
 		rec.Detail = "applied"
 		if over {
 			rec.Detail = "confirmed" // held, waited, and the room still says so
 		}
-		return r.db.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
-			res, err := r.db.Exec(ctx, tx, `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`, life, p.Room)
+		return env.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
+			res, err := env.DB.Exec(ctx, tx, `UPDATE expiry SET due_at = received_at + $1 WHERE room_id = $2 AND state = 'pending' AND due_at > received_at + $1`, life, p.Room)
 			if err != nil {
 				return err
 			}
 			rec.Count, _ = res.RowsAffected()
-			return r.chain.Append(ctx, tx, rec)
+			return env.Chain.Append(ctx, tx, rec)
 		})
-	})
+	}
 }
+
+func retentionChanged(room *appservice.RoomInfo) bool { _, ok := room.RetentionChanged(); return ok }
+
+func prevLifetime(room *appservice.RoomInfo) int64 { prev, _ := room.RetentionChanged(); return prev }

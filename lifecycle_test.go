@@ -1,4 +1,4 @@
-package appservice
+package main
 
 import (
 	"context"
@@ -17,23 +17,22 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// Every goroutine the service starts (servers, dispatcher, runner, pumps,
-// sweepers, watchers, the bot, exporters, keep-alive) has ended when Run
-// returns: service.stop is written and the database closed after them.
-func TestServiceStopLeavesNoGoroutines(t *testing.T) {
+// The whole service as `run` assembles it (engine, every feature, the admin
+// API and the management room, a roster file) leaves no goroutine behind
+// when it stops: each is joined before service.stop is written and the
+// database closed.
+func TestRunLeavesNoGoroutines(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	dir := t.TempDir()
-	as, metrics := freePort(t), freePort(t)
+	port := func() int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	as, metrics, adminPort := port(), port(), port()
 	text := string(config.Example())
 	for old, repl := range map[string]string{
 		"  address: http://127.0.0.1:8008\n": "  address: http://127.0.0.1:1\n", // a homeserver that never answers
@@ -42,6 +41,9 @@ func TestServiceStopLeavesNoGoroutines(t *testing.T) {
 		"  listen: 127.0.0.1:29330\n":        fmt.Sprintf("  listen: 127.0.0.1:%d\n", as),
 		"  url: http://127.0.0.1:29330\n":    fmt.Sprintf("  url: http://127.0.0.1:%d\n", as),
 		"  listen: 127.0.0.1:29331\n":        fmt.Sprintf("  listen: 127.0.0.1:%d\n", metrics),
+		"  listen: \"\"\n  token: \"\"\n":    fmt.Sprintf("  listen: 127.0.0.1:%d\n  token: %q\n", adminPort, strings.Repeat("t", 40)),
+		"  room: \"\"\n  users: []\n":        "  room: \"!mgmt:hospital.test\"\n  users: [\"@admin:hospital.test\"]\n",
+		"roster: \"\"\n":                     "roster: roster.yaml\n",
 	} {
 		if !strings.Contains(text, old) {
 			t.Fatalf("example config lacks %q", old)
@@ -51,6 +53,7 @@ func TestServiceStopLeavesNoGoroutines(t *testing.T) {
 	path := filepath.Join(dir, "config.yaml")
 	os.WriteFile(path, []byte(text), 0o600)
 	os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600)
+	os.WriteFile(filepath.Join(dir, "roster.yaml"), []byte("clinicians: []\n"), 0o600)
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
@@ -59,22 +62,20 @@ func TestServiceStopLeavesNoGoroutines(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := New(ctx, cfg, zerolog.Nop(), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
+	go func() { done <- serve(ctx, cfg, zerolog.Nop()) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", as)); err == nil {
-			c.Close()
-			break
+	for _, p := range []int{as, adminPort} {
+		for {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("nothing listening on %d", p)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the service did not start listening")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(1500 * time.Millisecond) // let every loop take a turn
 	cancel()
@@ -84,10 +85,9 @@ func TestServiceStopLeavesNoGoroutines(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return")
+		t.Fatal("the service did not stop")
 	}
 	goleak.VerifyNone(t, before,
-		// The process-wide signal watcher, started by the first signal.Notify.
 		goleak.IgnoreTopFunction("os/signal.signal_recv"),
 		goleak.IgnoreTopFunction("os/signal.loop"))
 }

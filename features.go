@@ -1,0 +1,29 @@
+package main
+
+import (
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
+)
+
+// installFeatures puts the features on the engine. The order is the order
+// the engine consults them in (docs/architecture.md), and it decides the
+// order of the jobs and audit records one event leads to, which
+// TestDecisionsUnchanged holds fixed:
+//   - identity first: an invite or join is checked against the roster;
+//   - expiry: a message's lifetime is scheduled, and members told of it,
+//     before the rules act;
+//   - enforce: the rules' actions; it is also the Enroller that brings
+//     known rooms under a new policy, before expiry's notices of it;
+//   - sessions: wipes and idle logoff decide nothing per event.
+func installFeatures(svc *appservice.Service) error {
+	env := svc.Env()
+	return svc.Add(
+		identity.New(env),
+		expiry.New(env),
+		enforce.New(env),
+		sessions.New(env),
+	)
+}
