@@ -297,12 +297,6 @@ type Runner struct {
 // transaction that records it; an error rolls that transaction back.
 type OutcomeHook func(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error
 
-// DB, Chain and Now are the runner's database, audit chain and clock, for
-// handlers that record what they did.
-func (r *Runner) DB() *store.DB       { return r.db }
-func (r *Runner) Chain() *audit.Chain { return r.chain }
-func (r *Runner) Now() time.Time      { return r.now() }
-
 // OnOutcome adds a hook that runs in the transaction recording each job's
 // final state ("done" or "failed"), after those added before it.
 func (r *Runner) OnOutcome(f OutcomeHook) {

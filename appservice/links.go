@@ -27,23 +27,23 @@ type RoomLinks struct{ Aliases, Spaces []string }
 
 // storedRoom is policyRoom for a room as room_state stores it: aliases and
 // spaces as stored lists, and the confirmed links of every room.
-func StoredRoom(id, aliases, spaces string, links map[string]RoomLinks) policy.Room {
-	return PolicyRoom(id, splitList(aliases), splitList(spaces), links[id])
+func storedRoom(id, aliases, spaces string, links map[string]RoomLinks) policy.Room {
+	return policyRoom(id, splitList(aliases), splitList(spaces), links[id])
 }
 
-// PolicyRoom is a room as policy matches it: what its state claims, and
+// policyRoom is a room as policy matches it: what its state claims, and
 // what of that (or of earlier claims still true) the homeserver confirmed.
-func PolicyRoom(id string, aliases, spaces []string, l RoomLinks) policy.Room {
+func policyRoom(id string, aliases, spaces []string, l RoomLinks) policy.Room {
 	return policy.Room{ID: id, Aliases: aliases, Spaces: spaces, VerifiedAliases: l.Aliases, VerifiedSpaces: l.Spaces}
 }
 
-// LoadRoomLinks reads every room's confirmed links.
-func LoadRoomLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, error) {
+// loadRoomLinks reads every room's confirmed links.
+func loadRoomLinks(ctx context.Context, db *store.DB) (map[string]RoomLinks, error) {
 	return queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link ORDER BY room_id, kind, value`)
 }
 
-// RoomLinksOf reads one room's confirmed links.
-func RoomLinksOf(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
+// roomLinksOf reads one room's confirmed links.
+func roomLinksOf(ctx context.Context, db *store.DB, room string) (RoomLinks, error) {
 	m, err := queryLinks(ctx, db, `SELECT room_id, kind, value FROM room_link WHERE room_id = $1 ORDER BY kind, value`, room)
 	return m[room], err
 }
@@ -80,7 +80,7 @@ type Links struct {
 
 // LoadLinks reads the confirmed links into memory.
 func LoadLinks(ctx context.Context, db *store.DB) (*Links, error) {
-	m, err := LoadRoomLinks(ctx, db)
+	m, err := loadRoomLinks(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +151,7 @@ func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot st
 		if err != nil {
 			return err
 		}
-		creator, knownAliases, knownSpaces, err := RoomClaims(ctx, r.db, p.Room)
+		creator, knownAliases, knownSpaces, err := roomClaims(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}
@@ -167,7 +167,7 @@ func RegisterLinkVerification(r *Runner, hs LinkHomeserver, links *Links, bot st
 		default:
 			return err
 		}
-		prev, err := RoomLinksOf(ctx, r.db, p.Room)
+		prev, err := roomLinksOf(ctx, r.db, p.Room)
 		if err != nil {
 			return err
 		}
@@ -249,7 +249,7 @@ func claimedLinks(state []json.RawMessage) (aliases, spaces []string) {
 // m.space.child for it with a via list), read as a local member of the space:
 // its creator if the service knows it, whoever triggered the check, or the bot.
 func spaceLists(ctx context.Context, db *store.DB, hs LinkHomeserver, bot, actAs, space, room string) (bool, error) {
-	creator, _, _, err := RoomClaims(ctx, db, space)
+	creator, _, _, err := roomClaims(ctx, db, space)
 	if err != nil {
 		return false, err
 	}

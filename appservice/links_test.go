@@ -111,7 +111,7 @@ func TestHostileClaimedLinksAreVerified(t *testing.T) {
 			if fmt.Sprint(got.Aliases) != "[#icu-1:h]" || len(got.Spaces) != 0 {
 				t.Fatalf("after the space dropped the room: %+v", got)
 			}
-			fresh, _ := LoadRoomLinks(ctx, p.db)
+			fresh, _ := loadRoomLinks(ctx, p.db)
 			if fmt.Sprint(fresh[room]) != fmt.Sprint(got) {
 				t.Fatalf("stored %+v, in memory %+v", fresh[room], got)
 			}

@@ -44,7 +44,7 @@ func (r *RoomInfo) Fresh() bool { return r.fresh }
 // PolicyRoom is the room as policy matches it: its claims, and of them
 // what links (from room_link) confirms.
 func (r *RoomInfo) PolicyRoom(links RoomLinks) policy.Room {
-	return PolicyRoom(r.ID, r.Aliases, r.Spaces, links)
+	return policyRoom(r.ID, r.Aliases, r.Spaces, links)
 }
 
 // Apply updates the room from one event, if it is a state event that matters.
@@ -185,10 +185,10 @@ func LoadRooms(ctx context.Context, db *store.DB, ids []string) (map[string]*Roo
 	return out, nil
 }
 
-// RoomClaims is a room's creator and the aliases and parent spaces its
+// roomClaims is a room's creator and the aliases and parent spaces its
 // state claims, as the dispatcher last stored them (none for a room it does
 // not know).
-func RoomClaims(ctx context.Context, db *store.DB, room string) (creator string, aliases, spaces []string, err error) {
+func roomClaims(ctx context.Context, db *store.DB, room string) (creator string, aliases, spaces []string, err error) {
 	var a, s string
 	err = db.R.QueryRowContext(ctx, `SELECT creator, aliases, spaces FROM room_state WHERE room_id = $1`, room).Scan(&creator, &a, &s)
 	if err == sql.ErrNoRows {

@@ -68,7 +68,7 @@ func (r *RoomReport) NeedsAttention() bool { return len(r.Attention()) > 0 }
 
 // ListRooms reports every room the service knows, sorted by ID.
 func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomReport, error) {
-	links, err := appservice.LoadRoomLinks(ctx, db)
+	known, err := appservice.LoadKnownRooms(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -81,21 +81,12 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		}
 		return r
 	}
-	err = queryEach(ctx, db, `SELECT room_id, encrypted, join_rule, guest_access, aliases, spaces FROM room_state`, func(rows *sql.Rows) error {
-		var id, jr, ga, aliases, spaces string
-		var enc bool
-		if err := rows.Scan(&id, &enc, &jr, &ga, &aliases, &spaces); err != nil {
-			return err
-		}
-		r := get(id)
-		r.Encrypted, r.JoinRule, r.GuestAccess = enc, jr, ga
-		eff := pol.For(appservice.StoredRoom(id, aliases, spaces, links))
+	for _, k := range known.All() {
+		r := get(k.ID)
+		r.Encrypted, r.JoinRule, r.GuestAccess = k.Encrypted, k.JoinRule, k.GuestAccess
+		eff := pol.For(k.Policy)
 		r.EncryptionRequired = eff.Encryption == policy.EncryptionRequired
 		r.PublicForbidden, r.GuestsForbidden = eff.PublicRooms == policy.Forbid, eff.GuestAccess == policy.Forbid
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	err = queryEach(ctx, db, `SELECT room_id, power, needed FROM room_bot`, func(rows *sql.Rows) error {
 		var id string

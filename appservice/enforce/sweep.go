@@ -16,11 +16,7 @@ import (
 // whenever a new policy comes into force. Each gets an enable_encryption job
 // as its creator and a policy.decision record. It returns how many it enrolled.
 func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *policy.Policy) (int, error) {
-	links, err := appservice.LoadRoomLinks(ctx, db)
-	if err != nil {
-		return 0, err
-	}
-	rows, err := db.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces FROM room_state WHERE NOT encrypted AND creator <> ''`)
+	known, err := appservice.LoadKnownRooms(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -29,20 +25,13 @@ func SweepRooms(ctx context.Context, db *store.DB, chain *audit.Chain, pol *poli
 		eff           policy.Effective
 	}
 	var todo []candidate
-	for rows.Next() {
-		var id, creator, aliases, spaces string
-		if err := rows.Scan(&id, &creator, &aliases, &spaces); err != nil {
-			rows.Close()
-			return 0, err
+	for _, r := range known.All() {
+		if r.Encrypted || r.Creator == "" {
+			continue
 		}
-		eff := pol.For(appservice.StoredRoom(id, aliases, spaces, links))
-		if eff.Encryption == policy.EncryptionRequired {
-			todo = append(todo, candidate{id, creator, eff})
+		if eff := pol.For(r.Policy); eff.Encryption == policy.EncryptionRequired {
+			todo = append(todo, candidate{r.ID, r.Creator, eff})
 		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, err
 	}
 	if len(todo) == 0 {
 		return 0, nil

@@ -314,12 +314,11 @@ func purgeBound(ctx context.Context, db *store.DB, room string) (int64, bool, er
 // instead: it confirms the room's state and holds a change that would end
 // too many messages at once, so a policy reload is no way around that.
 func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, now time.Time) (int64, error) {
-	links, err := appservice.LoadRoomLinks(ctx, db)
+	known, err := appservice.LoadKnownRooms(ctx, db)
 	if err != nil {
 		return 0, err
 	}
-	rows, err := db.R.QueryContext(ctx, `SELECT e.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, ''), COALESCE(r.max_lifetime_ms, 0), COALESCE(r.creator, '')
-		FROM (SELECT DISTINCT room_id FROM expiry WHERE state = 'pending') e LEFT JOIN room_state r ON r.room_id = e.room_id`)
+	rows, err := db.R.QueryContext(ctx, `SELECT DISTINCT room_id FROM expiry WHERE state = 'pending' ORDER BY room_id`)
 	if err != nil {
 		return 0, err
 	}
@@ -331,13 +330,14 @@ func RescheduleExpiries(ctx context.Context, db *store.DB, pol *policy.Policy, n
 	var changes []change
 	var confirm []appservice.JobSpec
 	for rows.Next() {
-		var room, aliases, spaces, creator string
-		var roomMax int64
-		if err := rows.Scan(&room, &aliases, &spaces, &roomMax, &creator); err != nil {
+		var room string
+		if err := rows.Scan(&room); err != nil {
 			rows.Close()
 			return 0, err
 		}
-		eff := pol.For(appservice.StoredRoom(room, aliases, spaces, links))
+		r, _ := known.Get(room)
+		roomMax, creator := r.MaxLifetime, r.Creator
+		eff := pol.For(known.PolicyRoom(room))
 		life := eff.Lifetime(0)
 		if life > 0 || eff.Retroactive {
 			changes = append(changes, change{room, life.Milliseconds(), eff.Retroactive})

@@ -15,11 +15,7 @@ import (
 // lifetime a new policy changed: one notice job per room (dry-run aware,
 // audited as a policy.decision), at most once per room and policy version.
 func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain, old, pol *policy.Policy) (int, error) {
-	links, err := appservice.LoadRoomLinks(ctx, db)
-	if err != nil {
-		return 0, err
-	}
-	rows, err := db.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces, max_lifetime_ms FROM room_state WHERE creator <> ''`)
+	known, err := appservice.LoadKnownRooms(ctx, db)
 	if err != nil {
 		return 0, err
 	}
@@ -29,22 +25,17 @@ func NoticeLifetimeChanges(ctx context.Context, db *store.DB, chain *audit.Chain
 		dry  bool
 	}
 	var todo []change
-	for rows.Next() {
-		var id, creator, aliases, spaces string
-		var roomMax int64
-		if err := rows.Scan(&id, &creator, &aliases, &spaces, &roomMax); err != nil {
-			rows.Close()
-			return 0, err
+	for _, r := range known.All() {
+		if r.Creator == "" {
+			continue
 		}
-		r := appservice.StoredRoom(id, aliases, spaces, links)
-		before, after := old.For(r), pol.For(r)
-		if l := after.Lifetime(roomMax); l != before.Lifetime(roomMax) {
-			todo = append(todo, change{id, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: creator, Reason: lifetimeText(l)}, after.DryRun})
+		before, after := old.For(r.Policy), pol.For(r.Policy)
+		if l := after.Lifetime(r.MaxLifetime); l != before.Lifetime(r.MaxLifetime) {
+			todo = append(todo, change{r.ID, policy.Action{Kind: policy.ActNotice, Rule: "retention", ActAs: r.Creator, Reason: lifetimeText(l)}, after.DryRun})
 		}
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(todo) == 0 {
-		return 0, err
+	if len(todo) == 0 {
+		return 0, nil
 	}
 	keys := chain.Keys()
 	err = db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {

@@ -64,11 +64,11 @@ func roomRetentionHandler(env appservice.Env, hs RetentionStateReader) appservic
 		if err != nil {
 			return appservice.Permanent(fmt.Errorf("bad job payload: %w", err))
 		}
-		creator, aliases, spaces, err := appservice.RoomClaims(ctx, env.DB, p.Room)
+		room, err := appservice.LoadKnownRoom(ctx, env.DB, p.Room)
 		if err != nil {
 			return err
 		}
-		content, err := appservice.FirstAllowed(appservice.LocalActors(bot, creator, p.ActAs), func(u string) (map[string]any, error) {
+		content, err := appservice.FirstAllowed(appservice.LocalActors(bot, room.Creator, p.ActAs), func(u string) (map[string]any, error) {
 			return hs.StateContent(ctx, u, p.Room, "m.room.retention", "")
 		})
 		var confirmed int64
@@ -87,11 +87,7 @@ func roomRetentionHandler(env appservice.Env, hs RetentionStateReader) appservic
 		keys := env.Chain.Keys()
 		rec := &audit.Record{Type: audit.TypePolicyDecision, Outcome: audit.OutcomeSuccess, Room: keys.Room(p.Room), EventID: p.EventID,
 			EventType: "m.room.retention", Action: "retention_change", PolicyVersion: cur.Hash}
-		links, err := appservice.RoomLinksOf(ctx, env.DB, p.Room)
-		if err != nil {
-			return err
-		}
-		eff := cur.For(appservice.PolicyRoom(p.Room, aliases, spaces, links))
+		eff := cur.For(room.Policy)
 		if confirmed != want {
 			// Soft-failed, resolved away or redacted: undo what the change
 			// did to the messages received since, which took its lifetime.

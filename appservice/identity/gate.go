@@ -76,15 +76,11 @@ func memberGateHandler(env appservice.Env, g GateDeps) appservice.Handler {
 		if cur != "" && cur != "join" && cur != "invite" {
 			return nil
 		}
-		rooms, err := appservice.LoadRooms(ctx, env.DB, []string{p.Room})
+		room, err := appservice.LoadKnownRoom(ctx, env.DB, p.Room)
 		if err != nil {
 			return err
 		}
-		links, err := appservice.RoomLinksOf(ctx, env.DB, p.Room)
-		if err != nil {
-			return err
-		}
-		settings := g.Policy().For(rooms[p.Room].PolicyRoom(links))
+		settings := g.Policy().For(room.Policy)
 		entry, err := LookupClinician(ctx, env.DB, p.User)
 		if err != nil {
 			return err
@@ -228,33 +224,23 @@ func NewMemberSweeper(db *store.DB, pol func() *policy.Policy, exempt func(strin
 // Sweep checks every joined or invited member of every gated room once and
 // returns how many removals it queued.
 func (s *MemberSweeper) Sweep(ctx context.Context) (int, error) {
-	links, err := appservice.LoadRoomLinks(ctx, s.DB)
+	known, err := appservice.LoadKnownRooms(ctx, s.DB)
 	if err != nil {
 		return 0, err
 	}
 	pol := s.Policy()
-	rows, err := s.DB.R.QueryContext(ctx, `SELECT room_id, creator, aliases, spaces FROM room_state`)
-	if err != nil {
-		return 0, err
-	}
 	type gated struct {
 		id, creator string
 		settings    policy.Effective
 	}
 	var rooms []gated
-	for rows.Next() {
-		var id, creator, aliases, spaces string
-		if err := rows.Scan(&id, &creator, &aliases, &spaces); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		if e := pol.For(appservice.StoredRoom(id, aliases, spaces, links)); e.Members == policy.MembersVerified {
-			rooms = append(rooms, gated{id, creator, e})
+	for _, r := range known.All() {
+		if e := pol.For(r.Policy); e.Members == policy.MembersVerified {
+			rooms = append(rooms, gated{r.ID, r.Creator, e})
 		}
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(rooms) == 0 {
-		return 0, err
+	if len(rooms) == 0 {
+		return 0, nil
 	}
 	entries, err := ListRoster(ctx, s.DB)
 	if err != nil {

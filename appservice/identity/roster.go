@@ -5,9 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"os"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 
 	"github.com/rs/zerolog"
 

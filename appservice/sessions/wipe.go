@@ -314,13 +314,12 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 	if w.Scope == "none" {
 		return 0, nil
 	}
-	links, err := appservice.LoadRoomLinks(ctx, db)
+	known, err := appservice.LoadKnownRooms(ctx, db)
 	if err != nil {
 		return 0, err
 	}
-	rows, err := db.R.QueryContext(ctx, `SELECT i.event_id, i.room_id, COALESCE(r.aliases, ''), COALESCE(r.spaces, '') FROM inbox i
-		LEFT JOIN room_state r ON r.room_id = i.room_id
-		WHERE i.sender = $1 AND i.received_at >= $2 AND i.event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') ORDER BY i.seq`, w.User, w.Since)
+	rows, err := db.R.QueryContext(ctx, `SELECT event_id, room_id FROM inbox
+		WHERE sender = $1 AND received_at >= $2 AND event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') ORDER BY seq`, w.User, w.Since)
 	if err != nil {
 		return 0, err
 	}
@@ -328,12 +327,11 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 	var todo []msg
 	for rows.Next() {
 		var m msg
-		var aliases, spaces string
-		if err := rows.Scan(&m.id, &m.room, &aliases, &spaces); err != nil {
+		if err := rows.Scan(&m.id, &m.room); err != nil {
 			rows.Close()
 			return 0, err
 		}
-		if w.Scope == "all" || pol.For(appservice.StoredRoom(m.room, aliases, spaces, links)).Encryption == policy.EncryptionRequired {
+		if w.Scope == "all" || pol.For(known.PolicyRoom(m.room)).Encryption == policy.EncryptionRequired {
 			todo = append(todo, m)
 		}
 	}
