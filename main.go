@@ -219,12 +219,5 @@ func openData(ctx context.Context, cfgPath string) (*config.Config, *store.DB, *
 // that of err, and returns err (joined with any failure to record: an
 // unrecorded read is not shown). Every CLI read is recorded through it.
 func recordCommand(ctx context.Context, db *store.DB, chain *audit.Chain, action, detail string, count int64, err error) error {
-	rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: operator(), Action: action, Detail: detail, Count: count}
-	if err != nil {
-		rec.Outcome = audit.OutcomeFailure
-	}
-	if aerr := chain.AppendTx(ctx, db, rec); aerr != nil {
-		return errors.Join(err, fmt.Errorf("could not record this command in the audit trail: %w", aerr))
-	}
-	return err
+	return appservice.RecordCommand(ctx, db, chain, &audit.Record{Actor: operator(), Action: action, Detail: detail, Count: count}, err)
 }

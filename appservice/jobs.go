@@ -108,8 +108,32 @@ func RecordRefusal(ctx context.Context, db *store.DB, chain *audit.Chain, rec *a
 		return err
 	}
 	rec.Outcome = audit.OutcomeDenied
+	return RecordCommand(ctx, db, chain, rec, err)
+}
+
+// RecordCommand puts an administrator's command in the audit trail, in a
+// transaction of its own, whichever surface it came through (the CLI, the
+// admin API, the management room): rec says who and what (type
+// admin.command unless set); its outcome, unless set, is err's: success
+// when nil, denied when it refused the request (IsInvalid), failure
+// otherwise. It returns err joined with any failure to record, so a
+// command that is not on the record is not answered as done.
+func RecordCommand(ctx context.Context, db *store.DB, chain *audit.Chain, rec *audit.Record, err error) error {
+	if rec.Type == "" {
+		rec.Type = audit.TypeAdminCommand
+	}
+	if rec.Outcome == "" {
+		switch {
+		case err == nil:
+			rec.Outcome = audit.OutcomeSuccess
+		case IsInvalid(err):
+			rec.Outcome = audit.OutcomeDenied
+		default:
+			rec.Outcome = audit.OutcomeFailure
+		}
+	}
 	if aerr := chain.AppendTx(ctx, db, rec); aerr != nil {
-		return errors.Join(err, fmt.Errorf("could not record the refusal in the audit trail: %w", aerr))
+		return errors.Join(err, fmt.Errorf("could not record this command in the audit trail: %w", aerr))
 	}
 	return err
 }

@@ -221,8 +221,7 @@ func read[T any](s *Server, w http.ResponseWriter, r *http.Request, action strin
 		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not read "+action)
 		return nil, false
 	}
-	if err := s.Chain.AppendTx(r.Context(), s.DB, &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeSuccess, Actor: who,
-		Action: action, Count: int64(len(items))}); err != nil {
+	if err := appservice.RecordCommand(r.Context(), s.DB, s.Chain, &audit.Record{Actor: who, Action: action, Count: int64(len(items))}, nil); err != nil {
 		fail(w, http.StatusInternalServerError, "M_UNKNOWN", "could not record this read in the audit trail")
 		return nil, false
 	}

@@ -142,9 +142,8 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 	if p.Room != m.ManagementRoom || msg.Room != p.Room || msg.Sender != p.Sender {
 		// Only a database writer makes such a job (the dispatcher queues
 		// commands for admin.room alone, from the event it received).
-		rec := &audit.Record{Type: audit.TypeAdminCommand, Outcome: audit.OutcomeDenied, Actor: keys.User(p.Sender), Room: keys.Room(p.Room),
-			EventID: p.EventID, Action: "forged"}
-		if err := m.Chain.AppendTx(ctx, m.DB, rec); err != nil {
+		rec := &audit.Record{Outcome: audit.OutcomeDenied, Actor: keys.User(p.Sender), Room: keys.Room(p.Room), EventID: p.EventID, Action: "forged"}
+		if err := appservice.RecordCommand(ctx, m.DB, m.Chain, rec, nil); err != nil {
 			return err
 		}
 		return appservice.Permanent(errors.New("the command job does not match its event or the management room"))
@@ -312,7 +311,7 @@ func (m *Room) settle(ctx context.Context, p appservice.CommandPayload, name str
 // (the reply failed) audits it again: reads are cheap to record twice, and
 // never to lose.
 func (m *Room) answerOnce(ctx context.Context, p appservice.CommandPayload, rec *audit.Record, reply string) error {
-	if err := m.Chain.AppendTx(ctx, m.DB, rec); err != nil {
+	if err := appservice.RecordCommand(ctx, m.DB, m.Chain, rec, nil); err != nil {
 		return err
 	}
 	return m.answer(ctx, p, reply)
