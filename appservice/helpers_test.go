@@ -2,7 +2,6 @@ package appservice
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,31 +17,15 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/testkit"
 )
 
 const testHSToken = "hs_token_for_tests_0123456789abcdefghijklmnopqrstuvwxyz"
 
 // fakeClock is a settable clock for tests.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+type fakeClock = testkit.Clock
 
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+func newFakeClock() *fakeClock { return testkit.NewClock() }
 
 type pipeline struct {
 	db     *store.DB
@@ -93,12 +76,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func msgEvent(id, room, sender, body string) map[string]any {
-	return map[string]any{
-		"event_id": id, "room_id": room, "sender": sender, "type": "m.room.message",
-		"origin_server_ts": 1, "content": map[string]any{"msgtype": "m.text", "body": body},
-	}
-}
+var msgEvent = testkit.Message
 
 func txnBodyOf(events ...map[string]any) []byte {
 	b, _ := json.Marshal(map[string]any{"events": events})
@@ -117,36 +95,17 @@ func (p *pipeline) put(t testing.TB, txnID string, body []byte) *httptest.Respon
 
 func (p *pipeline) exec(t testing.TB, q string, args ...any) {
 	t.Helper()
-	if _, err := p.db.W.ExecContext(context.Background(), q, args...); err != nil {
-		t.Fatal(err)
-	}
+	testkit.Exec(t, p.db, q, args...)
 }
 
 func (p *pipeline) count(t testing.TB, q string, args ...any) int {
 	t.Helper()
-	var n int
-	if err := p.db.R.QueryRowContext(context.Background(), q, args...).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testkit.Count(t, p.db, q, args...)
 }
 
 func (p *pipeline) exported(t testing.TB) []map[string]any {
 	t.Helper()
-	var buf bytes.Buffer
-	if _, err := audit.ExportJSONL(context.Background(), p.db, audit.Range{}, &buf); err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	dec := json.NewDecoder(&buf)
-	for dec.More() {
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, m)
-	}
-	return out
+	return testkit.Records(t, p.db)
 }
 
 func ids(prefix string, n int) []string {

@@ -6,12 +6,11 @@ import (
 	"testing"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/testkit"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
-func stateEvent(id, room, sender, typ, stateKey string, content map[string]any) map[string]any {
-	return map[string]any{"event_id": id, "room_id": room, "sender": sender, "type": typ, "state_key": stateKey, "content": content}
-}
+var stateEvent = testkit.State
 
 // The dispatcher keeps each room's state as policy needs it, and shows each
 // decision the state as of that event; the state survives in the database.

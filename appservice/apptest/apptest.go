@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/testkit"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -32,24 +32,7 @@ import (
 const HSToken = "hs_token_for_tests_0123456789abcdefghijklmnopqrstuvwxyz"
 
 // Clock is a settable clock.
-type Clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// Now is the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock on by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+type Clock = testkit.Clock
 
 // Pipeline is the engine on one test database, with no policy until
 // UsePolicy.
@@ -77,7 +60,7 @@ func New(t testing.TB, dbType string) *Pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &Clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock()
 	chain := audit.NewChain(keys, db, clock.Now)
 	m := appservice.NewMetrics(prometheus.NewRegistry())
 	log := zerolog.New(io.Discard)
@@ -189,57 +172,27 @@ func (p *Pipeline) RunDue(t testing.TB) int {
 // Exec runs a statement on the writer.
 func (p *Pipeline) Exec(t testing.TB, q string, args ...any) {
 	t.Helper()
-	if _, err := p.DB.W.ExecContext(context.Background(), q, args...); err != nil {
-		t.Fatal(err)
-	}
+	testkit.Exec(t, p.DB, q, args...)
 }
 
 // Count runs a COUNT query.
 func (p *Pipeline) Count(t testing.TB, q string, args ...any) int {
 	t.Helper()
-	var n int
-	if err := p.DB.R.QueryRowContext(context.Background(), q, args...).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testkit.Count(t, p.DB, q, args...)
 }
 
 // Records is the audit trail as exported JSON lines, decoded.
 func (p *Pipeline) Records(t testing.TB) []map[string]any {
 	t.Helper()
-	var buf bytes.Buffer
-	if _, err := audit.ExportJSONL(context.Background(), p.DB, audit.Range{}, &buf); err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	dec := json.NewDecoder(&buf)
-	for dec.More() {
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, m)
-	}
-	return out
+	return testkit.Records(t, p.DB)
 }
 
-// Message is an m.room.message event.
-func Message(id, room, sender, body string) map[string]any {
-	return map[string]any{
-		"event_id": id, "room_id": room, "sender": sender, "type": "m.room.message",
-		"origin_server_ts": 1, "content": map[string]any{"msgtype": "m.text", "body": body},
-	}
-}
-
-// State is a state event.
-func State(id, room, sender, typ, stateKey string, content map[string]any) map[string]any {
-	return map[string]any{"event_id": id, "room_id": room, "sender": sender, "type": typ, "state_key": stateKey, "content": content}
-}
-
-// Member is an m.room.member event.
-func Member(id, room, sender, target, membership string) map[string]any {
-	return State(id, room, sender, "m.room.member", target, map[string]any{"membership": membership})
-}
+// Events as a homeserver sends them.
+var (
+	Message = testkit.Message
+	State   = testkit.State
+	Member  = testkit.Member
+)
 
 // Enqueue queues jobs, as the dispatcher or a command would.
 func (p *Pipeline) Enqueue(t testing.TB, specs ...appservice.JobSpec) {

@@ -1,0 +1,95 @@
+// Package testkit holds what the engine's own tests and the features' tests
+// (through apptest) share: a settable clock, events as a homeserver sends
+// them, and queries on a test database. It imports no part of the engine,
+// so the engine's internal tests can use it too.
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+)
+
+// Clock is a settable clock.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock is a clock at a fixed time (1 March 2026, noon UTC).
+func NewClock() *Clock { return &Clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
+
+// Now is the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock on by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// Message is an m.room.message event.
+func Message(id, room, sender, body string) map[string]any {
+	return map[string]any{
+		"event_id": id, "room_id": room, "sender": sender, "type": "m.room.message",
+		"origin_server_ts": 1, "content": map[string]any{"msgtype": "m.text", "body": body},
+	}
+}
+
+// State is a state event.
+func State(id, room, sender, typ, stateKey string, content map[string]any) map[string]any {
+	return map[string]any{"event_id": id, "room_id": room, "sender": sender, "type": typ, "state_key": stateKey, "content": content}
+}
+
+// Member is an m.room.member event.
+func Member(id, room, sender, target, membership string) map[string]any {
+	return State(id, room, sender, "m.room.member", target, map[string]any{"membership": membership})
+}
+
+// Exec runs a statement on the writer.
+func Exec(t testing.TB, db *store.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.W.ExecContext(context.Background(), q, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Count runs a COUNT query.
+func Count(t testing.TB, db *store.DB, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.R.QueryRowContext(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Records is the audit trail as exported JSON lines, decoded.
+func Records(t testing.TB, db *store.DB) []map[string]any {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := audit.ExportJSONL(context.Background(), db, audit.Range{}, &buf); err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	dec := json.NewDecoder(&buf)
+	for dec.More() {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
