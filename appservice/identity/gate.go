@@ -41,16 +41,22 @@ func memberCheckJob(ev *appservice.Event, membership string, room *appservice.Ro
 	return appservice.JobSpec{Kind: JobCheckMember, DedupeKey: "member:" + ev.ID, Payload: payload}
 }
 
+// GateHomeserver is what the membership gate needs of the homeserver.
+type GateHomeserver interface {
+	Kick(ctx context.Context, actAs, room, user, reason string) error
+	Membership(ctx context.Context, actAs, room, user string) (eventID, membership string, err error)
+}
+
+// GateBot is what the membership gate needs of the E2EE bot.
+type GateBot interface {
+	Kick(ctx context.Context, room, user, reason string) error
+	SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error
+}
+
 // GateDeps is what the membership gate needs.
 type GateDeps struct {
-	HS interface {
-		Kick(ctx context.Context, actAs, room, user, reason string) error
-		Membership(ctx context.Context, actAs, room, user string) (eventID, membership string, err error)
-	}
-	Bot interface {
-		Kick(ctx context.Context, room, user, reason string) error
-		SendNotice(ctx context.Context, room, inviter, target, text, txnID string) error
-	}
+	HS     GateHomeserver
+	Bot    GateBot
 	Policy func() *policy.Policy
 	Exempt func(user string) bool
 }
