@@ -17,7 +17,7 @@ const module = "github.com/matrix-hipaa/matrix-hipaa"
 // (appservice and what it is built from) imports none of them, and no
 // feature imports another: features talk through the engine's interfaces.
 // Surfaces (main, the admin API and management room) present features to
-// people and may use any of them; main assembles them.
+// people and may use any of them; assembly names them all.
 var (
 	features = []string{
 		module + "/appservice/enforce",
@@ -27,6 +27,7 @@ var (
 	}
 	surfaces = []string{
 		module + "/appservice/admin",
+		module + "/appservice/assembly",
 	}
 )
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/assembly"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/rs/zerolog"
@@ -71,7 +72,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := installFeatures(svc); err != nil {
+	if err := assembly.AddFeatures(svc); err != nil {
 		return err
 	}
 	if room := cfg.Admin.Room; room != "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/assembly"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -145,7 +146,7 @@ func decisionsUnchanged(t *testing.T, dbType string) {
 		t.Fatal(err)
 	}
 	defer svc.DB.Close()
-	if err := installFeatures(svc); err != nil {
+	if err := assembly.AddFeatures(svc); err != nil {
 		t.Fatal(err)
 	}
 	for i, events := range goldenEvents() {

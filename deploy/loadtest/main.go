@@ -37,6 +37,7 @@ import (
 	"maunium.net/go/mautrix/appservice"
 
 	hipaa "github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/assembly"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 )
 
@@ -213,6 +214,7 @@ appservice:
 	check(err)
 	svc, err := hipaa.New(ctx, cfg, zerolog.New(logFile).Level(zerolog.WarnLevel), time.Now)
 	check(err)
+	check(assembly.AddFeatures(svc)) // every feature, as the service runs them
 	done := make(chan struct{})
 	go func() { check(svc.Run(ctx)); close(done) }()
 	waitListen(addr)

@@ -1,4 +1,7 @@
-package main
+// Package assembly is which features the service runs, and in which order:
+// the one place that names them all. The service (main) and the load test
+// (deploy/loadtest) assemble the service through it.
+package assembly
 
 import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
@@ -8,7 +11,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 )
 
-// installFeatures puts the features on the engine. The order is the order
+// AddFeatures puts the features on the engine. The order is the order
 // the engine consults them in (docs/architecture.md), and it decides the
 // order of the jobs and audit records one event leads to, which
 // TestDecisionsUnchanged holds fixed:
@@ -18,7 +21,7 @@ import (
 //   - enforce: the rules' actions; it is also the Enroller that brings
 //     known rooms under a new policy, before expiry's notices of it;
 //   - sessions: wipes and idle logoff decide nothing per event.
-func installFeatures(svc *appservice.Service) error {
+func AddFeatures(svc *appservice.Service) error {
 	env := svc.Env()
 	return svc.Add(
 		identity.New(env),
