@@ -1,5 +1,5 @@
-// Command dev runs the development stack: a real Dendrite homeserver and
-// matrix-hipaa on loopback, with an admin, a demo user and a management
+// Command dev runs the development stack: a real homeserver (Dendrite, or
+// Synapse with -homeserver synapse) and matrix-hipaa on loopback, with an admin, a demo user and a management
 // room. Start it with deploy/dev/start.sh; `start.sh adduser NAME` adds an
 // account to a running stack.
 package main
@@ -19,13 +19,14 @@ import (
 )
 
 type options struct {
-	state                       string
+	state, homeserver           string
 	hsPort, asPort, metricsPort int
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.state, "state", ".dev", "folder for configs, databases and logs")
+	flag.StringVar(&o.homeserver, "homeserver", "dendrite", "dendrite, or synapse (Debian sid's, in a root file system made once; needs root)")
 	flag.IntVar(&o.hsPort, "hs-port", 8008, "homeserver port on 127.0.0.1")
 	flag.IntVar(&o.asPort, "as-port", 29330, "matrix-hipaa port on 127.0.0.1")
 	flag.IntVar(&o.metricsPort, "metrics-port", 29331, "metrics port on 127.0.0.1")
@@ -62,9 +63,23 @@ func (o options) prepare(ctx context.Context, build bool, log io.Writer) (*devst
 	if !filepath.IsAbs(o.state) {
 		o.state = filepath.Join(root, o.state)
 	}
-	dendrite, err := devstack.BuildDendrite(ctx, log)
-	if err != nil {
-		return nil, "", err
+	opts := devstack.Options{Homeserver: o.homeserver}
+	switch o.homeserver {
+	case "dendrite":
+		if opts.DendriteBin, err = devstack.BuildDendrite(ctx, log); err != nil {
+			return nil, "", err
+		}
+		// What the example config recommends for Dendrite: prompt delivery.
+		opts.KeepAlive, opts.PersistentJetStream = "2s", true
+	case "synapse":
+		if opts.SynapseRoot, _, err = devstack.BuildSynapse(ctx, log); err != nil {
+			return nil, "", err
+		}
+	default:
+		return nil, "", fmt.Errorf("-homeserver %q: dendrite or synapse", o.homeserver)
+	}
+	if o.homeserver == "synapse" {
+		o.state = filepath.Join(o.state, "synapse") // its own accounts and keys
 	}
 	bin := filepath.Join(o.state, "bin", "matrix-hipaa")
 	if build {
@@ -73,13 +88,9 @@ func (o options) prepare(ctx context.Context, build bool, log io.Writer) (*devst
 			return nil, "", err
 		}
 	}
-	stack, err := devstack.Prepare(devstack.Options{
-		StateDir: o.state, DendriteBin: dendrite, ServiceBin: bin,
-		HSPort: o.hsPort, ASPort: o.asPort, MetricsPort: o.metricsPort,
-		PersistentJetStream: true,
-		// What the example config recommends for Dendrite: prompt delivery.
-		KeepAlive: "2s",
-	})
+	opts.StateDir, opts.ServiceBin = o.state, bin
+	opts.HSPort, opts.ASPort, opts.MetricsPort = o.hsPort, o.asPort, o.metricsPort
+	stack, err := devstack.Prepare(opts)
 	return stack, bin, err
 }
 
@@ -99,7 +110,7 @@ func run(o options, stdout, stderr io.Writer) (err error) {
 		}
 		stack.Stop()
 	}()
-	fmt.Fprintln(stderr, "starting Dendrite", devstack.DendriteVersion, "…")
+	fmt.Fprintln(stderr, "starting", stack.HomeserverName(), "…")
 	if err := stack.StartDendrite(ctx); err != nil {
 		return err
 	}
@@ -114,7 +125,7 @@ func run(o options, stdout, stderr io.Writer) (err error) {
 	fmt.Fprintf(stdout, `
 matrix-hipaa dev stack is running (Ctrl-C stops it).
 
-  Homeserver   %s   (Dendrite %s, server name "localhost")
+  Homeserver   %s   (%s, server name "localhost")
   matrix-hipaa http://127.0.0.1:%d   metrics http://127.0.0.1:%d/metrics
   State        %s
 
@@ -134,7 +145,7 @@ Audit trail:     %s audit export -config %s -format jsonl
 At a glance:     %s status -config %s
 Rooms:           %s rooms -config %s
 Logs:            %s and %s
-`, stack.HSURL, devstack.DendriteVersion, o.asPort, o.metricsPort, stack.Opts.StateDir, stack.HSURL,
+`, stack.HSURL, stack.HomeserverName(), o.asPort, o.metricsPort, stack.Opts.StateDir, stack.HSURL,
 		dev.Admin.ID, dev.Admin.Password, dev.Demo.ID, dev.Demo.Password, dev.ManagementRoom, dev.Admin.ID,
 		startScript(), bin, cfg, bin, cfg, bin, cfg, bin, cfg, stack.ServiceLog, stack.DendriteLog)
 	<-ctx.Done()

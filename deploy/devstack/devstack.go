@@ -113,8 +113,11 @@ func FreePort() (int, error) {
 
 // Options describe a stack. Zero ports are picked free.
 type Options struct {
-	StateDir    string
+	StateDir string
+	// Homeserver is "dendrite" (the default) or "synapse".
+	Homeserver  string
 	DendriteBin string // folder from BuildDendrite
+	SynapseRoot string // root file system from BuildSynapse
 	ServiceBin  string // matrix-hipaa binary
 	ServerName  string // default "localhost"
 	HSPort      int
@@ -195,6 +198,9 @@ func Prepare(opts Options) (*Stack, error) {
 			opts.ServerName = fmt.Sprintf("127.0.0.1:%d", opts.FederationPort)
 		}
 	}
+	if opts.Homeserver == "" {
+		opts.Homeserver = "dendrite"
+	}
 	state, err := filepath.Abs(opts.StateDir)
 	if err != nil {
 		return nil, err
@@ -217,6 +223,14 @@ func Prepare(opts Options) (*Stack, error) {
 	if err := s.writeServiceConfig(); err != nil {
 		return nil, err
 	}
+	if opts.Homeserver == "synapse" {
+		host, _ := s.synapseData()
+		s.DendriteLog = filepath.Join(host, "homeserver.log")
+		if err := s.writeSynapseConfig(); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	if err := s.writeDendriteConfig(hsDir); err != nil {
 		return nil, err
 	}
@@ -232,7 +246,7 @@ func (s *Stack) writeServiceConfig() error {
 		return err
 	}
 	o := s.Opts
-	hs := map[string]any{"address": s.HSURL, "domain": o.ServerName, "software": "dendrite"}
+	hs := map[string]any{"address": s.HSURL, "domain": o.ServerName, "software": o.Homeserver}
 	if o.KeepAlive != "" {
 		hs["keepalive"] = o.KeepAlive
 	}
@@ -426,8 +440,12 @@ func checkPorts(ports map[string]int) error {
 	return nil
 }
 
-// StartDendrite starts the homeserver and waits until it answers.
+// StartDendrite starts the homeserver (Dendrite or Synapse, as the options
+// say) and waits until it answers.
 func (s *Stack) StartDendrite(ctx context.Context) error {
+	if s.Opts.Homeserver == "synapse" {
+		return s.startSynapse(ctx)
+	}
 	ports := map[string]int{"homeserver": s.Opts.HSPort}
 	if s.Opts.Federate {
 		ports["federation"] = s.Opts.FederationPort
@@ -630,8 +648,18 @@ func (s *Stack) giveBotPassword(ctx context.Context) error {
 			return false, err
 		}
 		password := base64.RawURLEncoding.EncodeToString(secret)
-		err = doJSONAuth(ctx, http.MethodPost, s.HSURL+"/_dendrite/admin/resetPassword/"+url.PathEscape("@"+bot+":"+s.Opts.ServerName), adminToken,
-			map[string]any{"password": password, "logout_devices": false}, nil)
+		botID := "@" + bot + ":" + s.Opts.ServerName
+		if s.Opts.Homeserver == "synapse" {
+			// Synapse's admin API sets the password and, as a hospital's
+			// deployment would, makes the bot a server admin: single-device
+			// sign-out, media quarantine, history purge and the room list
+			// are admin APIs there.
+			err = doJSONAuth(ctx, http.MethodPut, s.HSURL+"/_synapse/admin/v2/users/"+url.PathEscape(botID), adminToken,
+				map[string]any{"password": password, "admin": true, "logout_devices": false}, nil)
+		} else {
+			err = doJSONAuth(ctx, http.MethodPost, s.HSURL+"/_dendrite/admin/resetPassword/"+url.PathEscape(botID), adminToken,
+				map[string]any{"password": password, "logout_devices": false}, nil)
+		}
 		if err != nil {
 			return false, fmt.Errorf("set the bot's password: %w", err)
 		}
