@@ -175,7 +175,7 @@ func TestEnsureTokensWritesBackAtomically(t *testing.T) {
 		t.Fatalf("second EnsureTokens changed=%v err=%v", changed, err)
 	}
 	reg := again.Registration()
-	if reg.Namespaces.Users[0].Exclusive || reg.ASToken != as || reg.SenderLocalpart != "hipaa" {
+	if reg.Namespaces.Users[0].Exclusive || reg.ASToken != as || reg.SenderLocalpart != "hipaa-as" {
 		t.Fatalf("registration %+v", reg)
 	}
 	checkUserNamespace(t, reg.Namespaces.Users[0].Regex)

@@ -37,13 +37,18 @@ type Namespace struct {
 // every local user, non-exclusive: the service must see every room on the
 // server and act as any local user (to redact their own plaintext), while users
 // keep registering and logging in as usual.
+//
+// The registration's sender is a user of its own (SenderLocalpart), not the
+// bot: Synapse refuses /sync to an application service's sender, and the
+// bot syncs like any client, which is how room keys reach it. The bot is a
+// user of the namespace, logged in the application service way.
 func (c *Config) Registration() Registration {
 	return Registration{
 		ID:              c.AppService.ID,
 		URL:             c.AppService.URL,
 		ASToken:         c.AppService.ASToken.Reveal(),
 		HSToken:         c.AppService.HSToken.Reveal(),
-		SenderLocalpart: c.AppService.Bot,
+		SenderLocalpart: c.SenderLocalpart(),
 		RateLimited:     false,
 		Namespaces: Namespaces{
 			Users:   []Namespace{{Exclusive: false, Regex: UserNamespace(c.Homeserver.Domain)}},
@@ -52,6 +57,10 @@ func (c *Config) Registration() Registration {
 		},
 	}
 }
+
+// SenderLocalpart is the registration's sender: the bot's localpart with
+// "-as" after it. The service never acts as it.
+func (c *Config) SenderLocalpart() string { return c.AppService.Bot + "-as" }
 
 // UserNamespace is the regex of every local user: anchored at both ends
 // (homeservers search with it, so `@.*:example\.org` alone also matched

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: installs what the
 # tests need (Debian packages; sudo when not root), makes sure PostgreSQL runs
-# on 127.0.0.1:5432 with a database named test, then runs every test. Extra
-# arguments go to go test (say -run TestX). README.md and .ci/run call this.
+# on 127.0.0.1:5432 with a database named test, then runs every test (the
+# end-to-end tests on Dendrite), and the end-to-end tests again on Synapse.
+# Extra arguments go to go test (say -run TestX). README.md and .ci/run call
+# this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,8 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-sysusers >/dev/null 2>&1 || need_apt+=(systemd)
 # ...and a container booted with systemd-nspawn runs them.
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+# Synapse runs from a Debian sid root file system made once with debootstrap.
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -58,5 +62,7 @@ if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname
 fi
 
 go version
-log "running the test suite"
-exec go test -tags goolm -count=1 -timeout 45m ./... "$@"
+log "running the test suite (end-to-end tests on Dendrite)"
+go test -tags goolm -count=1 -timeout 45m ./... "$@"
+log "running the end-to-end tests on Synapse"
+MATRIX_HIPAA_TEST_HOMESERVER=synapse go test -tags goolm -count=1 -timeout 45m ./appservice/e2e "$@"

@@ -168,6 +168,15 @@ func (b *Bot) start(ctx context.Context) error {
 		return err
 	}
 	localpart, _, _ := id.UserID(b.opts.UserID).Parse()
+	// The bot is a user of the service's namespace, not its registration's
+	// sender (which homeservers create themselves, and which Synapse does not
+	// let sync): it is registered the application service way, once.
+	_, _, err = cli.Register(ctx, &mautrix.ReqRegister[any]{Username: localpart, Type: mautrix.AuthTypeAppservice, InhibitLogin: true})
+	if err != nil && !errors.Is(err, mautrix.MUserInUse) {
+		helper.Close()
+		db.Close()
+		return fmt.Errorf("register the bot's account: %w", err)
+	}
 	helper.LoginAs = &mautrix.ReqLogin{
 		Type:                     mautrix.AuthTypeAppservice,
 		Identifier:               mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,12 +84,14 @@ func TestEncryptionEnforced(t *testing.T) {
 }
 
 // A plaintext image in an enforced room is redacted, and its file, which
-// redaction leaves downloadable, is quarantined where the homeserver can
-// (Synapse); Dendrite cannot, so the failure is audited and the room listed.
+// redaction leaves downloadable, is quarantined where the homeserver can:
+// on Synapse another user then gets 404 for it; Dendrite has no quarantine
+// API, so there the failure is audited and the room listed.
 func TestPlainMediaRedactedAndReported(t *testing.T) {
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
 	alice := newUser(t, st, "alice")
+	bob := newUser(t, st, "bob")
 	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +99,9 @@ func TestPlainMediaRedactedAndReported(t *testing.T) {
 	up, err := alice.UploadBytes(ctx, []byte("\x89PNG not really a scan"), "image/png")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := bob.DownloadBytes(ctx, up.ContentURI); err != nil {
+		t.Fatalf("another user cannot fetch the file before anything happened: %v", err)
 	}
 	sent, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, &event.MessageEventContent{
 		MsgType: event.MsgImage, Body: "scan.png", URL: up.ContentURI.CUString(),
@@ -107,6 +113,18 @@ func TestPlainMediaRedactedAndReported(t *testing.T) {
 		ev, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
 		return err == nil && ev.Unsigned.RedactedBecause != nil
 	})
+	if homeserver == "synapse" {
+		waitAudit(t, st, "the file quarantined", func(l auditLine) bool {
+			return l.Type == "job.applied" && l.Action == "quarantine_media" && l.Outcome == "success"
+		})
+		if _, err := bob.DownloadBytes(ctx, up.ContentURI); !errors.Is(err, mautrix.MNotFound) {
+			t.Fatalf("another user fetching the quarantined file: %v, want 404 M_NOT_FOUND", err)
+		}
+		if out, _, err := st.Service("rooms", "-problems"); err != nil {
+			t.Fatalf("rooms -problems lists a problem after the quarantine worked (err %v):\n%s", err, out)
+		}
+		return
+	}
 	waitAudit(t, st, "the quarantine's failure", func(l auditLine) bool {
 		return l.Type == "job.failed" && l.Action == "quarantine_media"
 	})

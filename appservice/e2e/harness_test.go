@@ -1,5 +1,6 @@
-// Package e2e runs matrix-hipaa against a real Dendrite on loopback, driven
-// by real Matrix clients.
+// Package e2e runs matrix-hipaa against a real homeserver on loopback,
+// driven by real Matrix clients: Dendrite v0.13.8, or Debian sid's Synapse
+// when MATRIX_HIPAA_TEST_HOMESERVER=synapse (deploy/test.sh runs both).
 package e2e
 
 import (
@@ -28,7 +29,10 @@ import (
 
 var (
 	dendriteBin string
+	synapseRoot string
 	serviceBin  string
+	// homeserver is what this run's stacks use: dendrite or synapse.
+	homeserver = "dendrite"
 )
 
 func TestMain(m *testing.M) {
@@ -50,7 +54,18 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if dendriteBin, err = devstack.BuildDendrite(ctx, os.Stderr); err != nil {
+		if hs := os.Getenv("MATRIX_HIPAA_TEST_HOMESERVER"); hs != "" {
+			homeserver = hs
+		}
+		switch homeserver {
+		case "dendrite":
+			dendriteBin, err = devstack.BuildDendrite(ctx, os.Stderr)
+		case "synapse":
+			synapseRoot, _, err = devstack.BuildSynapse(ctx, os.Stderr)
+		default:
+			err = fmt.Errorf("MATRIX_HIPAA_TEST_HOMESERVER=%q: dendrite or synapse", homeserver)
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -76,7 +91,7 @@ func onEachDatabase(t *testing.T, test func(*testing.T, *devstack.Stack)) {
 func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
 	t.Helper()
 	opts.StateDir = t.TempDir()
-	opts.DendriteBin = dendriteBin
+	opts.Homeserver, opts.DendriteBin, opts.SynapseRoot = homeserver, dendriteBin, synapseRoot
 	opts.ServiceBin = serviceBin
 	st, err := devstack.Prepare(opts)
 	if err != nil {
@@ -90,8 +105,9 @@ func startStack(t *testing.T, opts devstack.Options) *devstack.Stack {
 			if !opts.NoAppService {
 				dumpTail(t, "matrix-hipaa log", st.ServiceLog)
 			}
-			dumpTail(t, "dendrite log ("+st.Opts.ServerName+")", st.DendriteLog)
+			dumpTail(t, homeserver+" log ("+st.Opts.ServerName+")", st.DendriteLog)
 		}
+		st.RemoveHomeserverData()
 	})
 	if err := st.StartDendrite(ctx); err != nil {
 		t.Fatal(err)

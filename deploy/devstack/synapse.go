@@ -278,3 +278,14 @@ func (s *Stack) HomeserverName() string {
 	}
 	return "Dendrite " + DendriteVersion
 }
+
+// RemoveHomeserverData deletes a stopped Synapse's files, which live in the
+// shared root file system rather than under StateDir (nothing for Dendrite,
+// whose files are under StateDir).
+func (s *Stack) RemoveHomeserverData() error {
+	if s.Opts.Homeserver != "synapse" {
+		return nil
+	}
+	host, _ := s.synapseData()
+	return os.RemoveAll(host)
+}
