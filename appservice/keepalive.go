@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
+	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -18,8 +19,9 @@ import (
 // the service talking to itself: dropped on arrival, neither stored nor audited.
 const KeepAliveType = "org.matrix_hipaa.keepalive"
 
-// keepAliveAlias is the local alias of the bot's keep-alive room.
-const keepAliveAlias = "_hipaa_keepalive"
+// keepAliveAlias is the local alias of the bot's keep-alive room (the
+// registration reserves it).
+const keepAliveAlias = config.KeepAliveAlias
 
 // KeepAlive posts a keep-alive event whenever nothing has arrived for the
 // interval (see config homeserver.keepalive).

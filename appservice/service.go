@@ -179,6 +179,9 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
 	RegisterLinkVerification(s.Runner, hs, links, cfg.BotMXID(), func(ctx context.Context) error { return s.enrol(ctx, s.Policy.Current()) })
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
+	if cfg.Homeserver.Software == "synapse" {
+		s.WipeCaps.LastSeenGranularity = 2 * time.Minute
+	}
 	// A new policy first brings known rooms under it (Enrollers), then the
 	// features' PolicyWatchers run, in the order the features were added.
 	s.Policy.OnChange(func(ctx context.Context, _, p *policy.Policy) { s.enrolLogged(ctx, p) })
@@ -282,6 +285,7 @@ func (s *Service) Run(ctx context.Context) error {
 			workers.Go(func() { ka.Run(workCtx) })
 		}
 	}
+	workers.Go(func() { s.pingHomeserver(workCtx) })
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
 	synapse := s.Config.Homeserver.Software == "synapse"
 	s.Log.Info().Str("software", s.Config.Homeserver.Software).
@@ -315,6 +319,34 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.Log.Info().Msg("matrix-hipaa stopped")
 	return runErr
+}
+
+// pingHomeserver asks the homeserver to ping the service once it listens,
+// so that a homeserver that backed off while the service was down (2 s,
+// 4 s, … between retries) sends what is waiting now, not at its next retry.
+// It tries for a minute; a homeserver without the ping API (Dendrite
+// v0.13.8) answers 404 and is left to its own retries.
+func (s *Service) pingHomeserver(ctx context.Context) {
+	for try := 0; try < 30; try++ {
+		rtt, err := s.HS.Ping(ctx, s.Config.BotMXID(), s.Config.AppService.ID, fmt.Sprintf("start-%d-%d", s.now().UnixMilli(), try))
+		if err == nil {
+			s.Log.Info().Dur("round_trip", rtt).Msg("the homeserver reaches the service")
+			return
+		}
+		var httpErr mautrix.HTTPError
+		noAPI := errors.As(err, &httpErr) && httpErr.Response != nil &&
+			(httpErr.Response.StatusCode == http.StatusNotFound || httpErr.Response.StatusCode == http.StatusMethodNotAllowed)
+		if noAPI || errors.Is(err, mautrix.MUnrecognized) || ctx.Err() != nil {
+			s.Log.Debug().Str("error", SafeError(err)).Msg("the homeserver has no ping API; it sends when it next retries")
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+	s.Log.Warn().Msg("the homeserver could not reach the service within a minute of starting (appservice.url?)")
 }
 
 // refreshGauges keeps the gauges that summarise stored state current.

@@ -1,6 +1,9 @@
 package appservice
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // How this homeserver ends sessions: shared by every feature that signs
 // people out (wipes, idle logoff, unverified sessions).
@@ -19,6 +22,17 @@ type WipeCaps struct {
 	// server admin): single devices can be deleted, accounts deactivated.
 	AdminAPI bool
 	Admin    string
+	// LastSeenGranularity is how stale a session's last-seen time may be
+	// while it is in use: Synapse records a session's activity at most once
+	// every two minutes (LAST_SEEN_GRANULARITY), so a session it shows as
+	// unused for the idle timeout may have been used a moment ago.
+	LastSeenGranularity time.Duration
+}
+
+// IdleAfter is how long a session's last-seen time must be in the past for
+// it to be idle past timeout, whatever the homeserver's granularity.
+func (c WipeCaps) IdleAfter(timeout time.Duration) time.Duration {
+	return timeout + c.LastSeenGranularity
 }
 
 // EndSessions ends devices of user where the homeserver can end single

@@ -179,6 +179,14 @@ func TestEnsureTokensWritesBackAtomically(t *testing.T) {
 		t.Fatalf("registration %+v", reg)
 	}
 	checkUserNamespace(t, reg.Namespaces.Users[0].Regex)
+	// Only the keep-alive room's alias is reserved (Synapse lets the bot
+	// create no other), exclusively and exactly.
+	if a := reg.Namespaces.Aliases; len(a) != 1 || !a[0].Exclusive ||
+		!regexp.MustCompile(a[0].Regex).MatchString("#_hipaa_keepalive:"+again.Homeserver.Domain) ||
+		regexp.MustCompile(a[0].Regex).MatchString("#_hipaa_keepalive:"+again.Homeserver.Domain+".evil") ||
+		regexp.MustCompile(a[0].Regex).MatchString("#icu:"+again.Homeserver.Domain) {
+		t.Fatalf("alias namespaces %+v", a)
+	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Fatalf("temp files left behind: %v", entries)

@@ -52,11 +52,17 @@ func (c *Config) Registration() Registration {
 		RateLimited:     false,
 		Namespaces: Namespaces{
 			Users:   []Namespace{{Exclusive: false, Regex: UserNamespace(c.Homeserver.Domain)}},
-			Aliases: []Namespace{},
+			// The bot's keep-alive room's alias (homeserver.keepalive):
+			// Synapse lets an application service create only aliases it
+			// reserved.
+			Aliases: []Namespace{{Exclusive: true, Regex: "^#" + regexp.QuoteMeta(KeepAliveAlias) + ":" + regexp.QuoteMeta(c.Homeserver.Domain) + "$"}},
 			Rooms:   []Namespace{},
 		},
 	}
 }
+
+// KeepAliveAlias is the localpart of the bot's keep-alive room's alias.
+const KeepAliveAlias = "_hipaa_keepalive"
 
 // SenderLocalpart is the registration's sender: the bot's localpart with
 // "-as" after it. The service never acts as it.

@@ -316,6 +316,17 @@ func testCrashLosesNothing(t *testing.T, st *devstack.Stack) {
 			t.Fatalf("restart %d: %v", i+1, err)
 		}
 	}
+	// At least 200 messages in all: a slower homeserver (Synapse answers a
+	// send in tens of milliseconds more than Dendrite) sends fewer during
+	// the kills, and the rest arrive after the last restart.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		mu.Lock()
+		n := len(sent)
+		mu.Unlock()
+		if n >= 200 || time.Now().After(deadline) {
+			break
+		}
+	}
 	time.Sleep(time.Second)
 	cancel()
 	<-sendDone

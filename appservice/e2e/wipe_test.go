@@ -206,11 +206,17 @@ func TestIdleSessionsAreSignedOut(t *testing.T) {
 	bob.cancel() // bob's phone goes quiet; alice's client keeps syncing
 	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("session_idle_timeout: 0"), []byte("session_idle_timeout: 1m"), 1))
 	start := time.Now()
+	// Synapse records activity at most every two minutes, so the service
+	// waits that much longer there before a session counts as idle.
+	limit := 150 * time.Second
+	if homeserver == "synapse" {
+		limit += 2 * time.Minute
+	}
 	// Asking the homeserver as bob would count as activity: watch the
 	// audit trail, and ask only once the service says it signed him out.
 	var ended []auditLine
 	for len(ended) == 0 {
-		if time.Since(start) > 150*time.Second {
+		if time.Since(start) > limit {
 			t.Fatalf("bob not signed out %s after going idle", time.Since(start).Round(time.Second))
 		}
 		time.Sleep(2 * time.Second)
@@ -228,8 +234,16 @@ func TestIdleSessionsAreSignedOut(t *testing.T) {
 	if _, err := alice.Whoami(ctx); err != nil {
 		t.Fatalf("alice, active, was signed out too: %v", err)
 	}
-	if len(ended) != 1 || ended[0].Action != "idle_logoff" {
-		t.Fatalf("session records %+v", ended)
+	// On Synapse the idle device alone is deleted (admin API): bob's other
+	// session, the one his account was registered with, was never used, and
+	// a session without a last-seen time is never counted idle. Dendrite can
+	// only sign a user out everywhere, which it does once all are idle.
+	want := "idle_logoff"
+	if homeserver == "synapse" {
+		want = "idle_device_logoff"
+	}
+	if len(ended) != 1 || ended[0].Action != want {
+		t.Fatalf("session records %+v, want one %s", ended, want)
 	}
 	verify(t, st)
 }

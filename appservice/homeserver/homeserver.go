@@ -40,6 +40,22 @@ func (c *Client) as(user string) (*mautrix.Client, error) {
 	return cli, nil
 }
 
+// Ping asks the homeserver to ping the application service registered as
+// asID (POST /_matrix/client/v1/appservice/{asID}/ping, acting as user): a
+// homeserver that had backed off after failed transactions sends what is
+// waiting at once. It returns the round trip the homeserver measured.
+func (c *Client) Ping(ctx context.Context, user, asID, txnID string) (time.Duration, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := cli.AppservicePing(ctx, asID, txnID)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(resp.DurationMS) * time.Millisecond, nil
+}
+
 // Redact redacts eventID as user. A user may always redact their own events,
 // so acting as the sender needs no power level. txnID makes a retry a no-op.
 func (c *Client) Redact(ctx context.Context, user, room, eventID, reason, txnID string) error {

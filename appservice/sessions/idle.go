@@ -124,7 +124,7 @@ func (s *IdleSweeper) Sweep(ctx context.Context) (int, error) {
 			s.Log.Debug().Str("error", appservice.SafeError(err)).Msg("could not list a user's sessions")
 			continue
 		}
-		idle, latest := idleSessions(sessions, timeout, s.Now())
+		idle, latest := idleSessions(sessions, s.Caps.IdleAfter(timeout), s.Now())
 		if len(idle) == 0 || (len(idle) < len(sessions) && !s.Caps.AdminAPI) {
 			continue
 		}
@@ -169,8 +169,8 @@ func idleJobs(env appservice.Env, hs SessionHomeserver, pol func() *policy.Polic
 		if err != nil {
 			return err
 		}
-		idle, _ := idleSessions(sessions, timeout, env.Now())
-		all, _ := allIdle(sessions, timeout, env.Now())
+		idle, _ := idleSessions(sessions, caps.IdleAfter(timeout), env.Now())
+		all, _ := allIdle(sessions, caps.IdleAfter(timeout), env.Now())
 		if len(idle) == 0 || (!all && !caps.AdminAPI) {
 			return nil // used again since the sweep
 		}

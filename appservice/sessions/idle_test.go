@@ -166,3 +166,33 @@ func TestIdleLogoff(t *testing.T) {
 		})
 	}
 }
+
+// Synapse records a session's activity at most every two minutes: a client
+// syncing all along can show as unused for up to that long. A session is
+// idle only once its last-seen time is older than the timeout plus that
+// granularity, so an active user is never signed out for it (seen on
+// Synapse 1.160 with a one-minute timeout before this was allowed for).
+func TestIdleAllowsForLastSeenGranularity(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	seen := func(ago time.Duration) []homeserver.Device {
+		return []homeserver.Device{{ID: "PHONE", LastSeen: now.Add(-ago).UnixMilli()}}
+	}
+	synapse := appservice.WipeCaps{AdminAPI: true, LastSeenGranularity: 2 * time.Minute}
+	for _, c := range []struct {
+		name string
+		caps appservice.WipeCaps
+		ago  time.Duration
+		idle bool
+	}{
+		{"exact last-seen, past the timeout", appservice.WipeCaps{}, 61 * time.Second, true},
+		{"exact last-seen, within it", appservice.WipeCaps{}, 59 * time.Second, false},
+		{"Synapse, last seen 90 s ago: may be in use now", synapse, 90 * time.Second, false},
+		{"Synapse, last seen 2m59s ago", synapse, 179 * time.Second, false},
+		{"Synapse, last seen 3m01s ago", synapse, 181 * time.Second, true},
+	} {
+		all, _ := allIdle(seen(c.ago), c.caps.IdleAfter(time.Minute), now)
+		if all != c.idle {
+			t.Errorf("%s: idle %v, want %v", c.name, all, c.idle)
+		}
+	}
+}

@@ -2,11 +2,19 @@ package devstack
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,6 +163,10 @@ func (s *Stack) writeSynapseConfig() error {
 	}
 	s.SharedSecret = string(secret)
 	lots := map[string]any{"per_second": 1000, "burst_count": 1000}
+	appServices := []string{in + "/appservice.yaml"}
+	if s.Opts.NoAppService {
+		appServices = []string{}
+	}
 	cfg := map[string]any{
 		"server_name": s.Opts.ServerName,
 		"pid_file":    in + "/homeserver.pid",
@@ -177,7 +189,7 @@ func (s *Stack) writeSynapseConfig() error {
 		"suppress_key_server_warning": true,
 		"federation_domain_whitelist": []any{},
 		"presence":                    map[string]any{"enabled": false},
-		"app_service_config_files":    []string{in + "/appservice.yaml"},
+		"app_service_config_files":    appServices,
 		"rc_message":                  lots,
 		"rc_registration":             lots,
 		"rc_joins":                    map[string]any{"local": lots, "remote": lots},
@@ -192,6 +204,23 @@ func (s *Stack) writeSynapseConfig() error {
 			"msc3202_transaction_extensions":     true,
 			"msc3202_device_masquerading":        true,
 		},
+	}
+	if s.Opts.Federate {
+		// Federation over HTTPS on loopback, with a self-signed certificate;
+		// test servers do not check each other's certificates, and loopback
+		// (which Synapse refuses to federate with by default) is allowed.
+		if err := selfSigned(filepath.Join(host, "tls.crt"), filepath.Join(host, "tls.key")); err != nil {
+			return err
+		}
+		cfg["listeners"] = append(cfg["listeners"].([]any), map[string]any{
+			"port": s.Opts.FederationPort, "bind_addresses": []string{"127.0.0.1"}, "type": "http", "tls": true, "x_forwarded": false,
+			"resources": []any{map[string]any{"names": []string{"federation"}, "compress": false}},
+		})
+		cfg["tls_certificate_path"], cfg["tls_private_key_path"] = in+"/tls.crt", in+"/tls.key"
+		cfg["federation_verify_certificates"] = false
+		cfg["federation_ip_range_blocklist"] = []any{}
+		cfg["ip_range_blacklist"] = []any{}
+		delete(cfg, "federation_domain_whitelist")
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -229,17 +258,28 @@ func (s *Stack) startSynapse(ctx context.Context) error {
 		return err
 	}
 	// The registration as generate-registration last wrote it.
-	reg, err := os.ReadFile(filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml"))
-	if err != nil && !s.Opts.NoAppService {
-		return err
-	}
-	if s.Opts.NoAppService {
-		reg = nil
-	}
-	if err := config.WriteFileAtomic(filepath.Join(host, "appservice.yaml"), reg, 0o600); err != nil {
-		return err
+	if !s.Opts.NoAppService {
+		reg, err := os.ReadFile(filepath.Join(filepath.Dir(s.ServiceConfig), "registration.yaml"))
+		if err != nil {
+			return err
+		}
+		if err := config.WriteFileAtomic(filepath.Join(host, "appservice.yaml"), reg, 0o600); err != nil {
+			return err
+		}
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=" + in}
+	if s.Opts.TLS != nil {
+		// The CA that issued the service's certificate, trusted by Synapse
+		// (OpenSSL's SSL_CERT_FILE) to reach it over HTTPS.
+		ca, err := os.ReadFile(s.Opts.TLS.CAFile)
+		if err != nil {
+			return err
+		}
+		if err := config.WriteFileAtomic(filepath.Join(host, "service-ca.pem"), ca, 0o644); err != nil {
+			return err
+		}
+		env = append(env, "SSL_CERT_FILE="+in+"/service-ca.pem")
+	}
 	if _, err := os.Stat(filepath.Join(host, "signing.key")); err != nil {
 		cmd := exec.CommandContext(ctx, "chroot", root, "python3", "-m", "synapse.app.homeserver", "-c", in+"/homeserver.yaml", "--generate-keys")
 		cmd.Env = env
@@ -288,4 +328,37 @@ func (s *Stack) RemoveHomeserverData() error {
 	}
 	host, _ := s.synapseData()
 	return os.RemoveAll(host)
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key,
+// unless they exist.
+func selfSigned(certFile, keyFile string) error {
+	if _, err := os.Stat(certFile); err == nil {
+		return nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := config.WriteFileAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	return config.WriteFileAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
