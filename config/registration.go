@@ -51,7 +51,7 @@ func (c *Config) Registration() Registration {
 		SenderLocalpart: c.SenderLocalpart(),
 		RateLimited:     false,
 		Namespaces: Namespaces{
-			Users:   []Namespace{{Exclusive: false, Regex: UserNamespace(c.Homeserver.Domain)}},
+			Users: []Namespace{{Exclusive: false, Regex: UserNamespace(c.Homeserver.Domain)}},
 			// The bot's keep-alive room's alias (homeserver.keepalive):
 			// Synapse lets an application service create only aliases it
 			// reserved.
