@@ -443,15 +443,15 @@ func checkPorts(ports map[string]int) error {
 // StartDendrite starts the homeserver (Dendrite or Synapse, as the options
 // say) and waits until it answers.
 func (s *Stack) StartDendrite(ctx context.Context) error {
-	if s.Opts.Homeserver == "synapse" {
-		return s.startSynapse(ctx)
-	}
 	ports := map[string]int{"homeserver": s.Opts.HSPort}
 	if s.Opts.Federate {
 		ports["federation"] = s.Opts.FederationPort
 	}
 	if err := checkPorts(ports); err != nil {
 		return err
+	}
+	if s.Opts.Homeserver == "synapse" {
+		return s.startSynapse(ctx)
 	}
 	dir := filepath.Join(s.Opts.StateDir, "dendrite")
 	logf, err := openLog(s.DendriteLog)
@@ -468,6 +468,12 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 	if s.Opts.TLS != nil {
 		cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+s.Opts.TLS.CAFile)
 	}
+	return s.runHomeserver(ctx, "Dendrite", cmd, logf)
+}
+
+// runHomeserver starts the homeserver's process, its output to logf, and
+// waits until the client API answers.
+func (s *Stack) runHomeserver(ctx context.Context, name string, cmd *exec.Cmd, logf *os.File) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
@@ -480,7 +486,7 @@ func (s *Stack) StartDendrite(ctx context.Context) error {
 	s.hs, s.hsExit = cmd, exit
 	s.mu.Unlock()
 	if err := waitHTTP(ctx, s.HSURL+"/_matrix/client/versions", 90*time.Second, exit); err != nil {
-		return fmt.Errorf("Dendrite: %w; see %s", err, s.DendriteLog)
+		return fmt.Errorf("%s: %w; see %s", name, err, s.DendriteLog)
 	}
 	return nil
 }

@@ -293,21 +293,7 @@ func (s *Stack) startSynapse(ctx context.Context) error {
 	}
 	cmd := exec.Command("chroot", root, "python3", "-m", "synapse.app.homeserver", "-c", in+"/homeserver.yaml")
 	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = childAttr()
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return err
-	}
-	exit := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(exit) }()
-	s.mu.Lock()
-	s.hs, s.hsExit = cmd, exit
-	s.mu.Unlock()
-	if err := waitHTTP(ctx, s.HSURL+"/_matrix/client/versions", 90*time.Second, exit); err != nil {
-		return fmt.Errorf("Synapse: %w; see %s", err, s.DendriteLog)
-	}
-	return nil
+	return s.runHomeserver(ctx, "Synapse", cmd, logf)
 }
 
 // HomeserverName is the stack's homeserver and version, for people.
