@@ -10,6 +10,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/pushers"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -161,5 +162,15 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(tw, "legal holds\t%d standing\n", st.HoldsStanding)
 	fmt.Fprintf(tw, "rooms\t%d known, %d need attention (matrix-hipaa rooms -problems)\n", st.Rooms, st.RoomIssues)
+	switch flagged, checked, at, err := pushers.Flagged(ctx, db); {
+	case err != nil:
+		return err
+	case cfg.Homeserver.Software != "synapse":
+		fmt.Fprintf(tw, "pushers\tnot checked (Synapse's admin API lists them)\n")
+	case at == 0:
+		fmt.Fprintf(tw, "pushers\tnot checked yet\n")
+	default:
+		fmt.Fprintf(tw, "pushers\t%d users checked %s: %s\n", checked, when(at), pushers.Report(flagged))
+	}
 	return tw.Flush()
 }

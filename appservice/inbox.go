@@ -160,6 +160,15 @@ func (in *Inbox) StoreTransaction(ctx context.Context, txnID string, txn Transac
 	if err != nil {
 		return 0, err
 	}
+	// Receipts commit before the acknowledgement too, in a transaction of
+	// their own: most transactions have none, and the events' path stays
+	// as it is. Were this to fail, the homeserver re-sends the whole
+	// transaction: the events dedupe, the receipts upsert.
+	if err := storeReceipts(ctx, in.db, txn.Receipts, now); err != nil {
+		return 0, fmt.Errorf("store receipts: %w", err)
+	}
+	in.metrics.Events.WithLabelValues("receipt", "stored").Add(float64(len(txn.Receipts)))
+	in.metrics.Events.WithLabelValues("receipt", "dropped").Add(float64(txn.ReceiptsDropped))
 	in.metrics.AuditRecords.Add(float64(len(recs)))
 	for _, e := range events {
 		if e.Type == KeepAliveType && e.Sender == in.bot {

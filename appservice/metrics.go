@@ -28,6 +28,9 @@ type Metrics struct {
 	RetentionHeld prometheus.Counter
 	// JobsTampered counts jobs refused because their MAC did not match.
 	JobsTampered prometheus.Counter
+	// PushersWithContent is how many users have a pusher that is sent
+	// whole events, not event IDs only (Synapse).
+	PushersWithContent prometheus.Gauge
 }
 
 // Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
@@ -83,6 +86,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hipaa_keepalive_sent_total",
 			Help: "Keep-alive posts the bot made to keep the homeserver's delivery prompt.",
 		}),
+		PushersWithContent: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hipaa_users_with_content_pushers",
+			Help: "Local users with a pusher whose push gateway is sent whole events (not event_id_only): their phones may show message text. Synapse only; -1 until the first check.",
+		}),
 		Rooms: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hipaa_rooms",
 			Help: "Known rooms by standing: known; needs_attention (a setting policy requires is not in force, or an action failed for good: what `matrix-hipaa rooms -problems` lists); problem (an action failed for good); unencrypted_required (policy wants encryption, room has none); bot_underpowered (bot lacks the power to fix settings itself: informational).",
@@ -112,7 +119,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "hipaa_jobs_tampered_total",
 		Help: "Jobs refused because their MAC did not match their stored kind, payload or flags: queued or edited in the database outside the service.",
 	})
-	reg.MustRegister(m.JobsTampered, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	m.PushersWithContent.Set(-1)
+	reg.MustRegister(m.JobsTampered, m.PushersWithContent, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

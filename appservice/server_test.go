@@ -181,10 +181,21 @@ func FuzzParseTransaction(f *testing.F) {
 	f.Add(deepEventTxn(MaxEventDepth + 5))
 	f.Add([]byte(`{"events":[` + strings.Repeat("[", 200) + `]}`))
 	f.Add([]byte(`{"events":[{"event_id":"$d","room_id":"!r","type":"t","sender":"@u","content":{"k":"[[[[\"[["}}]}`))
+	f.Add([]byte(`{"ephemeral":[{"type":"m.receipt","room_id":"!r:hs","content":{"$e":{"m.read":{"@u:hs":{"ts":1,"thread_id":"main"}}}}}]}`))
+	f.Add([]byte(`{"de.sorunome.msc2409.ephemeral":[{"type":"m.receipt","room_id":"!r:hs","content":{"$e":{"m.read.private":{"@u:hs":{}},"m.fully_read":{"@v:hs":{"ts":2}}}}},{"type":"m.typing"}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		txn, err := ParseTransaction(body)
+		for _, r := range txn.Receipts {
+			if auditableID(r.RoomID, '!') == "" || auditableID(r.UserID, '@') == "" || auditableID(r.EventID, '$') == "" ||
+				(r.Type != "m.read" && r.Type != "m.read.private") {
+				t.Fatalf("accepted a receipt with a bad field: %+v", r)
+			}
+		}
+		if len(txn.Receipts) > MaxReceiptsPerTransaction {
+			t.Fatalf("%d receipts kept, over the bound", len(txn.Receipts))
+		}
 		if err != nil {
-			if len(txn.Events) != 0 || len(txn.Rejected) != 0 {
+			if len(txn.Events) != 0 || len(txn.Rejected) != 0 || len(txn.Receipts) != 0 {
 				t.Fatal("events returned with an error")
 			}
 			var bad errBadJSON

@@ -176,6 +176,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, ReadRoom: cfg.Admin.Room,
 		Password: password, Log: log,
 	})
+	hs.BotSession = s.Bot.AccessToken
 	RegisterDiscovery(s.Runner, hs, s.Inbox)
 	RegisterLinkVerification(s.Runner, hs, links, cfg.BotMXID(), func(ctx context.Context) error { return s.enrol(ctx, s.Policy.Current()) })
 	s.WipeCaps = WipeCaps{AdminAPI: cfg.Homeserver.Software == "synapse", Admin: cfg.BotMXID()}
@@ -286,6 +287,11 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	workers.Go(func() { s.pingHomeserver(workCtx) })
+	if s.Config.Homeserver.Software == "synapse" {
+		// Rooms that never sent the service an event are only found by
+		// listing them; Synapse's admin API does.
+		workers.Go(func() { s.discoverListedRoomsLoop(workCtx, time.Hour) })
+	}
 	s.Log.Info().Str("config", s.Config.Describe()).Msg("matrix-hipaa running")
 	synapse := s.Config.Homeserver.Software == "synapse"
 	s.Log.Info().Str("software", s.Config.Homeserver.Software).

@@ -33,6 +33,10 @@ const envelopeDepth = 2
 type Transaction struct {
 	Events   []*Event
 	Rejected []Rejected
+	// Receipts are the read receipts among its ephemeral events;
+	// ReceiptsDropped how many were over MaxReceiptsPerTransaction.
+	Receipts        []Receipt
+	ReceiptsDropped int
 }
 
 // Rejected is an event refused on its own. Its fields are what could be
@@ -117,11 +121,12 @@ func ParseTransaction(body []byte) (Transaction, error) {
 		return txn, errBadJSON{"transaction must be a JSON object"}
 	}
 	list := root.Get("events")
-	if !list.Exists() || list.Type == gjson.Null {
-		return txn, nil
-	}
-	if !list.IsArray() {
+	if list.Exists() && list.Type != gjson.Null && !list.IsArray() {
 		return txn, errBadJSON{"events must be a list"}
+	}
+	txn.Receipts, txn.ReceiptsDropped = parseReceipts(root)
+	if !list.IsArray() {
+		return txn, nil
 	}
 	i := 0
 	list.ForEach(func(_, v gjson.Result) bool {

@@ -82,6 +82,12 @@ type Homeserver struct {
 	// the redacted events themselves leave the database. The bot must be a
 	// server admin.
 	PurgeHistory bool `yaml:"purge_history"`
+	// PurgeInterval is how often at most each room's history is purged
+	// (default 1h): each purge is a background job on Synapse.
+	PurgeInterval Duration `yaml:"purge_interval"`
+	// PusherCheckInterval (Synapse only) is how often every local user's
+	// pushers are listed, to find those sent whole events (default 1h).
+	PusherCheckInterval Duration `yaml:"pusher_check_interval"`
 }
 
 type AppService struct {
@@ -369,6 +375,12 @@ func (c *Config) applyDefaults() {
 	if c.Logging.Format == "" {
 		c.Logging.Format = "json"
 	}
+	if c.Homeserver.PusherCheckInterval == 0 {
+		c.Homeserver.PusherCheckInterval = Duration(time.Hour)
+	}
+	if c.Homeserver.PurgeInterval == 0 {
+		c.Homeserver.PurgeInterval = Duration(time.Hour)
+	}
 	if c.Jobs.Workers == 0 {
 		c.Jobs.Workers = 4
 	}
@@ -496,6 +508,12 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	}
 	if c.Homeserver.PurgeHistory && c.Homeserver.Software != "synapse" {
 		d.Errorf("homeserver.purge_history", "homeserver.purge_history needs Synapse's admin API (homeserver.software: synapse)")
+	}
+	if c.Homeserver.PusherCheckInterval.D() < time.Second && c.Homeserver.PusherCheckInterval != 0 {
+		d.Errorf("homeserver.pusher_check_interval", "homeserver.pusher_check_interval must be at least 1s, not %s", c.Homeserver.PusherCheckInterval.D())
+	}
+	if c.Homeserver.PurgeInterval != 0 && c.Homeserver.PurgeInterval.D() < time.Second {
+		d.Errorf("homeserver.purge_interval", "homeserver.purge_interval must be at least 1s, not %s", c.Homeserver.PurgeInterval.D())
 	}
 	switch c.Homeserver.Software {
 	case "synapse", "dendrite", "generic":

@@ -13,13 +13,18 @@ import (
 
 // Registration is the appservice registration file the homeserver loads.
 type Registration struct {
-	ID              string     `yaml:"id"`
-	URL             string     `yaml:"url"`
-	ASToken         string     `yaml:"as_token"`
-	HSToken         string     `yaml:"hs_token"`
-	SenderLocalpart string     `yaml:"sender_localpart"`
-	RateLimited     bool       `yaml:"rate_limited"`
-	Namespaces      Namespaces `yaml:"namespaces"`
+	ID              string `yaml:"id"`
+	URL             string `yaml:"url"`
+	ASToken         string `yaml:"as_token"`
+	HSToken         string `yaml:"hs_token"`
+	SenderLocalpart string `yaml:"sender_localpart"`
+	RateLimited     bool   `yaml:"rate_limited"`
+	// ReceiveEphemeral asks for ephemeral events (read receipts) in
+	// transactions (MSC2409); PushEphemeral is the name Synapse read
+	// before the MSC was merged. Dendrite sends none either way.
+	ReceiveEphemeral bool       `yaml:"receive_ephemeral"`
+	PushEphemeral    bool       `yaml:"de.sorunome.msc2409.push_ephemeral"`
+	Namespaces       Namespaces `yaml:"namespaces"`
 }
 
 type Namespaces struct {
@@ -50,6 +55,9 @@ func (c *Config) Registration() Registration {
 		HSToken:         c.AppService.HSToken.Reveal(),
 		SenderLocalpart: c.SenderLocalpart(),
 		RateLimited:     false,
+		// Read receipts: escalation of unread messages judges from them.
+		ReceiveEphemeral: true,
+		PushEphemeral:    true,
 		Namespaces: Namespaces{
 			Users: []Namespace{{Exclusive: false, Regex: UserNamespace(c.Homeserver.Domain)}},
 			// The bot's keep-alive room's alias (homeserver.keepalive):

@@ -46,6 +46,7 @@ const Help = `Commands (admins listed in the service's config only):
 !verify @user:server NPI ROLE [--department D] [--licence-expires YYYY-MM-DD] — add or update a verified clinician
 !revoke @user:server REASON — withdraw a verification (they are removed from rooms limited to verified clinicians)
 !roster — the verified clinicians
+!pushers — users whose phones may show message text (pushers sent whole events; Synapse)
 TIME is RFC 3339, a date (2026-11-01) or a duration ago (24h).`
 
 // ParseCommand reads a management-room message. ok is false when the text
@@ -152,7 +153,7 @@ func ParseCommand(body string, now time.Time) (c Command, ok bool, err error) {
 		if err := reason(); err != nil {
 			return c, true, err
 		}
-	case "help", "holds", "roster":
+	case "help", "holds", "roster", "pushers":
 		if len(positional) > 0 {
 			return c, true, fmt.Errorf("!%s takes no arguments", c.Name)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/pushers"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
@@ -192,6 +193,16 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 		}
 		rec.Count = int64(len(devs))
 		return m.answerOnce(ctx, p, rec, formatDevices(cmd.Target, devs))
+	case "pushers":
+		users, _, at, err := pushers.Flagged(ctx, m.DB)
+		if err != nil {
+			return err
+		}
+		rec.Count = int64(len(users))
+		if at == 0 {
+			return m.answerOnce(ctx, p, rec, "Pushers have not been checked yet (Synapse only: its admin API lists them).")
+		}
+		return m.answerOnce(ctx, p, rec, pushers.Report(users))
 	case "holds":
 		holds, err := expiry.StandingHolds(ctx, m.DB)
 		if err != nil {

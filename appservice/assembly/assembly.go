@@ -8,6 +8,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/pushers"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 )
 
@@ -20,7 +21,9 @@ import (
 //     before the rules act;
 //   - enforce: the rules' actions; it is also the Enroller that brings
 //     known rooms under a new policy, before expiry's notices of it;
-//   - sessions: wipes and idle logoff decide nothing per event.
+//   - sessions: wipes and idle logoff decide nothing per event;
+//   - pushers: the check of users' pushers (Synapse) decides nothing per
+//     event either.
 func AddFeatures(svc *appservice.Service) error {
 	env := svc.Env()
 	return svc.Add(
@@ -28,5 +31,6 @@ func AddFeatures(svc *appservice.Service) error {
 		expiry.New(env),
 		enforce.New(env),
 		sessions.New(env),
+		pushers.New(env),
 	)
 }

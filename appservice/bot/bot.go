@@ -323,6 +323,15 @@ func ownVersionTables(ctx context.Context, db *sql.DB, dialect string) error {
 	return nil
 }
 
+// AccessToken is the bot's own session's token, once it is ready.
+func (b *Bot) AccessToken() (string, error) {
+	cli, err := b.client()
+	if err != nil {
+		return "", err
+	}
+	return cli.AccessToken, nil
+}
+
 func (b *Bot) client() (*mautrix.Client, error) {
 	select {
 	case <-b.ready:

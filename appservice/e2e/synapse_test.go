@@ -3,9 +3,16 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
@@ -70,6 +77,196 @@ func TestSynapseSingleDeviceWipeAndDeactivation(t *testing.T) {
 	// password that logged in the laptop above is now refused.
 	if !errors.Is(err, mautrix.MUserDeactivated) && !errors.Is(err, mautrix.MForbidden) {
 		t.Fatalf("logging in to the deactivated account: %v, want it refused", err)
+	}
+	verify(t, st)
+}
+
+// Expired messages leave Synapse's database too (homeserver.purge_history):
+// after their lifetime the older ones are gone for a member (404 from
+// /event), not only redacted. Synapse keeps the newest event before a
+// purge's bound, so the newest expired message stays until a later purge
+// passes it: redacted, its content already gone. Synapse only: Dendrite has
+// no purge API.
+func TestSynapsePurgeRemovesExpiredHistory(t *testing.T) {
+	onSynapse(t)
+	st := startStack(t, devstack.Options{HomeserverConfig: map[string]any{"purge_history": true, "purge_interval": "2s"}})
+	ctx := context.Background()
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 3s\n"))
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	room := sharedEncryptedRoom(t, alice, bob)
+	var sent []id.EventID
+	for _, text := range []string{"obs 14:00 stable", "obs 14:05 febrile", "obs 14:10 settled"} {
+		resp, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, resp.EventID)
+	}
+	gone := func(ev id.EventID) bool {
+		_, err := bob.GetEvent(ctx, room, ev)
+		return errors.Is(err, mautrix.MNotFound)
+	}
+	waitForLong(t, "the two older expired messages to be purged", 60*time.Second, func() bool { return gone(sent[0]) && gone(sent[1]) })
+	last, err := bob.GetEvent(ctx, room, sent[2])
+	if err != nil {
+		t.Fatalf("the newest expired message: %v (Synapse keeps the event a purge's bound lands on)", err)
+	}
+	if last.Unsigned.RedactedBecause == nil || len(last.Content.Raw) != 0 {
+		t.Fatalf("the newest expired message is kept but not redacted: %+v", last.Content.Raw)
+	}
+	// The purges are on the record, as jobs applied.
+	db := serviceDB(t, st, "mode=ro")
+	var purges int
+	waitFor(t, "a purge job to be done", func() bool {
+		return db.QueryRow(`SELECT COUNT(*) FROM job WHERE kind = 'purge_history' AND state = 'done'`).Scan(&purges) == nil && purges > 0
+	})
+	t.Logf("%d purges done; 2 of 3 expired messages gone from the database, the newest kept redacted", purges)
+	verify(t, st)
+}
+
+// A read receipt from a real client reaches the service in a transaction
+// (MSC2409 ephemeral events) and is stored: who read the room up to which
+// event, no content. Synapse only: Dendrite v0.13.8 pushes no ephemeral
+// events to application services.
+func TestSynapseReadReceiptArrives(t *testing.T) {
+	onSynapse(t)
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	room := sharedEncryptedRoom(t, alice, bob)
+	resp, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "please review the chart"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.waitMessage(t, "alice's message", func(e *event.Event) bool { return e.ID == resp.EventID })
+	if err := bob.SendReceipt(ctx, room, resp.EventID, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	db := serviceDB(t, st, "mode=ro")
+	var got string
+	waitFor(t, "bob's receipt to be stored", func() bool {
+		return db.QueryRow(`SELECT event_id FROM read_receipt WHERE room_id = ? AND user_id = ? AND receipt_type = 'm.read'`, string(room), string(bob.UserID)).Scan(&got) == nil &&
+			got == string(resp.EventID)
+	})
+	metrics := string(httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", st.Opts.MetricsPort)))
+	if !strings.Contains(metrics, `hipaa_events_total{class="receipt",delivery="stored"}`) {
+		t.Fatalf("no receipt counted in the metrics")
+	}
+}
+
+// Users whose pushers are sent whole events (their lock screen may show
+// message text) are found through Synapse's admin API, and reported in
+// `status`, the metric and the management room; a pusher that asks for
+// event IDs only is not reported. Synapse only: its admin API lists
+// pushers.
+func TestSynapsePushersWithContentReported(t *testing.T) {
+	onSynapse(t)
+	st := startStack(t, devstack.Options{HomeserverConfig: map[string]any{"pusher_check_interval": "1s"}})
+	ctx := context.Background()
+	botID := botOf(t, st)
+	admin := newE2EEUser(t, st, "admin")
+	carol := newE2EEUser(t, st, "carol")
+	dave := newE2EEUser(t, st, "dave")
+	mgmt := sharedEncryptedRoom(t, admin, carol)
+	if err := st.SetManagementRoom(string(mgmt), string(admin.UserID)); err != nil {
+		t.Fatal(err)
+	}
+	st.StopService()
+	if err := st.StartService(ctx); err != nil {
+		t.Fatal(err)
+	}
+	setPusher := func(u *e2eeUser, format string) {
+		t.Helper()
+		data := map[string]any{"url": "https://push.example.org/_matrix/push/v1/notify"}
+		if format != "" {
+			data["format"] = format
+		}
+		body := map[string]any{"kind": "http", "app_id": "org.example.hipaa.test", "app_display_name": "Test", "device_display_name": "phone",
+			"pushkey": "key-" + string(u.DeviceID), "lang": "en", "data": data}
+		if _, err := u.MakeRequest(ctx, http.MethodPost, u.BuildClientURL("v3", "pushers", "set"), body, nil); err != nil {
+			t.Fatalf("set pusher: %v", err)
+		}
+	}
+	setPusher(carol, "")
+	setPusher(dave, "event_id_only")
+	notice := admin.waitMessage(t, "the management room's pusher notice", func(e *event.Event) bool {
+		return e.RoomID == mgmt && e.Sender == botID && strings.Contains(textOf(e), "pusher")
+	})
+	text := textOf(notice)
+	if !strings.Contains(text, string(carol.UserID)) || strings.Contains(text, string(dave.UserID)) || !notice.Mautrix.WasEncrypted {
+		t.Fatalf("pusher notice (encrypted %v): %s", notice.Mautrix.WasEncrypted, text)
+	}
+	metrics := string(httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", st.Opts.MetricsPort)))
+	if !strings.Contains(metrics, "hipaa_users_with_content_pushers 1\n") {
+		t.Fatalf("metric: want hipaa_users_with_content_pushers 1")
+	}
+	out, errOut, err := st.Service("status", "-config", st.ServiceConfig)
+	if err != nil {
+		t.Fatalf("status: %v\n%s%s", err, out, errOut)
+	}
+	if !strings.Contains(string(out), "1 user(s) have a pusher that is sent whole events") || !strings.Contains(string(out), string(carol.UserID)) {
+		t.Fatalf("status:\n%s", out)
+	}
+	// And on request, in the management room.
+	if _, err := admin.SendMessageEvent(ctx, mgmt, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "!pushers"}); err != nil {
+		t.Fatal(err)
+	}
+	answer := admin.waitMessage(t, "the answer to !pushers", func(e *event.Event) bool {
+		return e.RoomID == mgmt && e.Sender == botID && strings.HasPrefix(textOf(e), "1 user(s)")
+	})
+	if !strings.Contains(textOf(answer), string(carol.UserID)) {
+		t.Fatalf("!pushers: %s", textOf(answer))
+	}
+	t.Logf("notice: %s", text)
+}
+
+// A room the service has no record of, and that sends it no event, is
+// found in Synapse's admin room list when the service starts and brought
+// under policy: here a plaintext room made while policy let it be, whose
+// record the service then lost (as if it had been created before the
+// service was installed), is encrypted once policy requires it, without
+// anyone writing in it. Synapse only: Dendrite has no room list API.
+func TestSynapseDiscoversListedRooms(t *testing.T) {
+	onSynapse(t)
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  encryption: optional\n  plaintext: allow\n"))
+	alice := newUser(t, st, "alice")
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := created.RoomID
+	db := serviceDB(t, st, "")
+	waitFor(t, "the service to know the room", func() bool {
+		var n int
+		return db.QueryRow(`SELECT COUNT(*) FROM room_state WHERE room_id = ?`, string(room)).Scan(&n) == nil && n == 1
+	})
+	st.StopService()
+	for _, table := range []string{"room_state", "inbox"} {
+		if _, err := db.Exec(`DELETE FROM `+table+` WHERE room_id = ?`, string(room)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(st.ServiceConfig), "policy.yaml"), []byte("version: 1\ndefaults:\n  encryption: required\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartService(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitForLong(t, "the listed room to be encrypted", 60*time.Second, func() bool {
+		var enc map[string]any
+		return alice.StateEvent(ctx, room, event.StateEncryption, "", &enc) == nil && enc["algorithm"] == "m.megolm.v1.aes-sha2"
+	})
+	lines, _ := export(t, st)
+	listed := false
+	for _, l := range lines {
+		listed = listed || (l.Type == "policy.decision" && l.Detail == "room-listed")
+	}
+	if !listed {
+		t.Fatal("no room-listed record in the audit trail")
 	}
 	verify(t, st)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"maunium.net/go/mautrix"
 )
@@ -19,8 +20,13 @@ const JobPurge = "purge_history"
 // expiryHandlers handle expire jobs: a redaction as the sender, like
 // policy's own redactions. With purge (Synapse), each room whose messages
 // expire also gets, at most once an hour, a purge of its history up to the
-// newest message that has expired.
+// newest message that has expired: at most once a purge interval
+// (homeserver.purge_interval).
 func expiryHandlers(env appservice.Env, hs Redactor, purge, asBot bool) map[string]appservice.Handler {
+	every := env.Config.Homeserver.PurgeInterval.D()
+	if every <= 0 {
+		every = time.Hour
+	}
 	bot := env.BotUser
 	jobs := map[string]appservice.Handler{}
 	jobs[JobExpire] = func(ctx context.Context, j *appservice.Job) error {
@@ -47,10 +53,10 @@ func expiryHandlers(env appservice.Env, hs Redactor, purge, asBot bool) map[stri
 			return err
 		}
 		return env.DB.Tx(ctx, store.Deferred, func(tx *sql.Tx) error {
-			hour := env.Now().Truncate(time.Hour)
+			slot := env.Now().Truncate(every)
 			payload, _ := json.Marshal(appservice.ActionPayload{Room: p.Room, ActAs: bot, Reason: "expired history"})
-			return appservice.Enqueue(ctx, env.DB, tx, env.Now(), appservice.JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, hour.Unix()),
-				Payload: payload, DueAt: hour.Add(time.Hour)})
+			return appservice.Enqueue(ctx, env.DB, tx, env.Now(), appservice.JobSpec{Kind: JobPurge, DedupeKey: fmt.Sprintf("purge:%s:%d", p.Room, slot.Unix()),
+				Payload: payload, DueAt: slot.Add(every)})
 		})
 	}
 	jobs[JobPurge] = func(ctx context.Context, j *appservice.Job) error {
@@ -62,7 +68,16 @@ func expiryHandlers(env appservice.Env, hs Redactor, purge, asBot bool) map[stri
 		if err != nil || !ok {
 			return err
 		}
-		return hs.PurgeHistory(ctx, p.ActAs, p.Room, upTo)
+		err = hs.PurgeHistory(ctx, p.ActAs, p.Room, upTo)
+		switch {
+		case errors.Is(err, homeserver.ErrNothingToPurge):
+			return nil
+		case errors.Is(err, homeserver.ErrPurgeFailed):
+			// Synapse says why; trying the same purge again would fail the
+			// same way. A later expiry queues the next one.
+			return appservice.Permanent(err)
+		}
+		return err
 	}
 	return jobs
 }

@@ -22,6 +22,11 @@ type Client struct {
 	address string
 	asToken string
 	http    *http.Client
+	// BotSession gives the bot's own access token, for the few calls that
+	// cannot act through the application service's masquerade: Synapse's
+	// user listing reads ?user_id= as a filter, so acting as the bot there
+	// lists only the bot.
+	BotSession func() (string, error)
 }
 
 func New(address, asToken string) *Client {
@@ -37,6 +42,24 @@ func (c *Client) as(user string) (*mautrix.Client, error) {
 	cli.SetAppServiceUserID = true
 	cli.Client = c.http
 	cli.DefaultHTTPRetries = 0 // the job runner retries, durably
+	return cli, nil
+}
+
+// session returns a client on the bot's own session.
+func (c *Client) session() (*mautrix.Client, error) {
+	if c.BotSession == nil {
+		return nil, errors.New("no bot session to make this request with")
+	}
+	token, err := c.BotSession()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := mautrix.NewClient(c.address, "", token)
+	if err != nil {
+		return nil, err
+	}
+	cli.Client = c.http
+	cli.DefaultHTTPRetries = 0
 	return cli, nil
 }
 
@@ -135,16 +158,58 @@ func (c *Client) StateContent(ctx context.Context, user, room, eventType, stateK
 
 // PurgeHistory asks Synapse to delete a room's non-state events older than
 // upToMillis, local ones included (admin API, acting as user, who must be a
-// server admin). Synapse purges in the background.
+// server admin), and waits for the purge, which Synapse runs in the
+// background, to finish. Synapse keeps the newest event before the bound
+// (it purges below that event's depth), so a room always keeps one event
+// to build on. Nothing before the bound is ErrNothingToPurge.
 func (c *Client) PurgeHistory(ctx context.Context, user, room string, upToMillis int64) error {
 	cli, err := c.as(user)
 	if err != nil {
 		return err
 	}
 	body := map[string]any{"purge_up_to_ts": upToMillis, "delete_local_events": true}
-	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "purge_history", room}), body, nil)
-	return err
+	var started struct {
+		PurgeID string `json:"purge_id"`
+	}
+	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "purge_history", room}), body, &started)
+	if errors.Is(err, mautrix.MNotFound) {
+		return ErrNothingToPurge
+	}
+	if err != nil || started.PurgeID == "" {
+		return err
+	}
+	// A purge of years of history can take long; past this the job is
+	// tried again later (a second purge of the same range is harmless).
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
+		var status struct {
+			Status string `json:"status"`
+			Error  string `json:"error"`
+		}
+		if _, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "purge_history_status", started.PurgeID}), nil, &status); err != nil {
+			return err
+		}
+		switch status.Status {
+		case "complete":
+			return nil
+		case "failed":
+			return fmt.Errorf("%w: %s", ErrPurgeFailed, status.Error)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
+
+var (
+	// ErrNothingToPurge: the room has no event before the bound.
+	ErrNothingToPurge = errors.New("no event to purge before the bound")
+	// ErrPurgeFailed: Synapse ran the purge and it failed.
+	ErrPurgeFailed = errors.New("synapse's purge failed")
+)
 
 // SignOutEverywhere ends every session of user (POST /logout/all acting as
 // them): their clients' next request gets M_UNKNOWN_TOKEN. The appservice's

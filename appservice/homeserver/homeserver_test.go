@@ -45,22 +45,55 @@ func TestQuarantineMediaRequest(t *testing.T) {
 }
 
 // Synapse's purge_history admin API: POST .../purge_history/{room_id} with
-// purge_up_to_ts and delete_local_events, as the bot.
-func TestPurgeHistoryRequest(t *testing.T) {
-	var gotPath, gotUser string
-	var body map[string]any
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		gotPath, gotUser = r.URL.EscapedPath(), r.URL.Query().Get("user_id")
-		json.NewDecoder(r.Body).Decode(&body)
-		w.Write([]byte(`{"purge_id":"abc"}`))
-	}))
-	defer srv.Close()
-	if err := New(srv.URL, "as").PurgeHistory(context.Background(), "@hipaa:h", "!room:h", 1234567); err != nil {
-		t.Fatal(err)
-	}
-	if gotPath != "/_synapse/admin/v1/purge_history/%21room:h" || gotUser != "@hipaa:h" ||
-		body["purge_up_to_ts"] != float64(1234567) || body["delete_local_events"] != true {
-		t.Fatalf("request %s user %s body %v", gotPath, gotUser, body)
+// purge_up_to_ts and delete_local_events, as the bot; then the purge's
+// status until it is complete or failed. (TestSynapsePurgeRemovesExpired-
+// History runs it against the real Synapse.)
+func TestPurgeHistoryWaitsForTheOutcome(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		statuses []string
+		post     int
+		want     error
+	}{
+		{"complete after a while", []string{"active", "active", "complete"}, http.StatusOK, nil},
+		{"failed", []string{"active", "failed"}, http.StatusOK, ErrPurgeFailed},
+		{"nothing before the bound", nil, http.StatusNotFound, ErrNothingToPurge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var gotPath, gotUser string
+			var body map[string]any
+			polls := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					if r.URL.EscapedPath() != "/_synapse/admin/v1/purge_history_status/p1" {
+						t.Errorf("status path %s", r.URL.EscapedPath())
+					}
+					json.NewEncoder(w).Encode(map[string]string{"status": tc.statuses[min(polls, len(tc.statuses)-1)], "error": "boom"})
+					polls++
+					return
+				}
+				gotPath, gotUser = r.URL.EscapedPath(), r.URL.Query().Get("user_id")
+				json.NewDecoder(r.Body).Decode(&body)
+				w.WriteHeader(tc.post)
+				if tc.post == http.StatusNotFound {
+					w.Write([]byte(`{"errcode":"M_NOT_FOUND","error":"there is no event to be purged"}`))
+					return
+				}
+				w.Write([]byte(`{"purge_id":"p1"}`))
+			}))
+			defer srv.Close()
+			err := New(srv.URL, "as").PurgeHistory(context.Background(), "@hipaa:h", "!room:h", 1234567)
+			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+			if gotPath != "/_synapse/admin/v1/purge_history/%21room:h" || gotUser != "@hipaa:h" ||
+				body["purge_up_to_ts"] != float64(1234567) || body["delete_local_events"] != true {
+				t.Fatalf("request %s user %s body %v", gotPath, gotUser, body)
+			}
+			if polls != len(tc.statuses) {
+				t.Fatalf("status asked %d times, want %d", polls, len(tc.statuses))
+			}
+		})
 	}
 }
 

@@ -131,6 +131,9 @@ type Options struct {
 	// AuditExporters are added to audit.exporters (after the example's own
 	// jsonl exporter), each as its YAML map.
 	AuditExporters []map[string]any
+	// HomeserverConfig is merged into the service's homeserver section
+	// (say purge_history and purge_interval).
+	HomeserverConfig map[string]any
 	// ExpireAs sets jobs.expire_as (sender or bot).
 	ExpireAs string
 	// AdminToken, if set, turns on the admin HTTP API on AdminPort (picked
@@ -247,6 +250,9 @@ func (s *Stack) writeServiceConfig() error {
 	}
 	o := s.Opts
 	hs := map[string]any{"address": s.HSURL, "domain": o.ServerName, "software": o.Homeserver}
+	for k, v := range o.HomeserverConfig {
+		hs[k] = v
+	}
 	if o.KeepAlive != "" {
 		hs["keepalive"] = o.KeepAlive
 	}
