@@ -24,6 +24,8 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-sysusers >/dev/null 2>&1 || need_apt+=(systemd)
 # ...and a container booted with systemd-nspawn runs them.
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+# The third E2EE client, Element's crypto stack, is matrix-js-sdk on Node (20 or later).
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # Synapse runs from a Debian sid root file system made once with debootstrap.
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -60,6 +62,10 @@ pg_isready -h 127.0.0.1 -p 5432
 if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1; then
   psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test"
 fi
+
+# matrix-js-sdk and its Rust crypto (WebAssembly), exactly as the lock file pins them.
+log "installing the matrix-js-sdk test client (npm ci)"
+(cd appservice/e2e/testdata/jsclient && npm ci --no-audit --no-fund --loglevel=error)
 
 go version
 log "running the test suite (end-to-end tests on Dendrite)"

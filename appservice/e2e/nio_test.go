@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,26 +57,10 @@ func TestNioClientInterop(t *testing.T) {
 
 	runCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	script, _ := filepath.Abs("testdata/nio_client.py")
-	cmd := exec.CommandContext(runCtx, py, script, st.HSURL, nina, password, string(room.RoomID), t.TempDir(), string(alice.UserID), botID)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	nio := startScript(t, runCtx, "nio", nina, py, mustAbs("testdata/nio_client.py"), st.HSURL, nina, password, string(room.RoomID), t.TempDir(), string(alice.UserID), botID)
 	var plainID string
 	var notice *nioLine
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		var l nioLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			continue // nio's own chatter
-		}
-		t.Logf("nio: %s", sc.Text())
+	for l := range nio.lines {
 		switch {
 		case l.Error != "":
 			t.Errorf("nio client: %s", l.Error)
@@ -102,8 +83,8 @@ func TestNioClientInterop(t *testing.T) {
 			notice = &l
 		}
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("nio client: %v\n%s", err, tail(stderr.String(), 3000))
+	if err := nio.cmd.Wait(); err != nil {
+		t.Fatalf("nio client: %v\n%s", err, tail(nio.stderr.String(), 3000))
 	}
 	if plainID == "" || notice == nil {
 		t.Fatalf("nio client did not get through (plaintext %q, notice %v)", plainID, notice)

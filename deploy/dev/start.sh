@@ -3,6 +3,7 @@
 # under .dev/, starts both on loopback, creates an admin and a demo user and
 # the admin's management room. `start.sh adduser NAME` adds an account to the
 # running stack. Flags: -state DIR -hs-port N -as-port N -metrics-port N
+# -homeserver dendrite|synapse (or --homeserver synapse; Synapse needs root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! command -v go >/dev/null 2>&1; then

@@ -776,26 +776,38 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// Binaries are Dendrite's folder and a freshly built matrix-hipaa, for the
-// load and measurement tools; cleanup removes the build.
-func Binaries(ctx context.Context, name string) (dendrite, service string, cleanup func(), err error) {
+// Binaries builds (or finds cached) the homeserver named ("dendrite" or
+// "synapse") and a matrix-hipaa binary in a temporary folder that cleanup
+// removes: Options with Homeserver, its build and ServiceBin set, for load
+// tools that start their own stacks.
+func Binaries(ctx context.Context, name, homeserver string) (opts Options, cleanup func(), err error) {
 	root, err := RepoRoot()
 	if err != nil {
-		return "", "", nil, err
+		return opts, nil, err
 	}
-	if dendrite, err = BuildDendrite(ctx, os.Stderr); err != nil {
-		return "", "", nil, err
+	opts.Homeserver = homeserver
+	switch homeserver {
+	case "", "dendrite":
+		opts.Homeserver = "dendrite"
+		opts.DendriteBin, err = BuildDendrite(ctx, os.Stderr)
+	case "synapse":
+		opts.SynapseRoot, _, err = BuildSynapse(ctx, os.Stderr)
+	default:
+		err = fmt.Errorf("homeserver %q: dendrite or synapse", homeserver)
+	}
+	if err != nil {
+		return opts, nil, err
 	}
 	dir, err := os.MkdirTemp("", name)
 	if err != nil {
-		return "", "", nil, err
+		return opts, nil, err
 	}
-	service = filepath.Join(dir, "matrix-hipaa")
-	if err := BuildService(ctx, root, service, os.Stderr); err != nil {
+	opts.ServiceBin = filepath.Join(dir, "matrix-hipaa")
+	if err := BuildService(ctx, root, opts.ServiceBin, os.Stderr); err != nil {
 		os.RemoveAll(dir)
-		return "", "", nil, err
+		return opts, nil, err
 	}
-	return dendrite, service, func() { os.RemoveAll(dir) }, nil
+	return opts, func() { os.RemoveAll(dir) }, nil
 }
 
 // Login creates an account and returns a client logged in with its password.

@@ -199,6 +199,12 @@ func (s *Stack) writeSynapseConfig() error {
 		"rc_key_requests":             lots,
 		"rc_3pid_validation":          lots,
 		"rc_media_create":             lots,
+		"rc_room_creation":            lots,
+		"rc_joins_per_room":           lots,
+		"rc_reports":                  lots,
+		"rc_delayed_event_mgmt":       lots,
+		"rc_user_directory":           lots,
+		"rc_third_party_invite":       lots,
 		"experimental_features": map[string]any{
 			"msc2409_to_device_messages_enabled": true,
 			"msc3202_transaction_extensions":     true,

@@ -15,6 +15,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -41,6 +43,9 @@ func main() {
 	idleTrials := flag.Int("idle-trials", 20, "trials per window after each idle spell")
 	gapList := flag.String("idle-gaps", "6s", "comma-separated idle spells to measure after")
 	kaList := flag.String("keepalive", "off,2s", "comma-separated keep-alive settings to run (off or a duration)")
+	hsName := flag.String("homeserver", "dendrite", "dendrite or synapse")
+	restarts := flag.Int("restarts", 5, "restart trials: the service is stopped, a plaintext sent, and the service started again after -down")
+	down := flag.Duration("down", 10*time.Second, "how long the service is down in each restart trial")
 	lead := flag.Bool("lead", false, "in idle trials, send a harmless event just before the plaintext, so the plaintext is the second event after the idle spell (the one Dendrite can hold back)")
 	flag.Parse()
 	var gaps []time.Duration
@@ -50,7 +55,7 @@ func main() {
 		gaps = append(gaps, d)
 	}
 	ctx := context.Background()
-	dendrite, bin, cleanup, err := devstack.Binaries(ctx, "enforcewindow")
+	base, cleanup, err := devstack.Binaries(ctx, "enforcewindow", *hsName)
 	check(err)
 	defer cleanup()
 	dir, err := os.MkdirTemp("", "enforcewindow-state")
@@ -61,7 +66,7 @@ func main() {
 		if keepalive == "off" {
 			keepalive = ""
 		}
-		run(ctx, dendrite, bin, filepath.Join(dir, "ka"+keepalive), keepalive, label, *trials, *idleTrials, gaps, *lead)
+		run(ctx, base, filepath.Join(dir, "ka"+keepalive), keepalive, label, *trials, *idleTrials, gaps, *lead, *restarts, *down)
 	}
 }
 
@@ -138,9 +143,11 @@ func (o *observer) loop(ctx context.Context) {
 
 type sample struct{ total, delivery, processing, back time.Duration }
 
-func run(ctx context.Context, dendrite, bin, state, keepalive, label string, trials, idleTrials int, gaps []time.Duration, lead bool) {
-	st, err := devstack.Prepare(devstack.Options{StateDir: state, DendriteBin: dendrite, ServiceBin: bin, KeepAlive: keepalive})
+func run(ctx context.Context, opts devstack.Options, state, keepalive, label string, trials, idleTrials int, gaps []time.Duration, lead bool, restarts int, down time.Duration) {
+	opts.StateDir, opts.KeepAlive = state, keepalive
+	st, err := devstack.Prepare(opts)
 	check(err)
+	defer st.RemoveHomeserverData()
 	defer st.Stop()
 	check(st.StartDendrite(ctx))
 	check(st.StartService(ctx))
@@ -215,6 +222,9 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 	}
 	stopBg()
 	for _, gap := range gaps {
+		if idleTrials == 0 {
+			break
+		}
 		create, redact := measure(idleTrials, gap)
 		report(fmt.Sprintf("%s, after %s idle", label, gap), "room created → encrypted", create, idleTrials)
 		what := "plaintext sent → redacted"
@@ -222,6 +232,36 @@ func run(ctx context.Context, dendrite, bin, state, keepalive, label string, tri
 			what = "2nd event (plaintext) → redacted"
 		}
 		report(fmt.Sprintf("%s, after %s idle", label, gap), what, redact, idleTrials)
+	}
+	// Catch-up after a restart: the homeserver failed to deliver while the
+	// service was down and backed off; the service asks for a ping at
+	// start (where the homeserver has the API), which sends what waits.
+	var catchup []sample
+	for i := 0; i < restarts; i++ {
+		st.StopService()
+		sent, err := alice.SendText(ctx, room.RoomID, "plaintext while the service is down")
+		check(err)
+		time.Sleep(down)
+		t0 := time.Now()
+		check(st.StartService(ctx))
+		if t1, ok := obs.await("redaction:"+sent.EventID.String(), 2*time.Minute); ok {
+			catchup = append(catchup, sample{total: t1.Sub(t0)})
+		}
+	}
+	if restarts > 0 {
+		report(fmt.Sprintf("%s, restart after %s down", label, down), "service start → redacted", catchup, restarts)
+	}
+	// Synapse refuses the first enable_encryption of most new rooms (it
+	// pushes m.room.create before the creator's join is stored); the retry
+	// 250 ms later is inside the windows above. Say how often.
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", st.Opts.MetricsPort)); err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, `hipaa_job_runs_total{kind="enable_encryption"`) {
+				fmt.Printf("%-32s %s\n", label, line)
+			}
+		}
 	}
 }
 
