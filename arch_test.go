@@ -24,6 +24,7 @@ var (
 		module + "/appservice/expiry",
 		module + "/appservice/sessions",
 		module + "/appservice/identity",
+		module + "/appservice/pushers",
 	}
 	surfaces = []string{
 		module + "/appservice/admin",

@@ -68,6 +68,14 @@ log "installing the matrix-js-sdk test client (npm ci)"
 (cd appservice/e2e/testdata/jsclient && npm ci --no-audit --no-fund --loglevel=error)
 
 go version
+# Built once and cached under ~/.cache/matrix-hipaa; built here, not inside the
+# test binaries, so that how long each took is in the log.
+for hs in dendrite synapse; do
+  log "the test homeserver: $hs"
+  started=$(date +%s)
+  go run -tags goolm ./deploy/dev -homeserver "$hs" build
+  echo "($hs ready after $(( $(date +%s) - started )) s)"
+done
 log "running the test suite (end-to-end tests on Dendrite)"
 go test -tags goolm -count=1 -timeout 45m ./... "$@"
 log "running the end-to-end tests on Synapse"

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // onSynapse skips a test of what only Synapse's admin API offers; the
@@ -267,6 +269,42 @@ func TestSynapseDiscoversListedRooms(t *testing.T) {
 	}
 	if !listed {
 		t.Fatal("no room-listed record in the audit trail")
+	}
+	verify(t, st)
+}
+
+// Of a clinician's two sessions, the one they never cross-signed is signed
+// out under unverified_sessions: sign_out, alone: that session's token is
+// dead, their verified session's still works. Synapse only: Dendrite cannot
+// end one session, and TestUnverifiedSessionsOfClinicians shows what it does.
+func TestSynapseUnverifiedSessionSignedOutAlone(t *testing.T) {
+	onSynapse(t)
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	alice.crossSign(t)
+	phone := alice.anotherDevice(t, st) // a second session, not cross-signed
+	if _, errOut, err := st.Service("roster", "verify", "-user", string(alice.UserID), "-npi", "1234567893", "-role", "physician"); err != nil {
+		t.Fatalf("roster verify: %v %s", err, errOut)
+	}
+	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("unverified_sessions: allow\nunverified_session_grace: 24h"),
+		[]byte("unverified_sessions: sign_out\nunverified_session_grace: 1m"), 1))
+	waitForLong(t, "the unverified session to be signed out", 150*time.Second, func() bool {
+		lines, _ := export(t, st)
+		for _, l := range lines {
+			if l.Type == "session" && l.Action == "unverified_signed_out" {
+				return true
+			}
+		}
+		time.Sleep(2 * time.Second)
+		return false
+	})
+	phone.cancel()
+	if _, err := phone.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("the unverified session's next request: %v, want M_UNKNOWN_TOKEN", err)
+	}
+	if _, err := alice.Whoami(ctx); err != nil {
+		t.Fatalf("the cross-signed session was signed out too: %v", err)
 	}
 	verify(t, st)
 }

@@ -32,7 +32,8 @@ func main() {
 	flag.IntVar(&o.metricsPort, "metrics-port", 29331, "metrics port on 127.0.0.1")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: start.sh [flags]           start the stack (Ctrl-C stops it)\n"+
-			"       start.sh [flags] adduser NAME   add @NAME:localhost to the running stack\n")
+			"       start.sh [flags] adduser NAME   add @NAME:localhost to the running stack\n"+
+			"       start.sh [flags] build          build the homeserver only (first run), and say where it is\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -45,6 +46,8 @@ func main() {
 		err = run(o, os.Stdout, os.Stderr)
 	case "adduser":
 		err = addUser(o, flag.Arg(1), os.Stdout)
+	case "build":
+		_, err = o.buildHomeserver(context.Background(), os.Stdout)
 	default:
 		flag.Usage()
 		os.Exit(2)
@@ -55,6 +58,31 @@ func main() {
 	}
 }
 
+// buildHomeserver builds (first run) or finds the homeserver's build:
+// Options with it set.
+func (o options) buildHomeserver(ctx context.Context, log io.Writer) (devstack.Options, error) {
+	opts := devstack.Options{Homeserver: o.homeserver}
+	var err error
+	switch o.homeserver {
+	case "dendrite":
+		if opts.DendriteBin, err = devstack.BuildDendrite(ctx, log); err != nil {
+			return opts, err
+		}
+		fmt.Fprintf(log, "Dendrite in %s\n", opts.DendriteBin)
+		// What the example config recommends for Dendrite: prompt delivery.
+		opts.KeepAlive, opts.PersistentJetStream = "2s", true
+	case "synapse":
+		var version string
+		if opts.SynapseRoot, version, err = devstack.BuildSynapse(ctx, log); err != nil {
+			return opts, err
+		}
+		fmt.Fprintf(log, "Synapse %s in %s\n", version, opts.SynapseRoot)
+	default:
+		return opts, fmt.Errorf("-homeserver %q: dendrite or synapse", o.homeserver)
+	}
+	return opts, nil
+}
+
 func (o options) prepare(ctx context.Context, build bool, log io.Writer) (*devstack.Stack, string, error) {
 	root, err := devstack.RepoRoot()
 	if err != nil {
@@ -63,20 +91,9 @@ func (o options) prepare(ctx context.Context, build bool, log io.Writer) (*devst
 	if !filepath.IsAbs(o.state) {
 		o.state = filepath.Join(root, o.state)
 	}
-	opts := devstack.Options{Homeserver: o.homeserver}
-	switch o.homeserver {
-	case "dendrite":
-		if opts.DendriteBin, err = devstack.BuildDendrite(ctx, log); err != nil {
-			return nil, "", err
-		}
-		// What the example config recommends for Dendrite: prompt delivery.
-		opts.KeepAlive, opts.PersistentJetStream = "2s", true
-	case "synapse":
-		if opts.SynapseRoot, _, err = devstack.BuildSynapse(ctx, log); err != nil {
-			return nil, "", err
-		}
-	default:
-		return nil, "", fmt.Errorf("-homeserver %q: dendrite or synapse", o.homeserver)
+	opts, err := o.buildHomeserver(ctx, log)
+	if err != nil {
+		return nil, "", err
 	}
 	if o.homeserver == "synapse" {
 		o.state = filepath.Join(o.state, "synapse") // its own accounts and keys
