@@ -185,8 +185,7 @@ func TestUnverifiedSessionsOfClinicians(t *testing.T) {
 	if _, errOut, err := st.Service("roster", "verify", "-user", string(alice.UserID), "-npi", "1234567893", "-role", "physician"); err != nil {
 		t.Fatalf("roster verify: %v %s", err, errOut)
 	}
-	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("unverified_sessions: allow\nunverified_session_grace: 24h"),
-		[]byte("unverified_sessions: sign_out\nunverified_session_grace: 1m"), 1))
+	signOutUnverifiedSessions(t, st)
 	start := time.Now()
 	botID := id.UserID("@hipaa:" + st.Opts.ServerName)
 	warning := alice.waitMessage(t, "the bot's warning", func(e *event.Event) bool {
@@ -205,6 +204,30 @@ func TestUnverifiedSessionsOfClinicians(t *testing.T) {
 	if v, listing := attentionViews(t, st); v.rooms != 0 {
 		t.Fatalf("the bot's DM room needs attention: %+v\n%s", v, listing)
 	}
+	waitUnverifiedSignedOut(t, st)
+	t.Logf("signed out %s after the policy", time.Since(start).Round(time.Second))
+	alice.cancel()
+	if _, err := alice.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("alice's next request: %v, want M_UNKNOWN_TOKEN", err)
+	}
+	if _, err := bob.Whoami(ctx); err != nil {
+		t.Fatalf("bob, not a clinician, was affected: %v", err)
+	}
+	verify(t, st)
+}
+
+// signOutUnverifiedSessions puts the example policy in force with
+// unverified_sessions: sign_out and a grace of one minute.
+func signOutUnverifiedSessions(t *testing.T, st *devstack.Stack) {
+	t.Helper()
+	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("unverified_sessions: allow\nunverified_session_grace: 24h"),
+		[]byte("unverified_sessions: sign_out\nunverified_session_grace: 1m"), 1))
+}
+
+// waitUnverifiedSignedOut waits for an unverified session's sign-out to be
+// on the record.
+func waitUnverifiedSignedOut(t *testing.T, st *devstack.Stack) {
+	t.Helper()
 	waitForLong(t, "the unverified session to be signed out", 150*time.Second, func() bool {
 		lines, _ := export(t, st)
 		for _, l := range lines {
@@ -215,13 +238,4 @@ func TestUnverifiedSessionsOfClinicians(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		return false
 	})
-	t.Logf("signed out %s after the policy", time.Since(start).Round(time.Second))
-	alice.cancel()
-	if _, err := alice.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
-		t.Fatalf("alice's next request: %v, want M_UNKNOWN_TOKEN", err)
-	}
-	if _, err := bob.Whoami(ctx); err != nil {
-		t.Fatalf("bob, not a clinician, was affected: %v", err)
-	}
-	verify(t, st)
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,7 +16,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
-	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
 // onSynapse skips a test of what only Synapse's admin API offers; the
@@ -287,18 +285,8 @@ func TestSynapseUnverifiedSessionSignedOutAlone(t *testing.T) {
 	if _, errOut, err := st.Service("roster", "verify", "-user", string(alice.UserID), "-npi", "1234567893", "-role", "physician"); err != nil {
 		t.Fatalf("roster verify: %v %s", err, errOut)
 	}
-	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("unverified_sessions: allow\nunverified_session_grace: 24h"),
-		[]byte("unverified_sessions: sign_out\nunverified_session_grace: 1m"), 1))
-	waitForLong(t, "the unverified session to be signed out", 150*time.Second, func() bool {
-		lines, _ := export(t, st)
-		for _, l := range lines {
-			if l.Type == "session" && l.Action == "unverified_signed_out" {
-				return true
-			}
-		}
-		time.Sleep(2 * time.Second)
-		return false
-	})
+	signOutUnverifiedSessions(t, st)
+	waitUnverifiedSignedOut(t, st)
 	phone.cancel()
 	if _, err := phone.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
 		t.Fatalf("the unverified session's next request: %v, want M_UNKNOWN_TOKEN", err)
