@@ -24,6 +24,11 @@ type Server struct {
 	maxBody int64
 	metrics *Metrics
 	log     zerolog.Logger
+	// Gaps, if set, refuses once a transaction that skips a number (see
+	// TxnGaps), and Recover is then called to ask the homeserver to retry
+	// at once (a ping).
+	Gaps    *TxnGaps
+	Recover func()
 }
 
 func NewServer(inbox *Inbox, hsToken string, maxBody int64, m *Metrics, log zerolog.Logger) *Server {
@@ -190,6 +195,17 @@ func (s *Server) putTransaction(w http.ResponseWriter, r *http.Request, txnID st
 			Msg("refused malformed events; storing the rest")
 	}
 	events := txn.Events
+	if s.Gaps != nil {
+		if missing, refuse := s.Gaps.Refuse(txnID); refuse {
+			s.metrics.Transactions.WithLabelValues("gap").Inc()
+			s.log.Warn().Str("txn_id", txnID).Int64("missing", missing).Msg("a transaction was skipped; refusing this one once so the homeserver sends the skipped one first")
+			matrixError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "an earlier transaction has not arrived; send it first")
+			if s.Recover != nil {
+				s.Recover()
+			}
+			return
+		}
+	}
 	n, err := s.inbox.StoreTransaction(r.Context(), txnID, txn)
 	if err != nil {
 		s.metrics.Transactions.WithLabelValues("error").Inc()
@@ -197,6 +213,9 @@ func (s *Server) putTransaction(w http.ResponseWriter, r *http.Request, txnID st
 		s.log.Error().Err(err).Str("txn_id", txnID).Int("events", len(events)).Msg("could not store transaction")
 		matrixError(w, http.StatusInternalServerError, "M_UNKNOWN", "could not store transaction")
 		return
+	}
+	if s.Gaps != nil {
+		s.Gaps.Stored(txnID)
 	}
 	result := "ok"
 	if n == 0 && len(events) > 0 {

@@ -111,8 +111,11 @@ type Service struct {
 	// loops are the features' background work, run beside the engine's
 	// and joined with it; starts run once, in order, before the loops.
 	loops, starts []func(context.Context)
-	enrollers     []Enroller
-	features      []string
+	// recoverKick asks for a ping after a transaction was refused for a
+	// gap (Synapse).
+	recoverKick chan struct{}
+	enrollers   []Enroller
+	features    []string
 }
 
 // Loop adds f to what Run starts beside the engine's own work; f returns
@@ -150,6 +153,16 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		Every: cfg.Audit.CheckpointEvery, Interval: cfg.Audit.CheckpointInterval.D()}
 	s.Inbox = NewInbox(db, chain, m, cfg.BotMXID())
 	s.Server = NewServer(s.Inbox, cfg.AppService.HSToken.Reveal(), cfg.AppService.MaxBodyBytes, m, log)
+	if cfg.Homeserver.Software == "synapse" {
+		s.Server.Gaps = NewTxnGaps()
+		s.recoverKick = make(chan struct{}, 1)
+		s.Server.Recover = func() {
+			select {
+			case s.recoverKick <- struct{}{}:
+			default:
+			}
+		}
+	}
 	s.Runner = NewRunner(db, chain, m, log, now, RunnerOptions{
 		Workers: cfg.Jobs.Workers, MaxAttempts: cfg.Jobs.MaxAttempts,
 		Backoff: cfg.Jobs.Backoff.D(), MaxBackoff: cfg.Jobs.MaxBackoff.D(),
@@ -287,6 +300,20 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	workers.Go(func() { s.pingHomeserver(workCtx) })
+	if s.recoverKick != nil {
+		// After a refused transaction (a skipped one, see TxnGaps), a ping
+		// makes Synapse's recoverer retry at once instead of in 2 s.
+		workers.Go(func() {
+			for {
+				select {
+				case <-workCtx.Done():
+					return
+				case <-s.recoverKick:
+					s.pingHomeserver(workCtx)
+				}
+			}
+		})
+	}
 	if s.Config.Homeserver.Software == "synapse" {
 		// Rooms that never sent the service an event are only found by
 		// listing them; Synapse's admin API does.

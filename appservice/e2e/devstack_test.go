@@ -62,6 +62,20 @@ func processesUnder(dir string) []string {
 	return out
 }
 
+// devStackOn is, for a dev stack started with -state state on the test's
+// homeserver, the folder of its files and what of it is running. On Synapse
+// the stack keeps its files in a folder of their own and Synapse's in the
+// root file system (its command line names that), removed after the test.
+func devStackOn(t *testing.T, state string) (files string, running func() []string) {
+	if homeserver != "synapse" {
+		return state, func() []string { return processesUnder(state) }
+	}
+	files = filepath.Join(state, "synapse")
+	host, inside := devstack.SynapseDataDir(synapseRoot, files)
+	t.Cleanup(func() { os.RemoveAll(host) })
+	return files, func() []string { return append(processesUnder(state), processesUnder(inside+"/")...) }
+}
+
 func portTaken(port int) bool {
 	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
 	if err == nil {
@@ -73,12 +87,14 @@ func portTaken(port int) bool {
 // The dev stack as a newcomer runs it: `start.sh 2>&1 | tee log`. It comes up
 // with a management room whose admin gets an answer to !help; then Ctrl-C,
 // with the pipe's reader already gone (so every write the stack makes while
-// stopping fails), stops Dendrite and the service and frees their ports.
+// stopping fails), stops the homeserver and the service and frees their
+// ports. On both homeservers.
 func TestDevStackPipedInterruptStopsEverything(t *testing.T) {
 	bin := devBinary(t)
 	state := t.TempDir()
 	ports := freePorts(t, 3)
-	cmd := exec.Command(bin, "-state", state, "-hs-port", fmt.Sprint(ports[0]), "-as-port", fmt.Sprint(ports[1]), "-metrics-port", fmt.Sprint(ports[2]))
+	files, running := devStackOn(t, state)
+	cmd := exec.Command(bin, "-homeserver", homeserver, "-state", state, "-hs-port", fmt.Sprint(ports[0]), "-as-port", fmt.Sprint(ports[1]), "-metrics-port", fmt.Sprint(ports[2]))
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +108,7 @@ func TestDevStackPipedInterruptStopsEverything(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		for _, p := range processesUnder(state) {
+		for _, p := range running() {
 			var pid int
 			fmt.Sscanf(p, "%d", &pid)
 			syscall.Kill(pid, syscall.SIGKILL)
@@ -113,7 +129,7 @@ func TestDevStackPipedInterruptStopsEverything(t *testing.T) {
 		t.Fatalf("the stack did not come up:\n%s", text)
 	}
 	// Every command is printed with the binary it built.
-	for _, want := range []string{filepath.Join(state, "bin", "matrix-hipaa") + " audit verify -config ", filepath.Join("deploy", "dev", "start.sh") + " adduser NAME"} {
+	for _, want := range []string{filepath.Join(files, "bin", "matrix-hipaa") + " audit verify -config ", filepath.Join("deploy", "dev", "start.sh") + " adduser NAME"} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("banner lacks %q:\n%s", want, text)
 		}
@@ -121,11 +137,11 @@ func TestDevStackPipedInterruptStopsEverything(t *testing.T) {
 
 	// The management room answers its admin.
 	ctx := context.Background()
-	pw, err := os.ReadFile(filepath.Join(state, "admin.password"))
+	pw, err := os.ReadFile(filepath.Join(files, "admin.password"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	roomID, err := os.ReadFile(filepath.Join(state, "management-room"))
+	roomID, err := os.ReadFile(filepath.Join(files, "management-room"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +164,7 @@ func TestDevStackPipedInterruptStopsEverything(t *testing.T) {
 		return e.RoomID == mgmt && e.Sender == botID && strings.Contains(textOf(e), "!wipe")
 	})
 	// adduser works against the running stack.
-	out, err := exec.Command(bin, "-state", state, "-hs-port", fmt.Sprint(ports[0]), "-as-port", fmt.Sprint(ports[1]), "-metrics-port", fmt.Sprint(ports[2]),
+	out, err := exec.Command(bin, "-homeserver", homeserver, "-state", state, "-hs-port", fmt.Sprint(ports[0]), "-as-port", fmt.Sprint(ports[1]), "-metrics-port", fmt.Sprint(ports[2]),
 		"adduser", "nurse").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "@nurse:localhost  password ") {
 		t.Fatalf("adduser: %v\n%s", err, out)
@@ -162,7 +178,7 @@ func TestDevStackPipedInterruptStopsEverything(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the stack did not exit within 30 s of Ctrl-C")
 	}
-	waitFor(t, "Dendrite and matrix-hipaa to stop", func() bool { return len(processesUnder(state)) == 0 })
+	waitFor(t, "the homeserver and matrix-hipaa to stop", func() bool { return len(running()) == 0 })
 	for _, p := range ports {
 		if portTaken(p) {
 			t.Fatalf("port %d is still held after the stack stopped", p)
@@ -182,11 +198,12 @@ func TestDevStackRefusesTakenPorts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := exec.Command(bin, "-state", state, "-hs-port", fmt.Sprint(ports[0]), "-as-port", fmt.Sprint(ports[1]), "-metrics-port", fmt.Sprint(ports[2])).CombinedOutput()
+		out, err := exec.Command(bin, "-homeserver", homeserver, "-state", state, "-hs-port", fmt.Sprint(ports[0]), "-as-port", fmt.Sprint(ports[1]), "-metrics-port", fmt.Sprint(ports[2])).CombinedOutput()
 		held.Close()
 		if err == nil || !strings.Contains(string(out), fmt.Sprintf("port %d (%s) is in use", ports[i], what)) {
 			t.Fatalf("with port %d held: %v\n%s", ports[i], err, out)
 		}
-		waitFor(t, "nothing of the stack left running", func() bool { return len(processesUnder(state)) == 0 })
+		_, running := devStackOn(t, state)
+		waitFor(t, "nothing of the stack left running", func() bool { return len(running()) == 0 })
 	}
 }

@@ -136,9 +136,15 @@ func run(ctx context.Context, log io.Writer, dir string, name string, args ...st
 // synapseData is where this stack's Synapse keeps its files: inside the
 // root file system (Synapse runs under chroot), one folder per stack.
 func (s *Stack) synapseData() (host, inside string) {
-	sum := sha256.Sum256([]byte(s.Opts.StateDir))
+	return SynapseDataDir(s.Opts.SynapseRoot, s.Opts.StateDir)
+}
+
+// SynapseDataDir is where the Synapse of the stack with this state folder
+// keeps its files, seen from the host and from inside the chroot.
+func SynapseDataDir(root, stateDir string) (host, inside string) {
+	sum := sha256.Sum256([]byte(stateDir))
 	inside = "/srv/hipaa-" + hex.EncodeToString(sum[:6])
-	return filepath.Join(s.Opts.SynapseRoot, inside), inside
+	return filepath.Join(root, inside), inside
 }
 
 // writeSynapseConfig writes homeserver.yaml as a hospital would run it for
