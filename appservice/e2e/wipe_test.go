@@ -203,6 +203,16 @@ func TestIdleSessionsAreSignedOut(t *testing.T) {
 	alice := newE2EEUser(t, st, "alice")
 	bob := newE2EEUser(t, st, "bob")
 	sharedEncryptedRoom(t, alice, bob)
+	// On Synapse, which can end one session, bob also has a session on his
+	// desk computer that has not been used since he logged in: not idle,
+	// so it must stay.
+	var desk *mautrix.Client
+	if homeserver == "synapse" {
+		var err error
+		if desk, err = st.LoginAs(ctx, "bob", bob.password); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bob.cancel() // bob's phone goes quiet; alice's client keeps syncing
 	setPolicy(t, st, bytes.Replace(policy.Example(), []byte("session_idle_timeout: 0"), []byte("session_idle_timeout: 1m"), 1))
 	start := time.Now()
@@ -235,15 +245,21 @@ func TestIdleSessionsAreSignedOut(t *testing.T) {
 		t.Fatalf("alice, active, was signed out too: %v", err)
 	}
 	// On Synapse the idle device alone is deleted (admin API): bob's other
-	// session, the one his account was registered with, was never used, and
-	// a session without a last-seen time is never counted idle. Dendrite can
-	// only sign a user out everywhere, which it does once all are idle.
+	// sessions (the desk login, the one his account was registered with)
+	// were never used, and a session without a last-seen time is never
+	// counted idle. Dendrite can only sign a user out everywhere, which it
+	// does once all are idle.
 	want := "idle_logoff"
 	if homeserver == "synapse" {
 		want = "idle_device_logoff"
 	}
 	if len(ended) != 1 || ended[0].Action != want {
 		t.Fatalf("session records %+v, want one %s", ended, want)
+	}
+	if desk != nil {
+		if _, err := desk.Whoami(ctx); err != nil {
+			t.Fatalf("bob's desk session, not idle, was signed out too: %v", err)
+		}
 	}
 	verify(t, st)
 }
