@@ -29,21 +29,15 @@ const MaxReceiptsPerTransaction = 5000
 
 // ephemeralKeys are where transactions carry ephemeral events: the spec's
 // name and the one Synapse used before MSC2409 was merged. Synapse sends
-// both when the registration asks for both; the first present is read.
-var ephemeralKeys = []string{"ephemeral", "de.sorunome.msc2409.ephemeral"}
+// both when the registration asks for both; the spec's is read first.
+var ephemeralKeys = [2]string{"ephemeral", "de.sorunome.msc2409.ephemeral"}
 
 // parseReceipts reads the read receipts of a transaction's ephemeral
-// events; typing and presence are not wanted and are skipped. Anything
-// malformed is skipped entry by entry: ephemeral data is advisory, and a
-// bad entry must not cost the transaction's events. It reports how many
-// were dropped for the bound.
-func parseReceipts(root gjson.Result) (out []Receipt, dropped int) {
-	var list gjson.Result
-	for _, key := range ephemeralKeys {
-		if list = root.Get(gjson.Escape(key)); list.IsArray() {
-			break
-		}
-	}
+// events (list); typing and presence are not wanted and are skipped.
+// Anything malformed is skipped entry by entry: ephemeral data is
+// advisory, and a bad entry must not cost the transaction's events. It
+// reports how many were dropped for the bound.
+func parseReceipts(list gjson.Result) (out []Receipt, dropped int) {
 	if !list.IsArray() {
 		return nil, 0
 	}

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tidwall/gjson"
-
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 )
 
@@ -36,7 +34,11 @@ func TestParseReceipts(t *testing.T) {
 		{"ephemeral not a list", `{"ephemeral":{"type":"m.receipt"}}`, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, dropped := parseReceipts(gjson.Parse(tc.body))
+			txn, err := ParseTransaction([]byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, dropped := txn.Receipts, txn.ReceiptsDropped
 			if dropped != 0 || fmt.Sprint(got) != fmt.Sprint(tc.want) {
 				t.Fatalf("got %+v (dropped %d), want %+v", got, dropped, tc.want)
 			}
@@ -51,7 +53,11 @@ func TestReceiptFloodIsBounded(t *testing.T) {
 		users = append(users, fmt.Sprintf(`"@u%d:evil":{"ts":1}`, i))
 	}
 	body := `{"ephemeral":[{"type":"m.receipt","room_id":"!r:hs","content":{"$e":{"m.read":{` + strings.Join(users, ",") + `}}}}]}`
-	got, dropped := parseReceipts(gjson.Parse(body))
+	txn, err := ParseTransaction([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, dropped := txn.Receipts, txn.ReceiptsDropped
 	if len(got) != MaxReceiptsPerTransaction || dropped != 10 {
 		t.Fatalf("kept %d, dropped %d", len(got), dropped)
 	}

@@ -120,11 +120,27 @@ func ParseTransaction(body []byte) (Transaction, error) {
 	if !root.IsObject() {
 		return txn, errBadJSON{"transaction must be a JSON object"}
 	}
-	list := root.Get("events")
+	// One pass over the top level finds the events and the ephemeral
+	// events: a lookup per key would scan the whole body (the events)
+	// again for each key after them.
+	var list, ephemeral gjson.Result
+	root.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "events":
+			list = v
+		case ephemeralKeys[0]:
+			ephemeral = v
+		case ephemeralKeys[1]:
+			if !ephemeral.Exists() {
+				ephemeral = v
+			}
+		}
+		return true
+	})
 	if list.Exists() && list.Type != gjson.Null && !list.IsArray() {
 		return txn, errBadJSON{"events must be a list"}
 	}
-	txn.Receipts, txn.ReceiptsDropped = parseReceipts(root)
+	txn.Receipts, txn.ReceiptsDropped = parseReceipts(ephemeral)
 	if !list.IsArray() {
 		return txn, nil
 	}
