@@ -509,7 +509,7 @@ func (c *Config) validate(d *strictyaml.Doc) {
 	if c.Homeserver.PurgeHistory && c.Homeserver.Software != "synapse" {
 		d.Errorf("homeserver.purge_history", "homeserver.purge_history needs Synapse's admin API (homeserver.software: synapse)")
 	}
-	if c.Homeserver.PusherCheckInterval.D() < time.Second && c.Homeserver.PusherCheckInterval != 0 {
+	if c.Homeserver.PusherCheckInterval != 0 && c.Homeserver.PusherCheckInterval.D() < time.Second {
 		d.Errorf("homeserver.pusher_check_interval", "homeserver.pusher_check_interval must be at least 1s, not %s", c.Homeserver.PusherCheckInterval.D())
 	}
 	if c.Homeserver.PurgeInterval != 0 && c.Homeserver.PurgeInterval.D() < time.Second {

@@ -18,13 +18,12 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
 )
 
-// onSynapse skips a test of what only Synapse's admin API offers; the
-// Dendrite run has its own test of what Dendrite does instead (a wipe signs
-// out everywhere, offboarding leaves the account for the identity system).
-func onSynapse(t *testing.T) {
+// onSynapse skips, on the Dendrite pass, a test of what only Synapse
+// offers, saying why; deploy/test.sh runs the Synapse pass too.
+func onSynapse(t *testing.T, why string) {
 	t.Helper()
 	if homeserver != "synapse" {
-		t.Skip("Synapse's admin API only; on Dendrite see TestWipeSignsOutRedactsAndOffboards")
+		t.Skip("Synapse only: " + why)
 	}
 }
 
@@ -33,7 +32,7 @@ func onSynapse(t *testing.T) {
 // deactivation ends the laptop's session too, and the account's password no
 // longer logs in. What the user sees is asserted, not the requests.
 func TestSynapseSingleDeviceWipeAndDeactivation(t *testing.T) {
-	onSynapse(t)
+	onSynapse(t, "its admin API ends one device and deactivates accounts; on Dendrite see TestWipeSignsOutRedactsAndOffboards")
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
 	_, password := newAccount(t, st, "carol")
@@ -88,7 +87,7 @@ func TestSynapseSingleDeviceWipeAndDeactivation(t *testing.T) {
 // passes it: redacted, its content already gone. Synapse only: Dendrite has
 // no purge API.
 func TestSynapsePurgeRemovesExpiredHistory(t *testing.T) {
-	onSynapse(t)
+	onSynapse(t, "Dendrite has no purge API")
 	st := startStack(t, devstack.Options{HomeserverConfig: map[string]any{"purge_history": true, "purge_interval": "2s"}})
 	ctx := context.Background()
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 3s\n"))
@@ -130,7 +129,7 @@ func TestSynapsePurgeRemovesExpiredHistory(t *testing.T) {
 // event, no content. Synapse only: Dendrite v0.13.8 pushes no ephemeral
 // events to application services.
 func TestSynapseReadReceiptArrives(t *testing.T) {
-	onSynapse(t)
+	onSynapse(t, "Dendrite v0.13.8 pushes no ephemeral events to application services")
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
 	alice := newE2EEUser(t, st, "alice")
@@ -162,7 +161,7 @@ func TestSynapseReadReceiptArrives(t *testing.T) {
 // event IDs only is not reported. Synapse only: its admin API lists
 // pushers.
 func TestSynapsePushersWithContentReported(t *testing.T) {
-	onSynapse(t)
+	onSynapse(t, "its admin API lists pushers")
 	st := startStack(t, devstack.Options{HomeserverConfig: map[string]any{"pusher_check_interval": "1s"}})
 	ctx := context.Background()
 	botID := botOf(t, st)
@@ -209,6 +208,17 @@ func TestSynapsePushersWithContentReported(t *testing.T) {
 	if !strings.Contains(string(out), "1 user(s) have a pusher that is sent whole events") || !strings.Contains(string(out), string(carol.UserID)) {
 		t.Fatalf("status:\n%s", out)
 	}
+	// On the record, as a pseudonym: carol only, once.
+	lines, raw := export(t, st)
+	found := 0
+	for _, l := range lines {
+		if l.Type == "policy.decision" && l.Detail == "pusher-sends-content" {
+			found++
+		}
+	}
+	if found != 1 || strings.Contains(string(raw), string(carol.UserID)) {
+		t.Fatalf("%d pusher-sends-content records (want 1), user ID in the trail: %v", found, strings.Contains(string(raw), string(carol.UserID)))
+	}
 	// And on request, in the management room.
 	if _, err := admin.SendMessageEvent(ctx, mgmt, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "!pushers"}); err != nil {
 		t.Fatal(err)
@@ -229,7 +239,7 @@ func TestSynapsePushersWithContentReported(t *testing.T) {
 // service was installed), is encrypted once policy requires it, without
 // anyone writing in it. Synapse only: Dendrite has no room list API.
 func TestSynapseDiscoversListedRooms(t *testing.T) {
-	onSynapse(t)
+	onSynapse(t, "Dendrite has no room list API")
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
 	setPolicy(t, st, []byte("version: 1\ndefaults:\n  encryption: optional\n  plaintext: allow\n"))
@@ -276,7 +286,7 @@ func TestSynapseDiscoversListedRooms(t *testing.T) {
 // dead, their verified session's still works. Synapse only: Dendrite cannot
 // end one session, and TestUnverifiedSessionsOfClinicians shows what it does.
 func TestSynapseUnverifiedSessionSignedOutAlone(t *testing.T) {
-	onSynapse(t)
+	onSynapse(t, "Dendrite cannot end one session; see TestUnverifiedSessionsOfClinicians")
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
 	alice := newE2EEUser(t, st, "alice")
