@@ -41,11 +41,11 @@ type Message struct {
 	Recipient string
 	Text      string
 	// Choices, when set, are offered as multiple-choice responses.
-	Choices                   []string
-	Priority                  Priority
-	AllowResponse             bool
+	Choices                     []string
+	Priority                    Priority
+	AllowResponse               bool
 	NotifyDelivered, NotifyRead bool
-	Submitted                 time.Time
+	Submitted                   time.Time
 }
 
 // Error is a failure the gateway answered (or a transport failure, Code 0).
