@@ -28,6 +28,10 @@ command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # Synapse runs from a Debian sid root file system made once with debootstrap.
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+# The pager bridges' peers: xmllint validates WCTP documents against the DTD;
+# Net::SNPP::Server and HylaFAX's hfaxd are two independent SNPP servers.
+command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
+[ -e /usr/share/perl5/Net/SNPP/Server.pm ] || need_apt+=(libnet-snpp-perl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -43,6 +47,17 @@ if ! command -v promtool >/dev/null 2>&1; then
     printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null && as_root chmod 0755 /usr/sbin/policy-rc.d && made_policy=1
   fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  [ -z "$made_policy" ] || as_root rm -f /usr/sbin/policy-rc.d
+fi
+# hfaxd and faxq, without the system daemons the package would start.
+if [ ! -x /usr/sbin/hfaxd ] || [ ! -x /usr/sbin/faxq ]; then
+  log "installing hylafax-server (hfaxd, faxq; its daemons are not started)"
+  as_root apt-get update -qq
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null && as_root chmod 0755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hylafax-server
   [ -z "$made_policy" ] || as_root rm -f /usr/sbin/policy-rc.d
 fi
 export PATH="$PATH:/usr/local/go/bin"
