@@ -108,3 +108,33 @@ func (v *RoomRetention) UnmarshalYAML(n *yaml.Node) error {
 	*v = RoomRetention(s)
 	return err
 }
+
+// PagePriority is how urgent a room's pages are: it sets the gateway's
+// priority (WCTP deliveryPriority, SNPP LEVEl).
+type PagePriority string
+
+const (
+	PriorityStat    PagePriority = "stat"
+	PriorityUrgent  PagePriority = "urgent"
+	PriorityRoutine PagePriority = "routine"
+)
+
+func (v *PagePriority) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(PriorityStat), string(PriorityUrgent), string(PriorityRoutine))
+	*v = PagePriority(s)
+	return err
+}
+
+// Toggle is on or off.
+type Toggle string
+
+const (
+	On  Toggle = "on"
+	Off Toggle = "off"
+)
+
+func (v *Toggle) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(On), string(Off))
+	*v = Toggle(s)
+	return err
+}

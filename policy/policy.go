@@ -87,6 +87,18 @@ type Settings struct {
 	PlaintextAllowedTypes *[]string `yaml:"plaintext_allowed_types"`
 	Roles                 *[]string `yaml:"roles"`
 	AnnounceRoles         *bool     `yaml:"announce_roles"`
+	// Page links the room to pagers: each message in it pages each target,
+	// a user ("@user:server", through the pager directory) or an on-call
+	// role ("role:name", through the schedule), at PagePriority (built in:
+	// routine). Paging adds a way out of the room (a page, without
+	// content), so an override that adds targets applies only where the
+	// room is matched by ID or a verified alias or space.
+	Page         *[]string     `yaml:"page"`
+	PagePriority *PagePriority `yaml:"page_priority"`
+	// ReadTracking (built in: off) lets the pager bridge read who has read
+	// what, from read receipts, to escalate unread messages; staff
+	// councils may object, so it is the policy author's choice per room.
+	ReadTracking *Toggle `yaml:"read_tracking"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -111,6 +123,7 @@ func Builtin() Effective {
 		Encryption: EncryptionRequired, Plaintext: PlaintextRedact, Attachments: AttachmentsEncryptedOnly,
 		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
 		RoomRetention: RoomRetentionIgnore, RetentionMin: config.Duration(DefaultRetentionMin),
+		PagePriority: PriorityRoutine, ReadTracking: Off,
 		// Not "verified": a deployment without a roster must not empty every room.
 		Members: MembersAny,
 		Source:  map[string]string{},
@@ -239,6 +252,34 @@ func checkAllowedTypes(d *strictyaml.Doc, at string, s *Settings) {
 	}
 }
 
+// checkPage validates page targets: Matrix user IDs or role:name.
+func checkPage(d *strictyaml.Doc, at string, s *Settings) {
+	if s.Page == nil {
+		return
+	}
+	for i, t := range *s.Page {
+		if err := CheckPageTarget(t); err != nil {
+			k := fmt.Sprintf("%s.page[%d]", at, i)
+			d.Errorf(k, "%s: %v", k, err)
+		}
+	}
+}
+
+// CheckPageTarget accepts "@user:server" or "role:name" (name: lower case
+// letters, digits, '-' and '_').
+func CheckPageTarget(t string) error {
+	if role, ok := strings.CutPrefix(t, "role:"); ok {
+		if role == "" || strings.Trim(role, "abcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			return fmt.Errorf("%q: a role name is lower case letters, digits, '-' and '_'", t)
+		}
+		return nil
+	}
+	if !strings.HasPrefix(t, "@") || strings.Index(t, ":") < 2 || strings.ContainsAny(t, " \t\n") {
+		return fmt.Errorf("%q is neither a user ID (@user:server) nor a role (role:name)", t)
+	}
+	return nil
+}
+
 // Grace is how long an unverified session may stay under sign_out.
 func (p *Policy) Grace() time.Duration {
 	if g := p.UnverifiedSessionGrace.D(); g > 0 {
@@ -260,6 +301,7 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	checkRetention(d, "defaults", &p.Defaults)
 	checkAllowedTypes(d, "defaults", &p.Defaults)
 	checkRoles(d, "defaults", &p.Defaults)
+	checkPage(d, "defaults", &p.Defaults)
 	if g := p.UnverifiedSessionGrace.D(); g < 0 || (g > 0 && g < MinSessionIdleTimeout) {
 		d.Errorf("unverified_session_grace", "unverified_session_grace must be at least %s", MinSessionIdleTimeout)
 	}
@@ -274,6 +316,7 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 		checkRetention(d, at, &p.Rooms[i].Settings)
 		checkRoles(d, at, &p.Rooms[i].Settings)
 		checkAllowedTypes(d, at, &p.Rooms[i].Settings)
+		checkPage(d, at, &p.Rooms[i].Settings)
 		n := 0
 		for _, m := range []string{o.RoomID, o.Alias, o.Space} {
 			if m != "" {
@@ -385,6 +428,10 @@ type Effective struct {
 	// PlaintextAllowedTypes: see Settings.
 	PlaintextAllowedTypes []string
 	Announce              bool
+	// Page, PagePriority and ReadTracking: see Settings.
+	Page         []string
+	PagePriority PagePriority
+	ReadTracking Toggle
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -472,6 +519,8 @@ func (s *Settings) split(base Effective) (loose []string, tightening Settings) {
 	add(s.Roles != nil && !rolesWithin(*s.Roles, base.Roles), "roles", func(t *Settings) { t.Roles = nil })
 	add(s.PlaintextAllowedTypes != nil && !within(*s.PlaintextAllowedTypes, base.PlaintextAllowedTypes), "plaintext_allowed_types",
 		func(t *Settings) { t.PlaintextAllowedTypes = nil })
+	add(s.Page != nil && !within(*s.Page, base.Page), "page", func(t *Settings) { t.Page = nil })
+	add(s.ReadTracking != nil && *s.ReadTracking == On && base.ReadTracking != On, "read_tracking", func(t *Settings) { t.ReadTracking = nil })
 	return loose, tightening
 }
 
@@ -529,7 +578,7 @@ func (p *Policy) For(r Room) Effective {
 
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
 	"room_retention": true, "retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true,
-	"plaintext_allowed_types": true}
+	"plaintext_allowed_types": true, "page": true, "page_priority": true, "read_tracking": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -547,6 +596,9 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Roles, s.Roles, "roles", source, e.Source)
 	override(&e.Announce, s.AnnounceRoles, "announce_roles", source, e.Source)
 	override(&e.PlaintextAllowedTypes, s.PlaintextAllowedTypes, "plaintext_allowed_types", source, e.Source)
+	override(&e.Page, s.Page, "page", source, e.Source)
+	override(&e.PagePriority, s.PagePriority, "page_priority", source, e.Source)
+	override(&e.ReadTracking, s.ReadTracking, "read_tracking", source, e.Source)
 }
 
 // override sets *dst from a knob that is set here, noting where it came from.
@@ -571,6 +623,7 @@ func (e Effective) Explain() string {
 		{"dry_run", fmt.Sprint(e.DryRun)},
 		{"members", string(e.Members)}, {"roles", rolesOrAny(e.Roles)}, {"announce_roles", fmt.Sprint(e.Announce)},
 		{"plaintext_allowed_types", listOrNone(e.PlaintextAllowedTypes)},
+		{"page", listOrNone(e.Page)}, {"page_priority", string(e.PagePriority)}, {"read_tracking", string(e.ReadTracking)},
 	}
 	var b strings.Builder
 	for _, r := range rows {

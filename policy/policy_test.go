@@ -55,6 +55,10 @@ func TestValidationTable(t *testing.T) {
 		{"idle timeout too short", "version: 1\nsession_idle_timeout: 20s\n", "p.yaml:2:23: session_idle_timeout must be 0 (off) or at least 1m0s"},
 		{"idle timeout per room", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    session_idle_timeout: 1h\n", `unknown key "session_idle_timeout" in rooms[0]`},
 		{"unknown knob in override", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    encrytion: required\n", `unknown key "encrytion" in rooms[0] (did you mean "encryption"?)`},
+		{"page target neither user nor role", "version: 1\nrooms:\n  - room_id: \"!a:b\"\n    page: [alice]\n", `p.yaml:4:12: rooms[0].page[0]: "alice" is neither a user ID`},
+		{"page role with capitals", "version: 1\ndefaults:\n  page: [\"role:ICU\"]\n", `defaults.page[0]: "role:ICU": a role name is lower case`},
+		{"page priority unknown", "version: 1\ndefaults:\n  page_priority: asap\n", `stat, urgent, routine`},
+		{"read tracking not a toggle", "version: 1\ndefaults:\n  read_tracking: yes\n", `on, off`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -128,6 +132,7 @@ rooms:
 			src := got.Source
 			got.Source, tc.want.Source = nil, nil
 			tc.want.RoomRetention, tc.want.RetentionMin = Builtin().RoomRetention, Builtin().RetentionMin
+			tc.want.PagePriority, tc.want.ReadTracking = Builtin().PagePriority, Builtin().ReadTracking
 			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
 				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
 			}
@@ -331,6 +336,24 @@ rooms:
 `))
 	if err != nil {
 		t.Fatal(err)
+	}
+	pg, err := Parse("p.yaml", []byte(`version: 1
+rooms:
+  - alias: "#rapid-*:h.org"
+    page: ["role:rapid-response"]
+    page_priority: stat
+    read_tracking: on
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A room that claims the rapid-response alias would page the team (and
+	// turn on read tracking): only a verified alias does.
+	if e := pg.For(Room{ID: "!x:h.org", Aliases: []string{"#rapid-1:h.org"}}); len(e.Page) != 0 || e.ReadTracking != Off || e.PagePriority != PriorityStat {
+		t.Errorf("claimed alias: page %v read_tracking %s priority %s", e.Page, e.ReadTracking, e.PagePriority)
+	}
+	if e := pg.For(Room{ID: "!x:h.org", Aliases: []string{"#rapid-1:h.org"}, VerifiedAliases: []string{"#rapid-1:h.org"}}); fmt.Sprint(e.Page) != "[role:rapid-response]" || e.ReadTracking != On {
+		t.Errorf("verified alias: page %v read_tracking %s", e.Page, e.ReadTracking)
 	}
 	cases := []struct {
 		name string
