@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -108,6 +109,14 @@ type OutcomeWatcher interface {
 	JobOutcome(ctx context.Context, tx *sql.Tx, j *Job, state, errText string, now time.Time) error
 }
 
+// Router is a feature's own HTTP endpoints beside the application service
+// API (a pager gateway's pushes, say), by path, each under /_hipaa/. The
+// handler does its own authentication: the homeserver's token is not for
+// them.
+type Router interface {
+	Routes() map[string]http.Handler
+}
+
 // Add puts features on the service, in order: their job handlers on the
 // runner, their deciders on the dispatcher, their hooks on the policy
 // holder and the runner, and their loops beside the engine's. Two features
@@ -143,6 +152,13 @@ func (s *Service) Add(features ...Feature) error {
 		}
 		if w, ok := f.(OutcomeWatcher); ok {
 			s.Runner.OnOutcome(w.JobOutcome)
+		}
+		if r, ok := f.(Router); ok {
+			for path, h := range r.Routes() {
+				if err := s.Server.Mount(path, h); err != nil {
+					return fmt.Errorf("feature %s: %w", f.Name(), err)
+				}
+			}
 		}
 		s.features = append(s.features, f.Name())
 	}

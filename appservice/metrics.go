@@ -31,6 +31,11 @@ type Metrics struct {
 	// PushersWithContent is how many users have a pusher that is sent
 	// whole events, not event IDs only (Synapse).
 	PushersWithContent prometheus.Gauge
+	// PagesSent, PageLatency and PageInbound are the pager bridge's, by
+	// gateway (names from the config, a small closed set).
+	PagesSent   *prometheus.CounterVec
+	PageLatency *prometheus.HistogramVec
+	PageInbound *prometheus.CounterVec
 }
 
 // Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
@@ -119,8 +124,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "hipaa_jobs_tampered_total",
 		Help: "Jobs refused because their MAC did not match their stored kind, payload or flags: queued or edited in the database outside the service.",
 	})
+	m.PagesSent = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_pages_sent_total",
+		Help: "Pages a gateway accepted, by gateway.",
+	}, []string{"gateway"})
+	m.PageLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "hipaa_page_latency_seconds",
+		Help:    "Time from a page being queued (its message decided on) to the gateway accepting it, by gateway; retries after an outage included.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"gateway"})
+	m.PageInbound = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_page_inbound_total",
+		Help: "Statuses and replies from gateways, by gateway and kind (status, reply, duplicate, unknown: for no page of ours).",
+	}, []string{"gateway", "kind"})
 	m.PushersWithContent.Set(-1)
-	reg.MustRegister(m.JobsTampered, m.PushersWithContent, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	reg.MustRegister(m.PagesSent, m.PageLatency, m.PageInbound, m.JobsTampered, m.PushersWithContent, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

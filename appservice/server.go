@@ -29,6 +29,23 @@ type Server struct {
 	// at once (a ping).
 	Gaps    *TxnGaps
 	Recover func()
+	// mounts are features' own endpoints, by exact path (see Router).
+	mounts map[string]http.Handler
+}
+
+// Mount serves h at path, which must be under /_hipaa/ and not taken.
+func (s *Server) Mount(path string, h http.Handler) error {
+	if !strings.HasPrefix(path, "/_hipaa/") {
+		return fmt.Errorf("endpoint %s is not under /_hipaa/", path)
+	}
+	if s.mounts == nil {
+		s.mounts = map[string]http.Handler{}
+	}
+	if s.mounts[path] != nil {
+		return fmt.Errorf("endpoint %s is served twice", path)
+	}
+	s.mounts[path] = h
+	return nil
 }
 
 func NewServer(inbox *Inbox, hsToken string, maxBody int64, m *Metrics, log zerolog.Logger) *Server {
@@ -59,6 +76,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	path := r.URL.EscapedPath()
+	if h := s.mounts[path]; h != nil {
+		h.ServeHTTP(w, r)
+		return
+	}
 	var rest string
 	var ok bool
 	if rest, ok = strings.CutPrefix(path, "/_matrix/app/v1/"); !ok {

@@ -40,6 +40,7 @@ type Config struct {
 	Logging Logging `yaml:"logging"`
 	Jobs    Jobs    `yaml:"jobs"`
 	Keys    Keys    `yaml:"keys"`
+	Pager   Pager   `yaml:"pager"`
 
 	// path is where the config was read from; relative paths resolve against its folder.
 	path string
@@ -324,6 +325,7 @@ func (c *Config) resolvePaths() {
 			*p = c.Resolve(*p)
 		}
 	}
+	c.Pager.resolvePaths(c)
 }
 
 func (c *Config) applyDefaults() {
@@ -412,6 +414,7 @@ var (
 
 func (c *Config) validate(d *strictyaml.Doc) {
 	checkURL(d, "homeserver.address", c.Homeserver.Address)
+	c.Pager.validate(d)
 	switch {
 	case c.Homeserver.Domain == "":
 		d.Errorf("homeserver.domain", "homeserver.domain is required (the server name in user IDs)")

@@ -44,7 +44,12 @@ type Policy struct {
 	Hash string `yaml:"-"`
 
 	mayExpire bool
+	mayPage   bool
 }
+
+// MayPage reports whether any room can be linked to pagers by this
+// policy (page set anywhere): only then is ciphertext decided on for pages.
+func (p *Policy) MayPage() bool { return p.mayPage }
 
 // MayExpire reports whether any room can get a message lifetime from this
 // policy (a retention or retention_max set anywhere). When it cannot, only a
@@ -207,8 +212,10 @@ func Parse(file string, data []byte) (*Policy, error) {
 		o.loosens, o.tightening = o.Settings.split(base)
 	}
 	p.mayExpire = setsLifetime(&p.Defaults)
+	p.mayPage = p.Defaults.Page != nil && len(*p.Defaults.Page) > 0
 	for i := range p.Rooms {
 		p.mayExpire = p.mayExpire || setsLifetime(&p.Rooms[i].Settings)
+		p.mayPage = p.mayPage || (p.Rooms[i].Page != nil && len(*p.Rooms[i].Page) > 0)
 	}
 	return p, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/pushers"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
+	"github.com/matrix-hipaa/matrix-hipaa/bridges/pager"
 )
 
 // AddFeatures puts the features on the engine. The order is the order
@@ -23,7 +24,9 @@ import (
 //     known rooms under a new policy, before expiry's notices of it;
 //   - sessions: wipes and idle logoff decide nothing per event;
 //   - pushers: the check of users' pushers (Synapse) decides nothing per
-//     event either.
+//     event either;
+//   - pager: pages for messages in rooms linked to pagers, after the rules
+//     (a page follows a message the rules let stand or redact alike).
 func AddFeatures(svc *appservice.Service) error {
 	env := svc.Env()
 	return svc.Add(
@@ -32,5 +35,6 @@ func AddFeatures(svc *appservice.Service) error {
 		enforce.New(env),
 		sessions.New(env),
 		pushers.New(env),
+		pager.New(env),
 	)
 }

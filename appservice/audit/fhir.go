@@ -107,6 +107,7 @@ var eventTypes = map[string]struct {
 	TypeMembership:     {"110113", "Security Alert", "E"},
 	TypeAdminKey:       {"110113", "Security Alert", "U"},
 	TypeMaintenance:    {"110100", "Application Activity", "D"},
+	TypePage:           {"110106", "Export", "E"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

@@ -56,6 +56,12 @@ const (
 	// TypeMaintenance: the service removed metadata no guarantee needs any
 	// more (action prune; count the rows: inbox, expiry and job).
 	TypeMaintenance = "maintenance"
+	// TypePage: the pager bridge sent a page or heard of one (action sent,
+	// outcome-unknown, skipped, queued, delivered, read, reply, accepted,
+	// declined, failed); job_id is the page job, detail the gateway and
+	// the page's reference, actor the pseudonym of the person paged. Never
+	// the page's or a reply's text.
+	TypePage = "page"
 )
 
 // Outcomes.
