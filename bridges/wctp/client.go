@@ -278,9 +278,11 @@ func (c *Client) do(ctx context.Context, op *Operation) (*Operation, error) {
 		return nil, &Error{err: scrub(err), Unknown: true}
 	}
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
-		// The gateway's web server is in trouble: retry. Whether it took
-		// the message first is unknown.
-		return nil, &Error{err: fmt.Errorf("HTTP %d", resp.StatusCode), Unknown: true}
+		// The gateway's web server is in trouble: retry. 503 and 429 say
+		// the request was not processed; after a 500 or a proxy's 502 or
+		// 504, whether the gateway took the message is unknown.
+		notTaken := resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests
+		return nil, &Error{err: fmt.Errorf("HTTP %d", resp.StatusCode), Unknown: !notTaken}
 	}
 	parsed, perr := Parse(data)
 	if resp.StatusCode >= 300 && perr != nil {

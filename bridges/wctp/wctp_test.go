@@ -158,7 +158,8 @@ func TestClientClassifiesFailures(t *testing.T) {
 		{"message processing (5xx) is permanent", "", answer(200, conf(`<wctp-Failure errorCode="503">too long</wctp-Failure>`)), false, false, false, 503},
 		{"system failure (604) is temporary", "", answer(200, conf(`<wctp-Failure errorCode="604" errorText="internal error"/>`)), false, true, false, 604},
 		{"unreadable code counts as the gateway's trouble", "", answer(200, conf(`<wctp-Failure errorCode="x"/>`)), false, true, false, 604},
-		{"HTTP 503 is temporary, outcome unknown", "", answer(503, "busy"), false, true, true, 0},
+		{"HTTP 503 is temporary, not taken", "", answer(503, "busy"), false, true, false, 0},
+		{"HTTP 502 from a proxy is temporary, outcome unknown", "", answer(502, "bad gateway"), false, true, true, 0},
 		{"HTML from a proxy is not WCTP", "", answer(200, "<html>hi</html>"), false, false, false, 301},
 		{"connection refused: temporary, certainly not sent", closedURL, nil, false, true, false, 0},
 	}

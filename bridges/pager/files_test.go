@@ -1,0 +1,165 @@
+package pager
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
+)
+
+const weekly = `version: 1
+zone: America/Chicago
+roles:
+  - name: hospitalist
+    backup: role:chief
+    shifts:
+      - user: "@day:h"
+        days: [mon, tue, wed, thu, fri]
+        from: "07:00"
+        to: "19:00"
+      - user: "@night:h"
+        days: [mon, tue, wed, thu, fri]
+        from: "19:00"
+        to: "07:00"
+      - user: "@cover:h"
+        from: "2026-12-24T07:00"
+        to: "2026-12-25T07:00"
+  - name: chief
+    shifts:
+      - user: "@chief:h"
+        days: [sun, mon, tue, wed, thu, fri, sat]
+        from: "00:00"
+        to: "00:00"
+`
+
+func TestOnCall(t *testing.T) {
+	s, err := ParseSchedule("oncall.yaml", []byte(weekly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chicago, _ := time.LoadLocation("America/Chicago")
+	at := func(v string) time.Time {
+		tm, err := time.ParseInLocation("2006-01-02 15:04", v, chicago)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	cases := []struct{ role, when, want string }{
+		{"hospitalist", "2026-12-07 07:00", "@day:h"},   // Monday, the shift's first minute
+		{"hospitalist", "2026-12-07 18:59", "@day:h"},   // its last
+		{"hospitalist", "2026-12-07 19:00", "@night:h"}, // night begins
+		{"hospitalist", "2026-12-08 06:59", "@night:h"}, // Monday's night, into Tuesday
+		{"hospitalist", "2026-12-12 06:00", "@night:h"}, // Friday's night, into Saturday
+		{"hospitalist", "2026-12-12 12:00", ""},         // Saturday day: nobody
+		{"hospitalist", "2026-12-24 12:00", "@cover:h"}, // the one-off cover wins over the weekday
+		{"hospitalist", "2026-12-25 06:59", "@cover:h"},
+		{"hospitalist", "2026-12-25 07:00", "@day:h"}, // Christmas is a Friday
+		{"chief", "2026-12-13 03:00", "@chief:h"},     // all day, every day
+		{"nobody", "2026-12-07 12:00", ""},            // no such role
+	}
+	for _, c := range cases {
+		if got := s.OnCall(c.role, at(c.when)); got != c.want {
+			t.Errorf("%s at %s: %q, want %q", c.role, c.when, got, c.want)
+		}
+	}
+	// The zone is the schedule's, whatever the clock's: 13:00 UTC is 07:00 in Chicago.
+	if got := s.OnCall("hospitalist", time.Date(2026, 12, 7, 13, 0, 0, 0, time.UTC)); got != "@day:h" {
+		t.Errorf("13:00 UTC: %q", got)
+	}
+	if s.Backup("hospitalist") != "role:chief" {
+		t.Errorf("backup %q", s.Backup("hospitalist"))
+	}
+}
+
+func TestScheduleErrors(t *testing.T) {
+	cases := []struct{ name, src, want string }{
+		{"zone", "version: 1\nzone: Mars/Olympus\nroles: []\n", `oncall.yaml:2:7: zone "Mars/Olympus" is not a time zone`},
+		{"day", "version: 1\nzone: UTC\nroles:\n  - name: icu\n    shifts:\n      - user: \"@a:h\"\n        days: [monday]\n        from: \"07:00\"\n        to: \"19:00\"\n", `oncall.yaml:7:16: roles[0].shifts[0].days[0] "monday" is not a day`},
+		{"time", "version: 1\nzone: UTC\nroles:\n  - name: icu\n    shifts:\n      - user: \"@a:h\"\n        days: [mon]\n        from: \"7am\"\n        to: \"19:00\"\n", `roles[0].shifts[0].from "7am" is not a time of day`},
+		{"dated backwards", "version: 1\nzone: UTC\nroles:\n  - name: icu\n    shifts:\n      - user: \"@a:h\"\n        from: \"2026-12-05T10:00\"\n        to: \"2026-12-05T09:00\"\n", `to is not after its from`},
+		{"user", "version: 1\nzone: UTC\nroles:\n  - name: icu\n    shifts:\n      - user: alice\n        from: \"2026-12-05T10:00\"\n        to: \"2026-12-05T11:00\"\n", `roles[0].shifts[0].user "alice" is not a user ID`},
+		{"backup role missing", "version: 1\nzone: UTC\nroles:\n  - name: icu\n    backup: role:ghost\n", `roles[0].backup names role ghost`},
+		{"unknown key", "version: 1\nzone: UTC\nroles:\n  - name: icu\n    shfits: []\n", `unknown key "shfits"`},
+		{"twice", "version: 1\nzone: UTC\nroles:\n  - name: icu\n  - name: icu\n", `roles[1].name icu is listed twice`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseSchedule("oncall.yaml", []byte(c.src))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("%v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestDirectory(t *testing.T) {
+	gw := map[string]bool{"spok": true}
+	d, err := ParseDirectory("pagers.yaml", []byte("version: 1\npagers:\n  - user: \"@a:h\"\n    gateway: spok\n    recipient: \"555\"\n"), gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := d.Lookup("@a:h"); !ok || p.Recipient != "555" {
+		t.Fatalf("lookup: %+v %v", p, ok)
+	}
+	if _, ok := d.Lookup("@b:h"); ok {
+		t.Fatal("a user with no pager found")
+	}
+	cases := []struct{ name, src, want string }{
+		{"gateway", "version: 1\npagers:\n  - user: \"@a:h\"\n    gateway: pagenet\n    recipient: \"5\"\n", `pagers.yaml:4:14: pagers[0].gateway "pagenet" is not a gateway in the config`},
+		{"twice", "version: 1\npagers:\n  - user: \"@a:h\"\n    gateway: spok\n    recipient: \"5\"\n  - user: \"@a:h\"\n    gateway: spok\n    recipient: \"6\"\n", `pagers[1].user @a:h is listed twice`},
+		{"recipient", "version: 1\npagers:\n  - user: \"@a:h\"\n    gateway: spok\n    recipient: \"5 5\"\n", `pagers[0].recipient must be the pager's ID`},
+		{"version", "pagers: []\n", `version: 1 is required`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseDirectory("pagers.yaml", []byte(c.src), gw)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("%v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestRenderFitsTheDevice(t *testing.T) {
+	id := PageID("page:$e:@a:h")
+	if len(id) > 32 || id != PageID("page:$e:@a:h") || id == PageID("page:$e:@b:h") {
+		t.Fatalf("page ID %q", id)
+	}
+	ref := Ref(id)
+	if len(ref) != 5 || strings.ContainsAny(ref, "01OIL") {
+		t.Fatalf("ref %q", ref)
+	}
+	if got := Render("{priority}: new secure message (ref {ref})", ref, policy.PriorityStat, 240); got != "STAT: new secure message (ref "+ref+")" {
+		t.Fatalf("render %q", got)
+	}
+	long := strings.Repeat("é", 300) + "{ref}"
+	if got := Render(long, ref, policy.PriorityRoutine, 160); len([]rune(got)) != 160 {
+		t.Fatalf("%d characters for a 160-character device", len([]rune(got)))
+	}
+}
+
+func FuzzParseSchedule(f *testing.F) {
+	f.Add([]byte(weekly))
+	f.Add([]byte("version: 1\nzone: UTC\nroles:\n  - name: a\n    shifts:\n      - user: \"@a:h\"\n        days: [mon]\n        from: \"23:59\"\n        to: \"00:00\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseSchedule("f.yaml", data)
+		if err != nil {
+			return
+		}
+		for _, r := range s.Roles {
+			s.OnCall(r.Name, time.Unix(0, 0))
+		}
+	})
+}
+
+func FuzzParseDirectory(f *testing.F) {
+	f.Add([]byte("version: 1\npagers:\n  - user: \"@a:h\"\n    gateway: spok\n    recipient: \"555\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := ParseDirectory("f.yaml", data, map[string]bool{"spok": true})
+		if err == nil && d.Len() != len(d.Pagers) {
+			t.Fatalf("%d pagers, %d looked up", len(d.Pagers), d.Len())
+		}
+	})
+}
