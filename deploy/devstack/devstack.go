@@ -136,6 +136,9 @@ type Options struct {
 	HomeserverConfig map[string]any
 	// ExpireAs sets jobs.expire_as (sender or bot).
 	ExpireAs string
+	// Pager, if set, is the service's pager section (gateways, directory,
+	// schedule), as its YAML map.
+	Pager map[string]any
 	// AdminToken, if set, turns on the admin HTTP API on AdminPort (picked
 	// free if zero) with this bearer token.
 	AdminToken string
@@ -289,6 +292,9 @@ func (s *Stack) writeServiceConfig() error {
 	}
 	if o.DatabaseType != "" {
 		cfg["database"] = map[string]any{"type": o.DatabaseType, "uri": o.DatabaseURI}
+	}
+	if o.Pager != nil {
+		cfg["pager"] = o.Pager
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {

@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/event"
+
+	"github.com/matrix-hipaa/matrix-hipaa/bridges/pager"
+	"github.com/matrix-hipaa/matrix-hipaa/bridges/snpp/snpptest"
+	"github.com/matrix-hipaa/matrix-hipaa/bridges/wctp/wctptest"
+	"github.com/matrix-hipaa/matrix-hipaa/deploy/devstack"
+)
+
+// pagerCanary is PHI as clinicians write it: in the room's name, the
+// sender's display name and the message. None of it may reach a gateway.
+const pagerCanary = "CANARY-Jane-Doe-MRN-5512"
+
+// onCallSchedule names who covers role icu from an hour ago for a day.
+func onCallSchedule(user string) string {
+	now := time.Now().UTC()
+	return fmt.Sprintf("version: 1\nzone: UTC\nroles:\n  - name: icu\n    shifts:\n      - user: %q\n        from: %q\n        to: %q\n",
+		user, now.Add(-time.Hour).Format("2006-01-02T15:04"), now.Add(24*time.Hour).Format("2006-01-02T15:04"))
+}
+
+// A message in a room linked to pagers, from a real E2EE client, pages a
+// person through a WCTP carrier and an on-call role through SNPP, with
+// nothing of the room in any page; the pager's Accept comes back into the
+// room, encrypted; and after the schedule changes, the role pages whoever
+// it names at that moment (through HylaFAX's hfaxd).
+func TestPagerBridge(t *testing.T) {
+	carrier := wctptest.Start(t, "hipaa-test", "wctp-secret-code")
+	perl := snpptest.StartPerl(t)
+	hfax := snpptest.StartHylaFAX(t)
+	dir := t.TempDir()
+	domain := "localhost"
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path+".tmp", []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	directory := write("pagers.yaml", fmt.Sprintf(`version: 1
+pagers:
+  - user: "@alice:%[1]s"
+    gateway: spok
+    recipient: "5551001"
+    two_way: true
+    multiple_choice: true
+  - user: "@bob:%[1]s"
+    gateway: legacy
+    recipient: "5552002"
+  - user: "@dave:%[1]s"
+    gateway: hylafax
+    recipient: "5554004"
+`, domain))
+	schedule := write("oncall.yaml", onCallSchedule("@bob:"+domain))
+	st := startStack(t, devstack.Options{Pager: map[string]any{
+		"directory": directory, "schedule": schedule, "endpoint_security_code": "push-secret-code",
+		"gateways": []map[string]any{
+			{"name": "spok", "protocol": "wctp", "url": carrier.Server.URL, "sender_id": "hipaa-test", "security_code": "wctp-secret-code", "ca_file": carrier.CAFile(dir)},
+			{"name": "legacy", "protocol": "snpp", "address": perl.Addr, "login": perl.Login, "password": perl.Password, "two_way": true},
+			{"name": "hylafax", "protocol": "snpp", "address": hfax.Addr, "login": hfax.Login, "password": hfax.Password, "site_commands": []string{"JQUEUE YES"}},
+		},
+	}})
+	carrier.PushURL, carrier.PushCode = fmt.Sprintf("http://127.0.0.1:%d/_hipaa/wctp/spok", st.Opts.ASPort), "push-secret-code"
+	ctx := context.Background()
+	carol := newE2EEUser(t, st, "carol")
+	if err := carol.SetDisplayName(ctx, "Dr Carol "+pagerCanary); err != nil {
+		t.Fatal(err)
+	}
+	room := enrolledRoom(t, st, carol)
+	if _, err := carol.SendStateEvent(ctx, room, event.StateRoomName, "", map[string]any{"name": "ICU bed 4 " + pagerCanary}); err != nil {
+		t.Fatal(err)
+	}
+	setPolicy(t, st, []byte(fmt.Sprintf("version: 1\nrooms:\n  - room_id: %q\n    page: [\"@alice:%s\", \"role:icu\"]\n    page_priority: stat\n", room, domain)))
+
+	sent := time.Now()
+	if _, err := carol.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "Patient " + pagerCanary + " is crashing"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a page at the WCTP carrier and at Net::SNPP::Server", func() bool {
+		return len(carrier.Submitted()) >= 1 && len(perl.Pages(t)) >= 1
+	})
+	t.Logf("pages at both gateways %s after the message was sent", time.Since(sent).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // any second page would have come by now
+	subs, pages := carrier.Submitted(), perl.Pages(t)
+	if len(subs) != 1 || subs[0].Recipient != "5551001" || subs[0].Priority != "HIGH" {
+		t.Fatalf("WCTP pages %+v, want one to alice's pager", subs)
+	}
+	if len(pages) != 1 || pages[0].Pager != "5552002" || fmt.Sprint(pages[0].Level) != "0" {
+		t.Fatalf("SNPP pages %+v, want one to bob's pager (on call for icu) at level 0", pages)
+	}
+	ref := pager.Ref(subs[0].MessageID)
+	if !strings.Contains(subs[0].Text, ref) || !strings.Contains(pages[0].Message, "(ref ") {
+		t.Fatalf("page texts %q and %q carry no reference", subs[0].Text, pages[0].Message)
+	}
+	if errs := carrier.Problems(); len(errs) > 0 {
+		t.Fatalf("documents not valid against the WCTP DTD: %v", errs)
+	}
+
+	// The pager answers Accept (pushed twice, as gateways do): the room is
+	// told once, encrypted, and the audit trail has it without the text.
+	carrier.Reply(subs[0].MessageID, "5551001", "Accept", true)
+	notice := carol.waitMessage(t, "the page's acceptance", func(e *event.Event) bool {
+		return strings.Contains(textOf(e), "accepted (ref "+ref+")")
+	})
+	if notice.Type != event.EventMessage || !strings.Contains(textOf(notice), "@alice:"+domain) {
+		t.Fatalf("notice %q", textOf(notice))
+	}
+	waitAudit(t, st, "the acceptance on the record", func(l auditLine) bool { return l.Type == "page" && l.Action == "accepted" })
+	time.Sleep(time.Second)
+	if n := countAudit(t, st, func(l auditLine) bool { return l.Type == "page" && l.Action == "accepted" }); n != 1 {
+		t.Fatalf("%d acceptances on the record for one reply pushed twice", n)
+	}
+
+	// The schedule now names dave: the next message pages him, through
+	// HylaFAX, with no restart.
+	write("oncall.yaml", onCallSchedule("@dave:"+domain))
+	waitFor(t, "the new schedule in force", func() bool {
+		return countAudit(t, st, func(l auditLine) bool {
+			return l.Type == "admin.command" && l.Action == "pager-schedule-load" && l.Outcome == "success"
+		}) >= 2
+	})
+	if _, err := carol.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "Second: " + pagerCanary}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a page in HylaFAX's spool", func() bool { return len(hfax.Pages(t)) >= 1 })
+	time.Sleep(2 * time.Second)
+	hpages := hfax.Pages(t)
+	if len(hpages) != 1 || hpages[0].Pager != "5554004" || !strings.Contains(hpages[0].Text, "(ref ") {
+		t.Fatalf("HylaFAX page jobs %+v, want one to dave's pager", hpages)
+	}
+	if n := len(perl.Pages(t)); n != 1 {
+		t.Fatalf("bob, no longer on call, was paged again (%d pages)", n)
+	}
+	if n := len(carrier.Submitted()); n != 2 {
+		t.Fatalf("%d WCTP pages after two messages, want 2", n)
+	}
+
+	// The canary scan: every byte any gateway was sent.
+	var all [][]byte
+	all = append(all, carrier.Raw()...)
+	for _, p := range perl.Pages(t) {
+		all = append(all, []byte(fmt.Sprintf("%+v", p)))
+	}
+	for _, p := range hfax.Pages(t) {
+		all = append(all, []byte(fmt.Sprintf("%+v", p)))
+	}
+	hits := 0
+	for _, b := range all {
+		for _, needle := range []string{pagerCanary, "carol", "Carol", "ICU bed", string(room)} {
+			if bytes.Contains(b, []byte(needle)) {
+				hits++
+				t.Errorf("%q reached a gateway: %s", needle, b)
+			}
+		}
+	}
+	t.Logf("canary scan of %d documents and pages sent to gateways: %d hits", len(all), hits)
+	lines, raw := export(t, st)
+	if bytes.Contains(raw, []byte(pagerCanary)) || bytes.Contains(raw, []byte("Accept")) {
+		t.Fatal("the audit trail holds PHI or a reply's text")
+	}
+	if n := len(lines); n == 0 {
+		t.Fatal("no audit trail")
+	}
+	verify(t, st)
+}
