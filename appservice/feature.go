@@ -117,6 +117,12 @@ type Router interface {
 	Routes() map[string]http.Handler
 }
 
+// ReceiptKeeper says which rooms' read receipts are kept: read tracking
+// is a policy choice per room, and the rest are never stored.
+type ReceiptKeeper interface {
+	KeepsReceipts(room string) bool
+}
+
 // Add puts features on the service, in order: their job handlers on the
 // runner, their deciders on the dispatcher, their hooks on the policy
 // holder and the runner, and their loops beside the engine's. Two features
@@ -152,6 +158,12 @@ func (s *Service) Add(features ...Feature) error {
 		}
 		if w, ok := f.(OutcomeWatcher); ok {
 			s.Runner.OnOutcome(w.JobOutcome)
+		}
+		if k, ok := f.(ReceiptKeeper); ok && s.Inbox != nil {
+			if s.Inbox.keepReceipt != nil {
+				return fmt.Errorf("feature %s: another feature already decides which receipts are kept", f.Name())
+			}
+			s.Inbox.keepReceipt = k.KeepsReceipts
 		}
 		if r, ok := f.(Router); ok {
 			for path, h := range r.Routes() {

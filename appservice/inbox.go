@@ -97,10 +97,34 @@ type Inbox struct {
 	bot string
 	// lastSeen is when a transaction last brought events (unix ms).
 	lastSeen atomic.Int64
+	// keepReceipt, when set, says which rooms' read receipts are kept
+	// (read tracking is a policy choice per room); the rest are dropped.
+	keepReceipt func(room string) bool
 }
 
 func NewInbox(db *store.DB, chain *audit.Chain, m *Metrics, bot string) *Inbox {
 	return &Inbox{db: db, chain: chain, metrics: m, notify: make(chan struct{}, 1), bot: bot}
+}
+
+// StoreReceipts keeps the receipts of rooms whose reads are tracked (all,
+// when no feature says which), each user's newest per room, type and
+// thread; the others are counted as untracked and dropped.
+func (in *Inbox) StoreReceipts(ctx context.Context, rs []Receipt, now time.Time) error {
+	if in.keepReceipt != nil {
+		kept := rs[:0:0]
+		for _, r := range rs {
+			if in.keepReceipt(r.RoomID) {
+				kept = append(kept, r)
+			}
+		}
+		in.metrics.Events.WithLabelValues("receipt", "untracked").Add(float64(len(rs) - len(kept)))
+		rs = kept
+	}
+	if err := storeReceipts(ctx, in.db, rs, now); err != nil {
+		return err
+	}
+	in.metrics.Events.WithLabelValues("receipt", "stored").Add(float64(len(rs)))
+	return nil
 }
 
 // Notify fires after each commit that stored new events.
@@ -164,10 +188,9 @@ func (in *Inbox) StoreTransaction(ctx context.Context, txnID string, txn Transac
 	// their own: most transactions have none, and the events' path stays
 	// as it is. Were this to fail, the homeserver re-sends the whole
 	// transaction: the events dedupe, the receipts upsert.
-	if err := storeReceipts(ctx, in.db, txn.Receipts, now); err != nil {
+	if err := in.StoreReceipts(ctx, txn.Receipts, now); err != nil {
 		return 0, fmt.Errorf("store receipts: %w", err)
 	}
-	in.metrics.Events.WithLabelValues("receipt", "stored").Add(float64(len(txn.Receipts)))
 	in.metrics.Events.WithLabelValues("receipt", "dropped").Add(float64(txn.ReceiptsDropped))
 	in.metrics.AuditRecords.Add(float64(len(recs)))
 	for _, e := range events {

@@ -188,6 +188,20 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger, now Clock)
 		Homeserver: cfg.Homeserver.Address, UserID: cfg.BotMXID(), ASToken: cfg.AppService.ASToken.Reveal(),
 		DB: db, URI: cfg.Database.URI, PickleKey: chain.Keys().PickleKey(), Inviter: hs, Admin: cfg.Admin.IsAdmin, ReadRoom: cfg.Admin.Room,
 		Password: password, Log: log,
+		// Dendrite pushes no ephemeral events to application services:
+		// read receipts come from the bot's own sync there.
+		Receipts: func(ctx context.Context, rs []bot.ReadReceipt) {
+			if cfg.Homeserver.Software == "synapse" {
+				return // pushed with the transactions
+			}
+			out := make([]Receipt, 0, len(rs))
+			for _, r := range rs {
+				out = append(out, Receipt{RoomID: r.Room, UserID: r.User, EventID: r.EventID, Type: r.Type, Thread: r.Thread, TS: r.TS})
+			}
+			if err := s.Inbox.StoreReceipts(ctx, out, s.now()); err != nil {
+				log.Warn().Str("error", SafeError(err)).Msg("could not store read receipts from the bot's sync")
+			}
+		},
 	})
 	hs.BotSession = s.Bot.AccessToken
 	RegisterDiscovery(s.Runner, hs, s.Inbox)

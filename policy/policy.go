@@ -39,13 +39,20 @@ type Policy struct {
 	// (RetentionChangeDelay) before it applies to them (0 or unset:
 	// DefaultRetentionChangeLimit).
 	RetentionChangeLimit int `yaml:"retention_change_limit"`
+	// Escalation is when an unread message to a person is paged, re-paged
+	// and handed to a backup, per priority (rooms with read_tracking on).
+	Escalation Escalation `yaml:"escalation"`
 
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
 
 	mayExpire bool
 	mayPage   bool
+	mayTrack  bool
 }
+
+// MayTrackReads reports whether any room can have read_tracking on.
+func (p *Policy) MayTrackReads() bool { return p.mayTrack }
 
 // MayPage reports whether any room can be linked to pagers by this
 // policy (page set anywhere): only then is ciphertext decided on for pages.
@@ -104,6 +111,9 @@ type Settings struct {
 	// what, from read receipts, to escalate unread messages; staff
 	// councils may object, so it is the policy author's choice per room.
 	ReadTracking *Toggle `yaml:"read_tracking"`
+	// Acknowledge (built in: off): every message in the room must be read
+	// by each member, as a direct message must; unread, it escalates.
+	Acknowledge *Toggle `yaml:"acknowledge"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -128,7 +138,7 @@ func Builtin() Effective {
 		Encryption: EncryptionRequired, Plaintext: PlaintextRedact, Attachments: AttachmentsEncryptedOnly,
 		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
 		RoomRetention: RoomRetentionIgnore, RetentionMin: config.Duration(DefaultRetentionMin),
-		PagePriority: PriorityRoutine, ReadTracking: Off,
+		PagePriority: PriorityRoutine, ReadTracking: Off, Acknowledge: Off,
 		// Not "verified": a deployment without a roster must not empty every room.
 		Members: MembersAny,
 		Source:  map[string]string{},
@@ -213,7 +223,9 @@ func Parse(file string, data []byte) (*Policy, error) {
 	}
 	p.mayExpire = setsLifetime(&p.Defaults)
 	p.mayPage = p.Defaults.Page != nil && len(*p.Defaults.Page) > 0
+	p.mayTrack = p.Defaults.ReadTracking != nil && *p.Defaults.ReadTracking == On
 	for i := range p.Rooms {
+		p.mayTrack = p.mayTrack || (p.Rooms[i].ReadTracking != nil && *p.Rooms[i].ReadTracking == On)
 		p.mayExpire = p.mayExpire || setsLifetime(&p.Rooms[i].Settings)
 		p.mayPage = p.mayPage || (p.Rooms[i].Page != nil && len(*p.Rooms[i].Page) > 0)
 	}
@@ -309,6 +321,7 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	checkAllowedTypes(d, "defaults", &p.Defaults)
 	checkRoles(d, "defaults", &p.Defaults)
 	checkPage(d, "defaults", &p.Defaults)
+	p.Escalation.validate(d)
 	if g := p.UnverifiedSessionGrace.D(); g < 0 || (g > 0 && g < MinSessionIdleTimeout) {
 		d.Errorf("unverified_session_grace", "unverified_session_grace must be at least %s", MinSessionIdleTimeout)
 	}
@@ -439,6 +452,7 @@ type Effective struct {
 	Page         []string
 	PagePriority PagePriority
 	ReadTracking Toggle
+	Acknowledge  Toggle
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -585,7 +599,7 @@ func (p *Policy) For(r Room) Effective {
 
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
 	"room_retention": true, "retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true,
-	"plaintext_allowed_types": true, "page": true, "page_priority": true, "read_tracking": true}
+	"plaintext_allowed_types": true, "page": true, "page_priority": true, "read_tracking": true, "acknowledge": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -606,6 +620,7 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Page, s.Page, "page", source, e.Source)
 	override(&e.PagePriority, s.PagePriority, "page_priority", source, e.Source)
 	override(&e.ReadTracking, s.ReadTracking, "read_tracking", source, e.Source)
+	override(&e.Acknowledge, s.Acknowledge, "acknowledge", source, e.Source)
 }
 
 // override sets *dst from a knob that is set here, noting where it came from.
@@ -631,6 +646,7 @@ func (e Effective) Explain() string {
 		{"members", string(e.Members)}, {"roles", rolesOrAny(e.Roles)}, {"announce_roles", fmt.Sprint(e.Announce)},
 		{"plaintext_allowed_types", listOrNone(e.PlaintextAllowedTypes)},
 		{"page", listOrNone(e.Page)}, {"page_priority", string(e.PagePriority)}, {"read_tracking", string(e.ReadTracking)},
+		{"acknowledge", string(e.Acknowledge)},
 	}
 	var b strings.Builder
 	for _, r := range rows {

@@ -59,6 +59,9 @@ func TestValidationTable(t *testing.T) {
 		{"page role with capitals", "version: 1\ndefaults:\n  page: [\"role:ICU\"]\n", `defaults.page[0]: "role:ICU": a role name is lower case`},
 		{"page priority unknown", "version: 1\ndefaults:\n  page_priority: asap\n", `stat, urgent, routine`},
 		{"read tracking not a toggle", "version: 1\ndefaults:\n  read_tracking: yes\n", `on, off`},
+		{"escalation backup before the first page", "version: 1\nescalation:\n  stat:\n    page_after: 5m\n    repeat: 1m\n    backup_after: 1m\n", `p.yaml:6:19: escalation.stat.backup_after must not be before its page_after`},
+		{"escalation too quick", "version: 1\nescalation:\n  urgent:\n    page_after: 0s\n    repeat: 1m\n    backup_after: 5m\n", `escalation.urgent.page_after must be at least 1s`},
+		{"escalation backup", "version: 1\nescalation:\n  backup: chief\n", `escalation.backup: "chief" is neither`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,7 +135,7 @@ rooms:
 			src := got.Source
 			got.Source, tc.want.Source = nil, nil
 			tc.want.RoomRetention, tc.want.RetentionMin = Builtin().RoomRetention, Builtin().RetentionMin
-			tc.want.PagePriority, tc.want.ReadTracking = Builtin().PagePriority, Builtin().ReadTracking
+			tc.want.PagePriority, tc.want.ReadTracking, tc.want.Acknowledge = Builtin().PagePriority, Builtin().ReadTracking, Builtin().Acknowledge
 			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
 				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
 			}

@@ -69,6 +69,18 @@ type Options struct {
 	// empty: the keys are kept but not published.
 	Password string
 	Log      zerolog.Logger
+	// Receipts, when set, is given the read receipts of the bot's rooms
+	// from its own sync (m.receipt only: no typing, no presence), for
+	// homeservers that push no ephemeral events to the application
+	// service (Dendrite).
+	Receipts func(ctx context.Context, rs []ReadReceipt)
+}
+
+// ReadReceipt is one receipt the bot's sync brought: who read a room up
+// to which event, and when.
+type ReadReceipt struct {
+	Room, User, EventID, Type, Thread string
+	TS                                int64
 }
 
 // Bot is the E2EE bot. Its methods are safe for concurrent use.
@@ -161,7 +173,7 @@ func (b *Bot) start(ctx context.Context) error {
 		return err
 	}
 	cli.Log = b.log
-	cli.Syncer = newSyncer(cli, b.log)
+	cli.Syncer = newSyncer(cli, b.log, b.opts.Receipts != nil)
 	helper, err := cryptohelper.NewCryptoHelper(cli, b.opts.PickleKey, db)
 	if err != nil {
 		db.Close()
@@ -200,6 +212,13 @@ func (b *Bot) start(ctx context.Context) error {
 		return fmt.Errorf("bot cross-signing: %w", err)
 	}
 	cli.Crypto = helper
+	if b.opts.Receipts != nil {
+		cli.Syncer.(*syncer).OnEventType(event.EphemeralEventReceipt, func(ctx context.Context, evt *event.Event) {
+			if rs := receiptsOf(evt); len(rs) > 0 {
+				b.opts.Receipts(ctx, rs)
+			}
+		})
+	}
 	// A room the bot is invited to by a person (an admin giving it a seat,
 	// say) is joined, so it can serve that room too.
 	cli.Syncer.(*syncer).OnEventType(event.StateMember, func(ctx context.Context, evt *event.Event) {
@@ -594,3 +613,36 @@ func (b *Bot) CreateDM(ctx context.Context, user string) (string, error) {
 	}
 	return string(resp.RoomID), nil
 }
+
+// receiptsOf reads an m.receipt event's read receipts (m.read and
+// m.read.private), at most MaxReceiptsPerEvent of them.
+func receiptsOf(evt *event.Event) []ReadReceipt {
+	if evt.Content.Parsed == nil {
+		if err := evt.Content.ParseRaw(evt.Type); err != nil {
+			return nil
+		}
+	}
+	content, ok := evt.Content.Parsed.(*event.ReceiptEventContent)
+	if !ok {
+		return nil
+	}
+	var out []ReadReceipt
+	for eventID, byType := range *content {
+		for typ, byUser := range byType {
+			if typ != event.ReceiptTypeRead && typ != event.ReceiptTypeReadPrivate {
+				continue
+			}
+			for user, r := range byUser {
+				if len(out) >= MaxReceiptsPerEvent {
+					return out
+				}
+				out = append(out, ReadReceipt{Room: string(evt.RoomID), User: string(user), EventID: string(eventID), Type: string(typ),
+					Thread: string(r.ThreadID), TS: r.Timestamp.UnixMilli()})
+			}
+		}
+	}
+	return out
+}
+
+// MaxReceiptsPerEvent bounds one m.receipt event (a room's members' receipts).
+const MaxReceiptsPerEvent = 5000

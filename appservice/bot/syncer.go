@@ -27,10 +27,14 @@ var contentTypes = []event.Type{
 	event.NewEventType("m.poll.start"), event.NewEventType("m.poll.response"),
 }
 
-func newSyncer(cli *mautrix.Client, log zerolog.Logger) *syncer {
+func newSyncer(cli *mautrix.Client, log zerolog.Logger, receipts bool) *syncer {
 	f := mautrix.DefaultFilter()
 	f.Presence = &mautrix.FilterPart{NotTypes: []event.Type{event.NewEventType("*")}}
 	f.Room.Ephemeral = &mautrix.FilterPart{NotTypes: []event.Type{event.NewEventType("*")}}
+	if receipts {
+		// Read receipts only: who read up to which event, no content.
+		f.Room.Ephemeral = &mautrix.FilterPart{Types: []event.Type{event.EphemeralEventReceipt}}
+	}
 	f.Room.Timeline.NotTypes = contentTypes
 	f.Room.Timeline.Limit = 50
 	inner := mautrix.NewDefaultSyncer()

@@ -124,34 +124,54 @@ func TestSynapsePurgeRemovesExpiredHistory(t *testing.T) {
 	verify(t, st)
 }
 
-// A read receipt from a real client reaches the service in a transaction
-// (MSC2409 ephemeral events) and is stored: who read the room up to which
-// event, no content. Synapse only: Dendrite v0.13.8 pushes no ephemeral
-// events to application services.
-func TestSynapseReadReceiptArrives(t *testing.T) {
-	onSynapse(t, "Dendrite v0.13.8 pushes no ephemeral events to application services")
+// A real client's read receipt reaches the service where the room's reads
+// are tracked (read_tracking: on): on Synapse as an ephemeral event pushed
+// with the transactions (MSC2409); on Dendrite, which pushes none, through
+// the bot's own sync of the room. A receipt in a room without read
+// tracking is never stored.
+func TestReadReceiptsKeptWhereTracked(t *testing.T) {
 	st := startStack(t, devstack.Options{})
 	ctx := context.Background()
 	alice := newE2EEUser(t, st, "alice")
 	bob := newE2EEUser(t, st, "bob")
-	room := sharedEncryptedRoom(t, alice, bob)
-	resp, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "please review the chart"})
-	if err != nil {
-		t.Fatal(err)
+	tracked := enrolledRoom(t, st, alice, bob.UserID)
+	quiet := enrolledRoom(t, st, alice, bob.UserID)
+	for _, r := range []id.RoomID{tracked, quiet} {
+		if _, err := bob.JoinRoomByID(ctx, r); err != nil {
+			t.Fatal(err)
+		}
 	}
-	bob.waitMessage(t, "alice's message", func(e *event.Event) bool { return e.ID == resp.EventID })
-	if err := bob.SendReceipt(ctx, room, resp.EventID, event.ReceiptTypeRead, nil); err != nil {
-		t.Fatal(err)
-	}
+	setPolicy(t, st, []byte(fmt.Sprintf("version: 1\nrooms:\n  - room_id: %q\n    read_tracking: on\n", tracked)))
 	db := serviceDB(t, st, "mode=ro")
-	var got string
-	waitFor(t, "bob's receipt to be stored", func() bool {
-		return db.QueryRow(`SELECT event_id FROM read_receipt WHERE room_id = ? AND user_id = ? AND receipt_type = 'm.read'`, string(room), string(bob.UserID)).Scan(&got) == nil &&
-			got == string(resp.EventID)
-	})
+	for _, room := range []id.RoomID{quiet, tracked} {
+		waitFor(t, "both clients to see the encrypted room", func() bool {
+			a, _ := alice.StateStore.IsEncrypted(ctx, room)
+			b, _ := bob.StateStore.IsEncrypted(ctx, room)
+			return a && b && alice.StateStore.IsInRoom(ctx, room, bob.UserID)
+		})
+		resp, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "please review the chart"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bob.waitMessage(t, "alice's message", func(e *event.Event) bool { return e.ID == resp.EventID })
+		if err := bob.SendReceipt(ctx, room, resp.EventID, event.ReceiptTypeRead, nil); err != nil {
+			t.Fatal(err)
+		}
+		if room == tracked {
+			var got string
+			waitFor(t, "bob's receipt to be stored", func() bool {
+				return db.QueryRow(`SELECT event_id FROM read_receipt WHERE room_id = ? AND user_id = ? AND receipt_type = 'm.read'`, string(room), string(bob.UserID)).Scan(&got) == nil &&
+					got == string(resp.EventID)
+			})
+		}
+	}
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM read_receipt WHERE room_id = ?`, string(quiet)).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d receipts stored in the room without read tracking (%v)", n, err)
+	}
 	metrics := string(httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", st.Opts.MetricsPort)))
-	if !strings.Contains(metrics, `hipaa_events_total{class="receipt",delivery="stored"}`) {
-		t.Fatalf("no receipt counted in the metrics")
+	if !strings.Contains(metrics, `hipaa_events_total{class="receipt",delivery="stored"}`) || !strings.Contains(metrics, `hipaa_events_total{class="receipt",delivery="untracked"}`) {
+		t.Fatalf("receipts not counted in the metrics as stored and untracked")
 	}
 }
 

@@ -44,6 +44,10 @@ type Feature struct {
 	broken     map[string]error
 	Notice     Noticer
 
+	trackMu       sync.Mutex
+	tracked       map[string]trackEntry
+	trackedPolicy string
+
 	mu        sync.RWMutex
 	dir       *Directory
 	sched     *Schedule
@@ -103,7 +107,7 @@ func (f *Feature) Loops() []func(context.Context) {
 	if !f.Enabled() {
 		return nil
 	}
-	loops := []func(context.Context){func(ctx context.Context) {
+	loops := []func(context.Context){f.escalateLoop, func(ctx context.Context) {
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
@@ -188,10 +192,10 @@ func (f *Feature) files() (*Directory, *Schedule) {
 	return f.dir, f.sched
 }
 
-// SeesCiphertext: pages follow encrypted messages too, where the policy
-// links any room to pagers.
+// SeesCiphertext: pages and escalations follow encrypted messages too,
+// where the policy links any room to pagers or tracks reads in any.
 func (f *Feature) SeesCiphertext(pol *policy.Policy, _ *appservice.RoomInfo) bool {
-	return f.Enabled() && pol.MayPage()
+	return f.Enabled() && (pol.MayPage() || pol.MayTrackReads())
 }
 
 // pagePayload is a page job's payload: IDs and the target, never content.
@@ -202,12 +206,15 @@ type pagePayload struct {
 	Target   string              `json:"target"`
 	Priority policy.PagePriority `json:"priority"`
 	Reason   string              `json:"reason"`
+	// Watch is, for an escalation's page, the person whose unread message
+	// it is: their Accept (or the backup's) ends the escalation.
+	Watch string `json:"watch,omitempty"`
 }
 
 // DecideEvent pages each of a linked room's targets for a message in it.
 // The bot's own messages and those of the service's namespace page no one.
 func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, pol *policy.Policy, settings policy.Effective, dec *appservice.Decision) {
-	if !f.Enabled() || len(settings.Page) == 0 || ev.StateKey != nil {
+	if !f.Enabled() || ev.StateKey != nil {
 		return
 	}
 	switch ev.Type {
@@ -218,6 +225,7 @@ func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, p
 	if ev.Sender == f.env.BotUser || strings.HasPrefix(ev.Sender, "@"+f.env.Config.SenderLocalpart()) {
 		return
 	}
+	f.watch(ev, pol, settings, dec)
 	keys := f.env.Chain.Keys()
 	for _, target := range settings.Page {
 		payload, _ := json.Marshal(pagePayload{Room: ev.RoomID, EventID: ev.ID, Sender: ev.Sender, Target: target, Priority: settings.PagePriority, Reason: "linked"})
@@ -264,8 +272,8 @@ func Render(template, ref string, pri policy.PagePriority, max int) string {
 
 // page is a page's row.
 type page struct {
-	ID, Ref, Room, EventID, Target, User, Gateway, Recipient, Priority, Reason, State, Tag string
-	Unknown                                                                                int
+	ID, Ref, Room, EventID, Target, User, Gateway, Recipient, Priority, Reason, State, Tag, Watch string
+	Unknown                                                                                       int
 }
 
 // States a page goes through; a later one never goes back to an earlier.
@@ -273,8 +281,8 @@ var stateRank = map[string]int{"sending": 0, "sent": 1, "queued": 2, "delivered"
 
 func (f *Feature) loadPage(ctx context.Context, tx *sql.Tx, id string) (*page, error) {
 	p := &page{}
-	err := f.env.DB.QueryRow(ctx, tx, `SELECT id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, unknown_sends FROM page WHERE id = ?`, id).
-		Scan(&p.ID, &p.Ref, &p.Room, &p.EventID, &p.Target, &p.User, &p.Gateway, &p.Recipient, &p.Priority, &p.Reason, &p.State, &p.Tag, &p.Unknown)
+	err := f.env.DB.QueryRow(ctx, tx, `SELECT id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, unknown_sends, watch_user FROM page WHERE id = ?`, id).
+		Scan(&p.ID, &p.Ref, &p.Room, &p.EventID, &p.Target, &p.User, &p.Gateway, &p.Recipient, &p.Priority, &p.Reason, &p.State, &p.Tag, &p.Unknown, &p.Watch)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -329,8 +337,8 @@ func (f *Feature) sendPage(ctx context.Context, j *appservice.Job) error {
 		if refusal != nil {
 			p.State = "failed"
 		}
-		_, err = f.env.DB.Exec(ctx, tx, `INSERT INTO page (id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, created_at, sent_at, updated_at, unknown_sends)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, 0, ?, 0)`, p.ID, p.Ref, p.Room, p.EventID, p.Target, p.User, p.Gateway, p.Recipient, p.Priority, p.Reason, p.State, now.UnixMilli(), now.UnixMilli())
+		_, err = f.env.DB.Exec(ctx, tx, `INSERT INTO page (id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, created_at, sent_at, updated_at, unknown_sends, watch_user)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, 0, ?, 0, ?)`, p.ID, p.Ref, p.Room, p.EventID, p.Target, p.User, p.Gateway, p.Recipient, p.Priority, p.Reason, p.State, now.UnixMilli(), now.UnixMilli(), pl.Watch)
 		if err != nil {
 			return err
 		}

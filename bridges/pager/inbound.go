@@ -62,6 +62,11 @@ func (f *Feature) Receive(ctx context.Context, gateway string, in wctp.Inbound) 
 				return err
 			}
 		}
+		if state == "accepted" {
+			if err := f.accepted(ctx, tx, p); err != nil {
+				return err
+			}
+		}
 		outcome := audit.OutcomeSuccess
 		if what == "failed" {
 			outcome = audit.OutcomeFailure

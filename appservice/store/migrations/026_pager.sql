@@ -18,7 +18,8 @@ CREATE TABLE page (
     created_at   BIGINT NOT NULL,
     sent_at      BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,
-    unknown_sends INTEGER NOT NULL
+    unknown_sends INTEGER NOT NULL,
+    watch_user   TEXT NOT NULL
 );
 CREATE INDEX page_event ON page (event_id);
 CREATE INDEX page_ref ON page (ref);
@@ -33,3 +34,21 @@ CREATE TABLE page_inbound (
     received_at BIGINT NOT NULL,
     PRIMARY KEY (gateway, key)
 );
+-- Messages to a person that must be read (a direct message, or any in a
+-- room with acknowledge: on, where read_tracking is on): one row per
+-- message and person, until they read it, accept a page for it, or it has
+-- gone to the backup. No content.
+CREATE TABLE page_watch (
+    event_id    TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    room_id     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    priority    TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    step        INTEGER NOT NULL,
+    next_at     BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    PRIMARY KEY (event_id, user_id)
+);
+CREATE INDEX page_watch_due ON page_watch (state, next_at);
