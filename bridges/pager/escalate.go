@@ -222,18 +222,23 @@ func (f *Feature) hasRead(ctx context.Context, tx *sql.Tx, w watchRow) (bool, er
 	return n > 0, err
 }
 
-// escalateLoop runs Escalate every half second.
+// escalateLoop runs Escalate when the next escalation is due: it sleeps
+// until the earliest next_at, never more than a second (the shortest
+// page_after a policy may set), so a watch added meanwhile is not missed.
 func (f *Feature) escalateLoop(ctx context.Context) {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
 	for {
+		if _, err := f.Escalate(ctx); err != nil && ctx.Err() == nil {
+			f.env.Log.Warn().Str("error", appservice.SafeError(err)).Msg("escalation check failed; trying again")
+		}
+		wait := time.Second
+		var next sql.NullInt64
+		if err := f.env.DB.R.QueryRowContext(ctx, `SELECT MIN(next_at) FROM page_watch WHERE state = 'waiting'`).Scan(&next); err == nil && next.Valid {
+			wait = min(wait, max(time.UnixMilli(next.Int64).Sub(f.env.Now()), 5*time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			if _, err := f.Escalate(ctx); err != nil && ctx.Err() == nil {
-				f.env.Log.Warn().Str("error", appservice.SafeError(err)).Msg("escalation check failed; trying again")
-			}
+		case <-time.After(wait):
 		}
 	}
 }
