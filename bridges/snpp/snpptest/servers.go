@@ -18,9 +18,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/bridges/wctp/wctptest"
 )
+
+// T is what the servers need of their caller (testing.TB has it).
+type T = wctptest.T
 
 // PerlServer is Net::SNPP::Server with LOGIn, LEVEl and MSTAtus added.
 type PerlServer struct {
@@ -38,10 +42,12 @@ type PerlPage struct {
 	TwoWay    any               `json:"twoway"`
 	Responses map[string]string `json:"responses"`
 	Login     string            `json:"login"`
+	// At is when the server took it (unix seconds, fractional).
+	At float64 `json:"at"`
 }
 
 // StartPerl runs the server on a free loopback port until the test ends.
-func StartPerl(t testing.TB) *PerlServer {
+func StartPerl(t T) *PerlServer {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	script := filepath.Join(filepath.Dir(file), "..", "testdata", "snpp-server.pl")
@@ -70,7 +76,7 @@ func StartPerl(t testing.TB) *PerlServer {
 }
 
 // Pages is every page the server took.
-func (s *PerlServer) Pages(t testing.TB) []PerlPage {
+func (s *PerlServer) Pages(t T) []PerlPage {
 	data, err := os.ReadFile(s.spool)
 	if os.IsNotExist(err) {
 		return nil
@@ -90,13 +96,13 @@ func (s *PerlServer) Pages(t testing.TB) []PerlPage {
 }
 
 // SetStatus makes MSTAtus for tag answer line (e.g. "880 1 20261205100000 Read").
-func (s *PerlServer) SetStatus(t testing.TB, tag, line string) {
+func (s *PerlServer) SetStatus(t T, tag, line string) {
 	if err := os.WriteFile(filepath.Join(s.statuses, tag), []byte(line+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func freePort(t testing.TB) int {
+func freePort(t T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +133,7 @@ type HylaFAXPage struct {
 // one provider; hosts.hfaxd with one crypt(3) password), starts faxq on
 // it, and answers each connection on a free loopback port with a fresh
 // hfaxd -S.
-func StartHylaFAX(t testing.TB) *HylaFAX {
+func StartHylaFAX(t T) *HylaFAX {
 	t.Helper()
 	for _, bin := range []string{"/usr/sbin/hfaxd", "/usr/sbin/faxq"} {
 		if _, err := os.Stat(bin); err != nil {
@@ -198,7 +204,7 @@ func StartHylaFAX(t testing.TB) *HylaFAX {
 	return h
 }
 
-func (h *HylaFAX) accept(t testing.TB) {
+func (h *HylaFAX) accept(t T) {
 	defer h.wg.Done()
 	for {
 		c, err := h.ln.Accept()
@@ -233,7 +239,7 @@ func (h *HylaFAX) accept(t testing.TB) {
 }
 
 // Pages reads every page job in hfaxd's sendq, with its text from docq.
-func (h *HylaFAX) Pages(t testing.TB) []HylaFAXPage {
+func (h *HylaFAX) Pages(t T) []HylaFAXPage {
 	qs, _ := filepath.Glob(filepath.Join(h.Spool, "sendq", "q*"))
 	var out []HylaFAXPage
 	for _, q := range qs {

@@ -8,6 +8,7 @@ use strict;
 use warnings;
 use IO::Handle;
 use JSON::PP;
+use Time::HiRes ();
 use Net::SNPP::Server;
 
 my ($port, $spool, $statusdir, $login, $password) = @ARGV;
@@ -44,7 +45,7 @@ $server->callback('process_page', sub {
     my ($pgr, $page, $results) = @_;
     return 0 unless defined $user;
     open(my $fh, '>>', $spool) or return 0;
-    my %rec = (%$page, pager => $pgr->[0], pin => $pgr->[1], level => $level, login => $user);
+    my %rec = (%$page, pager => $pgr->[0], pin => $pgr->[1], level => $level, login => $user, at => Time::HiRes::time());
     print $fh encode_json(\%rec), "\n";
     close $fh;
     return 1;

@@ -20,7 +20,6 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/bridges/wctp"
@@ -58,9 +57,21 @@ type Submitted struct {
 	At        time.Time
 }
 
+// T is what the carrier needs of its caller: a test's testing.TB has it,
+// and a load tool passes its own.
+type T interface {
+	Helper()
+	Error(args ...any)
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
 // Carrier is the gateway. Its zero value is not usable: call Start.
 type Carrier struct {
-	t      testing.TB
+	t      T
 	Server *httptest.Server
 	// SenderID and SecurityCode are what the service must send.
 	SenderID, SecurityCode string
@@ -90,7 +101,7 @@ type queued struct {
 }
 
 // Start runs a carrier on loopback with its own certificate authority.
-func Start(t testing.TB, senderID, securityCode string) *Carrier {
+func Start(t T, senderID, securityCode string) *Carrier {
 	c := &Carrier{t: t, SenderID: senderID, SecurityCode: securityCode, Pushes: 2}
 	c.Server = httptest.NewTLSServer(http.HandlerFunc(c.serve))
 	t.Cleanup(c.Server.Close)
