@@ -96,6 +96,13 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"tls with an http url", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: c.pem\n  tls_key_file: k.pem\n", "appservice.url must be https:// when the service serves TLS"},
 		{"admin tls key without cert", "  listen: \"\"\n  token: \"\"", "  listen: \"\"\n  token: \"\"\n  tls_key_file: k.pem", "admin.tls_key_file needs admin.tls_cert_file beside it"},
 		{"tls files missing", "  max_body_bytes: 67108864\n", "  max_body_bytes: 67108864\n  tls_cert_file: no-such.pem\n  tls_key_file: k.pem\n", "no-such.pem: no such file or directory"},
+		{"page template with a room name", `template: "New secure message in Element (ref {ref})"`, `template: "{room}: new message (ref {ref})"`, "pager.template may hold only {ref} and {priority}"},
+		{"page template without a reference", `template: "New secure message in Element (ref {ref})"`, `template: "New secure message"`, "pager.template must hold {ref}"},
+		{"gateway without a directory", "  gateways: []", "  gateways: [{name: spok, protocol: wctp, url: \"https://gw.example/wctp\", sender_id: hipaa}]", "pager.directory is required with gateways"},
+		{"WCTP in clear to another host", "  gateways: []", "  gateways: [{name: spok, protocol: wctp, url: \"http://gw.example/wctp\", sender_id: hipaa}]", "pager.gateways[0].url: WCTP carries the security code: use https://"},
+		{"SNPP without a port", "  gateways: []", "  gateways: [{name: legacy, protocol: snpp, address: pager.example}]", "pager.gateways[0].address must be host:port"},
+		{"gateway protocol", "  gateways: []", "  gateways: [{name: tap, protocol: tap}]", "pager.gateways[0].protocol must be wctp or snpp"},
+		{"gateway name", "  gateways: []", "  gateways: [{name: Spok Prod, protocol: snpp, address: \"h:444\"}]", `pager.gateways[0].name "Spok Prod" must be`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
