@@ -278,3 +278,62 @@ rooms:
 		t.Fatalf("%d pages marked with an unknown send", n)
 	}
 }
+
+// A gateway that cannot push is polled: its statuses and replies come in
+// with PollForMessages, each acknowledged in the next poll once stored.
+func TestPolledGateway(t *testing.T) {
+	p := apptest.New(t, "sqlite3")
+	carrier := wctptest.Start(t, "hipaa-hs", "wctp-code")
+	dir := t.TempDir()
+	dirFile := filepath.Join(dir, "pagers.yaml")
+	if err := os.WriteFile(dirFile, []byte("version: 1\npagers:\n  - user: \"@alice:h\"\n    gateway: spok\n    recipient: \"5551001\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.UsePolicy(t, linked)
+	env := p.Env()
+	env.Config.Pager = config.Pager{Directory: dirFile, Template: config.DefaultPageTemplate, Gateways: []config.Gateway{
+		{Name: "spok", Protocol: "wctp", URL: carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code", CAFile: carrier.CAFile(dir), PollInterval: config.Duration(time.Second)},
+	}}
+	f := pager.New(env)
+	notices := &noticed{}
+	f.Notice = notices
+	p.Add(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	f.Start(ctx)
+	for _, loop := range f.Loops() {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	p.Put(t, "t1", encrypted("$m1", "!icu:h", "@carol:h"))
+	p.Dispatch(t)
+	p.RunDue(t)
+	subs := carrier.Submitted()
+	if len(subs) != 1 {
+		t.Fatalf("%d pages", len(subs))
+	}
+	carrier.Status(subs[0].MessageID, "5551001", wctp.Delivered, 0)
+	carrier.Reply(subs[0].MessageID, "5551001", "On my way", false)
+	deadline := time.Now().Add(10 * time.Second)
+	for carrier.Waiting() > 0 || p.Count(t, `SELECT COUNT(*) FROM page WHERE state = 'replied'`) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still waiting at the carrier", carrier.Waiting())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	p.RunDue(t)
+	ref := pager.Ref(subs[0].MessageID)
+	want := fmt.Sprint([]string{"Page to @alice:h delivered (ref " + ref + ").", "Reply from @alice:h's pager (ref " + ref + "): On my way"})
+	if got := fmt.Sprint(notices.texts); got != want {
+		t.Fatalf("the room was told %s, want %s", got, want)
+	}
+	if errs := carrier.Problems(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	for _, rec := range p.Records(t) {
+		if strings.Contains(fmt.Sprint(rec), "On my way") {
+			t.Fatal("a reply's text is in the audit trail")
+		}
+	}
+}

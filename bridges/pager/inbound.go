@@ -181,22 +181,24 @@ func (f *Feature) poll(ctx context.Context, name string, g config.Gateway) {
 			}
 			f.env.Log.Warn().Str("gateway", name).Str("error", err.Error()).Msg("WCTP poll failed; trying again")
 		}
+		stored := 0
 		for _, m := range msgs {
 			if m.Inbound.Kind == wctp.KindOther {
 				ack = append(ack, m.Seq)
 				continue
 			}
 			if err := f.Receive(ctx, name, m.Inbound); err != nil {
-				f.env.Log.Warn().Str("gateway", name).Str("error", err.Error()).Msg("could not store a polled message; it is not acknowledged")
+				f.env.Log.Warn().Str("gateway", name).Str("error", appservice.SafeError(err)).Msg("could not store a polled message; it is not acknowledged")
 				continue
 			}
 			ack = append(ack, m.Seq)
+			stored++
 		}
 		wait := every
 		if next > wait {
 			wait = next
 		}
-		if len(msgs) > 0 {
+		if stored > 0 && stored == len(msgs) {
 			wait = 0 // more may wait; acknowledge these at once
 		}
 		select {
