@@ -49,7 +49,9 @@ type Gateway struct {
 	PollInterval Duration `yaml:"poll_interval"`
 
 	// SNPP: host:port, the login and password (LOGIn), whether to ask
-	// for level 3 (two_way), and SITE commands sent after login.
+	// for level 3 (two_way), and SITE commands sent after login. With
+	// two_way and poll_interval > 0, level 3 pages' status and replies
+	// are asked for (MSTAtus) every poll_interval.
 	Address      string   `yaml:"address"`
 	Login        string   `yaml:"login"`
 	Password     Secret   `yaml:"password"`
@@ -141,6 +143,9 @@ func (p *Pager) validate(d *strictyaml.Doc) {
 		case "snpp":
 			if _, _, err := net.SplitHostPort(g.Address); err != nil {
 				d.Errorf(at+".address", "%s.address must be host:port", at)
+			}
+			if g.PollInterval != 0 && (!g.TwoWay || g.PollInterval.D().Seconds() < 1) {
+				d.Errorf(at+".poll_interval", "%s.poll_interval (MSTAtus) needs two_way and must be at least 1s", at)
 			}
 			for j, s := range g.SiteCommands {
 				if s == "" || strings.ContainsAny(s, "\r\n") {

@@ -120,8 +120,11 @@ func (f *Feature) Loops() []func(context.Context) {
 		}
 	}}
 	for name, g := range f.gateways {
-		if g.Protocol == "wctp" && g.PollInterval > 0 {
+		switch {
+		case g.Protocol == "wctp" && g.PollInterval > 0:
 			loops = append(loops, func(ctx context.Context) { f.poll(ctx, name, g) })
+		case g.Protocol == "snpp" && g.TwoWay && g.PollInterval > 0:
+			loops = append(loops, func(ctx context.Context) { f.pollStatus(ctx, name, g) })
 		}
 	}
 	return loops

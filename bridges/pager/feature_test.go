@@ -337,3 +337,73 @@ func TestPolledGateway(t *testing.T) {
 		}
 	}
 }
+
+// A two-way SNPP gateway is asked (MSTAtus) about its level 3 pages:
+// delivery and the pager's Accept come back like a WCTP gateway's.
+func TestSNPPLevelThreeStatusPolled(t *testing.T) {
+	p := apptest.New(t, "sqlite3")
+	perl := snpptest.StartPerl(t)
+	dir := t.TempDir()
+	dirFile := filepath.Join(dir, "pagers.yaml")
+	if err := os.WriteFile(dirFile, []byte("version: 1\npagers:\n  - user: \"@bob:h\"\n    gateway: legacy\n    recipient: \"5552002\"\n    two_way: true\n    multiple_choice: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.UsePolicy(t, "version: 1\nrooms:\n  - room_id: \"!icu:h\"\n    page: [\"@bob:h\"]\n")
+	env := p.Env()
+	env.Config.Pager = config.Pager{Directory: dirFile, Template: config.DefaultPageTemplate, Gateways: []config.Gateway{
+		{Name: "legacy", Protocol: "snpp", Address: perl.Addr, Login: perl.Login, Password: config.Secret(perl.Password), TwoWay: true, PollInterval: config.Duration(time.Second)},
+	}}
+	f := pager.New(env)
+	notices := &noticed{}
+	f.Notice = notices
+	p.Add(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	f.Start(ctx)
+	for _, loop := range f.Loops() {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	p.Put(t, "t1", encrypted("$m1", "!icu:h", "@carol:h"))
+	p.Dispatch(t)
+	p.RunDue(t)
+	pages := perl.Pages(t)
+	if len(pages) != 1 || !strings.HasSuffix(pages[0].Responses["01"], "Accept") {
+		t.Fatalf("pages %+v, want one offering Accept", pages)
+	}
+	var tag string
+	if err := p.DB.R.QueryRow(`SELECT tag FROM page`).Scan(&tag); err != nil || tag == "" {
+		t.Fatalf("the level 3 page's tag: %q %v", tag, err)
+	}
+	msgTag, _, _ := strings.Cut(tag, " ")
+	waitState := func(state string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for p.Count(t, `SELECT COUNT(*) FROM page WHERE state = '`+state+`'`) != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the page never became %s", state)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	perl.SetStatus(t, msgTag, "860 1 20261205100000 Delivered, Awaiting Read Confirmation")
+	waitState("delivered")
+	perl.SetStatus(t, msgTag, "889 1 20261205100100 01 Accept")
+	waitState("accepted")
+	p.RunDue(t)
+	ref := pager.Ref(pageIDOf(t, p))
+	want := fmt.Sprint([]string{"Page to @bob:h delivered (ref " + ref + ").", "Page to @bob:h accepted (ref " + ref + ")."})
+	if got := fmt.Sprint(notices.texts); got != want {
+		t.Fatalf("the room was told %s, want %s", got, want)
+	}
+}
+
+// pageIDOf is the one page's ID.
+func pageIDOf(t *testing.T, p *apptest.Pipeline) string {
+	var id string
+	if err := p.DB.R.QueryRow(`SELECT id FROM page`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}

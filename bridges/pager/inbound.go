@@ -217,3 +217,51 @@ func stamp(path string) string {
 	}
 	return fmt.Sprintf("%d/%d", st.Size(), st.ModTime().UnixNano())
 }
+
+// pollStatus asks a level 3 SNPP gateway (MSTAtus) about its pages that
+// are sent and not yet answered (the last day's), every poll interval; a
+// status that moves a page on is stored like a pushed one.
+func (f *Feature) pollStatus(ctx context.Context, name string, g config.Gateway) {
+	t, ok := f.Transports[name].(*snppTransport)
+	if !ok {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(g.PollInterval.D()):
+		}
+		since := f.env.Now().Add(-24 * time.Hour).UnixMilli()
+		rows, err := f.env.DB.R.QueryContext(ctx, `SELECT id, tag, state FROM page WHERE gateway = $1 AND tag <> '' AND created_at >= $2
+			AND state IN ('sent', 'queued', 'delivered', 'read') ORDER BY created_at LIMIT 500`, name, since)
+		if err != nil {
+			f.env.Log.Warn().Str("gateway", name).Str("error", appservice.SafeError(err)).Msg("could not list pages to ask about")
+			continue
+		}
+		type open struct{ id, tag, state string }
+		var pages []open
+		for rows.Next() {
+			var o open
+			if rows.Scan(&o.id, &o.tag, &o.state) == nil {
+				pages = append(pages, o)
+			}
+		}
+		rows.Close()
+		for _, o := range pages {
+			in, err := t.status(ctx, o.id, o.tag)
+			if err != nil {
+				if ctx.Err() == nil {
+					f.env.Log.Warn().Str("gateway", name).Str("error", err.Error()).Msg("MSTAtus failed; asking again next interval")
+				}
+				break
+			}
+			if _, state := classify(in); stateRank[state] <= stateRank[o.state] && in.Kind != wctp.KindReply {
+				continue // nothing new
+			}
+			if err := f.Receive(ctx, name, in); err != nil {
+				f.env.Log.Warn().Str("gateway", name).Str("error", appservice.SafeError(err)).Msg("could not store a page's status")
+			}
+		}
+	}
+}

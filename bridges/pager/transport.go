@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/bridges/snpp"
@@ -86,6 +87,28 @@ func (t *snppTransport) Send(ctx context.Context, p Outgoing) (string, error) {
 		return sent.Tag + " " + sent.Pass, nil
 	}
 	return "", nil
+}
+
+// status asks a level 3 gateway about a page by its tag ("tag pass"), as
+// an Inbound the bridge stores like a WCTP status or reply.
+func (t *snppTransport) status(ctx context.Context, pageID, tag string) (wctp.Inbound, error) {
+	msgTag, pass, _ := strings.Cut(tag, " ")
+	st, err := t.c.Status(ctx, msgTag, pass)
+	if err != nil {
+		return wctp.Inbound{}, err
+	}
+	in := wctp.Inbound{Kind: wctp.KindStatus, MessageID: pageID}
+	switch {
+	case st.Response != "":
+		in.Kind, in.Text, in.Choice = wctp.KindReply, st.Response, st.ResponseCode != ""
+	case st.Read:
+		in.Status = wctp.Read
+	case st.Delivered:
+		in.Status = wctp.Delivered
+	default:
+		in.Status = wctp.Queued
+	}
+	return in, nil
 }
 
 // NewTransport makes g's transport.
