@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/config"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
@@ -22,13 +23,15 @@ type Command struct {
 	// verify: the clinician's roster fields.
 	NPI, Role, Department string
 	LicenceExpires        time.Time
+	// page: its priority (stat, urgent, routine).
+	Priority string
 }
 
 // Mutates reports whether the command changes anything (and so must run
 // at most once).
 func (c Command) Mutates() bool {
 	switch c.Name {
-	case "wipe", "offboard", "hold", "release", "verify", "revoke":
+	case "wipe", "offboard", "hold", "release", "verify", "revoke", "page":
 		return true
 	}
 	return false
@@ -47,6 +50,7 @@ const Help = `Commands (admins listed in the service's config only):
 !revoke @user:server REASON — withdraw a verification (they are removed from rooms limited to verified clinicians)
 !roster — the verified clinicians
 !pushers — users whose phones may show message text (pushers sent whole events; Synapse)
+!page @user:server|role:NAME [stat|urgent|routine] — page someone (or whoever is on call) through the pager bridge; the page carries no text of this room
 TIME is RFC 3339, a date (2026-11-01) or a duration ago (24h).`
 
 // ParseCommand reads a management-room message. ok is false when the text
@@ -174,6 +178,21 @@ func ParseCommand(body string, now time.Time) (c Command, ok bool, err error) {
 		if c.Name == "offboard" && c.Device != "" {
 			return c, true, fmt.Errorf("!offboard is for a whole account; use !wipe --device for one device")
 		}
+	case "page":
+		if len(positional) == 0 || len(positional) > 2 {
+			return c, true, fmt.Errorf("usage: %s", usage["page"])
+		}
+		c.Target = positional[0]
+		if err := policy.CheckPageTarget(c.Target); err != nil {
+			return c, true, fmt.Errorf("%v: %s", err, usage["page"])
+		}
+		c.Priority = string(policy.PriorityRoutine)
+		if len(positional) == 2 {
+			c.Priority = strings.ToLower(positional[1])
+			if c.Priority != string(policy.PriorityStat) && c.Priority != string(policy.PriorityUrgent) && c.Priority != string(policy.PriorityRoutine) {
+				return c, true, fmt.Errorf("%q is not a priority (stat, urgent, routine): %s", positional[1], usage["page"])
+			}
+		}
 	case "release":
 		if len(positional) != 1 {
 			return c, true, fmt.Errorf("usage: %s", usage["release"])
@@ -197,6 +216,7 @@ var usage = map[string]string{
 	"whois":    "!whois @user:server",
 	"verify":   "!verify @user:server NPI ROLE [--department D] [--licence-expires YYYY-MM-DD]",
 	"revoke":   "!revoke @user:server REASON",
+	"page":     "!page @user:server|role:NAME [stat|urgent|routine]",
 }
 
 func usageOf(name string) string {

@@ -20,6 +20,8 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/pushers"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/sessions"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
+	"github.com/matrix-hipaa/matrix-hipaa/bridges/pager"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
@@ -62,7 +64,7 @@ type Room struct {
 // pinned master key (trust CrossSignedVerified or better): the homeserver's
 // word that an admin sent it is not enough, since whoever holds a token of
 // theirs, or administers the homeserver, can send as them.
-var changes = map[string]bool{"wipe": true, "offboard": true, "verify": true, "revoke": true, "hold": true, "release": true}
+var changes = map[string]bool{"wipe": true, "offboard": true, "verify": true, "revoke": true, "hold": true, "release": true, "page": true}
 
 // untrusted says why a message may not change anything ("" if it may).
 func untrusted(msg bot.Message) string {
@@ -235,6 +237,14 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 				what = "offboarding"
 			}
 			return fmt.Sprintf("%s %d of %s started (redact: %s). I will report here when it is done.", what, id, cmd.Target, cmd.Scope), id, nil
+		})
+	case "page":
+		job, ref := pager.CommandPage(p.Room, p.EventID, p.Sender, cmd.Target, policy.PagePriority(cmd.Priority))
+		return m.settle(ctx, p, cmd.Name, rec, "", 0, func(tx *sql.Tx) (string, int64, error) {
+			if err := appservice.Enqueue(ctx, m.DB, tx, now, job); err != nil {
+				return "", 0, err
+			}
+			return fmt.Sprintf("Paging %s (%s), ref %s. What becomes of the page is reported here.", cmd.Target, cmd.Priority, ref), 0, nil
 		})
 	case "whois":
 		e, err := identity.LookupClinician(ctx, m.DB, cmd.Target)

@@ -176,3 +176,63 @@ pagers:
 	}
 	verify(t, st)
 }
+
+// An administrator pages an on-call role from the management room (the one
+// room the bot reads); someone not listed as an administrator cannot.
+func TestPageFromManagementRoom(t *testing.T) {
+	perl := snpptest.StartPerl(t)
+	dir := t.TempDir()
+	directory := filepath.Join(dir, "pagers.yaml")
+	schedule := filepath.Join(dir, "oncall.yaml")
+	if err := os.WriteFile(directory, []byte("version: 1\npagers:\n  - user: \"@bob:localhost\"\n    gateway: legacy\n    recipient: \"5552002\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(schedule, []byte(onCallSchedule("@bob:localhost")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := startStack(t, devstack.Options{Pager: map[string]any{"directory": directory, "schedule": schedule,
+		"gateways": []map[string]any{{"name": "legacy", "protocol": "snpp", "address": perl.Addr, "login": perl.Login, "password": perl.Password}}}})
+	ctx := context.Background()
+	botID := botOf(t, st)
+	admin := newE2EEUser(t, st, "admin")
+	admin.crossSign(t)
+	mallory := newE2EEUser(t, st, "mallory")
+	mgmt := sharedEncryptedRoom(t, admin, mallory)
+	if err := st.SetManagementRoom(string(mgmt), string(admin.UserID)); err != nil {
+		t.Fatal(err)
+	}
+	st.StopService()
+	if err := st.StartService(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bot to take its seat in the management room", func() bool {
+		return admin.StateStore.IsInRoom(ctx, mgmt, botID) && mallory.StateStore.IsInRoom(ctx, mgmt, botID)
+	})
+	say := func(u *e2eeUser, text string) {
+		t.Helper()
+		if _, err := u.SendMessageEvent(ctx, mgmt, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	say(mallory, "!page @bob:localhost stat")
+	mallory.waitMessage(t, "the refusal", func(e *event.Event) bool {
+		return e.Sender == botID && strings.Contains(textOf(e), "you are not one of the administrators")
+	})
+	say(admin, "!page role:icu stat")
+	reply := admin.waitMessage(t, "the page's answer", func(e *event.Event) bool {
+		return e.Sender == botID && strings.Contains(textOf(e), "Paging role:icu (stat), ref ")
+	})
+	waitFor(t, "bob's page", func() bool { return len(perl.Pages(t)) >= 1 })
+	time.Sleep(time.Second)
+	pages := perl.Pages(t)
+	if len(pages) != 1 || pages[0].Pager != "5552002" || fmt.Sprint(pages[0].Level) != "0" {
+		t.Fatalf("pages %+v, want one to bob (on call for icu) at level 0", pages)
+	}
+	ref := textOf(reply)[strings.Index(textOf(reply), "ref ")+4:][:5]
+	if !strings.Contains(pages[0].Message, "(ref "+ref+")") {
+		t.Fatalf("the page %q does not carry the reference %s the room was given", pages[0].Message, ref)
+	}
+	if n := countAudit(t, st, func(l auditLine) bool { return l.Type == "admin.command" && l.Action == "page" && l.Outcome == "denied" }); n != 1 {
+		t.Fatalf("%d refused !page commands on the record, want 1", n)
+	}
+}
