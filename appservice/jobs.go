@@ -275,8 +275,10 @@ var priorities = map[string]int{
 	string(policy.ActRedact): PriorityUrgent, string(policy.ActEnableEncryption): PriorityUrgent,
 	string(policy.ActSetJoinRule): PriorityUrgent, string(policy.ActSetGuestAccess): PriorityUrgent,
 	string(policy.ActQuarantineMedia): PriorityUrgent,
+	// A page (the pager bridge's): someone is waiting on a clinician.
+	"page": PriorityUrgent,
 	// Telling people, and housekeeping.
-	string(policy.ActNotice): PriorityRoutine, "device_warn": PriorityRoutine, "purge_history": PriorityRoutine,
+	string(policy.ActNotice): PriorityRoutine, "device_warn": PriorityRoutine, "purge_history": PriorityRoutine, "page_notice": PriorityRoutine,
 }
 
 // PriorityOf is the priority a job of this kind is queued with.

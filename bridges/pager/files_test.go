@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
@@ -162,4 +163,11 @@ func FuzzParseDirectory(f *testing.F) {
 			t.Fatalf("%d pagers, %d looked up", len(d.Pagers), d.Len())
 		}
 	})
+}
+
+// Pages run ahead of routine work; what the room is told of them does not.
+func TestJobPriorities(t *testing.T) {
+	if appservice.PriorityOf(JobPage) != appservice.PriorityUrgent || appservice.PriorityOf(JobNotice) != appservice.PriorityRoutine {
+		t.Fatalf("page %d, page_notice %d", appservice.PriorityOf(JobPage), appservice.PriorityOf(JobNotice))
+	}
 }
