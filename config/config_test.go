@@ -99,6 +99,7 @@ func TestConfigErrorsTable(t *testing.T) {
 		{"page template with a room name", `template: "New secure message in Element (ref {ref})"`, `template: "{room}: new message (ref {ref})"`, "pager.template may hold only {ref} and {priority}"},
 		{"page template without a reference", `template: "New secure message in Element (ref {ref})"`, `template: "New secure message"`, "pager.template must hold {ref}"},
 		{"gateway without a directory", "  gateways: []", "  gateways: [{name: spok, protocol: wctp, url: \"https://gw.example/wctp\", sender_id: hipaa}]", "pager.directory is required with gateways"},
+		{"pushes without a security code", "  gateways: []", "  gateways: [{name: spok, protocol: wctp, url: \"https://gw.example/wctp\", sender_id: hipaa}]", "pager.endpoint_security_code must be at least 16 characters when a WCTP gateway pushes"},
 		{"WCTP in clear to another host", "  gateways: []", "  gateways: [{name: spok, protocol: wctp, url: \"http://gw.example/wctp\", sender_id: hipaa}]", "pager.gateways[0].url: WCTP carries the security code: use https://"},
 		{"SNPP without a port", "  gateways: []", "  gateways: [{name: legacy, protocol: snpp, address: pager.example}]", "pager.gateways[0].address must be host:port"},
 		{"gateway protocol", "  gateways: []", "  gateways: [{name: tap, protocol: tap}]", "pager.gateways[0].protocol must be wctp or snpp"},

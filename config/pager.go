@@ -140,6 +140,11 @@ func (p *Pager) validate(d *strictyaml.Doc) {
 			if g.PollInterval != 0 && g.PollInterval.D().Seconds() < 1 {
 				d.Errorf(at+".poll_interval", "%s.poll_interval must be 0 (the gateway pushes) or at least 1s", at)
 			}
+			if g.PollInterval == 0 && len(p.EndpointSecurityCode.Reveal()) < 16 {
+				// Without it, anyone who reaches the endpoint could mark
+				// pages delivered or accepted, ending escalations.
+				d.Errorf("pager.endpoint_security_code", "pager.endpoint_security_code must be at least 16 characters when a WCTP gateway pushes to the service (%s)", at)
+			}
 		case "snpp":
 			if _, _, err := net.SplitHostPort(g.Address); err != nil {
 				d.Errorf(at+".address", "%s.address must be host:port", at)

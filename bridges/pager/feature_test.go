@@ -90,7 +90,7 @@ roles:
 		now.Add(24*time.Hour).Format("2006-01-02T15:04"), now.Add(48*time.Hour).Format("2006-01-02T15:04")))
 	p.UsePolicy(t, policyYAML)
 	env := p.Env()
-	env.Config.Pager = config.Pager{Directory: dirFile, Schedule: schedFile, Template: config.DefaultPageTemplate, EndpointSecurityCode: "push-code",
+	env.Config.Pager = config.Pager{Directory: dirFile, Schedule: schedFile, Template: config.DefaultPageTemplate, EndpointSecurityCode: "push-code-for-tests",
 		Gateways: []config.Gateway{
 			{Name: "spok", Protocol: "wctp", URL: r.carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code", CAFile: r.carrier.CAFile(r.dir)},
 			{Name: "legacy", Protocol: "snpp", Address: r.perl.Addr, Login: r.perl.Login, Password: config.Secret(r.perl.Password), TwoWay: true},
@@ -101,7 +101,7 @@ roles:
 	r.f.Start(context.Background())
 	srv := httptest.NewServer(p.Server)
 	t.Cleanup(srv.Close)
-	r.carrier.PushURL, r.carrier.PushCode = srv.URL+"/_hipaa/wctp/spok", "push-code"
+	r.carrier.PushURL, r.carrier.PushCode = srv.URL+"/_hipaa/wctp/spok", "push-code-for-tests"
 	return r
 }
 

@@ -80,7 +80,7 @@ func main() {
 	check(err)
 	defer cleanup()
 	opts.StateDir = filepath.Join(dir, "state")
-	opts.Pager = map[string]any{"directory": directory, "gateways": []map[string]any{
+	opts.Pager = map[string]any{"directory": directory, "endpoint_security_code": "load-push-secret-code", "gateways": []map[string]any{
 		{"name": "spok", "protocol": "wctp", "url": carrier.Server.URL, "sender_id": "hipaa-load", "security_code": "wctp-load-code", "ca_file": carrier.CAFile(dir)},
 		{"name": "legacy", "protocol": "snpp", "address": perl.Addr, "login": perl.Login, "password": perl.Password},
 	}}
