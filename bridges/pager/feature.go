@@ -48,6 +48,10 @@ type Feature struct {
 	tracked       map[string]trackEntry
 	trackedPolicy string
 
+	// lengths are what WCTP gateways reported of devices the directory
+	// gives no max_length for (LookupSubscriber), by gateway and recipient.
+	lengths sync.Map
+
 	mu        sync.RWMutex
 	dir       *Directory
 	sched     *Schedule
@@ -159,6 +163,8 @@ func (f *Feature) reload(ctx context.Context, first bool) {
 			f.loaded(ctx, "directory", err, func() { f.dir, f.dirStamp = d, st })
 			if err != nil {
 				f.dirStamp = st
+			} else {
+				go f.lookupLengths(ctx, d)
 			}
 		}
 	}
@@ -263,14 +269,30 @@ func Ref(pageID string) string {
 }
 
 // Render is the page text: the template with {ref} and {priority}, cut to
-// max characters.
+// max characters. What is cut is the template's own words, never the
+// reference: a page must still name its message.
 func Render(template, ref string, pri policy.PagePriority, max int) string {
-	text := strings.NewReplacer("{ref}", ref, "{priority}", strings.ToUpper(string(pri))).Replace(template)
-	if max > 0 && utf8.RuneCountInString(text) > max {
-		r := []rune(text)
-		text = string(r[:max])
+	fill := strings.NewReplacer("{priority}", strings.ToUpper(string(pri))).Replace
+	before, after, hasRef := strings.Cut(template, "{ref}")
+	before, after = fill(before), fill(after)
+	text := before
+	if hasRef {
+		text += ref + after
 	}
-	return text
+	if max <= 0 || utf8.RuneCountInString(text) <= max {
+		return text
+	}
+	tail := []rune(after)
+	if hasRef {
+		// The word just before the reference stays with it ("(ref ").
+		glue := strings.LastIndex(strings.TrimRight(before, " "), " ") + 1
+		tail = []rune(before[glue:] + ref + after)
+		before = before[:glue]
+	}
+	if len(tail) >= max {
+		return string(tail[:max])
+	}
+	return string([]rune(before)[:min(len([]rune(before)), max-len(tail))]) + string(tail)
 }
 
 // page is a page's row.
@@ -375,6 +397,8 @@ func (f *Feature) sendPage(ctx context.Context, j *appservice.Job) error {
 	max := g.Length()
 	if pg.MaxLength > 0 && pg.MaxLength < max {
 		max = pg.MaxLength
+	} else if n, ok := f.lengths.Load(p.Gateway + " " + p.Recipient); ok && pg.MaxLength == 0 && n.(int) < max {
+		max = n.(int)
 	}
 	out := Outgoing{ID: p.ID, Recipient: p.Recipient, PIN: pg.PIN, Text: Render(f.cfg.Template, p.Ref, policy.PagePriority(p.Priority), max),
 		Priority: policy.PagePriority(p.Priority), TwoWay: pg.TwoWay, Submitted: now}
@@ -420,4 +444,29 @@ func (f *Feature) sendPage(ctx context.Context, j *appservice.Job) error {
 		f.env.Metrics.PageLatency.WithLabelValues(p.Gateway).Observe(done.Sub(j.Created).Seconds())
 	}
 	return result
+}
+
+// lookupLengths asks WCTP gateways (LookupSubscriber) what each device in
+// the directory without a max_length shows; a gateway that does not answer
+// leaves the gateway's length in force.
+func (f *Feature) lookupLengths(ctx context.Context, d *Directory) {
+	for _, pg := range d.Pagers {
+		t, ok := f.Transports[pg.Gateway].(*wctpTransport)
+		if !ok || pg.MaxLength > 0 {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		caps, err := t.lookup(lctx, pg.Recipient)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			f.env.Log.Debug().Str("gateway", pg.Gateway).Str("error", err.Error()).Msg("LookupSubscriber failed; the gateway's length applies")
+			continue
+		}
+		if caps.MaxLength >= 40 {
+			f.lengths.Store(pg.Gateway+" "+pg.Recipient, caps.MaxLength)
+		}
+	}
 }

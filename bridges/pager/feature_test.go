@@ -407,3 +407,44 @@ func pageIDOf(t *testing.T, p *apptest.Pipeline) string {
 	}
 	return id
 }
+
+// A WCTP device the directory gives no length for is asked about
+// (LookupSubscriber), and its page is cut to what the gateway reports.
+func TestDeviceLengthFromLookup(t *testing.T) {
+	p := apptest.New(t, "sqlite3")
+	carrier := wctptest.Start(t, "hipaa-hs", "wctp-code")
+	carrier.LookupLength = 60
+	dir := t.TempDir()
+	dirFile := filepath.Join(dir, "pagers.yaml")
+	if err := os.WriteFile(dirFile, []byte("version: 1\npagers:\n  - user: \"@alice:h\"\n    gateway: spok\n    recipient: \"5551001\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.UsePolicy(t, linked)
+	env := p.Env()
+	env.Config.Pager = config.Pager{Directory: dirFile, Template: "New secure message waiting for you in Element, the hospital's messenger (ref {ref})",
+		EndpointSecurityCode: "push-code-for-tests", Gateways: []config.Gateway{
+			{Name: "spok", Protocol: "wctp", URL: carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code", CAFile: carrier.CAFile(dir)},
+		}}
+	f := pager.New(env)
+	f.Notice = &noticed{}
+	p.Add(t, f)
+	f.Start(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for !bytes.Contains(bytes.Join(carrier.Raw(), nil), []byte("wctp-LookupSubscriber")) {
+		if time.Now().After(deadline) {
+			t.Fatal("the device was never looked up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // the answer stored
+	p.Put(t, "t1", encrypted("$m1", "!icu:h", "@carol:h"))
+	p.Dispatch(t)
+	p.RunDue(t)
+	subs := carrier.Submitted()
+	if len(subs) != 1 || len([]rune(subs[0].Text)) != 60 || !strings.HasSuffix(subs[0].Text, "(ref "+pager.Ref(subs[0].MessageID)+")") {
+		t.Fatalf("pages %+v, want one cut to the device's 60 characters, its reference kept", subs)
+	}
+	if errs := carrier.Problems(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+}

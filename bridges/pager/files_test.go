@@ -135,9 +135,12 @@ func TestRenderFitsTheDevice(t *testing.T) {
 	if got := Render("{priority}: new secure message (ref {ref})", ref, policy.PriorityStat, 240); got != "STAT: new secure message (ref "+ref+")" {
 		t.Fatalf("render %q", got)
 	}
-	long := strings.Repeat("é", 300) + "{ref}"
-	if got := Render(long, ref, policy.PriorityRoutine, 160); len([]rune(got)) != 160 {
-		t.Fatalf("%d characters for a 160-character device", len([]rune(got)))
+	long := strings.Repeat("é", 300) + " (ref {ref})"
+	if got := Render(long, ref, policy.PriorityRoutine, 160); len([]rune(got)) != 160 || !strings.HasSuffix(got, "(ref "+ref+")") {
+		t.Fatalf("%q: %d characters for a 160-character device, or the reference cut", got, len([]rune(got)))
+	}
+	if got := Render("{ref} "+strings.Repeat("x", 100), ref, policy.PriorityRoutine, 50); len([]rune(got)) != 50 || !strings.HasPrefix(got, ref) {
+		t.Fatalf("%q", got)
 	}
 }
 

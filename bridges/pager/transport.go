@@ -89,6 +89,11 @@ func (t *snppTransport) Send(ctx context.Context, p Outgoing) (string, error) {
 	return "", nil
 }
 
+// lookup asks a WCTP gateway what a recipient's device shows.
+func (t *wctpTransport) lookup(ctx context.Context, recipient string) (*wctp.Capabilities, error) {
+	return t.c.Lookup(ctx, PageID("lookup:"+recipient), recipient)
+}
+
 // status asks a level 3 gateway about a page by its tag ("tag pass"), as
 // an Inbound the bridge stores like a WCTP status or reply.
 func (t *snppTransport) status(ctx context.Context, pageID, tag string) (wctp.Inbound, error) {

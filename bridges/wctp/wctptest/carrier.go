@@ -82,6 +82,8 @@ type Carrier struct {
 	// Pushes is how many times each status or reply is pushed after the
 	// first confirmation (real gateways re-send): 2 in all by default.
 	Pushes int
+	// LookupLength is the device length LookupSubscriber reports (240).
+	LookupLength int
 
 	mu        sync.Mutex
 	raw       [][]byte
@@ -102,7 +104,7 @@ type queued struct {
 
 // Start runs a carrier on loopback with its own certificate authority.
 func Start(t T, senderID, securityCode string) *Carrier {
-	c := &Carrier{t: t, SenderID: senderID, SecurityCode: securityCode, Pushes: 2}
+	c := &Carrier{t: t, SenderID: senderID, SecurityCode: securityCode, Pushes: 2, LookupLength: 240}
 	c.Server = httptest.NewTLSServer(http.HandlerFunc(c.serve))
 	t.Cleanup(c.Server.Close)
 	return c
@@ -195,7 +197,7 @@ func (c *Carrier) serve(w http.ResponseWriter, r *http.Request) {
 	case op.LookupSubscriber != nil:
 		c.answer(w, &wctp.Operation{LookupResponse: &wctp.LookupResponse{
 			ResponseToMessageID: op.LookupSubscriber.MessageControl.MessageID, Originator: wctp.Originator{SenderID: "wctptest"},
-			Recipient: op.LookupSubscriber.Recipient, LookupData: &wctp.LookupData{MaxMessageLength: "240", MCRSupported: "true", CanRespond: "true"},
+			Recipient: op.LookupSubscriber.Recipient, LookupData: &wctp.LookupData{MaxMessageLength: strconv.Itoa(c.LookupLength), MCRSupported: "true", CanRespond: "true"},
 		}})
 	default:
 		c.answer(w, &wctp.Operation{Confirmation: &wctp.Confirmation{Failure: &wctp.Failure{Code: "300", Text: "operation not supported"}}})
