@@ -17,8 +17,9 @@ type Pager struct {
 	// Directory maps Matrix users to their pagers (YAML), relative to this
 	// file's folder; reloaded when it changes.
 	Directory string `yaml:"directory"`
-	// Schedule names who is on call for each role (YAML), relative to this
-	// file's folder; reloaded when it changes.
+	// Schedule names who is on call for each role (YAML, or CSV where the
+	// name ends in .csv), relative to this file's folder; reloaded when it
+	// changes.
 	Schedule string `yaml:"schedule"`
 	// EndpointSecurityCode, when set, is what a WCTP gateway must send (as
 	// its originator's securityCode or the HTTP Basic password) with the

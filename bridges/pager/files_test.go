@@ -174,3 +174,65 @@ func TestJobPriorities(t *testing.T) {
 		t.Fatalf("page %d, page_notice %d", appservice.PriorityOf(JobPage), appservice.PriorityOf(JobNotice))
 	}
 }
+
+const weeklyCSV = `role,user,days,from,to,zone,backup
+hospitalist,@day:h,mon tue wed thu fri,07:00,19:00,America/Chicago,role:chief
+hospitalist,@night:h,"mon,tue,wed,thu,fri",19:00,07:00,America/Chicago,
+hospitalist,@cover:h,,2026-12-24T07:00,2026-12-25T07:00,America/Chicago,
+chief,@chief:h,sun mon tue wed thu fri sat,00:00,00:00,America/Chicago,
+`
+
+// The CSV form says what the YAML form says.
+func TestScheduleCSV(t *testing.T) {
+	y, err := ParseSchedule("oncall.yaml", []byte(weekly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseScheduleCSV("oncall.csv", []byte(weeklyCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for at := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC); at.Before(time.Date(2026, 12, 27, 0, 0, 0, 0, time.UTC)); at = at.Add(30 * time.Minute) {
+		for _, role := range []string{"hospitalist", "chief"} {
+			if a, b := y.OnCall(role, at), c.OnCall(role, at); a != b {
+				t.Fatalf("%s at %s: YAML says %q, CSV %q", role, at, a, b)
+			}
+		}
+	}
+	if c.Backup("hospitalist") != "role:chief" {
+		t.Fatalf("backup %q", c.Backup("hospitalist"))
+	}
+	cases := []struct{ name, src, want string }{
+		{"bad day", "role,user,days,from,to,zone\nicu,@a:h,monday,07:00,19:00,UTC\n", `oncall.csv:2:10: roles[0].shifts[0].days[0] "monday" is not a day`},
+		{"bad time", "role,user,days,from,to,zone\nicu,@a:h,mon,7am,19:00,UTC\n", `oncall.csv:2:14: roles[0].shifts[0].from "7am" is not a time of day`},
+		{"two zones", "role,user,days,from,to,zone\nicu,@a:h,mon,07:00,19:00,UTC\nicu,@b:h,tue,07:00,19:00,Europe/Paris\n", `oncall.csv:3:26: zone "Europe/Paris" differs from line 2's "UTC"`},
+		{"bad user", "role,user,days,from,to,zone\nicu,alice,mon,07:00,19:00,UTC\n", `oncall.csv:2:5: roles[0].shifts[0].user "alice" is not a user ID`},
+		{"missing column", "role,user,from,to\nicu,@a:h,07:00,19:00\n", `oncall.csv:1:1: column "zone" is missing`},
+		{"unknown column", "role,user,days,from,to,zone,pager\n", `oncall.csv:1:7: unknown column "pager"`},
+		{"short row", "role,user,days,from,to,zone\nicu,@a:h\n", `oncall.csv:2:1: 2 fields, but the header names 6`},
+		{"quote", "role,user,days,from,to,zone\nicu,\"@a:h,mon,07:00,19:00,UTC\n", `oncall.csv:2:`},
+		{"empty", "", "oncall.csv:1:1: file is empty"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseScheduleCSV("oncall.csv", []byte(tc.src))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("%v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseScheduleCSV(f *testing.F) {
+	f.Add([]byte(weeklyCSV))
+	f.Add([]byte("role,user,days,from,to,zone\nicu,@a:h,,2026-12-05T10:00,2026-12-05T11:00,UTC\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseScheduleCSV("f.csv", data)
+		if err != nil {
+			return
+		}
+		for _, r := range s.Roles {
+			s.OnCall(r.Name, time.Unix(0, 0))
+		}
+	})
+}

@@ -3,6 +3,7 @@ package pager
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -54,22 +55,28 @@ type shift struct {
 var dayNames = map[string]time.Weekday{"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday, "wed": time.Wednesday,
 	"thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday}
 
-// LoadSchedule reads and validates a schedule file. Errors are
-// file:line:col.
+// LoadSchedule reads and validates a schedule file: YAML, or CSV where
+// the name ends in .csv. Errors are file:line:col.
 func LoadSchedule(file string) (*Schedule, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
+	if strings.EqualFold(filepath.Ext(file), ".csv") {
+		return ParseScheduleCSV(file, data)
+	}
 	return ParseSchedule(file, data)
 }
+
+// reporter records a problem at a path of the schedule (roles[0].shifts[1].from).
+type reporter func(path, format string, args ...any)
 
 // ParseSchedule validates schedule YAML.
 func ParseSchedule(file string, data []byte) (*Schedule, error) {
 	s := &Schedule{}
 	doc := strictyaml.Decode(file, data, s)
 	if doc.Root != nil {
-		s.validate(doc)
+		s.validate(doc.Errorf)
 	}
 	if err := doc.Err(); err != nil {
 		return nil, err
@@ -77,13 +84,13 @@ func ParseSchedule(file string, data []byte) (*Schedule, error) {
 	return s, nil
 }
 
-func (s *Schedule) validate(doc *strictyaml.Doc) {
+func (s *Schedule) validate(report reporter) {
 	if s.Version != 1 {
-		doc.Errorf("version", "version: 1 is required")
+		report("version", "version: 1 is required")
 	}
 	loc, err := time.LoadLocation(s.Zone)
 	if s.Zone == "" || err != nil {
-		doc.Errorf("zone", "zone %q is not a time zone (an IANA name such as America/Chicago)", s.Zone)
+		report("zone", "zone %q is not a time zone (an IANA name such as America/Chicago)", s.Zone)
 		loc = time.UTC
 	}
 	s.loc = loc
@@ -92,25 +99,25 @@ func (s *Schedule) validate(doc *strictyaml.Doc) {
 		r := &s.Roles[i]
 		at := fmt.Sprintf("roles[%d]", i)
 		if r.Name == "" || strings.Trim(r.Name, "abcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
-			doc.Errorf(at+".name", "%s.name %q: a role name is lower case letters, digits, '-' and '_'", at, r.Name)
+			report(at+".name", "%s.name %q: a role name is lower case letters, digits, '-' and '_'", at, r.Name)
 		} else if s.byName[r.Name] != nil {
-			doc.Errorf(at+".name", "%s.name %s is listed twice", at, r.Name)
+			report(at+".name", "%s.name %s is listed twice", at, r.Name)
 		}
 		s.byName[r.Name] = r
 		if r.Backup != "" && !validUser(r.Backup) && !strings.HasPrefix(r.Backup, "role:") {
-			doc.Errorf(at+".backup", "%s.backup %q is neither a user ID nor role:name", at, r.Backup)
+			report(at+".backup", "%s.backup %q is neither a user ID nor role:name", at, r.Backup)
 		}
 		for j, sh := range r.Shifts {
 			sat := fmt.Sprintf("%s.shifts[%d]", at, j)
 			v := shift{user: sh.User}
 			if !validUser(sh.User) {
-				doc.Errorf(sat+".user", "%s.user %q is not a user ID (@user:server)", sat, sh.User)
+				report(sat+".user", "%s.user %q is not a user ID (@user:server)", sat, sh.User)
 			}
 			if len(sh.Days) > 0 {
 				for k, d := range sh.Days {
 					wd, ok := dayNames[strings.ToLower(d)]
 					if !ok {
-						doc.Errorf(fmt.Sprintf("%s.days[%d]", sat, k), "%s.days[%d] %q is not a day (mon, tue, wed, thu, fri, sat, sun)", sat, k, d)
+						report(fmt.Sprintf("%s.days[%d]", sat, k), "%s.days[%d] %q is not a day (mon, tue, wed, thu, fri, sat, sun)", sat, k, d)
 					}
 					v.days[wd] = ok
 				}
@@ -118,10 +125,10 @@ func (s *Schedule) validate(doc *strictyaml.Doc) {
 				v.from, ok1 = clock(sh.From)
 				v.to, ok2 = clock(sh.To)
 				if !ok1 {
-					doc.Errorf(sat+".from", "%s.from %q is not a time of day (HH:MM)", sat, sh.From)
+					report(sat+".from", "%s.from %q is not a time of day (HH:MM)", sat, sh.From)
 				}
 				if !ok2 {
-					doc.Errorf(sat+".to", "%s.to %q is not a time of day (HH:MM)", sat, sh.To)
+					report(sat+".to", "%s.to %q is not a time of day (HH:MM)", sat, sh.To)
 				}
 			} else {
 				v.dated = true
@@ -130,11 +137,11 @@ func (s *Schedule) validate(doc *strictyaml.Doc) {
 				v.end, err2 = time.ParseInLocation("2006-01-02T15:04", sh.To, loc)
 				switch {
 				case err1 != nil:
-					doc.Errorf(sat+".from", "%s.from %q is not a date and time (YYYY-MM-DDTHH:MM); a weekly shift lists its days", sat, sh.From)
+					report(sat+".from", "%s.from %q is not a date and time (YYYY-MM-DDTHH:MM); a weekly shift lists its days", sat, sh.From)
 				case err2 != nil:
-					doc.Errorf(sat+".to", "%s.to %q is not a date and time (YYYY-MM-DDTHH:MM)", sat, sh.To)
+					report(sat+".to", "%s.to %q is not a date and time (YYYY-MM-DDTHH:MM)", sat, sh.To)
 				case !v.end.After(v.start):
-					doc.Errorf(sat+".to", "%s.to is not after its from", sat)
+					report(sat+".to", "%s.to is not after its from", sat)
 				}
 			}
 			r.shifts = append(r.shifts, v)
@@ -142,7 +149,7 @@ func (s *Schedule) validate(doc *strictyaml.Doc) {
 	}
 	for i := range s.Roles {
 		if b, ok := strings.CutPrefix(s.Roles[i].Backup, "role:"); ok && s.byName[b] == nil {
-			doc.Errorf(fmt.Sprintf("roles[%d].backup", i), "roles[%d].backup names role %s, which the schedule does not have", i, b)
+			report(fmt.Sprintf("roles[%d].backup", i), "roles[%d].backup names role %s, which the schedule does not have", i, b)
 		}
 	}
 }
