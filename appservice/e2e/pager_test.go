@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/bridges/pager"
 	"github.com/matrix-hipaa/matrix-hipaa/bridges/snpp/snpptest"
@@ -79,10 +81,18 @@ pagers:
 	if err := carol.SetDisplayName(ctx, "Dr Carol "+pagerCanary); err != nil {
 		t.Fatal(err)
 	}
-	room := enrolledRoom(t, st, carol)
-	if _, err := carol.SendStateEvent(ctx, room, event.StateRoomName, "", map[string]any{"name": "ICU bed 4 " + pagerCanary}); err != nil {
+	// Created encrypted, as Element creates private rooms: the bot is not
+	// in it until it has something to say (the sender invites it).
+	created, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "ICU bed 4 " + pagerCanary,
+		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
+	if err != nil {
 		t.Fatal(err)
 	}
+	room := created.RoomID
+	waitFor(t, "carol's client to see the encrypted room", func() bool {
+		enc, _ := carol.StateStore.IsEncrypted(ctx, room)
+		return enc
+	})
 	setPolicy(t, st, []byte(fmt.Sprintf("version: 1\nrooms:\n  - room_id: %q\n    page: [\"@alice:%s\", \"role:icu\"]\n    page_priority: stat\n", room, domain)))
 
 	sent := time.Now()

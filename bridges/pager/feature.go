@@ -297,8 +297,8 @@ func Render(template, ref string, pri policy.PagePriority, max int) string {
 
 // page is a page's row.
 type page struct {
-	ID, Ref, Room, EventID, Target, User, Gateway, Recipient, Priority, Reason, State, Tag, Watch string
-	Unknown                                                                                       int
+	ID, Ref, Room, EventID, Target, User, Gateway, Recipient, Priority, Reason, State, Tag, Watch, Sender string
+	Unknown                                                                                               int
 }
 
 // States a page goes through; a later one never goes back to an earlier.
@@ -306,8 +306,8 @@ var stateRank = map[string]int{"sending": 0, "sent": 1, "queued": 2, "delivered"
 
 func (f *Feature) loadPage(ctx context.Context, tx *sql.Tx, id string) (*page, error) {
 	p := &page{}
-	err := f.env.DB.QueryRow(ctx, tx, `SELECT id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, unknown_sends, watch_user FROM page WHERE id = ?`, id).
-		Scan(&p.ID, &p.Ref, &p.Room, &p.EventID, &p.Target, &p.User, &p.Gateway, &p.Recipient, &p.Priority, &p.Reason, &p.State, &p.Tag, &p.Unknown, &p.Watch)
+	err := f.env.DB.QueryRow(ctx, tx, `SELECT id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, unknown_sends, watch_user, sender FROM page WHERE id = ?`, id).
+		Scan(&p.ID, &p.Ref, &p.Room, &p.EventID, &p.Target, &p.User, &p.Gateway, &p.Recipient, &p.Priority, &p.Reason, &p.State, &p.Tag, &p.Unknown, &p.Watch, &p.Sender)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -362,8 +362,8 @@ func (f *Feature) sendPage(ctx context.Context, j *appservice.Job) error {
 		if refusal != nil {
 			p.State = "failed"
 		}
-		_, err = f.env.DB.Exec(ctx, tx, `INSERT INTO page (id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, created_at, sent_at, updated_at, unknown_sends, watch_user)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, 0, ?, 0, ?)`, p.ID, p.Ref, p.Room, p.EventID, p.Target, p.User, p.Gateway, p.Recipient, p.Priority, p.Reason, p.State, now.UnixMilli(), now.UnixMilli(), pl.Watch)
+		_, err = f.env.DB.Exec(ctx, tx, `INSERT INTO page (id, ref, room_id, event_id, target, user_id, gateway, recipient, priority, reason, state, tag, created_at, sent_at, updated_at, unknown_sends, watch_user, sender)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, 0, ?, 0, ?, ?)`, p.ID, p.Ref, p.Room, p.EventID, p.Target, p.User, p.Gateway, p.Recipient, p.Priority, p.Reason, p.State, now.UnixMilli(), now.UnixMilli(), pl.Watch, pl.Sender)
 		if err != nil {
 			return err
 		}

@@ -147,7 +147,13 @@ func (f *Feature) notice(ctx context.Context, j *appservice.Job) error {
 	default:
 		text = fmt.Sprintf("Page to %s %s (ref %s).", p.User, np.What, p.Ref)
 	}
-	return f.Notice.SendNotice(ctx, p.Room, "", "", text, fmt.Sprintf("hipaa-job-%d", j.ID))
+	// A bot not yet in the room (rooms created encrypted never needed
+	// it) is invited by the message's sender, where they are local.
+	inviter := ""
+	if appservice.SameServer(p.Sender, f.env.BotUser) {
+		inviter = p.Sender
+	}
+	return f.Notice.SendNotice(ctx, p.Room, inviter, "", text, fmt.Sprintf("hipaa-job-%d", j.ID))
 }
 
 func oneLine(s string) string {

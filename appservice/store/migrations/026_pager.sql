@@ -19,7 +19,8 @@ CREATE TABLE page (
     sent_at      BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,
     unknown_sends INTEGER NOT NULL,
-    watch_user   TEXT NOT NULL
+    watch_user   TEXT NOT NULL,
+    sender       TEXT NOT NULL
 );
 CREATE INDEX page_event ON page (event_id);
 CREATE INDEX page_ref ON page (ref);
