@@ -242,7 +242,9 @@ func TestPageFromManagementRoom(t *testing.T) {
 	if !strings.Contains(pages[0].Message, "(ref "+ref+")") {
 		t.Fatalf("the page %q does not carry the reference %s the room was given", pages[0].Message, ref)
 	}
-	if n := countAudit(t, st, func(l auditLine) bool { return l.Type == "admin.command" && l.Action == "page" && l.Outcome == "denied" }); n != 1 {
+	if n := countAudit(t, st, func(l auditLine) bool {
+		return l.Type == "admin.command" && l.Action == "page" && l.Outcome == "denied"
+	}); n != 1 {
 		t.Fatalf("%d refused !page commands on the record, want 1", n)
 	}
 }
