@@ -62,6 +62,9 @@ func wipeCommand(args []string, stdout, stderr io.Writer) error {
 	case "done":
 		fmt.Fprintf(stdout, "sessions revoked: %d (no session left, confirmed at %s)\nmessages redacted: %d\nrooms left: %d\n",
 			got.Revoked, time.UnixMilli(got.ConfirmedAt).UTC().Format(time.RFC3339), got.Redacted, got.Left)
+		if got.Held > 0 {
+			fmt.Fprintf(stdout, "messages left under a legal hold: %d (not redacted; release the hold to remove them)\n", got.Held)
+		}
 		return nil
 	case "failed":
 		return fmt.Errorf("wipe %d failed: %s", id, got.LastError)

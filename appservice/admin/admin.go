@@ -393,7 +393,7 @@ func (s *Server) wipeStatus(w http.ResponseWriter, r *http.Request, idText strin
 	}
 	wp := found[0]
 	writeJSON(w, http.StatusOK, map[string]any{"id": wp.ID, "user_id": wp.User, "state": wp.State, "sessions_revoked": wp.Revoked,
-		"confirmed_at": wp.ConfirmedAt, "messages_redacted": wp.Redacted, "rooms_left": wp.Left, "error": wp.LastError})
+		"confirmed_at": wp.ConfirmedAt, "messages_redacted": wp.Redacted, "messages_held": wp.Held, "rooms_left": wp.Left, "error": wp.LastError})
 }
 
 type clinicianJSON struct {

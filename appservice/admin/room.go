@@ -369,6 +369,9 @@ func WipeSummary(w sessions.Wipe) string {
 	if w.ConfirmedAt > 0 {
 		s += ", confirmed at " + time.UnixMilli(w.ConfirmedAt).UTC().Format(time.RFC3339)
 	}
+	if w.Held > 0 {
+		s += fmt.Sprintf(". %d messages were left: a legal hold binds them", w.Held)
+	}
 	return s + "."
 }
 

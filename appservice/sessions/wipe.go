@@ -32,8 +32,10 @@ type Wipe struct {
 	Reason, RequestedBy     string
 	State                   string
 	Revoked, Redacted, Left int
-	ConfirmedAt             int64
-	LastError               string
+	// Held is how many messages in scope a legal hold kept from redaction.
+	Held        int
+	ConfirmedAt int64
+	LastError   string
 	// Force, with ForceReason, wipes a user Guard protects.
 	Force       bool
 	ForceReason string
@@ -140,9 +142,9 @@ func wipeRecord(chain *audit.Chain, w Wipe, step, outcome string, n int) *audit.
 // LoadWipe reads a wipe's record.
 func LoadWipe(ctx context.Context, db *store.DB, id int64) (Wipe, error) {
 	var w Wipe
-	err := db.R.QueryRowContext(ctx, `SELECT id, user_id, device_id, offboard, scope, since, reason, requested_by, state, revoked, redacted, rooms_left, confirmed_at, last_error, deactivate
+	err := db.R.QueryRowContext(ctx, `SELECT id, user_id, device_id, offboard, scope, since, reason, requested_by, state, revoked, redacted, rooms_left, confirmed_at, last_error, deactivate, held
 		FROM wipe WHERE id = $1`, id).Scan(&w.ID, &w.User, &w.Device, &w.Offboard, &w.Scope, &w.Since, &w.Reason, &w.RequestedBy, &w.State,
-		&w.Revoked, &w.Redacted, &w.Left, &w.ConfirmedAt, &w.LastError, &w.Deactivate)
+		&w.Revoked, &w.Redacted, &w.Left, &w.ConfirmedAt, &w.LastError, &w.Deactivate, &w.Held)
 	return w, err
 }
 
@@ -246,9 +248,21 @@ func wipeHandler(env appservice.Env, hs WipeHomeserver, pol func() *policy.Polic
 			}
 		}
 		if w.State == "revoked" {
-			n, err := redactWiped(ctx, env.DB, hs, pol(), w)
+			n, held, err := redactWiped(ctx, env.DB, hs, pol(), w)
 			if err != nil {
 				return err
+			}
+			if held > 0 && w.Held == 0 { // (set already: a repeat of this step)
+				// Left for the record: a legal hold binds the wipe too.
+				err := env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+					if _, err := tx.ExecContext(ctx, `UPDATE wipe SET held = $1 WHERE id = $2`, held, w.ID); err != nil {
+						return err
+					}
+					return env.Chain.Append(ctx, tx, wipeRecord(env.Chain, w, "held", audit.OutcomeSuccess, held))
+				})
+				if err != nil {
+					return err
+				}
 			}
 			if err := step("redacted", w.Scope != "none", n, "redacted", 0); err != nil {
 				return err
@@ -309,19 +323,25 @@ func failWipe(ctx context.Context, env appservice.Env, w Wipe, step string, err 
 // redactWiped redacts, as the user, the messages they sent in scope: in
 // rooms policy requires encrypted (phi) or everywhere (all), since the wipe's
 // since time. The inbox keeps every event's ID, room, sender and type after
-// its content is gone, which is what this needs.
-func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *policy.Policy, w Wipe) (int, error) {
+// its content is gone, which is what this needs. A message under a standing
+// legal hold (on its room, or on the user) is left, and counted: a wipe
+// must not destroy held evidence.
+func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *policy.Policy, w Wipe) (redacted, held int, err error) {
 	if w.Scope == "none" {
-		return 0, nil
+		return 0, 0, nil
 	}
 	known, err := appservice.LoadKnownRooms(ctx, db)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
+	}
+	heldRooms, userHeld, err := holdsOn(ctx, db, w.User)
+	if err != nil {
+		return 0, 0, err
 	}
 	rows, err := db.R.QueryContext(ctx, `SELECT event_id, room_id FROM inbox
 		WHERE sender = $1 AND received_at >= $2 AND event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') ORDER BY seq`, w.User, w.Since)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	type msg struct{ id, room string }
 	var todo []msg
@@ -329,22 +349,48 @@ func redactWiped(ctx context.Context, db *store.DB, hs WipeHomeserver, pol *poli
 		var m msg
 		if err := rows.Scan(&m.id, &m.room); err != nil {
 			rows.Close()
-			return 0, err
+			return 0, 0, err
 		}
-		if w.Scope == "all" || pol.For(known.PolicyRoom(m.room)).Encryption == policy.EncryptionRequired {
-			todo = append(todo, m)
+		if w.Scope != "all" && pol.For(known.PolicyRoom(m.room)).Encryption != policy.EncryptionRequired {
+			continue
 		}
+		if userHeld || heldRooms[m.room] {
+			held++
+			continue
+		}
+		todo = append(todo, m)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for i, m := range todo {
 		if err := hs.Redact(ctx, w.User, m.room, m.id, "Removed by a remote wipe", fmt.Sprintf("wipe-%d-%d", w.ID, i)); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	return len(todo), nil
+	return len(todo), held, nil
+}
+
+// holdsOn is the rooms under a standing legal hold, and whether user is.
+func holdsOn(ctx context.Context, db *store.DB, user string) (rooms map[string]bool, userHeld bool, err error) {
+	rows, err := db.R.QueryContext(ctx, `SELECT room_id, user_id FROM legal_hold WHERE released_at = 0`)
+	if err != nil {
+		return nil, false, err
+	}
+	defer rows.Close()
+	rooms = map[string]bool{}
+	for rows.Next() {
+		var room, u string
+		if err := rows.Scan(&room, &u); err != nil {
+			return nil, false, err
+		}
+		if room != "" {
+			rooms[room] = true
+		}
+		userHeld = userHeld || (u != "" && u == user)
+	}
+	return rooms, userHeld, rows.Err()
 }
 
 // WaitWipe polls until the wipe is done or failed, or timeout passes.

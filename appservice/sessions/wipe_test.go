@@ -293,9 +293,56 @@ func TestWipeAfterPruning(t *testing.T) {
 				t.Fatalf("prune %+v %v", pr, err)
 			}
 			hs := &fakeHS{}
-			n, err := redactWiped(ctx, p.DB, hs, &policy.Policy{Version: 1, Hash: "builtin"}, Wipe{ID: 1, User: "@u:hs", Scope: "all"})
+			n, _, err := redactWiped(ctx, p.DB, hs, &policy.Policy{Version: 1, Hash: "builtin"}, Wipe{ID: 1, User: "@u:hs", Scope: "all"})
 			if err != nil || n != 2 || fmt.Sprint(hs.redacted) != "[$lives $held]" {
 				t.Fatalf("wipe after pruning redacted %d: %v (%v)", n, hs.redacted, err)
+			}
+		})
+	}
+}
+
+// A legal hold binds a wipe: messages in a held room, or all of a held
+// user's, are left on the homeserver and counted (audited "held"), the
+// rest redacted.
+func TestWipeLeavesHeldMessages(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			p := apptest.New(t, dbType)
+			ctx := context.Background()
+			p.Put(t, "t1", apptest.Message("$w1", "!ward:h", "@bob:h", "x"), apptest.Message("$h1", "!held:h", "@bob:h", "y"),
+				apptest.Message("$h2", "!held:h", "@bob:h", "z"), apptest.Message("$c1", "!ward:h", "@carol:h", "w"))
+			pol, err := policy.Parse("p.yaml", []byte("version: 1\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Exec(t, `INSERT INTO legal_hold (room_id, user_id, reason, placed_by, placed_at) VALUES ('!held:h', '', 'case 7', 'os:counsel', 1)`)
+			p.Exec(t, `INSERT INTO legal_hold (room_id, user_id, reason, placed_by, placed_at) VALUES ('', '@carol:h', 'case 8', 'os:counsel', 1)`)
+			// A released hold binds nothing.
+			p.Exec(t, `INSERT INTO legal_hold (room_id, user_id, reason, placed_by, placed_at, released_by, released_at) VALUES ('!ward:h', '', 'old', 'os:counsel', 1, 'os:counsel', 2)`)
+			hs := &fakeHS{devices: map[string][]string{"@bob:h": {"PHONE"}, "@carol:h": {"PAD"}}}
+			p.Handle(wipeJobs(p.Env(), hs, func() *policy.Policy { return pol }, appservice.WipeCaps{}))
+			bob, err := RequestWipe(ctx, p.DB, p.Chain, Wipe{User: "@bob:h", Scope: "all", Reason: "lost phone", RequestedBy: "os:admin"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			carol, err := RequestWipe(ctx, p.DB, p.Chain, Wipe{User: "@carol:h", Scope: "all", Reason: "left", RequestedBy: "os:admin"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.RunDue(t)
+			wb, _ := LoadWipe(ctx, p.DB, bob)
+			wc, _ := LoadWipe(ctx, p.DB, carol)
+			if wb.State != "done" || wc.State != "done" || strings.Join(hs.redacted, ",") != "$w1" || wb.Redacted != 1 || wc.Redacted != 0 || wb.Held != 2 || wc.Held != 1 {
+				t.Fatalf("redacted %v; bob's wipe %+v, carol's %+v", hs.redacted, wb, wc)
+			}
+			held := map[float64]float64{}
+			for _, r := range p.Records(t) {
+				if r["type"] == "wipe" && r["action"] == "held" {
+					held[r["job_id"].(float64)] = r["count"].(float64)
+				}
+			}
+			if held[float64(bob)] != 2 || held[float64(carol)] != 1 {
+				t.Fatalf("held counts audited %v, want bob's wipe 2 and carol's 1", held)
 			}
 		})
 	}
