@@ -263,3 +263,48 @@ func TestIdleSessionsAreSignedOut(t *testing.T) {
 	}
 	verify(t, st)
 }
+
+// A legal hold binds a wipe: a wiped user's messages in a held room stay
+// for the other members (the record), those in other rooms are redacted,
+// and the wipe says how many it left and why.
+func TestWipeLeavesHeldMessages(t *testing.T) {
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	alice := newE2EEUser(t, st, "alice")
+	bob := newE2EEUser(t, st, "bob")
+	held := sharedEncryptedRoom(t, alice, bob)
+	other := sharedEncryptedRoom(t, alice, bob)
+	send := func(room id.RoomID, text string) id.EventID {
+		t.Helper()
+		resp, err := bob.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.EventID
+	}
+	inHeld, inOther := send(held, "incident report, bed 9"), send(other, "handover notes")
+	waitAudited(t, st, []id.EventID{inHeld, inOther}, 20*time.Second)
+	bob.cancel()
+	if out, errOut, err := st.Service("hold", "-room", string(held), "-reason", "litigation 2026-17"); err != nil {
+		t.Fatalf("hold: %v\n%s%s", err, out, errOut)
+	}
+	out, errOut, err := st.Service("wipe", "-user", string(bob.UserID), "-redact", "all", "-reason", "lost phone")
+	if err != nil {
+		t.Fatalf("wipe: %v\n%s%s", err, out, errOut)
+	}
+	if !strings.Contains(string(out), "messages redacted: 1") || !strings.Contains(string(out), "messages left under a legal hold: 1") {
+		t.Fatalf("wipe summary: %s", out)
+	}
+	// What alice sees: the held message as it was, the other redacted.
+	ev, err := alice.GetEvent(ctx, held, inHeld)
+	if err != nil || ev.Unsigned.RedactedBecause != nil || ev.Type != event.EventEncrypted {
+		t.Fatalf("the held message for alice: %+v (%v)", ev, err)
+	}
+	ev, err = alice.GetEvent(ctx, other, inOther)
+	if err != nil || ev.Unsigned.RedactedBecause == nil {
+		t.Fatalf("the message outside the hold was not redacted (%v)", err)
+	}
+	if n := countAudit(t, st, func(l auditLine) bool { return l.Type == "wipe" && l.Action == "held" }); n != 1 {
+		t.Fatalf("%d wipe held records, want 1", n)
+	}
+}
