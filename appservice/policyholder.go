@@ -28,7 +28,7 @@ type PolicyHolder struct {
 	log     zerolog.Logger
 	current atomic.Pointer[policy.Policy]
 	// stamp is what the file looked like when last read, to notice edits.
-	stamp fileStamp
+	stamp FileStamp
 	// refused: the file's last reading was refused (so the next good one,
 	// even the policy already in force, is news).
 	refused bool
@@ -36,17 +36,21 @@ type PolicyHolder struct {
 	onChange []func(ctx context.Context, old, p *policy.Policy)
 }
 
-type fileStamp struct {
+// FileStamp identifies a file's version (modification time and size): a
+// file watched for edits is reloaded when its stamp changes. A missing
+// file's stamp is the zero value.
+type FileStamp struct {
 	mod  time.Time
 	size int64
 }
 
-func stampOf(path string) fileStamp {
+// StampOf is path's stamp now.
+func StampOf(path string) FileStamp {
 	st, err := os.Stat(path)
 	if err != nil {
-		return fileStamp{}
+		return FileStamp{}
 	}
-	return fileStamp{st.ModTime(), st.Size()}
+	return FileStamp{st.ModTime(), st.Size()}
 }
 
 // builtinPolicy applies when no policy file is configured: the strict built-in
@@ -64,7 +68,7 @@ func NewPolicyHolder(ctx context.Context, path string, db *store.DB, chain *audi
 		h.current.Store(builtinPolicy)
 		return h, h.adopt(ctx, builtinPolicy, []byte{}, "builtin")
 	}
-	h.stamp = stampOf(path)
+	h.stamp = StampOf(path)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -91,7 +95,7 @@ func (h *PolicyHolder) Reload(ctx context.Context, why string) (bool, error) {
 	if h.path == "" {
 		return false, nil
 	}
-	h.stamp = stampOf(h.path)
+	h.stamp = StampOf(h.path)
 	data, err := os.ReadFile(h.path)
 	if err != nil {
 		h.log.Error().Err(err).Msg("cannot read the policy file; the last good policy stays in force")
@@ -189,7 +193,7 @@ func (h *PolicyHolder) Watch(ctx context.Context, poll time.Duration) {
 		case <-hup:
 			h.Reload(ctx, "sighup")
 		case <-t.C:
-			if s := stampOf(h.path); s != h.stamp {
+			if s := StampOf(h.path); s != h.stamp {
 				h.Reload(ctx, "file-changed")
 			}
 		}

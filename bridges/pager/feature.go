@@ -52,11 +52,11 @@ type Feature struct {
 	// gives no max_length for (LookupSubscriber), by gateway and recipient.
 	lengths sync.Map
 
-	mu        sync.RWMutex
-	dir       *Directory
-	sched     *Schedule
-	dirStamp  string
-	schedStmp string
+	mu         sync.RWMutex
+	dir        *Directory
+	sched      *Schedule
+	dirStamp   appservice.FileStamp
+	schedStamp appservice.FileStamp
 }
 
 // New is the pager bridge with env's config. With no gateways configured
@@ -158,7 +158,7 @@ func (f *Feature) reload(ctx context.Context, first bool) {
 		names[n] = true
 	}
 	if p := f.cfg.Directory; p != "" {
-		if st := stamp(p); st != f.dirStamp || first {
+		if st := appservice.StampOf(p); st != f.dirStamp || first {
 			d, err := LoadDirectory(p, names)
 			f.loaded(ctx, "directory", err, func() { f.dir, f.dirStamp = d, st })
 			if err != nil {
@@ -169,11 +169,11 @@ func (f *Feature) reload(ctx context.Context, first bool) {
 		}
 	}
 	if p := f.cfg.Schedule; p != "" {
-		if st := stamp(p); st != f.schedStmp || first {
+		if st := appservice.StampOf(p); st != f.schedStamp || first {
 			s, err := LoadSchedule(p)
-			f.loaded(ctx, "schedule", err, func() { f.sched, f.schedStmp = s, st })
+			f.loaded(ctx, "schedule", err, func() { f.sched, f.schedStamp = s, st })
 			if err != nil {
-				f.schedStmp = st
+				f.schedStamp = st
 			}
 		}
 	}
@@ -335,13 +335,13 @@ func (f *Feature) sendPage(ctx context.Context, j *appservice.Job) error {
 	now := f.env.Now()
 	var p *page
 	var refusal error
+	dir, sched := f.files() // one snapshot for resolving and sending
 	err = f.env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 		var err error
 		if p, err = f.loadPage(ctx, tx, id); err != nil || p != nil {
 			return err
 		}
 		p = &page{ID: id, Ref: Ref(id), Room: pl.Room, EventID: pl.EventID, Target: pl.Target, Priority: string(pl.Priority), Reason: pl.Reason, State: "sending"}
-		dir, sched := f.files()
 		p.User = pl.Target
 		if role, ok := strings.CutPrefix(pl.Target, "role:"); ok {
 			p.User = sched.OnCall(role, now)
@@ -391,7 +391,6 @@ func (f *Feature) sendPage(ctx context.Context, j *appservice.Job) error {
 		}
 		return appservice.Permanent(fmt.Errorf("gateway %s is not in the config", p.Gateway))
 	}
-	dir, _ := f.files()
 	pg, _ := dir.Lookup(p.User)
 	g := f.gateways[p.Gateway]
 	max := g.Length()

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -213,15 +212,6 @@ func (f *Feature) poll(ctx context.Context, name string, g config.Gateway) {
 		case <-time.After(wait):
 		}
 	}
-}
-
-// stamp identifies a file's version (size and modification time).
-func stamp(path string) string {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "missing"
-	}
-	return fmt.Sprintf("%d/%d", st.Size(), st.ModTime().UnixNano())
 }
 
 // pollStatus asks a level 3 SNPP gateway (MSTAtus) about its pages that

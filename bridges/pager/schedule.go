@@ -162,9 +162,6 @@ func clock(s string) (int, bool) {
 	return t.Hour()*60 + t.Minute(), true
 }
 
-// Has reports whether the schedule has role.
-func (s *Schedule) Has(role string) bool { return s != nil && s.byName[role] != nil }
-
 // OnCall is who is on call for role at t ("" when nobody is).
 func (s *Schedule) OnCall(role string, t time.Time) string {
 	if s == nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -37,7 +38,7 @@ func ParseScheduleCSV(file string, data []byte) (*Schedule, error) {
 	for i, h := range header {
 		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
 		switch {
-		case !containsString(scheduleColumns, h):
+		case !slices.Contains(scheduleColumns, h):
 			at(1, i+1, "unknown column %q (columns: %s)", h, strings.Join(scheduleColumns, ", "))
 		case col[h] != 0:
 			at(1, i+1, "column %q appears twice", h)
@@ -164,13 +165,4 @@ func csvProblem(file string, err error) error {
 		return fmt.Errorf("%s:%d:%d: %v", file, pe.Line, pe.Column, pe.Err)
 	}
 	return fmt.Errorf("%s: %v", file, err)
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
