@@ -284,28 +284,9 @@ rooms:
 func TestPolledGateway(t *testing.T) {
 	p := apptest.New(t, "sqlite3")
 	carrier := wctptest.Start(t, "hipaa-hs", "wctp-code")
-	dir := t.TempDir()
-	dirFile := filepath.Join(dir, "pagers.yaml")
-	if err := os.WriteFile(dirFile, []byte("version: 1\npagers:\n  - user: \"@alice:h\"\n    gateway: spok\n    recipient: \"5551001\"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.UsePolicy(t, linked)
-	env := p.Env()
-	env.Config.Pager = config.Pager{Directory: dirFile, Template: config.DefaultPageTemplate, Gateways: []config.Gateway{
-		{Name: "spok", Protocol: "wctp", URL: carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code", CAFile: carrier.CAFile(dir), PollInterval: config.Duration(time.Second)},
-	}}
-	f := pager.New(env)
-	notices := &noticed{}
-	f.Notice = notices
-	p.Add(t, f)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	f.Start(ctx)
-	for _, loop := range f.Loops() {
-		wg.Add(1)
-		go func() { defer wg.Done(); loop(ctx) }()
-	}
+	_, notices := running(t, p, "version: 1\npagers:\n  - user: \"@alice:h\"\n    gateway: spok\n    recipient: \"5551001\"\n", linked, config.Pager{
+		Gateways: []config.Gateway{{Name: "spok", Protocol: "wctp", URL: carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code",
+			CAFile: carrier.CAFile(t.TempDir()), PollInterval: config.Duration(time.Second)}}})
 	p.Put(t, "t1", encrypted("$m1", "!icu:h", "@carol:h"))
 	p.Dispatch(t)
 	p.RunDue(t)
@@ -343,28 +324,9 @@ func TestPolledGateway(t *testing.T) {
 func TestSNPPLevelThreeStatusPolled(t *testing.T) {
 	p := apptest.New(t, "sqlite3")
 	perl := snpptest.StartPerl(t)
-	dir := t.TempDir()
-	dirFile := filepath.Join(dir, "pagers.yaml")
-	if err := os.WriteFile(dirFile, []byte("version: 1\npagers:\n  - user: \"@bob:h\"\n    gateway: legacy\n    recipient: \"5552002\"\n    two_way: true\n    multiple_choice: true\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.UsePolicy(t, "version: 1\nrooms:\n  - room_id: \"!icu:h\"\n    page: [\"@bob:h\"]\n")
-	env := p.Env()
-	env.Config.Pager = config.Pager{Directory: dirFile, Template: config.DefaultPageTemplate, Gateways: []config.Gateway{
-		{Name: "legacy", Protocol: "snpp", Address: perl.Addr, Login: perl.Login, Password: config.Secret(perl.Password), TwoWay: true, PollInterval: config.Duration(time.Second)},
-	}}
-	f := pager.New(env)
-	notices := &noticed{}
-	f.Notice = notices
-	p.Add(t, f)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	f.Start(ctx)
-	for _, loop := range f.Loops() {
-		wg.Add(1)
-		go func() { defer wg.Done(); loop(ctx) }()
-	}
+	_, notices := running(t, p, "version: 1\npagers:\n  - user: \"@bob:h\"\n    gateway: legacy\n    recipient: \"5552002\"\n    two_way: true\n    multiple_choice: true\n",
+		"version: 1\nrooms:\n  - room_id: \"!icu:h\"\n    page: [\"@bob:h\"]\n", config.Pager{Gateways: []config.Gateway{
+			{Name: "legacy", Protocol: "snpp", Address: perl.Addr, Login: perl.Login, Password: config.Secret(perl.Password), TwoWay: true, PollInterval: config.Duration(time.Second)}}})
 	p.Put(t, "t1", encrypted("$m1", "!icu:h", "@carol:h"))
 	p.Dispatch(t)
 	p.RunDue(t)
@@ -414,21 +376,9 @@ func TestDeviceLengthFromLookup(t *testing.T) {
 	p := apptest.New(t, "sqlite3")
 	carrier := wctptest.Start(t, "hipaa-hs", "wctp-code")
 	carrier.LookupLength = 60
-	dir := t.TempDir()
-	dirFile := filepath.Join(dir, "pagers.yaml")
-	if err := os.WriteFile(dirFile, []byte("version: 1\npagers:\n  - user: \"@alice:h\"\n    gateway: spok\n    recipient: \"5551001\"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.UsePolicy(t, linked)
-	env := p.Env()
-	env.Config.Pager = config.Pager{Directory: dirFile, Template: "New secure message waiting for you in Element, the hospital's messenger (ref {ref})",
-		EndpointSecurityCode: "push-code-for-tests", Gateways: []config.Gateway{
-			{Name: "spok", Protocol: "wctp", URL: carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code", CAFile: carrier.CAFile(dir)},
-		}}
-	f := pager.New(env)
-	f.Notice = &noticed{}
-	p.Add(t, f)
-	f.Start(context.Background())
+	running(t, p, "version: 1\npagers:\n  - user: \"@alice:h\"\n    gateway: spok\n    recipient: \"5551001\"\n", linked, config.Pager{
+		Template: "New secure message waiting for you in Element, the hospital's messenger (ref {ref})", EndpointSecurityCode: "push-code-for-tests",
+		Gateways: []config.Gateway{{Name: "spok", Protocol: "wctp", URL: carrier.Server.URL, SenderID: "hipaa-hs", SecurityCode: "wctp-code", CAFile: carrier.CAFile(t.TempDir())}}})
 	deadline := time.Now().Add(5 * time.Second)
 	for !bytes.Contains(bytes.Join(carrier.Raw(), nil), []byte("wctp-LookupSubscriber")) {
 		if time.Now().After(deadline) {
@@ -447,4 +397,34 @@ func TestDeviceLengthFromLookup(t *testing.T) {
 	if errs := carrier.Problems(); len(errs) > 0 {
 		t.Fatal(errs)
 	}
+}
+
+// running is the bridge on p with one directory and config, started, its
+// loops running until the test ends.
+func running(t *testing.T, p *apptest.Pipeline, directory, policyYAML string, cfg config.Pager) (*pager.Feature, *noticed) {
+	t.Helper()
+	dirFile := filepath.Join(t.TempDir(), "pagers.yaml")
+	if err := os.WriteFile(dirFile, []byte(directory), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.UsePolicy(t, policyYAML)
+	env := p.Env()
+	cfg.Directory = dirFile
+	if cfg.Template == "" {
+		cfg.Template = config.DefaultPageTemplate
+	}
+	env.Config.Pager = cfg
+	f := pager.New(env)
+	notices := &noticed{}
+	f.Notice = notices
+	p.Add(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	f.Start(ctx)
+	for _, loop := range f.Loops() {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	return f, notices
 }
