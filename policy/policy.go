@@ -542,6 +542,9 @@ func (s *Settings) split(base Effective) (loose []string, tightening Settings) {
 		func(t *Settings) { t.PlaintextAllowedTypes = nil })
 	add(s.Page != nil && !within(*s.Page, base.Page), "page", func(t *Settings) { t.Page = nil })
 	add(s.ReadTracking != nil && *s.ReadTracking == On && base.ReadTracking != On, "read_tracking", func(t *Settings) { t.ReadTracking = nil })
+	// acknowledge: on makes every member's unread message page them:
+	// like adding page targets, a claim must not turn it on.
+	add(s.Acknowledge != nil && *s.Acknowledge == On && base.Acknowledge != On, "acknowledge", func(t *Settings) { t.Acknowledge = nil })
 	return loose, tightening
 }
 

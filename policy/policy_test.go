@@ -346,17 +346,18 @@ rooms:
     page: ["role:rapid-response"]
     page_priority: stat
     read_tracking: on
+    acknowledge: on
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A room that claims the rapid-response alias would page the team (and
 	// turn on read tracking): only a verified alias does.
-	if e := pg.For(Room{ID: "!x:h.org", Aliases: []string{"#rapid-1:h.org"}}); len(e.Page) != 0 || e.ReadTracking != Off || e.PagePriority != PriorityStat {
-		t.Errorf("claimed alias: page %v read_tracking %s priority %s", e.Page, e.ReadTracking, e.PagePriority)
+	if e := pg.For(Room{ID: "!x:h.org", Aliases: []string{"#rapid-1:h.org"}}); len(e.Page) != 0 || e.ReadTracking != Off || e.Acknowledge != Off || e.PagePriority != PriorityStat {
+		t.Errorf("claimed alias: page %v read_tracking %s acknowledge %s priority %s", e.Page, e.ReadTracking, e.Acknowledge, e.PagePriority)
 	}
-	if e := pg.For(Room{ID: "!x:h.org", Aliases: []string{"#rapid-1:h.org"}, VerifiedAliases: []string{"#rapid-1:h.org"}}); fmt.Sprint(e.Page) != "[role:rapid-response]" || e.ReadTracking != On {
-		t.Errorf("verified alias: page %v read_tracking %s", e.Page, e.ReadTracking)
+	if e := pg.For(Room{ID: "!x:h.org", Aliases: []string{"#rapid-1:h.org"}, VerifiedAliases: []string{"#rapid-1:h.org"}}); fmt.Sprint(e.Page) != "[role:rapid-response]" || e.ReadTracking != On || e.Acknowledge != On {
+		t.Errorf("verified alias: page %v read_tracking %s acknowledge %s", e.Page, e.ReadTracking, e.Acknowledge)
 	}
 	cases := []struct {
 		name string
@@ -413,6 +414,9 @@ rooms:
     dry_run: true
     members: any
     plaintext_allowed_types: [org.x]
+    page: ["role:icu"]
+    read_tracking: on
+    acknowledge: on
   - alias: "#y:h"
     roles: [physician, nurse]
 `))
@@ -421,8 +425,8 @@ rooms:
 	}
 	base := Builtin()
 	base.apply(&p.Defaults, "defaults")
-	if n := len(p.Rooms[0].loosens) + len(p.Rooms[1].loosens); n != 14 {
-		t.Fatalf("loosens %v and %v, want all 14 knobs", p.Rooms[0].loosens, p.Rooms[1].loosens)
+	if n := len(p.Rooms[0].loosens) + len(p.Rooms[1].loosens); n != 17 {
+		t.Fatalf("loosens %v and %v, want all 17 knobs", p.Rooms[0].loosens, p.Rooms[1].loosens)
 	}
 	for _, o := range p.Rooms {
 		if rest := o.tightening.looserThan(base); len(rest) != 0 {
