@@ -151,3 +151,51 @@ func TestEscalationOnAFakeClock(t *testing.T) {
 		t.Fatalf("audited %s: want three escalation steps (bob twice, alice once), bob's read, alice's acceptance and the backup", got)
 	}
 }
+
+// With no backup anywhere, an unanswered escalation ends at backup_after,
+// audited as unanswered, and pages no one more.
+func TestEscalationWithoutBackupEndsUnanswered(t *testing.T) {
+	r := newRig(t, `version: 1
+escalation:
+  stat:
+    page_after: 2m
+    repeat: 2m
+    backup_after: 6m
+rooms:
+  - room_id: "!dm1:h"
+    read_tracking: on
+    page_priority: stat
+`)
+	p := r.p
+	var evs []map[string]any
+	for _, u := range []string{"@carol:h", "@bob:h"} {
+		evs = append(evs, apptest.Member("$j"+u, "!dm1:h", u, u, "join"))
+	}
+	p.Put(t, "members", evs...)
+	p.Dispatch(t)
+	start := p.Clock.Now()
+	p.Put(t, "msg", encrypted("$m1", "!dm1:h", "@carol:h"))
+	p.Dispatch(t)
+	for _, at := range []time.Duration{2 * time.Minute, 4 * time.Minute, 6 * time.Minute, 20 * time.Minute} {
+		p.Clock.Advance(start.Add(at).Sub(p.Clock.Now()))
+		if _, err := r.f.Escalate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		p.RunDue(t)
+	}
+	if n := len(r.perl.Pages(t)); n != 2 {
+		t.Fatalf("%d pages, want bob's two", n)
+	}
+	if n := p.Count(t, `SELECT COUNT(*) FROM page_watch WHERE state = 'unanswered'`); n != 1 {
+		t.Fatal("the escalation did not end unanswered")
+	}
+	unanswered := 0
+	for _, rec := range p.Records(t) {
+		if rec["type"] == "page" && rec["action"] == "unanswered" && rec["outcome"] == "failure" {
+			unanswered++
+		}
+	}
+	if unanswered != 1 {
+		t.Fatalf("%d unanswered records", unanswered)
+	}
+}

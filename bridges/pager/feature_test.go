@@ -428,3 +428,34 @@ func running(t *testing.T, p *apptest.Pipeline, directory, policyYAML string, cf
 	}
 	return f, notices
 }
+
+// A gateway's status about no page of ours changes nothing and tells no
+// room; a failure status on one of ours fails it and tells the room.
+func TestStatusForNoPageAndFailure(t *testing.T) {
+	r := newRig(t, `version: 1
+rooms:
+  - room_id: "!icu:h"
+    page: ["@alice:h"]
+`)
+	p := r.p
+	p.Put(t, "t1", encrypted("$m1", "!icu:h", "@carol:h"))
+	p.Dispatch(t)
+	p.RunDue(t)
+	subs := r.carrier.Submitted()
+	if len(subs) != 1 {
+		t.Fatalf("%d pages", len(subs))
+	}
+	r.carrier.Status("hpnotoursatall", "5551001", wctp.Read, 0)
+	r.carrier.Reply("hpnotoursatall", "5551001", "Accept", true)
+	p.RunDue(t)
+	if len(r.notices.texts) != 0 || p.Count(t, `SELECT COUNT(*) FROM page WHERE state = 'sent'`) != 1 {
+		t.Fatalf("a push about no page of ours: room told %q", r.notices.texts)
+	}
+	r.carrier.Status(subs[0].MessageID, "5551001", "", 503)
+	p.RunDue(t)
+	ref := pager.Ref(subs[0].MessageID)
+	if fmt.Sprint(r.notices.texts) != fmt.Sprint([]string{"The page to @alice:h could not be delivered (ref " + ref + ")."}) ||
+		p.Count(t, `SELECT COUNT(*) FROM page WHERE state = 'failed'`) != 1 {
+		t.Fatalf("after a failure status: room told %q", r.notices.texts)
+	}
+}
