@@ -75,6 +75,11 @@ func TestEscalationOnAFakeClock(t *testing.T) {
 	if n := p.Count(t, `SELECT COUNT(*) FROM page_watch`); n != 3 {
 		t.Fatalf("%d escalations started, want 3 (not the room without read tracking)", n)
 	}
+	// Where receipts come from the bot's own sync (not Synapse), the bot is
+	// invited into each room with read tracking, once.
+	if n := p.Count(t, `SELECT COUNT(*) FROM job WHERE kind = 'bot_join' AND dedupe_key LIKE 'bot_join:read_tracking:%'`); n != 3 {
+		t.Fatalf("%d bot joins queued for rooms with read tracking, want 3", n)
+	}
 	// bob reads $m2 in his client before anything is due. His receipt in
 	// the room without read tracking is not kept at all.
 	p.Clock.Advance(time.Minute)

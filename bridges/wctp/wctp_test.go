@@ -144,7 +144,7 @@ func TestClientClassifiesFailures(t *testing.T) {
 		return `<wctp-Operation wctpVersion="wctp-dtd-v1r3"><wctp-Confirmation>` + inner + `</wctp-Confirmation></wctp-Operation>`
 	}
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
-	closedURL := "http://" + closed.Addr().String()
+	closedURL := "http://" + closed.Addr().String() + "/wctp?account=url-secret" // no error may carry it
 	closed.Close()
 	cases := []struct {
 		name           string
@@ -181,8 +181,8 @@ func TestClientClassifiesFailures(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
-			if strings.Contains(err.Error(), "s3cret-code") {
-				t.Fatalf("the security code is in the error: %v", err)
+			if strings.Contains(err.Error(), "s3cret-code") || strings.Contains(err.Error(), "url-secret") {
+				t.Fatalf("the security code or the URL is in the error: %v", err)
 			}
 			var we *wctp.Error
 			if !errors.As(err, &we) || we.Code != c.code || wctp.IsTemporary(err) != c.temp || wctp.OutcomeUnknown(err) != c.unkn {
