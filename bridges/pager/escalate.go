@@ -60,28 +60,19 @@ func (f *Feature) watch(ev *appservice.Event, pol *policy.Policy, settings polic
 // the room) the other person; with acknowledge on, every member but the
 // sender. The bot and the service's namespace are never waited on.
 func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows []any) error {
+	members := map[string][]string{} // per room, once per batch
 	for _, r := range rows {
 		c, ok := r.(watchCandidate)
 		if !ok {
 			return fmt.Errorf("pager: a row of type %T", r)
 		}
-		q, err := db.Query(ctx, tx, `SELECT user_id FROM room_member WHERE room_id = ? AND membership = 'join' ORDER BY user_id`, c.Room)
-		if err != nil {
-			return err
-		}
-		var people []string
-		for q.Next() {
-			var u string
-			if err := q.Scan(&u); err != nil {
-				q.Close()
+		people, seen := members[c.Room]
+		if !seen {
+			var err error
+			if people, err = f.people(ctx, db, tx, c.Room); err != nil {
 				return err
 			}
-			if u != f.env.BotUser && !strings.HasPrefix(u, "@"+f.env.Config.SenderLocalpart()) {
-				people = append(people, u)
-			}
-		}
-		if err := q.Close(); err != nil {
-			return err
+			members[c.Room] = people
 		}
 		var readers []string
 		for _, u := range people {
@@ -105,6 +96,27 @@ func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows [
 		}
 	}
 	return nil
+}
+
+// people are the room's joined members, but the bot and the service's
+// namespace, as stored in tx.
+func (f *Feature) people(ctx context.Context, db *store.DB, tx *sql.Tx, room string) ([]string, error) {
+	q, err := db.Query(ctx, tx, `SELECT user_id FROM room_member WHERE room_id = ? AND membership = 'join' ORDER BY user_id`, room)
+	if err != nil {
+		return nil, err
+	}
+	defer q.Close()
+	var people []string
+	for q.Next() {
+		var u string
+		if err := q.Scan(&u); err != nil {
+			return nil, err
+		}
+		if u != f.env.BotUser && !strings.HasPrefix(u, "@"+f.env.Config.SenderLocalpart()) {
+			people = append(people, u)
+		}
+	}
+	return people, q.Err()
 }
 
 type watchRow struct {
