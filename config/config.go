@@ -122,6 +122,10 @@ type Keys struct {
 	// BotPickleFile: the key that encrypts the bot's Olm/Megolm state and
 	// cross-signing keys in the database.
 	BotPickleFile string `yaml:"bot_pickle_file"`
+	// ArchiveFile: the key that encrypts the archive's records at rest
+	// (rooms with archive: on). Retired archive keys stay beside it as
+	// ArchiveFile.retired-<time>: records name the key that sealed them.
+	ArchiveFile string `yaml:"archive_file"`
 }
 
 // BotPassword reads appservice.bot_password_file ("" if none is set).
@@ -313,7 +317,7 @@ func Parse(path string, data []byte) (*Config, error) {
 func (c *Config) resolvePaths() {
 	for _, p := range []*string{&c.Policy, &c.Roster, &c.Audit.KeyFile, &c.Audit.SigningKeyFile, &c.Audit.CheckpointFile,
 		&c.AppService.TLSCertFile, &c.AppService.TLSKeyFile, &c.AppService.BotPasswordFile, &c.Admin.TLSCertFile, &c.Admin.TLSKeyFile,
-		&c.Keys.PseudonymFile, &c.Keys.JobFile, &c.Keys.BotPickleFile} {
+		&c.Keys.PseudonymFile, &c.Keys.JobFile, &c.Keys.BotPickleFile, &c.Keys.ArchiveFile} {
 		*p = c.Resolve(*p)
 	}
 	if c.Database.Type == "sqlite3" {
@@ -361,6 +365,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Keys.BotPickleFile == "" {
 		c.Keys.BotPickleFile = "keys/bot-pickle.key"
+	}
+	if c.Keys.ArchiveFile == "" {
+		c.Keys.ArchiveFile = "keys/archive.key"
 	}
 	if c.Audit.CheckpointFile == "" {
 		c.Audit.CheckpointFile = "audit-checkpoints.jsonl"

@@ -43,13 +43,33 @@ type Policy struct {
 	// and handed to a backup, per priority (rooms with read_tracking on).
 	Escalation Escalation `yaml:"escalation"`
 
+	// ArchiveNotice is what the bot tells the members of a room when it
+	// starts archiving it (empty: DefaultArchiveNotice).
+	ArchiveNotice string `yaml:"archive_notice"`
+
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
 
 	mayExpire bool
 	mayPage   bool
 	mayTrack  bool
+	mayArch   bool
 }
+
+// DefaultArchiveNotice is what members of an archived room are told when
+// the policy says nothing.
+const DefaultArchiveNotice = "This room is archived for the hospital's records: every message and attachment in it is kept by the compliance service, encrypted, for as long as policy requires."
+
+// Notice is the archive notice in force.
+func (p *Policy) Notice() string {
+	if p.ArchiveNotice != "" {
+		return p.ArchiveNotice
+	}
+	return DefaultArchiveNotice
+}
+
+// MayArchive reports whether any room can be archived under this policy.
+func (p *Policy) MayArchive() bool { return p.mayArch }
 
 // MayTrackReads reports whether any room can have read_tracking on.
 func (p *Policy) MayTrackReads() bool { return p.mayTrack }
@@ -114,6 +134,14 @@ type Settings struct {
 	// Acknowledge (built in: off): every message in the room must be read
 	// by each member, as a direct message must; unread, it escalates.
 	Acknowledge *Toggle `yaml:"acknowledge"`
+	// Archive (built in: off) keeps every message of the room for the
+	// record: the archiver reads it (it keeps the room's keys) and stores it
+	// encrypted at rest, for ArchiveRetention (0: for as long as the
+	// archive exists), longer under a legal hold. Turning it on lets the
+	// service read the room, turning it off ends the record: either way
+	// only a room matched by ID or a verified alias or space may change it.
+	Archive          *Toggle          `yaml:"archive"`
+	ArchiveRetention *config.Duration `yaml:"archive_retention"`
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -138,7 +166,7 @@ func Builtin() Effective {
 		Encryption: EncryptionRequired, Plaintext: PlaintextRedact, Attachments: AttachmentsEncryptedOnly,
 		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
 		RoomRetention: RoomRetentionIgnore, RetentionMin: config.Duration(DefaultRetentionMin),
-		PagePriority: PriorityRoutine, ReadTracking: Off, Acknowledge: Off,
+		PagePriority: PriorityRoutine, ReadTracking: Off, Acknowledge: Off, Archive: Off,
 		// Not "verified": a deployment without a roster must not empty every room.
 		Members: MembersAny,
 		Source:  map[string]string{},
@@ -224,7 +252,9 @@ func Parse(file string, data []byte) (*Policy, error) {
 	p.mayExpire = setsLifetime(&p.Defaults)
 	p.mayPage = p.Defaults.Page != nil && len(*p.Defaults.Page) > 0
 	p.mayTrack = p.Defaults.ReadTracking != nil && *p.Defaults.ReadTracking == On
+	p.mayArch = p.Defaults.Archive != nil && *p.Defaults.Archive == On
 	for i := range p.Rooms {
+		p.mayArch = p.mayArch || (p.Rooms[i].Archive != nil && *p.Rooms[i].Archive == On)
 		p.mayTrack = p.mayTrack || (p.Rooms[i].ReadTracking != nil && *p.Rooms[i].ReadTracking == On)
 		p.mayExpire = p.mayExpire || setsLifetime(&p.Rooms[i].Settings)
 		p.mayPage = p.mayPage || (p.Rooms[i].Page != nil && len(*p.Rooms[i].Page) > 0)
@@ -453,6 +483,9 @@ type Effective struct {
 	PagePriority PagePriority
 	ReadTracking Toggle
 	Acknowledge  Toggle
+	// Archive and ArchiveRetention: see Settings.
+	Archive          Toggle
+	ArchiveRetention config.Duration
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -545,6 +578,10 @@ func (s *Settings) split(base Effective) (loose []string, tightening Settings) {
 	// acknowledge: on makes every member's unread message page them:
 	// like adding page targets, a claim must not turn it on.
 	add(s.Acknowledge != nil && *s.Acknowledge == On && base.Acknowledge != On, "acknowledge", func(t *Settings) { t.Acknowledge = nil })
+	// archive: on lets the service read the room; off ends its record. A
+	// claim changes neither, nor how long the record is kept.
+	add(s.Archive != nil && *s.Archive != base.Archive, "archive", func(t *Settings) { t.Archive = nil })
+	add(s.ArchiveRetention != nil && *s.ArchiveRetention != base.ArchiveRetention, "archive_retention", func(t *Settings) { t.ArchiveRetention = nil })
 	return loose, tightening
 }
 
@@ -602,7 +639,8 @@ func (p *Policy) For(r Room) Effective {
 
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
 	"room_retention": true, "retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true,
-	"plaintext_allowed_types": true, "page": true, "page_priority": true, "read_tracking": true, "acknowledge": true}
+	"plaintext_allowed_types": true, "page": true, "page_priority": true, "read_tracking": true, "acknowledge": true,
+	"archive": true, "archive_retention": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -624,6 +662,8 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.PagePriority, s.PagePriority, "page_priority", source, e.Source)
 	override(&e.ReadTracking, s.ReadTracking, "read_tracking", source, e.Source)
 	override(&e.Acknowledge, s.Acknowledge, "acknowledge", source, e.Source)
+	override(&e.Archive, s.Archive, "archive", source, e.Source)
+	override(&e.ArchiveRetention, s.ArchiveRetention, "archive_retention", source, e.Source)
 }
 
 // override sets *dst from a knob that is set here, noting where it came from.
@@ -650,6 +690,7 @@ func (e Effective) Explain() string {
 		{"plaintext_allowed_types", listOrNone(e.PlaintextAllowedTypes)},
 		{"page", listOrNone(e.Page)}, {"page_priority", string(e.PagePriority)}, {"read_tracking", string(e.ReadTracking)},
 		{"acknowledge", string(e.Acknowledge)},
+		{"archive", string(e.Archive)}, {"archive_retention", durationOrKeep(e.ArchiveRetention)},
 	}
 	var b strings.Builder
 	for _, r := range rows {
@@ -670,6 +711,13 @@ func listOrNone(l []string) string {
 		return "none"
 	}
 	return strings.Join(l, ",")
+}
+
+func durationOrKeep(d config.Duration) string {
+	if d <= 0 {
+		return "keep"
+	}
+	return d.D().String()
 }
 
 func durationOrNone(d config.Duration) string {

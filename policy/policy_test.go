@@ -135,7 +135,7 @@ rooms:
 			src := got.Source
 			got.Source, tc.want.Source = nil, nil
 			tc.want.RoomRetention, tc.want.RetentionMin = Builtin().RoomRetention, Builtin().RetentionMin
-			tc.want.PagePriority, tc.want.ReadTracking, tc.want.Acknowledge = Builtin().PagePriority, Builtin().ReadTracking, Builtin().Acknowledge
+			tc.want.PagePriority, tc.want.ReadTracking, tc.want.Acknowledge, tc.want.Archive = Builtin().PagePriority, Builtin().ReadTracking, Builtin().Acknowledge, Builtin().Archive
 			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
 				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
 			}
@@ -438,5 +438,58 @@ rooms:
 	claimed.Source, strict.Source = nil, nil
 	if fmt.Sprintf("%+v", claimed) != fmt.Sprintf("%+v", strict) {
 		t.Fatalf("a claimed alias changed the room's policy:\n%+v\n%+v", claimed, strict)
+	}
+}
+
+// TestClaimCannotTurnArchiveOnOrOff: archive: on lets the service read a
+// room and off ends its record, so a room's claimed alias or space changes
+// neither, nor the record's retention; a verified one does.
+func TestClaimCannotTurnArchiveOnOrOff(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: 1
+defaults:
+  archive: on
+  archive_retention: 2190d
+rooms:
+  - alias: "#scratch-*:h.org"
+    archive: off
+  - alias: "#legal-*:h.org"
+    archive_retention: 3650d
+  - room_id: "!lobby:h.org"
+    archive: off
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name      string
+		room      Room
+		archive   Toggle
+		retention time.Duration
+	}{
+		{"defaults", Room{ID: "!a:h.org"}, On, 2190 * 24 * time.Hour},
+		{"claimed alias cannot turn it off", Room{ID: "!a:h.org", Aliases: []string{"#scratch-1:h.org"}}, On, 2190 * 24 * time.Hour},
+		{"verified alias turns it off", Room{ID: "!a:h.org", Aliases: []string{"#scratch-1:h.org"}, VerifiedAliases: []string{"#scratch-1:h.org"}}, Off, 2190 * 24 * time.Hour},
+		{"claimed alias cannot change retention", Room{ID: "!a:h.org", Aliases: []string{"#legal-1:h.org"}}, On, 2190 * 24 * time.Hour},
+		{"verified alias changes retention", Room{ID: "!a:h.org", VerifiedAliases: []string{"#legal-1:h.org"}}, On, 3650 * 24 * time.Hour},
+		{"room ID turns it off", Room{ID: "!lobby:h.org"}, Off, 2190 * 24 * time.Hour},
+	}
+	for _, tc := range cases {
+		e := p.For(tc.room)
+		if e.Archive != tc.archive || e.ArchiveRetention.D() != tc.retention {
+			t.Errorf("%s: archive %s retention %s, want %s %s", tc.name, e.Archive, e.ArchiveRetention.D(), tc.archive, tc.retention)
+		}
+	}
+	if !p.MayArchive() || p.Notice() != DefaultArchiveNotice {
+		t.Errorf("MayArchive %v, notice %q", p.MayArchive(), p.Notice())
+	}
+	on, err := Parse("p.yaml", []byte("version: 1\nrooms:\n  - alias: \"#rec-*:h.org\"\n    archive: on\narchive_notice: Kept for the record.\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := on.For(Room{ID: "!b:h.org", Aliases: []string{"#rec-1:h.org"}}); e.Archive != Off {
+		t.Errorf("a claimed alias turned archive on")
+	}
+	if !on.MayArchive() || on.Notice() != "Kept for the record." || len(on.Warnings()) != 1 {
+		t.Errorf("MayArchive %v notice %q warnings %q", on.MayArchive(), on.Notice(), on.Warnings())
 	}
 }

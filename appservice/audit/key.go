@@ -73,6 +73,8 @@ const (
 	headPseudo = "# matrix-hipaa pseudonym key"
 	headJob    = "# matrix-hipaa job MAC key"
 	headPickle = "# matrix-hipaa bot pickle key"
+	// HeadArchive heads the archive key file (appservice/archive).
+	HeadArchive = "# matrix-hipaa archive key"
 )
 
 // LoadKeys reads every key, creating those missing (mode 0600, never
@@ -98,7 +100,7 @@ func LoadKeys(f KeyFiles) (*Keys, error) {
 }
 
 // rotatable names the keys that rotate in place, with their file heads.
-var rotatable = map[string]string{"pseudonym": headPseudo, "job": headJob}
+var rotatable = map[string]string{"pseudonym": headPseudo, "job": headJob, "archive": HeadArchive}
 
 // PrepareRotation makes the new key of an in-place rotation, in path+".new"
 // (0600, synced), or returns the one an interrupted rotation left there.
@@ -121,6 +123,32 @@ func FinishRotation(path, stamp string) (string, error) {
 		return "", err
 	}
 	return retired, syncDir(filepath.Dir(path))
+}
+
+// LoadKeyRing reads a key that rotates by keeping its retired keys (the
+// archive's): the one in force at path, created (0600) if missing, and every
+// retired one beside it (path.retired-*, as FinishRotation leaves them),
+// each checked as the service checks its keys.
+func LoadKeyRing(path, head string) (current []byte, retired [][]byte, err error) {
+	if current, err = loadOrCreateSecret(path, head, 32); err != nil {
+		return nil, nil, err
+	}
+	old, err := filepath.Glob(path + ".retired-*")
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range old {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		k, err := checkSecret(p, "retired key", 32, data)
+		if err != nil {
+			return nil, nil, err
+		}
+		retired = append(retired, k)
+	}
+	return current, retired, nil
 }
 
 // LoadChainKey reads only the chain key: all that verifying the chain (and
