@@ -25,6 +25,7 @@ var (
 		module + "/appservice/sessions",
 		module + "/appservice/identity",
 		module + "/appservice/pushers",
+		module + "/appservice/archive",
 	}
 	surfaces = []string{
 		module + "/appservice/admin",

@@ -76,15 +76,15 @@ func adminKeyCommand(args []string, stdout, stderr io.Writer) error {
 // stopped (appservice.RotateKey).
 func keysCommand(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "rotate" {
-		return errUsage{"usage: matrix-hipaa keys rotate -config F -key job|pseudonym"}
+		return errUsage{"usage: matrix-hipaa keys rotate -config F -key job|pseudonym|archive"}
 	}
 	fs, cfgPath := flags("keys rotate", stderr)
-	which := fs.String("key", "", "job or pseudonym")
+	which := fs.String("key", "", "job, pseudonym or archive")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
 	if *which == "" {
-		return errUsage{"usage: matrix-hipaa keys rotate -config F -key job|pseudonym"}
+		return errUsage{"usage: matrix-hipaa keys rotate -config F -key job|pseudonym|archive"}
 	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
@@ -99,6 +99,10 @@ func keysCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	if *which == "job" {
 		fmt.Fprintf(stdout, "%d queued jobs MACed under the new job key\n", rot.Resigned)
+	}
+	if *which == "archive" {
+		_, err = fmt.Fprintf(stdout, "the archive key is new; the old one is at %s: leave it there (it still opens the records it sealed) and put a copy in the key vault\n", rot.Retired)
+		return err
 	}
 	_, err = fmt.Fprintf(stdout, "the %s key is new; the old one is at %s: move it to the key vault\n", *which, rot.Retired)
 	return err

@@ -51,9 +51,10 @@ Commands:
                                          pinned (management-room commands that change
                                          anything run only from devices they cross-signed)
   admin-key unpin -config FILE -user ID  forget a pin after the admin reset cross-signing
-  keys rotate -config FILE -key job|pseudonym
+  keys rotate -config FILE -key job|pseudonym|archive
                                          replace a key (service stopped); the old one is
-                                         kept beside it for the key vault (docs/keys.md)
+                                         kept beside it for the key vault (docs/keys.md;
+                                         a retired archive key still opens what it sealed)
   devices -config FILE -user ID           the user's sessions: last seen, cross-signed or not
   roster list -config FILE               the verified clinician roster
   roster check FILE                      check a roster file (YAML or CSV; every error as file:line)
@@ -65,6 +66,11 @@ Commands:
                                          place a legal hold: their messages do not expire
   hold -config FILE -release N           release hold N (its messages expire as due)
   hold -config FILE -list                the holds standing
+  archive export -config FILE (-room ID | -user ID | -hold N) [-since T] [-until T]
+        -reason TEXT -out DIR            an eDiscovery package of archived rooms (JSON lines,
+                                         attachments, HTML transcripts, manifest, SHA256SUMS)
+  archive report -config FILE            per archived room: kept, and messages it could not
+                                         read and why (exit 1 if any)
   audit verify -config FILE              check the audit chain and its signed checkpoints
         [-public-key K] [-checkpoints F]  (exit 0 intact)
   audit public-key -config FILE          print the checkpoint signing key's public half
@@ -107,9 +113,10 @@ var (
 		"keys":                  keysCommand,
 	}
 	groups = map[string]map[string]command{
-		"policy": {"validate": policyValidate, "explain": policyExplain},
-		"config": {"validate": configValidate},
-		"audit":  {"verify": auditVerify, "export": auditExport, "public-key": auditPublicKey},
+		"policy":  {"validate": policyValidate, "explain": policyExplain},
+		"config":  {"validate": configValidate},
+		"audit":   {"verify": auditVerify, "export": auditExport, "public-key": auditPublicKey},
+		"archive": {"export": archiveExport, "report": archiveReport},
 	}
 )
 

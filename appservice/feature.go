@@ -123,6 +123,13 @@ type ReceiptKeeper interface {
 	KeepsReceipts(room string) bool
 }
 
+// CiphertextKeeper has the inbox keep encrypted events' JSON until they
+// are decided on (while Keeps says so), for a feature that decrypts them
+// itself later (the archive).
+type CiphertextKeeper interface {
+	KeepsCiphertext() bool
+}
+
 // Add puts features on the service, in order: their job handlers on the
 // runner, their deciders on the dispatcher, their hooks on the policy
 // holder and the runner, and their loops beside the engine's. Two features
@@ -164,6 +171,12 @@ func (s *Service) Add(features ...Feature) error {
 				return fmt.Errorf("feature %s: another feature already decides which receipts are kept", f.Name())
 			}
 			s.Inbox.keepReceipt = k.KeepsReceipts
+		}
+		if k, ok := f.(CiphertextKeeper); ok && s.Inbox != nil {
+			if s.Inbox.keepCiphertext != nil {
+				return fmt.Errorf("feature %s: another feature already keeps ciphertext", f.Name())
+			}
+			s.Inbox.keepCiphertext = k.KeepsCiphertext
 		}
 		if r, ok := f.(Router); ok {
 			for path, h := range r.Routes() {

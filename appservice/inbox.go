@@ -53,9 +53,12 @@ func (e *Event) class() string {
 
 // storedContent is what the inbox keeps of an event for policy to read. An
 // encrypted event's ciphertext is useless to policy (and to anyone without
-// the keys), so it is not written at all: most events cost only metadata.
-func (e *Event) storedContent() []byte {
-	if e.Type == "m.room.encrypted" {
+// the keys), so it is not written at all: most events cost only metadata;
+// only where a feature keeps ciphertext (the archive, which decrypts it
+// later even if the event is redacted meanwhile) is it kept, until the
+// event is decided on.
+func (e *Event) storedContent(ciphertext bool) []byte {
+	if e.Type == "m.room.encrypted" && !ciphertext {
 		return nil
 	}
 	return e.Raw
@@ -100,7 +103,13 @@ type Inbox struct {
 	// keepReceipt, when set, says which rooms' read receipts are kept
 	// (read tracking is a policy choice per room); the rest are dropped.
 	keepReceipt func(room string) bool
+	// keepCiphertext, when set and true, has encrypted events' JSON kept
+	// until the dispatcher has decided on them.
+	keepCiphertext func() bool
 }
+
+// ciphertext reports whether encrypted events' JSON is kept now.
+func (in *Inbox) ciphertext() bool { return in.keepCiphertext != nil && in.keepCiphertext() }
 
 func NewInbox(db *store.DB, chain *audit.Chain, m *Metrics, bot string) *Inbox {
 	return &Inbox{db: db, chain: chain, metrics: m, notify: make(chan struct{}, 1), bot: bot}
@@ -170,7 +179,7 @@ func (in *Inbox) StoreTransaction(ctx context.Context, txnID string, txn Transac
 		recs, err = in.storePG(ctx, txnID, uniq, refused, now, inserted)
 	} else {
 		err = in.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-			if err := insertEvents(ctx, in.db, tx, txnID, uniq, now.UnixMilli(), inserted); err != nil {
+			if err := insertEvents(ctx, in.db, tx, txnID, uniq, now.UnixMilli(), in.ciphertext(), inserted); err != nil {
 				return err
 			}
 			recs = append(in.records(uniq, inserted, now), refused...)
@@ -266,7 +275,7 @@ func (in *Inbox) records(events []*Event, inserted map[string]struct{}, now time
 func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, refused []*audit.Record, now time.Time, inserted map[string]struct{}) ([]*audit.Record, error) {
 	var recs []*audit.Record
 	err := in.db.Pipelined(ctx, func(c *pgx.Conn) error {
-		q, args := inboxInsertPG(txnID, events, now.UnixMilli())
+		q, args := inboxInsertPG(txnID, events, now.UnixMilli(), in.ciphertext())
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(audit.EmptyHeadQuery)
@@ -320,13 +329,13 @@ func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, ref
 
 // insertEvents stores events on SQLite, skipping those already stored, and
 // notes in inserted which ones were new.
-func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, inserted map[string]struct{}) error {
+func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, ciphertext bool, inserted map[string]struct{}) error {
 	args := make([]any, 0, 8*min(len(events), inboxChunk))
 	for start := 0; start < len(events); start += inboxChunk {
 		chunk := events[start:min(start+inboxChunk, len(events))]
 		args = args[:0]
 		for _, e := range chunk {
-			args = append(args, e.ID, e.OriginTS, txnID, e.RoomID, e.Type, e.Sender, nowMs, e.storedContent())
+			args = append(args, e.ID, e.OriginTS, txnID, e.RoomID, e.Type, e.Sender, nowMs, e.storedContent(ciphertext))
 		}
 		rows, err := db.Query(ctx, tx, inboxInsert(len(chunk)), args...)
 		if err != nil {
@@ -358,11 +367,11 @@ func noteIDs(rows interface {
 // inboxInsertPG sends the events as one array per column: one statement of
 // eight parameters however many events, which PostgreSQL binds and runs
 // faster than a VALUES list of hundreds. It returns the new events' IDs.
-func inboxInsertPG(txnID string, events []*Event, nowMs int64) (string, []any) {
+func inboxInsertPG(txnID string, events []*Event, nowMs int64, ciphertext bool) (string, []any) {
 	ids, rooms, types, senders := make([]string, len(events)), make([]string, len(events)), make([]string, len(events)), make([]string, len(events))
 	ots, contents := make([]int64, len(events)), make([][]byte, len(events))
 	for i, e := range events {
-		ids[i], ots[i], rooms[i], types[i], senders[i], contents[i] = e.ID, e.OriginTS, e.RoomID, e.Type, e.Sender, e.storedContent()
+		ids[i], ots[i], rooms[i], types[i], senders[i], contents[i] = e.ID, e.OriginTS, e.RoomID, e.Type, e.Sender, e.storedContent(ciphertext)
 	}
 	return `INSERT INTO inbox (event_id, origin_ts, txn_id, room_id, event_type, sender, received_at, content)
 		SELECT e, o, $7, r, t, s, $8, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bytea[]) WITH ORDINALITY AS u(e, o, r, t, s, c, n)

@@ -17,7 +17,7 @@ type Rotation struct {
 	Resigned int64  // jobs MACed again under the new job key
 }
 
-// RotateKey replaces the pseudonym or job key with a new random one, with
+// RotateKey replaces the pseudonym, job or archive key with a new random one, with
 // the service stopped (it holds its keys in memory). The job key's rotation
 // MACs every job not yet done again, in one transaction, under the new key;
 // a job whose MAC matches neither key stays refused. Either rotation is
@@ -26,7 +26,9 @@ type Rotation struct {
 // MACed under it are taken as they are.
 func RotateKey(ctx context.Context, cfg *config.Config, which, actor, stamp string, now Clock) (Rotation, error) {
 	files := KeyFiles(cfg)
-	path := map[string]string{"pseudonym": files.Pseudonym, "job": files.Job}[which]
+	// The archive key's retired keys stay beside it: each still opens the
+	// archive records it sealed (appservice/archive).
+	path := map[string]string{"pseudonym": files.Pseudonym, "job": files.Job, "archive": cfg.Keys.ArchiveFile}[which]
 	if path == "" {
 		return Rotation{}, fmt.Errorf("the %s key does not rotate in place (see docs/keys.md)", which)
 	}

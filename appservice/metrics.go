@@ -36,6 +36,10 @@ type Metrics struct {
 	PagesSent   *prometheus.CounterVec
 	PageLatency *prometheus.HistogramVec
 	PageInbound *prometheus.CounterVec
+	// ArchiveItems and ArchiveMissing are the archive's: what it kept, by
+	// kind, and the messages it could not read, by reason.
+	ArchiveItems   *prometheus.CounterVec
+	ArchiveMissing *prometheus.CounterVec
 }
 
 // Delivered, Failed and Lag make Metrics an audit.ExportStats. Exporter
@@ -138,7 +142,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Statuses and replies from gateways, by gateway and kind (status, reply, duplicate, unknown: for no page of ours).",
 	}, []string{"gateway", "kind"})
 	m.PushersWithContent.Set(-1)
-	reg.MustRegister(m.PagesSent, m.PageLatency, m.PageInbound, m.JobsTampered, m.PushersWithContent, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
+	m.ArchiveItems = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_archive_items_total",
+		Help: "Items the archive kept, by kind (message, redaction, member, file).",
+	}, []string{"kind"})
+	m.ArchiveMissing = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hipaa_archive_missing_total",
+		Help: "Messages of archived rooms the archive could not read, by reason (withheld, no-keys, gone, unreadable).",
+	}, []string{"reason"})
+	reg.MustRegister(m.ArchiveItems, m.ArchiveMissing, m.PagesSent, m.PageLatency, m.PageInbound, m.JobsTampered, m.PushersWithContent, m.RetentionHeld, m.AuthFailures, m.ExportDone, m.ExportFailures, m.ExportLag, m.Rooms, m.KeepAlives, m.Transactions, m.Events, m.TxnDuration, m.InboxLag, m.Dispatched,
 		m.JobsByState, m.JobRuns, m.AuditRecords, m.AuditFailures, m.LastDispatched)
 	return m
 }

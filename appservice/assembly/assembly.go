@@ -5,6 +5,7 @@ package assembly
 
 import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/archive"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
@@ -25,16 +26,23 @@ import (
 //   - sessions: wipes and idle logoff decide nothing per event;
 //   - pushers: the check of users' pushers (Synapse) decides nothing per
 //     event either;
+//   - archive: what archived rooms say is kept (it decides on nothing
+//     elsewhere), after the rules, which it never changes;
 //   - pager: pages for messages in rooms linked to pagers, after the rules
 //     (a page follows a message the rules let stand or redact alike).
 func AddFeatures(svc *appservice.Service) error {
 	env := svc.Env()
+	arch, err := archive.New(env)
+	if err != nil {
+		return err
+	}
 	return svc.Add(
 		identity.New(env),
 		expiry.New(env),
 		enforce.New(env),
 		sessions.New(env),
 		pushers.New(env),
+		arch,
 		pager.New(env),
 	)
 }

@@ -108,6 +108,7 @@ var eventTypes = map[string]struct {
 	TypeAdminKey:       {"110113", "Security Alert", "U"},
 	TypeMaintenance:    {"110100", "Application Activity", "D"},
 	TypePage:           {"110106", "Export", "E"},
+	TypeArchive:        {"110106", "Export", "R"},
 }
 
 // dicomSubtypes are DICOM event type codes that refine a record type.

@@ -62,6 +62,12 @@ const (
 	// the page's reference, actor the pseudonym of the person paged. Never
 	// the page's or a reply's text.
 	TypePage = "page"
+	// TypeArchive: the archive kept, lost or gave out messages (action
+	// missing: a message whose key never came, detail the reason's code;
+	// export: a package written, count its messages, detail the reason's
+	// digest and the query's kind; purge: items past archive_retention
+	// deleted, count them). Never a message or an export's reason.
+	TypeArchive = "archive"
 )
 
 // Outcomes.

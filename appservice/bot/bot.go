@@ -14,11 +14,13 @@ package bot
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -88,6 +90,10 @@ type Bot struct {
 	opts Options
 	log  zerolog.Logger
 
+	// reads, when set, names more rooms whose keys the bot keeps (the
+	// archived ones): see SetReads.
+	reads atomic.Pointer[func(ctx context.Context, room string) bool]
+
 	mu     sync.RWMutex
 	cli    *mautrix.Client
 	helper *cryptohelper.CryptoHelper
@@ -105,6 +111,25 @@ func (b *Bot) identity() Identity {
 // New returns a bot that does nothing until Run logs it in.
 func New(o Options) *Bot {
 	return &Bot{opts: o, log: o.Log.With().Str("component", "bot").Logger(), ready: make(chan struct{})}
+}
+
+// SetReads names the rooms besides the management room whose messages the
+// bot must read (the archive's), so their room keys are kept. Call it
+// before Run: keys of other rooms are dropped as they arrive, and at start.
+func (b *Bot) SetReads(f func(ctx context.Context, room string) bool) { b.reads.Store(&f) }
+
+// keeps reports whether the bot keeps the room keys of room.
+func (b *Bot) keeps(ctx context.Context, room id.RoomID) bool {
+	if room == "" {
+		return false
+	}
+	if string(room) == b.opts.ReadRoom {
+		return true
+	}
+	if f := b.reads.Load(); f != nil {
+		return (*f)(ctx, string(room))
+	}
+	return false
 }
 
 // Ready is closed once the bot is logged in with its crypto loaded.
@@ -244,7 +269,7 @@ func (b *Bot) start(ctx context.Context) error {
 // whoever holds that token) could read everything. So it forwards no key to
 // anyone, its own devices included, and keeps the key material only for the
 // room whose messages it must read: the rest is dropped on arrival (and,
-// once, whatever an older version kept).
+// once at start, whatever it kept of rooms it no longer reads).
 func (b *Bot) keepNoKeys(ctx context.Context, mach *crypto.OlmMachine) error {
 	mach.AllowKeyShare = func(context.Context, *id.Device, event.RequestedKeyInfo) *crypto.KeyShareRejection {
 		return &crypto.KeyShareRejectNoResponse
@@ -254,17 +279,42 @@ func (b *Bot) keepNoKeys(ctx context.Context, mach *crypto.OlmMachine) error {
 		return errors.New("the bot's crypto store is not the SQL store")
 	}
 	mach.SessionReceived = func(ctx context.Context, room id.RoomID, session id.SessionID, _ uint32) {
-		if string(room) == b.opts.ReadRoom && room != "" {
+		if b.keeps(ctx, room) {
 			return
 		}
 		if err := store.RedactGroupSession(ctx, room, session, "not a room the bot reads"); err != nil {
 			b.log.Error().Str("error", err.Error()).Msg("could not drop a room key the bot does not need")
 		}
 	}
-	_, err := store.DB.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET withheld_code = $1, withheld_reason = $2, session = NULL, forwarding_chains = NULL
-		WHERE account_id = $3 AND room_id <> $4 AND session IS NOT NULL`,
-		event.RoomKeyWithheldBeeperRedacted, "Session redacted: not a room the bot reads", store.AccountID, b.opts.ReadRoom)
-	return err
+	// Once, whatever an older version (or a room no longer archived) kept.
+	rows, err := store.DB.Query(ctx, `SELECT DISTINCT room_id FROM crypto_megolm_inbound_session WHERE account_id = $1 AND session IS NOT NULL`, store.AccountID)
+	if err != nil {
+		return err
+	}
+	var rooms []id.RoomID
+	for rows.Next() {
+		var r id.RoomID
+		if err := rows.Scan(&r); err != nil {
+			rows.Close()
+			return err
+		}
+		rooms = append(rooms, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, r := range rooms {
+		if b.keeps(ctx, r) {
+			continue
+		}
+		if _, err := store.DB.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET withheld_code = $1, withheld_reason = $2, session = NULL, forwarding_chains = NULL
+			WHERE account_id = $3 AND room_id = $4 AND session IS NOT NULL`,
+			event.RoomKeyWithheldBeeperRedacted, "Session redacted: not a room the bot reads", store.AccountID, r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // profileFreeStore is the bot's room-state cache without what people call
@@ -502,20 +552,13 @@ type Message struct {
 // An administrator's master key is pinned the first time one of their
 // cross-signed devices is read.
 func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, error) {
-	cli, err := b.client()
+	evt, err := b.fetch(ctx, room, eventID)
 	if err != nil {
 		return Message{}, err
-	}
-	evt, err := cli.GetEvent(ctx, id.RoomID(room), id.EventID(eventID))
-	if err != nil {
-		return Message{}, err
-	}
-	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
-		return Message{}, fmt.Errorf("parse event: %w", err)
 	}
 	m := Message{Sender: string(evt.Sender), Room: string(evt.RoomID)}
 	if evt.Type == event.EventEncrypted {
-		dec, err := b.decrypt(ctx, evt)
+		dec, err := b.decrypt(ctx, evt, keyWait)
 		if err != nil {
 			return Message{}, err
 		}
@@ -526,7 +569,7 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 			if _, err := b.helper.Machine().FetchKeys(ctx, []id.UserID{evt.Sender}, true); err != nil {
 				return Message{}, fmt.Errorf("fetch the administrator's keys: %w", err)
 			}
-			if dec, err = b.decrypt(ctx, evt); err != nil {
+			if dec, err = b.decrypt(ctx, evt, keyWait); err != nil {
 				return Message{}, err
 			}
 		}
@@ -539,7 +582,7 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 			case err != nil:
 				return Message{}, fmt.Errorf("pin the administrator's key: %w", err)
 			default:
-				if dec, err = b.decrypt(ctx, evt); err != nil { // trust resolved again
+				if dec, err = b.decrypt(ctx, evt, keyWait); err != nil { // trust resolved again
 					return Message{}, err
 				}
 			}
@@ -556,15 +599,91 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 	return m, nil
 }
 
-func (b *Bot) decrypt(ctx context.Context, evt *event.Event) (*event.Event, error) {
+// keyWait is how long a management-room command waits for its key.
+const keyWait = 5 * time.Second
+
+// fetch gets one event as the bot, its content parsed.
+func (b *Bot) fetch(ctx context.Context, room, eventID string) (*event.Event, error) {
+	cli, err := b.client()
+	if err != nil {
+		return nil, err
+	}
+	evt, err := cli.GetEvent(ctx, id.RoomID(room), id.EventID(eventID))
+	if err != nil {
+		return nil, err
+	}
+	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		return nil, fmt.Errorf("parse event: %w", err)
+	}
+	return evt, nil
+}
+
+// WithheldError: the sender's client refused the bot the message's key
+// (m.room_key.withheld), or the bot dropped it on arrival because the
+// room was not one it reads then (com.beeper.redacted). Code says which.
+type WithheldError struct{ Code string }
+
+func (e *WithheldError) Error() string {
+	return "the message's room key was withheld from the bot (" + e.Code + ")"
+}
+
+// ReadEvent fetches one event of a room the bot reads (an archived one)
+// and returns it decrypted, waiting at most wait for its key: ErrNoKeys if
+// it has not come, a *WithheldError if it never will. A redacted event
+// comes back as the homeserver has it, content gone.
+func (b *Bot) ReadEvent(ctx context.Context, room, eventID string, wait time.Duration) (*event.Event, error) {
+	evt, err := b.fetch(ctx, room, eventID)
+	if err != nil || evt.Type != event.EventEncrypted || evt.Unsigned.RedactedBecause != nil {
+		return evt, err
+	}
+	return b.decrypt(ctx, evt, wait)
+}
+
+// DecryptRaw decrypts an encrypted event as the homeserver pushed it (its
+// JSON), as ReadEvent does one it fetches: for messages redacted since.
+func (b *Bot) DecryptRaw(ctx context.Context, raw []byte, wait time.Duration) (*event.Event, error) {
+	if _, err := b.client(); err != nil {
+		return nil, err
+	}
+	var evt event.Event
+	if err := json.Unmarshal(raw, &evt); err != nil {
+		return nil, fmt.Errorf("parse event: %w", err)
+	}
+	if evt.Type.Type != event.EventEncrypted.Type || evt.StateKey != nil {
+		return nil, fmt.Errorf("not an encrypted message event (%s)", evt.Type.Type)
+	}
+	evt.Type = event.EventEncrypted
+	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		return nil, fmt.Errorf("parse event: %w", err)
+	}
+	return b.decrypt(ctx, &evt, wait)
+}
+
+// Download fetches a file from the media repository as the bot.
+func (b *Bot) Download(ctx context.Context, mxc id.ContentURI) ([]byte, error) {
+	cli, err := b.client()
+	if err != nil {
+		return nil, err
+	}
+	return cli.DownloadBytes(ctx, mxc)
+}
+
+func (b *Bot) decrypt(ctx context.Context, evt *event.Event, wait time.Duration) (*event.Event, error) {
 	enc := evt.Content.AsEncrypted()
 	dec, err := b.helper.Decrypt(ctx, evt)
-	if errors.Is(err, crypto.ErrNoSessionFound) &&
-		b.helper.WaitForSession(ctx, evt.RoomID, enc.SenderKey, enc.SessionID, 5*time.Second) {
+	if errors.Is(err, crypto.ErrNoSessionFound) && wait > 0 &&
+		b.helper.WaitForSession(ctx, evt.RoomID, enc.SenderKey, enc.SessionID, wait) {
 		dec, err = b.helper.Decrypt(ctx, evt)
 	}
 	if errors.Is(err, crypto.ErrNoSessionFound) {
 		return nil, ErrNoKeys
+	}
+	if errors.Is(err, crypto.ErrGroupSessionWithheld) {
+		code := "unknown"
+		if w, werr := b.helper.Machine().CryptoStore.GetWithheldGroupSession(ctx, evt.RoomID, enc.SessionID); werr == nil && w != nil {
+			code = string(w.Code)
+		}
+		return nil, &WithheldError{Code: code}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
