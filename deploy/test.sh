@@ -32,6 +32,8 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 # Net::SNPP::Server and HylaFAX's hfaxd are two independent SNPP servers.
 command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
 [ -e /usr/share/perl5/Net/SNPP/Server.pm ] || need_apt+=(libnet-snpp-perl)
+# The archive's HTML transcripts are checked in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   as_root apt-get update -qq
