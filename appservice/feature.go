@@ -123,11 +123,12 @@ type ReceiptKeeper interface {
 	KeepsReceipts(room string) bool
 }
 
-// CiphertextKeeper has the inbox keep encrypted events' JSON until they
-// are decided on (while Keeps says so), for a feature that decrypts them
-// itself later (the archive).
+// CiphertextKeeper has the inbox keep encrypted events' JSON, in the rooms
+// it names, until they are decided on, for a feature that decrypts them
+// itself later (the archive). It is asked for every encrypted event
+// stored: it must answer from memory.
 type CiphertextKeeper interface {
-	KeepsCiphertext() bool
+	KeepsCiphertext(room string) bool
 }
 
 // Add puts features on the service, in order: their job handlers on the

@@ -57,8 +57,8 @@ func (e *Event) class() string {
 // only where a feature keeps ciphertext (the archive, which decrypts it
 // later even if the event is redacted meanwhile) is it kept, until the
 // event is decided on.
-func (e *Event) storedContent(ciphertext bool) []byte {
-	if e.Type == "m.room.encrypted" && !ciphertext {
+func (e *Event) storedContent(ciphertext func(room string) bool) []byte {
+	if e.Type == "m.room.encrypted" && (ciphertext == nil || !ciphertext(e.RoomID)) {
 		return nil
 	}
 	return e.Raw
@@ -103,13 +103,10 @@ type Inbox struct {
 	// keepReceipt, when set, says which rooms' read receipts are kept
 	// (read tracking is a policy choice per room); the rest are dropped.
 	keepReceipt func(room string) bool
-	// keepCiphertext, when set and true, has encrypted events' JSON kept
-	// until the dispatcher has decided on them.
-	keepCiphertext func() bool
+	// keepCiphertext, when set, says in which rooms encrypted events' JSON
+	// is kept until the dispatcher has decided on them.
+	keepCiphertext func(room string) bool
 }
-
-// ciphertext reports whether encrypted events' JSON is kept now.
-func (in *Inbox) ciphertext() bool { return in.keepCiphertext != nil && in.keepCiphertext() }
 
 func NewInbox(db *store.DB, chain *audit.Chain, m *Metrics, bot string) *Inbox {
 	return &Inbox{db: db, chain: chain, metrics: m, notify: make(chan struct{}, 1), bot: bot}
@@ -179,7 +176,7 @@ func (in *Inbox) StoreTransaction(ctx context.Context, txnID string, txn Transac
 		recs, err = in.storePG(ctx, txnID, uniq, refused, now, inserted)
 	} else {
 		err = in.db.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-			if err := insertEvents(ctx, in.db, tx, txnID, uniq, now.UnixMilli(), in.ciphertext(), inserted); err != nil {
+			if err := insertEvents(ctx, in.db, tx, txnID, uniq, now.UnixMilli(), in.keepCiphertext, inserted); err != nil {
 				return err
 			}
 			recs = append(in.records(uniq, inserted, now), refused...)
@@ -275,7 +272,7 @@ func (in *Inbox) records(events []*Event, inserted map[string]struct{}, now time
 func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, refused []*audit.Record, now time.Time, inserted map[string]struct{}) ([]*audit.Record, error) {
 	var recs []*audit.Record
 	err := in.db.Pipelined(ctx, func(c *pgx.Conn) error {
-		q, args := inboxInsertPG(txnID, events, now.UnixMilli(), in.ciphertext())
+		q, args := inboxInsertPG(txnID, events, now.UnixMilli(), in.keepCiphertext)
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(audit.EmptyHeadQuery)
@@ -329,7 +326,7 @@ func (in *Inbox) storePG(ctx context.Context, txnID string, events []*Event, ref
 
 // insertEvents stores events on SQLite, skipping those already stored, and
 // notes in inserted which ones were new.
-func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, ciphertext bool, inserted map[string]struct{}) error {
+func insertEvents(ctx context.Context, db *store.DB, tx *sql.Tx, txnID string, events []*Event, nowMs int64, ciphertext func(string) bool, inserted map[string]struct{}) error {
 	args := make([]any, 0, 8*min(len(events), inboxChunk))
 	for start := 0; start < len(events); start += inboxChunk {
 		chunk := events[start:min(start+inboxChunk, len(events))]
@@ -367,7 +364,7 @@ func noteIDs(rows interface {
 // inboxInsertPG sends the events as one array per column: one statement of
 // eight parameters however many events, which PostgreSQL binds and runs
 // faster than a VALUES list of hundreds. It returns the new events' IDs.
-func inboxInsertPG(txnID string, events []*Event, nowMs int64, ciphertext bool) (string, []any) {
+func inboxInsertPG(txnID string, events []*Event, nowMs int64, ciphertext func(string) bool) (string, []any) {
 	ids, rooms, types, senders := make([]string, len(events)), make([]string, len(events)), make([]string, len(events)), make([]string, len(events))
 	ots, contents := make([]int64, len(events)), make([][]byte, len(events))
 	for i, e := range events {

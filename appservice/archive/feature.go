@@ -22,18 +22,12 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
-	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
 
-// Job kinds. Stored: never renamed.
-const (
-	// JobArchive reads one encrypted message of an archived room and keeps it.
-	JobArchive = "archive"
-	// JobNotice tells a room's members it is archived.
-	JobNotice = "archive_notice"
-)
+// JobNotice tells a room's members it is archived. Stored: never renamed.
+const JobNotice = "archive_notice"
 
 // DefaultKeyWait is how long the archiver waits for a message's key
 // before it lists the message as missing (no-keys).
@@ -56,6 +50,10 @@ type Feature struct {
 	Bot    Reader
 	// KeyWait: see DefaultKeyWait.
 	KeyWait time.Duration
+	// wake tells the ingest loop that messages were queued.
+	wake chan struct{}
+	// keeps caches KeepsCiphertext, by policy hash and room.
+	keeps sync.Map
 }
 
 // New is the archive with env's archive key: read if its file exists, and
@@ -63,7 +61,7 @@ type Feature struct {
 // later (a deployment that archives nothing needs no archive key). The
 // bot is told to keep the room keys of archived rooms.
 func New(env appservice.Env) (*Feature, error) {
-	f := &Feature{env: env, KeyWait: DefaultKeyWait}
+	f := &Feature{env: env, KeyWait: DefaultKeyWait, wake: make(chan struct{}, 1)}
 	if _, err := os.Stat(env.Config.Keys.ArchiveFile); err == nil || (env.Policy() != nil && env.Policy().MayArchive()) {
 		if _, err := f.Ring(); err != nil {
 			return nil, err
@@ -93,9 +91,10 @@ func (f *Feature) Ring() (*Keyring, error) {
 
 func (f *Feature) Name() string { return "archive" }
 
-// Jobs read and keep encrypted messages, and tell rooms they are archived.
+// Jobs tell rooms they are archived. Encrypted messages are read by the
+// ingest loop, from archive_pending (ingest.go).
 func (f *Feature) Jobs() map[string]appservice.Handler {
-	return map[string]appservice.Handler{JobArchive: f.archive, JobNotice: f.notice}
+	return map[string]appservice.Handler{JobNotice: f.notice}
 }
 
 // Archived reports whether policy archives room now: the bot keeps the
@@ -126,18 +125,22 @@ type Item struct {
 	Sealed                        []byte
 }
 
-// pendingRow keeps an encrypted message's ciphertext for its archive job.
-type pendingRow struct {
-	EventID string
-	Event   []byte
-}
-
-// KeepsCiphertext: while any room may be archived, the inbox keeps
-// encrypted events until decided on, so the archive keeps their ciphertext
-// for the archiver whatever happens to the event on the homeserver.
-func (f *Feature) KeepsCiphertext() bool {
+// KeepsCiphertext: in archived rooms the inbox keeps encrypted events
+// until decided on, so the archive keeps their ciphertext for the archiver
+// whatever happens to the event on the homeserver. The answer is cached
+// per room and policy (Enrol forgets it when links change).
+func (f *Feature) KeepsCiphertext(room string) bool {
 	pol := f.env.Policy()
-	return pol != nil && pol.MayArchive()
+	if pol == nil || !pol.MayArchive() {
+		return false
+	}
+	key := pol.Hash + "\x00" + room
+	if v, ok := f.keeps.Load(key); ok {
+		return v.(bool)
+	}
+	v := f.Archived(context.Background(), room)
+	f.keeps.Store(key, v)
+	return v
 }
 
 // roomRow marks a room as archived (archive_room).
@@ -180,11 +183,11 @@ func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, p
 		}
 		rec.ByService = ev.Sender == f.env.BotUser || strings.HasPrefix(ev.Sender, "@"+f.env.Config.SenderLocalpart()+":")
 	case ev.Type == "m.room.encrypted":
-		payload, _ := json.Marshal(jobPayload{Room: ev.RoomID, EventID: ev.ID, Sender: ev.Sender, SentAt: ev.OriginTS, KeepUntil: keep})
-		dec.Add(appservice.JobSpec{Kind: JobArchive, DedupeKey: "archive:" + ev.ID, Payload: payload})
-		if len(ev.Raw) > 0 {
-			dec.Row(f, pendingRow{EventID: ev.ID, Event: ev.Raw})
+		raw := ev.Raw
+		if raw == nil {
+			raw = []byte{} // not kept: the archiver fetches it
 		}
+		dec.Row(f, pending{EventID: ev.ID, Room: ev.RoomID, Sender: ev.Sender, SentAt: ev.OriginTS, KeepUntil: keep, Event: raw, QueuedAt: ev.ReceivedAt})
 		return
 	case ev.Type == "m.room.message" || ev.Type == "m.sticker":
 		rec.Kind, rec.Content = KindMessage, json.RawMessage(gjson.GetBytes(ev.Raw, "content").Raw)
@@ -227,31 +230,51 @@ func (f *Feature) seal(rec Record, keepUntil int64) (Item, error) {
 		SentAt: rec.SentAt, ArchivedAt: f.env.Now().UnixMilli(), KeepUntil: keepUntil, KeyID: KeyOf(sealed), Sealed: sealed}, nil
 }
 
-// SaveRows writes the items and archived rooms decided in one batch.
+// SaveRows writes the items, queued messages and archived rooms decided in
+// one batch, many rows a statement.
 func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows []any) error {
+	var items, queued, rooms []any
 	for _, r := range rows {
 		switch v := r.(type) {
 		case Item:
-			if err := saveItem(ctx, tx, v); err != nil {
-				return err
-			}
+			items = append(items, v.EventID, v.RoomP, v.SenderP, v.Kind, v.SentAt, v.ArchivedAt, v.KeepUntil, v.KeyID, v.Sealed)
 			f.env.Metrics.ArchiveItems.WithLabelValues(v.Kind).Inc()
-		case pendingRow:
-			if _, err := tx.ExecContext(ctx, `INSERT INTO archive_pending (event_id, event) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING`, v.EventID, v.Event); err != nil {
-				return err
-			}
+		case pending:
+			queued = append(queued, v.EventID, v.Room, v.Sender, v.SentAt, v.KeepUntil, v.Event, v.QueuedAt, v.QueuedAt)
 		case roomRow:
-			if _, err := tx.ExecContext(ctx, `INSERT INTO archive_room (room_id, since) VALUES ($1, $2) ON CONFLICT (room_id) DO NOTHING`, v.Room, v.Since); err != nil {
+			rooms = append(rooms, v.Room, v.Since)
+		}
+	}
+	for _, x := range []struct {
+		head, tail string
+		cols       int
+		args       []any
+	}{
+		{itemInsert, " ON CONFLICT (event_id) DO NOTHING", 9, items},
+		{`INSERT INTO archive_pending (event_id, room_id, sender, sent_at, keep_until, event, queued_at, next_at) VALUES `, " ON CONFLICT (event_id) DO NOTHING", 8, queued},
+		{`INSERT INTO archive_room (room_id, since) VALUES `, " ON CONFLICT (room_id) DO NOTHING", 2, rooms},
+	} {
+		per := 100 * x.cols
+		for start := 0; start < len(x.args); start += per {
+			chunk := x.args[start:min(start+per, len(x.args))]
+			if _, err := tx.ExecContext(ctx, store.ValuesQuery(x.head, x.cols, len(chunk)/x.cols, x.tail), chunk...); err != nil {
 				return err
 			}
+		}
+	}
+	if len(queued) > 0 {
+		select {
+		case f.wake <- struct{}{}:
+		default:
 		}
 	}
 	return nil
 }
 
+const itemInsert = `INSERT INTO archive_item (event_id, room_p, sender_p, kind, sent_at, archived_at, keep_until, key_id, sealed) VALUES `
+
 func saveItem(ctx context.Context, tx *sql.Tx, it Item) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO archive_item (event_id, room_p, sender_p, kind, sent_at, archived_at, keep_until, key_id, sealed)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING`,
+	_, err := tx.ExecContext(ctx, store.ValuesQuery(itemInsert, 9, 1, " ON CONFLICT (event_id) DO NOTHING"),
 		it.EventID, it.RoomP, it.SenderP, it.Kind, it.SentAt, it.ArchivedAt, it.KeepUntil, it.KeyID, it.Sealed)
 	return err
 }
@@ -259,6 +282,7 @@ func saveItem(ctx context.Context, tx *sql.Tx, it Item) error {
 // Enrol tells the members of known rooms that a policy now archives (and
 // the archive's start) that their room is archived, once per room.
 func (f *Feature) Enrol(ctx context.Context, pol *policy.Policy) error {
+	f.keeps.Clear() // a link confirmed may change which rooms are archived
 	if !pol.MayArchive() {
 		return nil
 	}
@@ -331,30 +355,6 @@ func (f *Feature) botReady() error {
 	default:
 		return appservice.RetryLater(5*time.Second, fmt.Errorf("the E2EE bot is not logged in yet"))
 	}
-}
-
-// recordMissing lists a message the archive could not read, and audits it.
-func (f *Feature) recordMissing(ctx context.Context, p jobPayload, reason string) error {
-	keys := f.env.Chain.Keys()
-	err := f.env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM archive_pending WHERE event_id = $1`, p.EventID); err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO archive_missing (event_id, room_p, sender_p, sent_at, reason, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)
-			ON CONFLICT (event_id) DO NOTHING`, p.EventID, keys.Room(p.Room), keys.User(p.Sender), p.SentAt, reason, f.env.Now().UnixMilli())
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil
-		}
-		return f.env.Chain.Append(ctx, tx, &audit.Record{Type: audit.TypeArchive, Outcome: audit.OutcomeFailure, Action: "missing",
-			Room: keys.Room(p.Room), Actor: keys.User(p.Sender), EventID: p.EventID, EventType: "m.room.encrypted", Detail: reason})
-	})
-	if err == nil {
-		f.env.Metrics.ArchiveMissing.WithLabelValues(reasonClass(reason)).Inc()
-	}
-	return err
 }
 
 // reasonClass is a missing reason as a bounded metric label.

@@ -18,7 +18,7 @@ import (
 
 const room = "!ward:h"
 
-func newArchive(t *testing.T, dbType, pol string) (*apptest.Pipeline, *Feature) {
+func newArchive(t testing.TB, dbType, pol string) (*apptest.Pipeline, *Feature) {
 	t.Helper()
 	p := apptest.New(t, dbType)
 	p.UsePolicy(t, pol)
@@ -73,14 +73,12 @@ func TestArchiveKeepsWhatRoomsSay(t *testing.T) {
 				t.Errorf("%s items: %d, want %d", kind, n, want)
 			}
 		}
-		if n := p.Count(t, `SELECT COUNT(*) FROM archive_pending WHERE event_id = '$enc'`); n != 1 {
-			t.Errorf("the ciphertext is not kept for its job (%d)", n)
+		if n := p.Count(t, `SELECT COUNT(*) FROM archive_pending WHERE event_id = '$enc' AND room_id = $1 AND sender = '@bo:h' AND event LIKE '%AwgAEjD%'`, room); n != 1 {
+			t.Errorf("the ciphertext is not queued for the archiver (%d)", n)
 		}
-		if n := p.Count(t, `SELECT COUNT(*) FROM archive_item WHERE keep_until = sent_at + $1`, (30 * 24 * time.Hour).Milliseconds()); n != 6 {
-			t.Errorf("items kept until sent + archive_retention: %d of 6", n)
-		}
-		if st, _ := p.JobState(t, "archive:$enc"); st != "pending" {
-			t.Errorf("the encrypted message's archive job is %q", st)
+		if n := p.Count(t, `SELECT COUNT(*) FROM archive_item WHERE keep_until = sent_at + $1`, (30 * 24 * time.Hour).Milliseconds()) +
+			p.Count(t, `SELECT COUNT(*) FROM archive_pending WHERE keep_until = sent_at + $1`, (30 * 24 * time.Hour).Milliseconds()); n != 7 {
+			t.Errorf("items kept until sent + archive_retention: %d of 7", n)
 		}
 		if st, _ := p.JobState(t, "archive_notice:"+room); st != "pending" {
 			t.Errorf("the archive notice job is %q", st)

@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 )
@@ -66,85 +67,197 @@ type File struct {
 // fileName is the sealed name of attachment n of a message.
 func fileName(eventID string, n int) string { return "file/" + eventID + "/" + strconv.Itoa(n) }
 
-type jobPayload struct {
-	Room      string `json:"room"`
-	EventID   string `json:"event_id"`
-	Sender    string `json:"sender"`
-	SentAt    int64  `json:"sent_at"`
-	KeepUntil int64  `json:"keep_until"`
+// pending is one archive_pending row: an encrypted message waiting to be
+// read.
+type pending struct {
+	EventID, Room, Sender string
+	SentAt, KeepUntil     int64
+	Event                 []byte
+	QueuedAt              int64
 }
 
-// archive reads one encrypted message through the bot and keeps it with
-// its attachments. A key not yet come is waited for (KeyWait), then the
-// message is listed missing, as one whose key was withheld or that was
-// gone before it could be read.
-func (f *Feature) archive(ctx context.Context, j *appservice.Job) error {
-	p, err := appservice.DecodePayload[jobPayload](j)
+// outcome is what reading one pending message came to: kept (item and its
+// files), missing (reason), or to be tried again at retry.
+type outcome struct {
+	p       pending
+	item    *Item
+	files   map[int][]byte
+	missing string
+	retry   time.Time
+}
+
+// ingestBatch is how many pending messages one pass reads and commits.
+const ingestBatch = 200
+
+// ingestLoop reads pending messages as they come (woken by the dispatcher's
+// commits, and every second for retries), once the bot is logged in.
+func (f *Feature) ingestLoop(ctx context.Context) {
+	if f.Bot == nil {
+		return
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-f.Bot.Ready():
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		for {
+			n, err := f.Ingest(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					f.env.Log.Warn().Str("error", appservice.SafeError(err)).Msg("archive: reading pending messages failed; retrying")
+				}
+				break
+			}
+			if n < ingestBatch {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// Ingest reads one batch of pending messages that are due and commits what
+// became of them in one transaction: the kept ones' items and files, the
+// missing ones (audited), the next try of those whose key has not come;
+// each kept or missing message leaves the queue in that transaction. It
+// returns how many it read.
+func (f *Feature) Ingest(ctx context.Context) (int, error) {
+	now := f.env.Now()
+	rows, err := f.env.DB.R.QueryContext(ctx, `SELECT event_id, room_id, sender, sent_at, keep_until, event, queued_at FROM archive_pending
+		WHERE next_at <= $1 ORDER BY next_at, event_id LIMIT $2`, now.UnixMilli(), ingestBatch)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if err := f.botReady(); err != nil {
-		return err
+	var batch []pending
+	for rows.Next() {
+		var p pending
+		if err := rows.Scan(&p.EventID, &p.Room, &p.Sender, &p.SentAt, &p.KeepUntil, &p.Event, &p.QueuedAt); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		batch = append(batch, p)
 	}
-	// The ciphertext as pushed, where the inbox kept it; else (a job queued
-	// before, say) as the homeserver has it now.
-	var raw []byte
-	if err := f.env.DB.R.QueryRowContext(ctx, `SELECT event FROM archive_pending WHERE event_id = $1`, p.EventID).Scan(&raw); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return err
+	rows.Close()
+	if err := rows.Err(); err != nil || len(batch) == 0 {
+		return 0, err
 	}
+	outs := make([]outcome, 0, len(batch))
+	for _, p := range batch {
+		o, err := f.read(ctx, p, now)
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0, err
+			}
+			// A homeserver or media error: this one waits, the rest go on.
+			f.env.Log.Warn().Str("error", appservice.SafeError(err)).Str("event_id", p.EventID).Msg("archive: could not read a message yet; trying again")
+			o = outcome{p: p, retry: now.Add(30 * time.Second)}
+		}
+		outs = append(outs, o)
+	}
+	keys := f.env.Chain.Keys()
+	err = f.env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+		for _, o := range outs {
+			switch {
+			case !o.retry.IsZero():
+				if _, err := tx.ExecContext(ctx, `UPDATE archive_pending SET next_at = $1 WHERE event_id = $2`, o.retry.UnixMilli(), o.p.EventID); err != nil {
+					return err
+				}
+				continue
+			case o.item != nil:
+				if err := saveItem(ctx, tx, *o.item); err != nil {
+					return err
+				}
+				for n, b := range o.files {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO archive_file (event_id, n, key_id, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT (event_id, n) DO NOTHING`,
+						o.p.EventID, n, KeyOf(b), b); err != nil {
+						return err
+					}
+				}
+			default:
+				res, err := tx.ExecContext(ctx, `INSERT INTO archive_missing (event_id, room_p, sender_p, sent_at, reason, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)
+					ON CONFLICT (event_id) DO NOTHING`, o.p.EventID, keys.Room(o.p.Room), keys.User(o.p.Sender), o.p.SentAt, o.missing, now.UnixMilli())
+				if err != nil {
+					return err
+				}
+				if n, _ := res.RowsAffected(); n > 0 {
+					if err := f.env.Chain.Append(ctx, tx, &audit.Record{Type: audit.TypeArchive, Outcome: audit.OutcomeFailure, Action: "missing",
+						Room: keys.Room(o.p.Room), Actor: keys.User(o.p.Sender), EventID: o.p.EventID, EventType: "m.room.encrypted", Detail: o.missing}); err != nil {
+						return err
+					}
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM archive_pending WHERE event_id = $1`, o.p.EventID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, o := range outs {
+		switch {
+		case !o.retry.IsZero():
+		case o.item != nil:
+			f.env.Metrics.ArchiveItems.WithLabelValues(KindMessage).Inc()
+			f.env.Metrics.ArchiveItems.WithLabelValues("file").Add(float64(len(o.files)))
+		default:
+			f.env.Metrics.ArchiveMissing.WithLabelValues(reasonClass(o.missing)).Inc()
+		}
+	}
+	return len(batch), nil
+}
+
+// read decrypts one pending message: from the ciphertext as pushed, or
+// (not kept) as the homeserver has it now. A key not yet come is waited
+// for (KeyWait from when it was queued), then the message is missing, as
+// one whose key was withheld or that is gone.
+func (f *Feature) read(ctx context.Context, p pending, now time.Time) (outcome, error) {
 	var ev *event.Event
-	if raw != nil {
-		ev, err = f.Bot.DecryptRaw(ctx, raw, 0)
+	var err error
+	if len(p.Event) > 0 {
+		ev, err = f.Bot.DecryptRaw(ctx, p.Event, 0)
 	} else {
 		ev, err = f.Bot.ReadEvent(ctx, p.Room, p.EventID, 0)
 	}
 	var withheld *bot.WithheldError
 	switch {
 	case errors.Is(err, bot.ErrNoKeys):
-		waited := f.env.Now().Sub(j.Created)
+		waited := now.Sub(time.UnixMilli(p.QueuedAt))
 		if waited < f.KeyWait {
-			return appservice.RetryLater(min(max(waited/4, 2*time.Second), 5*time.Minute), err)
+			return outcome{p: p, retry: now.Add(min(max(waited/4, 2*time.Second), 5*time.Minute))}, nil
 		}
-		return f.recordMissing(ctx, p, "no-keys")
+		return outcome{p: p, missing: "no-keys"}, nil
 	case errors.As(err, &withheld):
-		return f.recordMissing(ctx, p, "withheld:"+withheld.Code)
+		return outcome{p: p, missing: "withheld:" + withheld.Code}, nil
 	case errors.Is(err, mautrix.MNotFound):
-		return f.recordMissing(ctx, p, "gone")
+		return outcome{p: p, missing: "gone"}, nil
+	case err != nil && len(p.Event) > 0 && !appservice.Unreachable(err):
+		return outcome{p: p, missing: "unreadable"}, nil
 	case err != nil:
-		return err
+		return outcome{}, err
 	case ev.Unsigned.RedactedBecause != nil || ev.Type == event.EventEncrypted:
-		return f.recordMissing(ctx, p, "gone")
+		return outcome{p: p, missing: "gone"}, nil
 	}
 	rec := Record{Kind: KindMessage, EventID: p.EventID, RoomID: p.Room, Sender: p.Sender, Type: ev.Type.Type, SentAt: p.SentAt,
 		Encrypted: true, Content: json.RawMessage(ev.Content.VeryRaw)}
-	blobs, err := f.attachments(ctx, ev, &rec)
+	files, err := f.attachments(ctx, ev, &rec)
 	if err != nil {
-		return err
+		return outcome{}, err
 	}
 	it, err := f.seal(rec, p.KeepUntil)
 	if err != nil {
-		return err
+		return outcome{}, err
 	}
-	err = f.env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
-		if err := saveItem(ctx, tx, it); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM archive_pending WHERE event_id = $1`, p.EventID); err != nil {
-			return err
-		}
-		for n, b := range blobs {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO archive_file (event_id, n, key_id, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT (event_id, n) DO NOTHING`,
-				p.EventID, n, KeyOf(b), b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err == nil {
-		f.env.Metrics.ArchiveItems.WithLabelValues(KindMessage).Inc()
-		f.env.Metrics.ArchiveItems.WithLabelValues("file").Add(float64(len(blobs)))
-	}
-	return err
+	return outcome{p: p, item: &it, files: files}, nil
 }
 
 // attachments fetches a message's file (decrypting an encrypted one),
@@ -217,25 +330,3 @@ func (f *Feature) fetchEncrypted(ctx context.Context, ef *event.EncryptedFileInf
 
 // errUnreadable: an attachment that does not decrypt or match its hash.
 var errUnreadable = errors.New("the attachment does not decrypt with the key its message gives")
-
-// JobOutcome lists a message whose archive job failed for good as
-// missing (unreadable), in the transaction that records the failure.
-func (f *Feature) JobOutcome(ctx context.Context, tx *sql.Tx, j *appservice.Job, state, _ string, now time.Time) error {
-	if j.Kind != JobArchive || state != "failed" {
-		return nil
-	}
-	p, err := appservice.DecodePayload[jobPayload](j)
-	if err != nil {
-		return nil
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM archive_pending WHERE event_id = $1`, p.EventID); err != nil {
-		return err
-	}
-	keys := f.env.Chain.Keys()
-	_, err = tx.ExecContext(ctx, `INSERT INTO archive_missing (event_id, room_p, sender_p, sent_at, reason, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (event_id) DO NOTHING`, p.EventID, keys.Room(p.Room), keys.User(p.Sender), p.SentAt, "unreadable", now.UnixMilli())
-	if err == nil {
-		f.env.Metrics.ArchiveMissing.WithLabelValues("unreadable").Inc()
-	}
-	return err
-}

@@ -16,9 +16,10 @@ import (
 // PurgeEvery is how often items past their archive_retention are deleted.
 const PurgeEvery = time.Hour
 
-// Loops delete what archive_retention lets go, hourly.
+// Loops read encrypted messages as they are queued (ingest.go) and delete
+// what archive_retention lets go, hourly.
 func (f *Feature) Loops() []func(context.Context) {
-	return []func(context.Context){func(ctx context.Context) {
+	return []func(context.Context){f.ingestLoop, func(ctx context.Context) {
 		t := time.NewTicker(PurgeEvery)
 		defer t.Stop()
 		for {

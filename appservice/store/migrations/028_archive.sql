@@ -52,10 +52,20 @@ CREATE TABLE archive_room (
 );
 
 -- Encrypted messages of archived rooms waiting for the archiver to decrypt
--- them: the event as the homeserver pushed it (ciphertext), so that a
--- message redacted or expired before its key reaches the archiver is
--- still read. Deleted once the message is kept or listed missing.
+-- them: the archive's durable queue, written with the dispatcher's progress.
+-- event is the event as the homeserver pushed it (ciphertext; empty if the
+-- inbox did not keep it), so that a message redacted or expired before its
+-- key reaches the archiver is still read. A row goes in the transaction that
+-- keeps the message or lists it missing; next_at is when it is tried again
+-- while its key has not come.
 CREATE TABLE archive_pending (
-    event_id TEXT PRIMARY KEY,
-    event    BYTES NOT NULL
+    event_id   TEXT PRIMARY KEY,
+    room_id    TEXT NOT NULL,
+    sender     TEXT NOT NULL,
+    sent_at    BIGINT NOT NULL,
+    keep_until BIGINT NOT NULL,
+    event      BYTES NOT NULL,
+    queued_at  BIGINT NOT NULL,
+    next_at    BIGINT NOT NULL
 );
+CREATE INDEX archive_pending_next ON archive_pending (next_at);
