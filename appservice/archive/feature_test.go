@@ -76,8 +76,8 @@ func TestArchiveKeepsWhatRoomsSay(t *testing.T) {
 		if n := p.Count(t, `SELECT COUNT(*) FROM archive_pending WHERE event_id = '$enc' AND room_id = $1 AND sender = '@bo:h' AND event LIKE '%AwgAEjD%'`, room); n != 1 {
 			t.Errorf("the ciphertext is not queued for the archiver (%d)", n)
 		}
-		if n := p.Count(t, `SELECT COUNT(*) FROM archive_item WHERE keep_until = sent_at + $1`, (30 * 24 * time.Hour).Milliseconds()) +
-			p.Count(t, `SELECT COUNT(*) FROM archive_pending WHERE keep_until = sent_at + $1`, (30 * 24 * time.Hour).Milliseconds()); n != 7 {
+		if n := p.Count(t, `SELECT COUNT(*) FROM archive_item WHERE keep_until = sent_at + $1`, (30*24*time.Hour).Milliseconds()) +
+			p.Count(t, `SELECT COUNT(*) FROM archive_pending WHERE keep_until = sent_at + $1`, (30*24*time.Hour).Milliseconds()); n != 7 {
 			t.Errorf("items kept until sent + archive_retention: %d of 7", n)
 		}
 		if st, _ := p.JobState(t, "archive_notice:"+room); st != "pending" {

@@ -156,3 +156,26 @@ func TestKeyRotationKeepsOldRecordsReadable(t *testing.T) {
 		t.Fatalf("world-readable key: %v", err)
 	}
 }
+
+// FuzzOpen: whatever a database writer puts in a sealed column, Open
+// returns an error naming the record, never a panic and never plaintext,
+// unless it is the record sealed under that name.
+func FuzzOpen(f *testing.F) {
+	sealed, _ := hex.DecodeString(katSealed)
+	f.Add(sealed, katName)
+	f.Add([]byte{1}, "x")
+	f.Add([]byte{}, "")
+	f.Fuzz(func(t *testing.T, blob []byte, name string) {
+		r, _ := NewKeyring(katKey())
+		plain, err := r.Open(name, blob)
+		if err == nil {
+			if name != katName || !bytes.Equal(blob, sealed) || string(plain) != katPlain {
+				t.Fatalf("opened a record that is not the one sealed: %q", plain)
+			}
+			return
+		}
+		if !strings.Contains(err.Error(), "archive record "+name) {
+			t.Fatalf("error %q does not name the record", err)
+		}
+	})
+}
