@@ -94,7 +94,7 @@ func (f *Feature) Name() string { return "archive" }
 // Jobs tell rooms they are archived. Encrypted messages are read by the
 // ingest loop, from archive_pending (ingest.go).
 func (f *Feature) Jobs() map[string]appservice.Handler {
-	return map[string]appservice.Handler{JobNotice: f.notice}
+	return map[string]appservice.Handler{JobNotice: f.notice, JobMediaDelete: f.deleteMedia}
 }
 
 // Archived reports whether policy archives room now: the bot keeps the
@@ -191,8 +191,17 @@ func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, p
 		return
 	case ev.Type == "m.room.message" || ev.Type == "m.sticker":
 		rec.Kind, rec.Content = KindMessage, json.RawMessage(gjson.GetBytes(ev.Raw, "content").Raw)
+		for _, m := range mediaOf(rec.Content) {
+			dec.Row(f, mediaRow{EventID: ev.ID, MXC: m, Sender: ev.Sender})
+		}
 	default:
 		return
+	}
+	if rec.Kind == KindRedaction && rec.Redacts != "" {
+		// The message is gone from the room: its files go too (the
+		// archive keeps its copy), unless a hold binds it (checked then).
+		payload, _ := json.Marshal(appservice.ActionPayload{Room: ev.RoomID, EventID: rec.Redacts, Reason: "redacted"})
+		dec.Add(appservice.JobSpec{Kind: JobMediaDelete, DedupeKey: "media_delete:" + rec.Redacts, Payload: payload})
 	}
 	it, err := f.seal(rec, keep)
 	if err != nil {
@@ -233,7 +242,7 @@ func (f *Feature) seal(rec Record, keepUntil int64) (Item, error) {
 // SaveRows writes the items, queued messages and archived rooms decided in
 // one batch, many rows a statement.
 func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows []any) error {
-	var items, queued, rooms []any
+	var items, queued, rooms, media []any
 	for _, r := range rows {
 		switch v := r.(type) {
 		case Item:
@@ -243,6 +252,8 @@ func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows [
 			queued = append(queued, v.EventID, v.Room, v.Sender, v.SentAt, v.KeepUntil, v.Event, v.QueuedAt, v.QueuedAt)
 		case roomRow:
 			rooms = append(rooms, v.Room, v.Since)
+		case mediaRow:
+			media = append(media, v.EventID, v.MXC, v.Sender)
 		}
 	}
 	for _, x := range []struct {
@@ -253,6 +264,7 @@ func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows [
 		{itemInsert, " ON CONFLICT (event_id) DO NOTHING", 9, items},
 		{`INSERT INTO archive_pending (event_id, room_id, sender, sent_at, keep_until, event, queued_at, next_at) VALUES `, " ON CONFLICT (event_id) DO NOTHING", 8, queued},
 		{`INSERT INTO archive_room (room_id, since) VALUES `, " ON CONFLICT (room_id) DO NOTHING", 2, rooms},
+		{`INSERT INTO archive_media (event_id, mxc, sender) VALUES `, " ON CONFLICT (event_id, mxc) DO NOTHING", 3, media},
 	} {
 		per := 100 * x.cols
 		for start := 0; start < len(x.args); start += per {

@@ -3,6 +3,7 @@ package archive
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -10,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/expiry"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
 )
@@ -205,5 +208,67 @@ func TestArchiveKeyMadeOnlyWhenArchiving(t *testing.T) {
 	}
 	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("archive key after an archiving policy: %v %v", st, err)
+	}
+}
+
+// An archived message's files are noted (file and thumbnail, plain or
+// encrypted); when its expiry is done, their deletion is queued; where the
+// homeserver cannot delete media, that job fails for good (audited, and
+// the room listed by the rooms feature's problems).
+func TestExpiredMessagesMediaQueuedForDeletion(t *testing.T) {
+	eachDB(t, func(t *testing.T, dbType string) {
+		p, f := newArchive(t, dbType, "version: 1\ndefaults:\n  archive: on\n")
+		base := p.Clock.Now().UnixMilli()
+		p.Put(t, "t1", map[string]any{"event_id": "$img", "room_id": room, "type": "m.room.message", "sender": "@ann:h", "origin_server_ts": base,
+			"content": map[string]any{"msgtype": "m.image", "body": "scan.png", "url": "mxc://h/plainfile",
+				"info": map[string]any{"thumbnail_file": map[string]any{"url": "mxc://h/thumbfile"}}}},
+			text("$txt", "@ann:h", "no file", base+1))
+		p.Dispatch(t)
+		if n := p.Count(t, `SELECT COUNT(*) FROM archive_media WHERE event_id = '$img'`); n != 2 {
+			t.Fatalf("files noted: %d, want the file and its thumbnail", n)
+		}
+		ctx := context.Background()
+		for _, ev := range []string{"$img", "$txt"} {
+			payload, _ := json.Marshal(appservice.ActionPayload{Room: room, EventID: ev})
+			err := p.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
+				return f.JobOutcome(ctx, tx, &appservice.Job{Kind: "expire", Payload: payload}, "done", "", p.Clock.Now())
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st, _ := p.JobState(t, "media_delete:$img"); st != "pending" {
+			t.Fatalf("the expired image's media deletion is %q", st)
+		}
+		if n := p.Count(t, `SELECT COUNT(*) FROM job WHERE dedupe_key = 'media_delete:$txt'`); n != 0 {
+			t.Fatalf("a message without files got a media deletion")
+		}
+		p.RunDue(t)
+		if st, errText := p.JobState(t, "media_delete:$img"); st != "failed" || !strings.Contains(errText, "no media delete API") {
+			t.Fatalf("without a media API: %q %q", st, errText)
+		}
+	})
+}
+
+// A redaction of an archived message queues its files' deletion; under a
+// legal hold (here on the room) the files stay and the job is done.
+func TestHeldMediaStays(t *testing.T) {
+	p, _ := newArchive(t, "sqlite3", "version: 1\ndefaults:\n  archive: on\n")
+	base := p.Clock.Now().UnixMilli()
+	p.Put(t, "t1", map[string]any{"event_id": "$img", "room_id": room, "type": "m.room.message", "sender": "@ann:h", "origin_server_ts": base,
+		"content": map[string]any{"msgtype": "m.image", "body": "scan.png", "url": "mxc://h/plainfile"}})
+	p.Dispatch(t)
+	if _, err := expiry.PlaceHold(context.Background(), p.DB, p.Chain, room, "", "litigation", "os:test"); err != nil {
+		t.Fatal(err)
+	}
+	p.Put(t, "t2", map[string]any{"event_id": "$red", "room_id": room, "type": "m.room.redaction", "sender": "@ann:h", "redacts": "$img",
+		"origin_server_ts": base + 1, "content": map[string]any{}})
+	p.Dispatch(t)
+	p.RunDue(t)
+	if st, errText := p.JobState(t, "media_delete:$img"); st != "done" {
+		t.Fatalf("the held message's media job: %q %q", st, errText)
+	}
+	if n := p.Count(t, `SELECT COUNT(*) FROM archive_media WHERE event_id = '$img'`); n != 1 {
+		t.Fatalf("the held message's file was let go (%d rows left)", n)
 	}
 }

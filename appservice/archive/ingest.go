@@ -82,6 +82,7 @@ type outcome struct {
 	p       pending
 	item    *Item
 	files   map[int][]byte
+	content []byte // the message's content, for its media
 	missing string
 	retry   time.Time
 }
@@ -175,6 +176,11 @@ func (f *Feature) Ingest(ctx context.Context) (int, error) {
 				if err := saveItem(ctx, tx, *o.item); err != nil {
 					return err
 				}
+				for _, m := range mediaOf(o.content) {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO archive_media (event_id, mxc, sender) VALUES ($1, $2, $3) ON CONFLICT (event_id, mxc) DO NOTHING`, o.p.EventID, m, o.p.Sender); err != nil {
+						return err
+					}
+				}
 				for n, b := range o.files {
 					if _, err := tx.ExecContext(ctx, `INSERT INTO archive_file (event_id, n, key_id, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT (event_id, n) DO NOTHING`,
 						o.p.EventID, n, KeyOf(b), b); err != nil {
@@ -257,7 +263,7 @@ func (f *Feature) read(ctx context.Context, p pending, now time.Time) (outcome, 
 	if err != nil {
 		return outcome{}, err
 	}
-	return outcome{p: p, item: &it, files: files}, nil
+	return outcome{p: p, item: &it, files: files, content: ev.Content.VeryRaw}, nil
 }
 
 // attachments fetches a message's file (decrypting an encrypted one),

@@ -66,7 +66,9 @@ const (
 	// missing: a message whose key never came, detail the reason's code;
 	// export: a package written, count its messages, detail the reason's
 	// digest and the query's kind; purge: items past archive_retention
-	// deleted, count them). Never a message or an export's reason.
+	// deleted, count them; media-refused: a redacted message named a file
+	// its sender did not upload, which is left). Never a message or an
+	// export's reason.
 	TypeArchive = "archive"
 )
 

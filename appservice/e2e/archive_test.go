@@ -93,6 +93,9 @@ func TestArchiveExportAfterExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := wes.DownloadBytes(ctx, up.ContentURI); err != nil {
+		t.Fatalf("another member cannot fetch the image's file before it expires: %v", err)
+	}
 	image := send(alice, &event.MessageEventContent{MsgType: event.MsgImage, Body: "wound-day3.png", Info: &event.FileInfo{MimeType: "image/png", Size: len(img)},
 		File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}})
 	wrong := send(alice, &event.MessageEventContent{MsgType: event.MsgText, Body: "ARCHIVE-CANARY-delta: meant for the other ward"})
@@ -155,6 +158,22 @@ func TestArchiveExportAfterExpiry(t *testing.T) {
 			e, err := alice.GetEvent(ctx, room, ev)
 			return err == nil && e.Unsigned.RedactedBecause != nil
 		})
+	}
+
+	// Its file goes with it where the homeserver can delete media (Synapse's
+	// admin API); elsewhere the failure is audited and the room listed.
+	if homeserver == "synapse" {
+		waitFor2(t, 60*time.Second, "the expired image's file to be deleted", func() bool {
+			_, err := wes.DownloadBytes(ctx, up.ContentURI)
+			return errors.Is(err, mautrix.MNotFound)
+		})
+	} else {
+		waitAudit(t, st, "the media deletion's failure", func(l auditLine) bool {
+			return l.Type == "job.failed" && l.Action == "media_delete"
+		})
+		if out, _, err := st.Service("rooms", "-problems"); err == nil || !strings.Contains(string(out), "media_delete") {
+			t.Fatalf("rooms -problems does not list the media left (err %v):\n%s", err, out)
+		}
 	}
 
 	out := filepath.Join(t.TempDir(), "export")
@@ -365,4 +384,66 @@ func testPNG(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// A member cannot get someone else's file deleted: mal's message names the
+// file of alice's image (its mxc URI and key, which every member of the
+// room decrypts), then mal redacts his message. The service deletes a
+// redacted message's files only where its sender uploaded them, so alice's
+// file stays; when alice redacts her own image, it goes. Synapse only: it
+// pushes redactions to the service and has the media admin API the
+// deletion needs (on Dendrite neither happens, see the test above).
+func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
+	onSynapse(t, "media is deleted through Synapse's admin API, on the redactions Synapse pushes")
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  archive: on\n"))
+	bot := botOf(t, st)
+	alice := newE2EEUser(t, st, "alice")
+	mal := newE2EEUser(t, st, "mal")
+	room := enrolledRoom(t, st, alice, mal.UserID)
+	if _, err := mal.JoinRoomByID(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	alice.waitMessage(t, "the archive notice", func(e *event.Event) bool { return e.Sender == bot && e.RoomID == room })
+	waitFor(t, "mal in the room in alice's client", func() bool { return alice.StateStore.IsInRoom(ctx, room, mal.UserID) })
+
+	img := testPNG(t)
+	file := attachment.NewEncryptedFile()
+	up, err := alice.UploadBytes(ctx, file.Encrypt(img), "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := func() *event.MessageEventContent {
+		return &event.MessageEventContent{MsgType: event.MsgImage, Body: "xray.png", Info: &event.FileInfo{MimeType: "image/png", Size: len(img)},
+			File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}}
+	}
+	aliceMsg, err := alice.SendMessageEvent(ctx, room, event.EventMessage, content())
+	if err != nil {
+		t.Fatal(err)
+	}
+	malMsg, err := mal.SendMessageEvent(ctx, room, event.EventMessage, content())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor2(t, 30*time.Second, "both messages archived", func() bool {
+		out, _, _ := st.Service("archive", "report")
+		return reportRow(string(out), string(room)) == "2 0 -"
+	})
+	if _, err := mal.RedactEvent(ctx, room, malMsg.EventID); err != nil {
+		t.Fatal(err)
+	}
+	waitAudit(t, st, "the deletion of alice's file refused", func(l auditLine) bool {
+		return l.Type == "archive" && l.Action == "media-refused" && l.Outcome == "denied" && l.EventID == string(malMsg.EventID)
+	})
+	if _, err := mal.DownloadBytes(ctx, up.ContentURI); err != nil {
+		t.Fatalf("alice's file was deleted by mal's redaction: %v", err)
+	}
+	if _, err := alice.RedactEvent(ctx, room, aliceMsg.EventID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor2(t, 30*time.Second, "alice's file deleted with her message", func() bool {
+		_, err := mal.DownloadBytes(ctx, up.ContentURI)
+		return errors.Is(err, mautrix.MNotFound)
+	})
 }

@@ -133,6 +133,63 @@ func (c *Client) QuarantineMedia(ctx context.Context, software, user, mxc string
 	return err
 }
 
+// ErrNoMediaDelete is returned where the homeserver offers no way to
+// delete a file from its media repository.
+var ErrNoMediaDelete = errors.New("this homeserver offers no media delete API; the file stays in its media repository")
+
+// MediaUploader is who uploaded a file of this homeserver's media
+// repository (Synapse's admin API, GET /_synapse/admin/v1/media/{server}/
+// {id}, acting as user, a server admin); "" for a file it has no uploader
+// of (remote media). On other homeservers it returns ErrNoMediaDelete.
+func (c *Client) MediaUploader(ctx context.Context, software, user, mxc string) (string, error) {
+	if software != "synapse" {
+		return "", ErrNoMediaDelete
+	}
+	uri, err := id.ParseContentURI(mxc)
+	if err != nil {
+		return "", fmt.Errorf("not an mxc URI: %w", err)
+	}
+	cli, err := c.as(user)
+	if err != nil {
+		return "", err
+	}
+	var resp struct {
+		MediaInfo struct {
+			UserID *string `json:"user_id"`
+		} `json:"media_info"`
+	}
+	if _, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "media", uri.Homeserver, uri.FileID}), nil, &resp); err != nil {
+		return "", err
+	}
+	if resp.MediaInfo.UserID == nil {
+		return "", nil
+	}
+	return *resp.MediaInfo.UserID, nil
+}
+
+// DeleteMedia deletes a file of this homeserver's media repository through
+// Synapse's admin API (DELETE /_synapse/admin/v1/media/{server}/{id}),
+// acting as user (a server admin: the bot). A file already gone is not an
+// error. On other homeservers it returns ErrNoMediaDelete.
+func (c *Client) DeleteMedia(ctx context.Context, software, user, mxc string) error {
+	if software != "synapse" {
+		return ErrNoMediaDelete
+	}
+	uri, err := id.ParseContentURI(mxc)
+	if err != nil {
+		return fmt.Errorf("not an mxc URI: %w", err)
+	}
+	cli, err := c.as(user)
+	if err != nil {
+		return err
+	}
+	_, err = cli.MakeRequest(ctx, http.MethodDelete, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "media", uri.Homeserver, uri.FileID}), nil, nil)
+	if errors.Is(err, mautrix.MNotFound) {
+		return nil
+	}
+	return err
+}
+
 // RoomState returns a room's current state events as user (a member).
 func (c *Client) RoomState(ctx context.Context, user, room string) ([]json.RawMessage, error) {
 	cli, err := c.as(user)

@@ -302,7 +302,9 @@ func splitStatements(s string, d Dialect) []string {
 	keep := true
 	for _, line := range strings.Split(s, "\n") {
 		trimmed := strings.TrimSpace(line)
-		if which, ok := strings.CutPrefix(trimmed, "-- only "); ok {
+		// A directive is exactly "-- only sqlite|postgres|end": a comment
+		// that happens to begin "-- only ..." must not drop what follows.
+		if which, ok := strings.CutPrefix(trimmed, "-- only "); ok && (which == "sqlite" || which == "postgres" || which == "end") {
 			keep = which == "end" || which == map[Dialect]string{SQLite: "sqlite", Postgres: "postgres"}[d]
 			continue
 		}
