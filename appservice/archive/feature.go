@@ -251,9 +251,9 @@ func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows [
 		case pending:
 			queued = append(queued, v.EventID, v.Room, v.Sender, v.SentAt, v.KeepUntil, v.Event, v.QueuedAt, v.QueuedAt)
 		case roomRow:
-			rooms = append(rooms, v.Room, v.Since)
+			rooms = append(rooms, f.env.Chain.Keys().Room(v.Room), v.Since)
 		case mediaRow:
-			media = append(media, v.EventID, v.MXC, v.Sender)
+			media = append(media, v.EventID, v.MXC, f.env.Chain.Keys().User(v.Sender))
 		}
 	}
 	for _, x := range []struct {
@@ -263,8 +263,8 @@ func (f *Feature) SaveRows(ctx context.Context, db *store.DB, tx *sql.Tx, rows [
 	}{
 		{itemInsert, " ON CONFLICT (event_id) DO NOTHING", 9, items},
 		{`INSERT INTO archive_pending (event_id, room_id, sender, sent_at, keep_until, event, queued_at, next_at) VALUES `, " ON CONFLICT (event_id) DO NOTHING", 8, queued},
-		{`INSERT INTO archive_room (room_id, since) VALUES `, " ON CONFLICT (room_id) DO NOTHING", 2, rooms},
-		{`INSERT INTO archive_media (event_id, mxc, sender) VALUES `, " ON CONFLICT (event_id, mxc) DO NOTHING", 3, media},
+		{`INSERT INTO archive_room (room_p, since) VALUES `, " ON CONFLICT (room_p) DO NOTHING", 2, rooms},
+		{`INSERT INTO archive_media (event_id, mxc, sender_p) VALUES `, " ON CONFLICT (event_id, mxc) DO NOTHING", 3, media},
 	} {
 		per := 100 * x.cols
 		for start := 0; start < len(x.args); start += per {
@@ -318,7 +318,7 @@ func (f *Feature) Enrol(ctx context.Context, pol *policy.Policy) error {
 	err = f.env.DB.Tx(ctx, store.Durable, func(tx *sql.Tx) error {
 		now := f.env.Now().UnixMilli()
 		for _, r := range rooms {
-			res, err := tx.ExecContext(ctx, `INSERT INTO archive_room (room_id, since) VALUES ($1, $2) ON CONFLICT (room_id) DO NOTHING`, r.ID, now)
+			res, err := tx.ExecContext(ctx, `INSERT INTO archive_room (room_p, since) VALUES ($1, $2) ON CONFLICT (room_p) DO NOTHING`, f.env.Chain.Keys().Room(r.ID), now)
 			if err != nil {
 				return err
 			}

@@ -177,7 +177,7 @@ func (f *Feature) Ingest(ctx context.Context) (int, error) {
 					return err
 				}
 				for _, m := range mediaOf(o.content) {
-					if _, err := tx.ExecContext(ctx, `INSERT INTO archive_media (event_id, mxc, sender) VALUES ($1, $2, $3) ON CONFLICT (event_id, mxc) DO NOTHING`, o.p.EventID, m, o.p.Sender); err != nil {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO archive_media (event_id, mxc, sender_p) VALUES ($1, $2, $3) ON CONFLICT (event_id, mxc) DO NOTHING`, o.p.EventID, m, keys.User(o.p.Sender)); err != nil {
 						return err
 					}
 				}

@@ -101,7 +101,7 @@ func (f *Feature) deleteMedia(ctx context.Context, j *appservice.Job) error {
 	if err != nil {
 		return err
 	}
-	rows, err := f.env.DB.R.QueryContext(ctx, `SELECT mxc, sender FROM archive_media WHERE event_id = $1 ORDER BY mxc`, p.EventID)
+	rows, err := f.env.DB.R.QueryContext(ctx, `SELECT mxc, sender_p FROM archive_media WHERE event_id = $1 ORDER BY mxc`, p.EventID)
 	if err != nil {
 		return err
 	}
@@ -128,6 +128,7 @@ func (f *Feature) deleteMedia(ctx context.Context, j *appservice.Job) error {
 	if f.env.HS == nil {
 		return appservice.Permanent(homeserver.ErrNoMediaDelete)
 	}
+	keys := f.env.Chain.Keys()
 	for _, m := range mxcs {
 		uri, _ := id.ParseContentURI(m)
 		if uri.Homeserver != f.env.Config.Homeserver.Domain {
@@ -145,11 +146,10 @@ func (f *Feature) deleteMedia(ctx context.Context, j *appservice.Job) error {
 			continue // already gone
 		case err != nil:
 			return err
-		case uploader != sender:
+		case keys.User(uploader) != sender:
 			f.env.Log.Warn().Str("event_id", p.EventID).Msg("a redacted message named a file its sender did not upload: the file is left")
-			keys := f.env.Chain.Keys()
 			if err := f.env.Chain.AppendTx(ctx, f.env.DB, &audit.Record{Type: audit.TypeArchive, Outcome: audit.OutcomeDenied, Action: "media-refused",
-				Room: keys.Room(p.Room), Actor: keys.User(sender), EventID: p.EventID, Detail: "not-uploader"}); err != nil {
+				Room: keys.Room(p.Room), Actor: sender, EventID: p.EventID, Detail: "not-uploader"}); err != nil {
 				return err
 			}
 			continue

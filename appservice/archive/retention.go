@@ -105,8 +105,8 @@ func Purge(ctx context.Context, db *store.DB, chain *audit.Chain, now time.Time)
 
 // RoomReport is what the archive holds of one room, and what it lacks.
 type RoomReport struct {
-	// Room is the room's ID, or its pseudonym where the archive has items
-	// of a room no longer in archive_room.
+	// Room is the room's ID, or its pseudonym for a room the service no
+	// longer knows.
 	Room    string
 	Since   int64
 	Kept    int            // messages
@@ -149,14 +149,21 @@ func Report(ctx context.Context, db *store.DB, keys *audit.Keys) ([]RoomReport, 
 		order = append(order, p)
 		return r
 	}
-	err := eachRow(ctx, db, `SELECT room_id, since FROM archive_room ORDER BY room_id`, func(s scanner) error {
-		var room string
+	known, err := appservice.LoadKnownRooms(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]string{} // pseudonym -> room ID, for the rooms the service knows
+	for _, r := range known.All() {
+		ids[keys.Room(r.ID)] = r.ID
+	}
+	err = eachRow(ctx, db, `SELECT room_p, since FROM archive_room ORDER BY room_p`, func(s scanner) error {
+		var p string
 		var since int64
-		if err := s.Scan(&room, &since); err != nil {
+		if err := s.Scan(&p, &since); err != nil {
 			return err
 		}
-		r := get(keys.Room(room))
-		r.Room, r.Since = room, since
+		get(p).Since = since
 		return nil
 	})
 	if err == nil {
@@ -186,8 +193,13 @@ func Report(ctx context.Context, db *store.DB, keys *audit.Keys) ([]RoomReport, 
 	}
 	out := make([]RoomReport, 0, len(order))
 	for _, p := range order {
-		out = append(out, *byP[p])
+		r := *byP[p]
+		if id, ok := ids[p]; ok {
+			r.Room = id
+		}
+		out = append(out, r)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Room < out[j].Room })
 	return out, nil
 }
 

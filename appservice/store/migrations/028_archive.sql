@@ -45,14 +45,16 @@ CREATE TABLE archive_missing (
 );
 CREATE INDEX archive_missing_room ON archive_missing (room_p);
 
--- Rooms under archive, and since when their members were told.
+-- Rooms under archive (by pseudonym), and since when their members were told.
 CREATE TABLE archive_room (
-    room_id   TEXT PRIMARY KEY,
+    room_p    TEXT PRIMARY KEY,
     since     BIGINT NOT NULL
 );
 
 -- Encrypted messages of archived rooms waiting for the archiver to decrypt
 -- them: the archive's durable queue, written with the dispatcher's progress.
+-- Like the inbox, it holds a message's room and sender in the clear, until
+-- the message is read (seconds, or KeepWait when its key is late).
 -- event is the event as the homeserver pushed it (ciphertext; empty if the
 -- inbox did not keep it), so that a message redacted or expired before its
 -- key reaches the archiver is still read. A row goes in the transaction that
