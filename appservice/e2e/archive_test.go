@@ -406,7 +406,10 @@ func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	alice.waitMessage(t, "the archive notice", func(e *event.Event) bool { return e.Sender == bot && e.RoomID == room })
-	waitFor(t, "mal in the room in alice's client", func() bool { return alice.StateStore.IsInRoom(ctx, room, mal.UserID) })
+	waitFor(t, "mal in the room", func() bool {
+		m, err := alice.JoinedMembers(ctx, room)
+		return err == nil && hasMember(m, mal.UserID)
+	})
 
 	img := testPNG(t)
 	file := attachment.NewEncryptedFile()
