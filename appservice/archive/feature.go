@@ -151,8 +151,9 @@ type roomRow struct {
 
 // DecideEvent keeps what an archived room's events say in the clear at
 // once (plaintext messages, redactions, memberships), sealed, in the
-// dispatcher's transaction; an encrypted message gets a job that reads it
-// through the bot. A new archived room's members are told.
+// dispatcher's transaction; an encrypted message is queued for the
+// archiver (ingest.go). A redaction queues the deletion of its target's
+// files (media.go). A new archived room's members are told.
 func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, pol *policy.Policy, settings policy.Effective, dec *appservice.Decision) {
 	if settings.Archive != policy.On || settings.DryRun {
 		return

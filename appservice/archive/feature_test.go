@@ -272,3 +272,30 @@ func TestHeldMediaStays(t *testing.T) {
 		t.Fatalf("the held message's file was let go (%d rows left)", n)
 	}
 }
+
+// A redaction names its target itself: one sent in another room (where
+// it redacts nothing) does not get the target's files deleted; the
+// refusal is audited.
+func TestRedactionInAnotherRoomTakesNoFiles(t *testing.T) {
+	p, _ := newArchive(t, "sqlite3", "version: 1\ndefaults:\n  archive: on\n")
+	base := p.Clock.Now().UnixMilli()
+	p.Put(t, "t1", map[string]any{"event_id": "$img", "room_id": room, "type": "m.room.message", "sender": "@ann:h", "origin_server_ts": base,
+		"content": map[string]any{"msgtype": "m.image", "body": "scan.png", "url": "mxc://h/plainfile"}},
+		map[string]any{"event_id": "$red", "room_id": "!mallory:h", "type": "m.room.redaction", "sender": "@mal:h", "redacts": "$img",
+			"origin_server_ts": base + 1, "content": map[string]any{}})
+	p.Dispatch(t)
+	p.RunDue(t)
+	if st, errText := p.JobState(t, "media_delete:$img"); st != "done" {
+		t.Fatalf("the job: %q %q", st, errText)
+	}
+	if n := p.Count(t, `SELECT COUNT(*) FROM archive_media WHERE event_id = '$img'`); n != 1 {
+		t.Fatalf("the file was let go by a redaction in another room")
+	}
+	found := false
+	for _, r := range p.Records(t) {
+		found = found || (r["type"] == "archive" && r["action"] == "media-refused" && r["detail"] == "other-room")
+	}
+	if !found {
+		t.Fatalf("the refusal is not audited")
+	}
+}

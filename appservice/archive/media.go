@@ -14,6 +14,7 @@ import (
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 )
@@ -64,31 +65,38 @@ func (f *Feature) JobOutcome(ctx context.Context, tx *sql.Tx, j *appservice.Job,
 	return appservice.Enqueue(ctx, f.env.DB, tx, now, appservice.JobSpec{Kind: JobMediaDelete, DedupeKey: "media_delete:" + p.EventID, Payload: payload})
 }
 
-// held reports whether a standing legal hold binds an archived message
-// (on its room, or on its sender).
-func (f *Feature) held(ctx context.Context, eventID string) (bool, error) {
-	var roomP, senderP string
-	err := f.env.DB.R.QueryRowContext(ctx, `SELECT room_p, sender_p FROM archive_item WHERE event_id = $1`, eventID).Scan(&roomP, &senderP)
+// refuseMedia leaves a message's files and audits why (media-refused).
+func (f *Feature) refuseMedia(ctx context.Context, p appservice.ActionPayload, senderP, why string) error {
+	f.env.Log.Warn().Str("event_id", p.EventID).Str("why", why).Msg("a redaction cannot take this message's files: they are left")
+	return f.env.Chain.AppendTx(ctx, f.env.DB, &audit.Record{Type: audit.TypeArchive, Outcome: audit.OutcomeDenied, Action: "media-refused",
+		Room: f.env.Chain.Keys().Room(p.Room), Actor: senderP, EventID: p.EventID, Detail: why})
+}
+
+// held is the room (pseudonym) an archived message is in, and whether a
+// standing legal hold binds it (on its room, or on its sender).
+func (f *Feature) held(ctx context.Context, eventID string) (roomP string, held bool, err error) {
+	var senderP string
+	err = f.env.DB.R.QueryRowContext(ctx, `SELECT room_p, sender_p FROM archive_item WHERE event_id = $1`, eventID).Scan(&roomP, &senderP)
 	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
+		return "", false, nil
 	} else if err != nil {
-		return false, err
+		return "", false, err
 	}
 	rooms, users, err := heldPseudonyms(ctx, f.env.DB.R, f.env.Chain.Keys())
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
 	for _, r := range rooms {
 		if r == roomP {
-			return true, nil
+			return roomP, true, nil
 		}
 	}
 	for _, u := range users {
 		if u == senderP {
-			return true, nil
+			return roomP, true, nil
 		}
 	}
-	return false, nil
+	return roomP, false, nil
 }
 
 // deleteMedia deletes the files of one redacted or expired message, unless
@@ -119,16 +127,38 @@ func (f *Feature) deleteMedia(ctx context.Context, j *appservice.Job) error {
 	if err := rows.Err(); err != nil || len(mxcs) == 0 {
 		return err // nothing of this message's is in the media repository
 	}
-	if held, err := f.held(ctx, p.EventID); err != nil || held {
-		if held {
-			f.env.Log.Info().Str("event_id", p.EventID).Msg("a redacted message's files stay: a legal hold binds it")
-		}
+	keys := f.env.Chain.Keys()
+	roomP, held, err := f.held(ctx, p.EventID)
+	if err != nil {
 		return err
 	}
-	if f.env.HS == nil {
+	if roomP != keys.Room(p.Room) {
+		// A redaction names its target itself: one sent in another room
+		// redacts nothing here, and deletes nothing.
+		return f.refuseMedia(ctx, p, sender, "other-room")
+	}
+	if held {
+		f.env.Log.Info().Str("event_id", p.EventID).Msg("a redacted message's files stay: a legal hold binds it")
+		return nil
+	}
+	if f.env.HS == nil || f.env.Config.Homeserver.Software != "synapse" {
 		return appservice.Permanent(homeserver.ErrNoMediaDelete)
 	}
-	keys := f.env.Chain.Keys()
+	// The homeserver is the judge of whether the message is gone: a
+	// redaction event from someone without the power (another server's
+	// user, say) is in the room but redacts nothing.
+	if f.Bot == nil {
+		return appservice.Permanent(errors.New("the archive needs the E2EE bot to confirm a message was redacted"))
+	}
+	ev, err := f.Bot.ReadEvent(ctx, p.Room, p.EventID, 0)
+	switch {
+	case errors.Is(err, mautrix.MNotFound):
+		// Purged with the room's history: gone.
+	case err != nil && !errors.Is(err, bot.ErrNoKeys) && !errors.As(err, new(*bot.WithheldError)):
+		return err
+	case ev == nil || ev.Unsigned.RedactedBecause == nil:
+		return f.refuseMedia(ctx, p, sender, "not-redacted")
+	}
 	for _, m := range mxcs {
 		uri, _ := id.ParseContentURI(m)
 		if uri.Homeserver != f.env.Config.Homeserver.Domain {
@@ -147,9 +177,7 @@ func (f *Feature) deleteMedia(ctx context.Context, j *appservice.Job) error {
 		case err != nil:
 			return err
 		case keys.User(uploader) != sender:
-			f.env.Log.Warn().Str("event_id", p.EventID).Msg("a redacted message named a file its sender did not upload: the file is left")
-			if err := f.env.Chain.AppendTx(ctx, f.env.DB, &audit.Record{Type: audit.TypeArchive, Outcome: audit.OutcomeDenied, Action: "media-refused",
-				Room: keys.Room(p.Room), Actor: sender, EventID: p.EventID, Detail: "not-uploader"}); err != nil {
+			if err := f.refuseMedia(ctx, p, sender, "not-uploader"); err != nil {
 				return err
 			}
 			continue

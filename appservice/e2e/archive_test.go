@@ -390,7 +390,9 @@ func testPNG(t *testing.T) []byte {
 // file of alice's image (its mxc URI and key, which every member of the
 // room decrypts), then mal redacts his message. The service deletes a
 // redacted message's files only where its sender uploaded them, so alice's
-// file stays; when alice redacts her own image, it goes. Synapse only: it
+// file stays. Nor does a redaction of alice's message sent in mal's own
+// room (where it redacts nothing) take it. When alice redacts her own
+// image, it goes. Synapse only: it
 // pushes redactions to the service and has the media admin API the
 // deletion needs (on Dendrite neither happens, see the test above).
 func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
@@ -442,11 +444,72 @@ func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
 	if _, err := mal.DownloadBytes(ctx, up.ContentURI); err != nil {
 		t.Fatalf("alice's file was deleted by mal's redaction: %v", err)
 	}
+	// Nor can he name alice's message itself in a redaction of his own
+	// room, where it redacts nothing.
+	own, err := mal.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Synapse 1.160 refuses it at its client API; a redaction arriving
+	// another way (over federation) is refused by the service itself
+	// (TestRedactionInAnotherRoomTakesNoFiles).
+	if _, err := mal.RedactEvent(ctx, own.RoomID, aliceMsg.EventID); err == nil {
+		waitAudit(t, st, "the redaction from another room refused", func(l auditLine) bool {
+			return l.Type == "archive" && l.Action == "media-refused" && l.Detail == "other-room" && l.EventID == string(aliceMsg.EventID)
+		})
+	} else if !strings.Contains(err.Error(), "different room") {
+		t.Fatalf("redaction in mal's own room: %v", err)
+	}
+	if _, err := mal.DownloadBytes(ctx, up.ContentURI); err != nil {
+		t.Fatalf("alice's file was deleted by a redaction in mal's room: %v", err)
+	}
 	if _, err := alice.RedactEvent(ctx, room, aliceMsg.EventID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor2(t, 30*time.Second, "alice's file deleted with her message", func() bool {
 		_, err := mal.DownloadBytes(ctx, up.ContentURI)
+		return errors.Is(err, mautrix.MNotFound)
+	})
+}
+
+// A departed clinician's files go with their messages: alice's encrypted
+// image in an archived room is kept by the archive, and once alice is
+// wiped (redact all), the file is gone from the media repository for
+// everyone (bob's download gets 404). Synapse only: the wipe's redactions
+// reach the service as events, and Synapse's admin API deletes the file.
+func TestWipeTakesArchivedFiles(t *testing.T) {
+	onSynapse(t, "media is deleted through Synapse's admin API, on the redactions Synapse pushes")
+	st := startStack(t, devstack.Options{})
+	ctx := context.Background()
+	setPolicy(t, st, []byte("version: 1\ndefaults:\n  archive: on\n"))
+	bot := botOf(t, st)
+	alice := newE2EEUser(t, st, "alice")
+	bob := newUser(t, st, "bob")
+	room := enrolledRoom(t, st, alice)
+	alice.waitMessage(t, "the archive notice", func(e *event.Event) bool { return e.Sender == bot && e.RoomID == room })
+	img := testPNG(t)
+	file := attachment.NewEncryptedFile()
+	up, err := alice.UploadBytes(ctx, file.Encrypt(img), "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgImage, Body: "ward-round.png",
+		Info: &event.FileInfo{MimeType: "image/png", Size: len(img)}, File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor2(t, 30*time.Second, "the image archived", func() bool {
+		out, _, _ := st.Service("archive", "report")
+		return reportRow(string(out), string(room)) == "1 0 -"
+	})
+	if _, err := bob.DownloadBytes(ctx, up.ContentURI); err != nil {
+		t.Fatalf("the file before the wipe: %v", err)
+	}
+	alice.cancel()
+	if out, errOut, err := st.Service("wipe", "-user", string(alice.UserID), "-redact", "all", "-reason", "departed"); err != nil || !strings.Contains(string(out), "messages redacted: 1") {
+		t.Fatalf("wipe: %v\n%s%s", err, out, errOut)
+	}
+	waitFor2(t, 30*time.Second, "the wiped message's file deleted", func() bool {
+		_, err := bob.DownloadBytes(ctx, up.ContentURI)
 		return errors.Is(err, mautrix.MNotFound)
 	})
 }
