@@ -42,6 +42,12 @@ func member(id, user, membership string, ts int64) map[string]any {
 		"origin_server_ts": ts, "content": map[string]any{"membership": membership, "displayname": "Dr " + user}}
 }
 
+// imageMsg is ann's plain image message with its file on this server.
+func imageMsg(id string, ts int64) map[string]any {
+	return map[string]any{"event_id": id, "room_id": room, "type": "m.room.message", "sender": "@ann:h", "origin_server_ts": ts,
+		"content": map[string]any{"msgtype": "m.image", "body": "scan.png", "url": "mxc://h/plainfile"}}
+}
+
 func text(id, sender, body string, ts int64) map[string]any {
 	return map[string]any{"event_id": id, "room_id": room, "type": "m.room.message", "sender": sender, "origin_server_ts": ts,
 		"content": map[string]any{"msgtype": "m.text", "body": body}}
@@ -255,8 +261,7 @@ func TestExpiredMessagesMediaQueuedForDeletion(t *testing.T) {
 func TestHeldMediaStays(t *testing.T) {
 	p, _ := newArchive(t, "sqlite3", "version: 1\ndefaults:\n  archive: on\n")
 	base := p.Clock.Now().UnixMilli()
-	p.Put(t, "t1", map[string]any{"event_id": "$img", "room_id": room, "type": "m.room.message", "sender": "@ann:h", "origin_server_ts": base,
-		"content": map[string]any{"msgtype": "m.image", "body": "scan.png", "url": "mxc://h/plainfile"}})
+	p.Put(t, "t1", imageMsg("$img", base))
 	p.Dispatch(t)
 	if _, err := expiry.PlaceHold(context.Background(), p.DB, p.Chain, room, "", "litigation", "os:test"); err != nil {
 		t.Fatal(err)
@@ -279,8 +284,7 @@ func TestHeldMediaStays(t *testing.T) {
 func TestRedactionInAnotherRoomTakesNoFiles(t *testing.T) {
 	p, _ := newArchive(t, "sqlite3", "version: 1\ndefaults:\n  archive: on\n")
 	base := p.Clock.Now().UnixMilli()
-	p.Put(t, "t1", map[string]any{"event_id": "$img", "room_id": room, "type": "m.room.message", "sender": "@ann:h", "origin_server_ts": base,
-		"content": map[string]any{"msgtype": "m.image", "body": "scan.png", "url": "mxc://h/plainfile"}},
+	p.Put(t, "t1", imageMsg("$img", base),
 		map[string]any{"event_id": "$red", "room_id": "!mallory:h", "type": "m.room.redaction", "sender": "@mal:h", "redacts": "$img",
 			"origin_server_ts": base + 1, "content": map[string]any{}})
 	p.Dispatch(t)

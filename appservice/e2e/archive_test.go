@@ -49,11 +49,8 @@ func TestArchiveExportAfterExpiry(t *testing.T) {
 	if out, err := exec.Command(py, "-c", "import nio, olm").CombinedOutput(); err != nil {
 		t.Fatalf("%s cannot import nio and olm (apt-get install python3-matrix-nio python3-olm): %v\n%s", py, err, out)
 	}
-	st := startStack(t, devstack.Options{})
+	st, bot, alice := archiveStack(t, "version: 1\ndefaults:\n  retention: 20s\n  archive: on\narchive_notice: This room is archived for the record.\n")
 	ctx := context.Background()
-	setPolicy(t, st, []byte("version: 1\ndefaults:\n  retention: 20s\n  archive: on\narchive_notice: This room is archived for the record.\n"))
-	bot := botOf(t, st)
-	alice := newE2EEUser(t, st, "alice")
 	wes := newE2EEUser(t, st, "wes")
 	ninaPassword := "pw-nina-0123456789"
 	nina, err := st.CreateUser(ctx, "nina", ninaPassword, false)
@@ -87,17 +84,11 @@ func TestArchiveExportAfterExpiry(t *testing.T) {
 	edit := &event.MessageEventContent{MsgType: event.MsgText, Body: "ARCHIVE-CANARY-alpha-edited: K+ 6.1, repeat the BMP at 14:00"}
 	edit.SetEdit(first)
 	edited := send(alice, edit)
-	img := testPNG(t)
-	file := attachment.NewEncryptedFile()
-	up, err := alice.UploadBytes(ctx, file.Encrypt(img), "application/octet-stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wes.DownloadBytes(ctx, up.ContentURI); err != nil {
+	img, up, imageContent := uploadImage(t, alice, "wound-day3.png")
+	if _, err := wes.DownloadBytes(ctx, up); err != nil {
 		t.Fatalf("another member cannot fetch the image's file before it expires: %v", err)
 	}
-	image := send(alice, &event.MessageEventContent{MsgType: event.MsgImage, Body: "wound-day3.png", Info: &event.FileInfo{MimeType: "image/png", Size: len(img)},
-		File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}})
+	image := send(alice, imageContent)
 	wrong := send(alice, &event.MessageEventContent{MsgType: event.MsgText, Body: "ARCHIVE-CANARY-delta: meant for the other ward"})
 	redaction, err := alice.RedactEvent(ctx, room, wrong, mautrix.ReqRedact{Reason: "sent to the wrong room"})
 	if err != nil {
@@ -164,7 +155,7 @@ func TestArchiveExportAfterExpiry(t *testing.T) {
 	// admin API); elsewhere the failure is audited and the room listed.
 	if homeserver == "synapse" {
 		waitFor2(t, 60*time.Second, "the expired image's file to be deleted", func() bool {
-			_, err := wes.DownloadBytes(ctx, up.ContentURI)
+			_, err := wes.DownloadBytes(ctx, up)
 			return errors.Is(err, mautrix.MNotFound)
 		})
 	} else {
@@ -292,6 +283,38 @@ func TestArchiveExportAfterExpiry(t *testing.T) {
 	}
 }
 
+// archiveStack is a stack whose policy (pol) archives rooms, its bot, and
+// alice on an E2EE client.
+func archiveStack(t *testing.T, pol string) (*devstack.Stack, id.UserID, *e2eeUser) {
+	t.Helper()
+	st := startStack(t, devstack.Options{})
+	setPolicy(t, st, []byte(pol))
+	return st, botOf(t, st), newE2EEUser(t, st, "alice")
+}
+
+// archivedRoom is a room alice creates (inviting invite) once the bot has
+// joined it and told her it is archived.
+func archivedRoom(t *testing.T, st *devstack.Stack, bot id.UserID, alice *e2eeUser, invite ...id.UserID) id.RoomID {
+	t.Helper()
+	room := enrolledRoom(t, st, alice, invite...)
+	alice.waitMessage(t, "the archive notice", func(e *event.Event) bool { return e.Sender == bot && e.RoomID == room })
+	return room
+}
+
+// uploadImage uploads a new test image as u, encrypted as a client does:
+// its bytes, its mxc URI, and the content of a message that sends it.
+func uploadImage(t *testing.T, u *e2eeUser, name string) ([]byte, id.ContentURI, *event.MessageEventContent) {
+	t.Helper()
+	img := testPNG(t)
+	file := attachment.NewEncryptedFile()
+	up, err := u.UploadBytes(context.Background(), file.Encrypt(img), "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, up.ContentURI, &event.MessageEventContent{MsgType: event.MsgImage, Body: name, Info: &event.FileInfo{MimeType: "image/png", Size: len(img)},
+		File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}}
+}
+
 // reportRow is KEPT MISSING WHY of room's row in `archive report`.
 func reportRow(out, room string) string {
 	for _, line := range strings.Split(out, "\n") {
@@ -397,37 +420,23 @@ func testPNG(t *testing.T) []byte {
 // deletion needs (on Dendrite neither happens, see the test above).
 func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
 	onSynapse(t, "media is deleted through Synapse's admin API, on the redactions Synapse pushes")
-	st := startStack(t, devstack.Options{})
+	st, bot, alice := archiveStack(t, "version: 1\ndefaults:\n  archive: on\n")
 	ctx := context.Background()
-	setPolicy(t, st, []byte("version: 1\ndefaults:\n  archive: on\n"))
-	bot := botOf(t, st)
-	alice := newE2EEUser(t, st, "alice")
 	mal := newE2EEUser(t, st, "mal")
-	room := enrolledRoom(t, st, alice, mal.UserID)
+	room := archivedRoom(t, st, bot, alice, mal.UserID)
 	if _, err := mal.JoinRoomByID(ctx, room); err != nil {
 		t.Fatal(err)
 	}
-	alice.waitMessage(t, "the archive notice", func(e *event.Event) bool { return e.Sender == bot && e.RoomID == room })
 	waitFor(t, "mal in the room", func() bool {
 		m, err := alice.JoinedMembers(ctx, room)
 		return err == nil && hasMember(m, mal.UserID)
 	})
-
-	img := testPNG(t)
-	file := attachment.NewEncryptedFile()
-	up, err := alice.UploadBytes(ctx, file.Encrypt(img), "application/octet-stream")
+	_, up, content := uploadImage(t, alice, "xray.png")
+	aliceMsg, err := alice.SendMessageEvent(ctx, room, event.EventMessage, content)
 	if err != nil {
 		t.Fatal(err)
 	}
-	content := func() *event.MessageEventContent {
-		return &event.MessageEventContent{MsgType: event.MsgImage, Body: "xray.png", Info: &event.FileInfo{MimeType: "image/png", Size: len(img)},
-			File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}}
-	}
-	aliceMsg, err := alice.SendMessageEvent(ctx, room, event.EventMessage, content())
-	if err != nil {
-		t.Fatal(err)
-	}
-	malMsg, err := mal.SendMessageEvent(ctx, room, event.EventMessage, content())
+	malMsg, err := mal.SendMessageEvent(ctx, room, event.EventMessage, content)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +450,7 @@ func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
 	waitAudit(t, st, "the deletion of alice's file refused", func(l auditLine) bool {
 		return l.Type == "archive" && l.Action == "media-refused" && l.Outcome == "denied" && l.EventID == string(malMsg.EventID)
 	})
-	if _, err := mal.DownloadBytes(ctx, up.ContentURI); err != nil {
+	if _, err := mal.DownloadBytes(ctx, up); err != nil {
 		t.Fatalf("alice's file was deleted by mal's redaction: %v", err)
 	}
 	// Nor can he name alice's message itself in a redaction of his own
@@ -460,14 +469,14 @@ func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "different room") {
 		t.Fatalf("redaction in mal's own room: %v", err)
 	}
-	if _, err := mal.DownloadBytes(ctx, up.ContentURI); err != nil {
+	if _, err := mal.DownloadBytes(ctx, up); err != nil {
 		t.Fatalf("alice's file was deleted by a redaction in mal's room: %v", err)
 	}
 	if _, err := alice.RedactEvent(ctx, room, aliceMsg.EventID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor2(t, 30*time.Second, "alice's file deleted with her message", func() bool {
-		_, err := mal.DownloadBytes(ctx, up.ContentURI)
+		_, err := mal.DownloadBytes(ctx, up)
 		return errors.Is(err, mautrix.MNotFound)
 	})
 }
@@ -479,29 +488,19 @@ func TestRedTeamRedactionCannotDeleteAnothersFile(t *testing.T) {
 // reach the service as events, and Synapse's admin API deletes the file.
 func TestWipeTakesArchivedFiles(t *testing.T) {
 	onSynapse(t, "media is deleted through Synapse's admin API, on the redactions Synapse pushes")
-	st := startStack(t, devstack.Options{})
+	st, bot, alice := archiveStack(t, "version: 1\ndefaults:\n  archive: on\n")
 	ctx := context.Background()
-	setPolicy(t, st, []byte("version: 1\ndefaults:\n  archive: on\n"))
-	bot := botOf(t, st)
-	alice := newE2EEUser(t, st, "alice")
 	bob := newUser(t, st, "bob")
-	room := enrolledRoom(t, st, alice)
-	alice.waitMessage(t, "the archive notice", func(e *event.Event) bool { return e.Sender == bot && e.RoomID == room })
-	img := testPNG(t)
-	file := attachment.NewEncryptedFile()
-	up, err := alice.UploadBytes(ctx, file.Encrypt(img), "application/octet-stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := alice.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgImage, Body: "ward-round.png",
-		Info: &event.FileInfo{MimeType: "image/png", Size: len(img)}, File: &event.EncryptedFileInfo{EncryptedFile: *file, URL: up.ContentURI.CUString()}}); err != nil {
+	room := archivedRoom(t, st, bot, alice)
+	_, up, content := uploadImage(t, alice, "ward-round.png")
+	if _, err := alice.SendMessageEvent(ctx, room, event.EventMessage, content); err != nil {
 		t.Fatal(err)
 	}
 	waitFor2(t, 30*time.Second, "the image archived", func() bool {
 		out, _, _ := st.Service("archive", "report")
 		return reportRow(string(out), string(room)) == "1 0 -"
 	})
-	if _, err := bob.DownloadBytes(ctx, up.ContentURI); err != nil {
+	if _, err := bob.DownloadBytes(ctx, up); err != nil {
 		t.Fatalf("the file before the wipe: %v", err)
 	}
 	alice.cancel()
@@ -509,7 +508,7 @@ func TestWipeTakesArchivedFiles(t *testing.T) {
 		t.Fatalf("wipe: %v\n%s%s", err, out, errOut)
 	}
 	waitFor2(t, 30*time.Second, "the wiped message's file deleted", func() bool {
-		_, err := bob.DownloadBytes(ctx, up.ContentURI)
+		_, err := bob.DownloadBytes(ctx, up)
 		return errors.Is(err, mautrix.MNotFound)
 	})
 }
