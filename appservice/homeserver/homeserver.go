@@ -118,19 +118,27 @@ var ErrNoQuarantine = errors.New("this homeserver offers no media quarantine API
 // acting as user (who must be a server admin: make the bot one). On other
 // homeservers it returns ErrNoQuarantine.
 func (c *Client) QuarantineMedia(ctx context.Context, software, user, mxc string) error {
-	if software != "synapse" {
-		return ErrNoQuarantine
-	}
-	uri, err := id.ParseContentURI(mxc)
-	if err != nil {
-		return fmt.Errorf("not an mxc URI: %w", err)
-	}
-	cli, err := c.as(user)
+	cli, uri, err := c.synapseMedia(software, user, mxc, ErrNoQuarantine)
 	if err != nil {
 		return err
 	}
 	_, err = cli.MakeRequest(ctx, http.MethodPost, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "media", "quarantine", uri.Homeserver, uri.FileID}), struct{}{}, nil)
 	return err
+}
+
+// synapseMedia is what each of Synapse's media admin calls starts with: a
+// client acting as user (a server admin) and the file's mxc URI parsed; on
+// other homeservers, none (the caller's error).
+func (c *Client) synapseMedia(software, user, mxc string, none error) (*mautrix.Client, id.ContentURI, error) {
+	if software != "synapse" {
+		return nil, id.ContentURI{}, none
+	}
+	uri, err := id.ParseContentURI(mxc)
+	if err != nil {
+		return nil, id.ContentURI{}, fmt.Errorf("not an mxc URI: %w", err)
+	}
+	cli, err := c.as(user)
+	return cli, uri, err
 }
 
 // ErrNoMediaDelete is returned where the homeserver offers no way to
@@ -142,14 +150,7 @@ var ErrNoMediaDelete = errors.New("this homeserver offers no media delete API; t
 // {id}, acting as user, a server admin); "" for a file it has no uploader
 // of (remote media). On other homeservers it returns ErrNoMediaDelete.
 func (c *Client) MediaUploader(ctx context.Context, software, user, mxc string) (string, error) {
-	if software != "synapse" {
-		return "", ErrNoMediaDelete
-	}
-	uri, err := id.ParseContentURI(mxc)
-	if err != nil {
-		return "", fmt.Errorf("not an mxc URI: %w", err)
-	}
-	cli, err := c.as(user)
+	cli, uri, err := c.synapseMedia(software, user, mxc, ErrNoMediaDelete)
 	if err != nil {
 		return "", err
 	}
@@ -172,14 +173,7 @@ func (c *Client) MediaUploader(ctx context.Context, software, user, mxc string) 
 // acting as user (a server admin: the bot). A file already gone is not an
 // error. On other homeservers it returns ErrNoMediaDelete.
 func (c *Client) DeleteMedia(ctx context.Context, software, user, mxc string) error {
-	if software != "synapse" {
-		return ErrNoMediaDelete
-	}
-	uri, err := id.ParseContentURI(mxc)
-	if err != nil {
-		return fmt.Errorf("not an mxc URI: %w", err)
-	}
-	cli, err := c.as(user)
+	cli, uri, err := c.synapseMedia(software, user, mxc, ErrNoMediaDelete)
 	if err != nil {
 		return err
 	}
