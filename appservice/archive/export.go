@@ -199,54 +199,39 @@ func loadItems(ctx context.Context, db *store.DB, ring *Keyring, keys *audit.Key
 	case q.Room != "":
 		rooms = []string{keys.Room(q.Room)}
 	default:
-		rows, err := db.R.QueryContext(ctx, `SELECT DISTINCT room_p FROM archive_item WHERE sender_p = $1 ORDER BY room_p`, keys.User(q.User))
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
+		err := eachRow(ctx, db, `SELECT DISTINCT room_p FROM archive_item WHERE sender_p = $1 ORDER BY room_p`, []any{keys.User(q.User)}, func(s scanner) error {
 			var r string
-			if err := rows.Scan(&r); err != nil {
-				rows.Close()
-				return nil, err
-			}
+			err := s.Scan(&r)
 			rooms = append(rooms, r)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+			return err
+		})
+		if err != nil {
 			return nil, err
 		}
 	}
 	var out []Record
 	for _, room := range rooms {
-		rows, err := db.R.QueryContext(ctx, `SELECT event_id, kind, sealed FROM archive_item WHERE room_p = $1 ORDER BY sent_at, event_id`, room)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
+		err := eachRow(ctx, db, `SELECT event_id, kind, sealed FROM archive_item WHERE room_p = $1 ORDER BY sent_at, event_id`, []any{room}, func(s scanner) error {
 			var id, kind string
 			var sealed []byte
-			if err := rows.Scan(&id, &kind, &sealed); err != nil {
-				rows.Close()
-				return nil, err
+			if err := s.Scan(&id, &kind, &sealed); err != nil {
+				return err
 			}
 			plain, err := ring.Open(kind+"/"+id, sealed)
 			if err != nil {
-				rows.Close()
-				return nil, err
+				return err
 			}
 			var r Record
 			if err := json.Unmarshal(plain, &r); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("archive record %s/%s: %w", kind, id, err)
+				return fmt.Errorf("archive record %s/%s: %w", kind, id, err)
 			}
 			if r.EventID != id || r.Kind != kind {
-				rows.Close()
-				return nil, fmt.Errorf("archive record %s/%s: holds %s/%s", kind, id, r.Kind, r.EventID)
+				return fmt.Errorf("archive record %s/%s: holds %s/%s", kind, id, r.Kind, r.EventID)
 			}
 			out = append(out, r)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+			return nil
+		})
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -500,29 +485,25 @@ func (p *pkg) missing(ctx context.Context, room string, recs []Record, q Query, 
 			names[keys.User(r.User)] = r.User
 		}
 	}
-	rows, err := p.db.R.QueryContext(ctx, `SELECT event_id, sender_p, sent_at, reason FROM archive_missing WHERE room_p = $1 ORDER BY sent_at, event_id`, keys.Room(room))
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
 	var out []Missing
-	for rows.Next() {
+	err := eachRow(ctx, p.db, `SELECT event_id, sender_p, sent_at, reason FROM archive_missing WHERE room_p = $1 ORDER BY sent_at, event_id`, []any{keys.Room(room)}, func(s scanner) error {
 		var x Missing
 		var sp string
 		var at int64
-		if err := rows.Scan(&x.EventID, &sp, &at, &x.Reason); err != nil {
-			return nil, err
+		if err := s.Scan(&x.EventID, &sp, &at, &x.Reason); err != nil {
+			return err
 		}
 		if !inRange(q, at) || (q.User != "" && sp != keys.User(q.User)) {
-			continue
+			return nil
 		}
 		x.Time, x.RoomID, x.Sender = stamp(at), room, sp
 		if n, ok := names[sp]; ok {
 			x.Sender = n
 		}
 		out = append(out, x)
-	}
-	return out, rows.Err()
+		return nil
+	})
+	return out, err
 }
 
 // safeName is a file name made of what is safe on every file system.

@@ -171,18 +171,15 @@ func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, p
 		rec.Kind, rec.User, rec.Membership = KindMember, *ev.StateKey, ev.Content.Membership
 	case ev.StateKey != nil:
 		return
-	case ev.Sender == f.env.BotUser || ev.Sender == "@"+f.env.Config.SenderLocalpart()+":"+f.env.Config.Homeserver.Domain:
-		if ev.Type != "m.room.redaction" {
-			return // the service's own notices: the audit trail has them
-		}
-		fallthrough
 	case ev.Type == "m.room.redaction":
 		raw := gjson.ParseBytes(ev.Raw)
 		rec.Kind, rec.Redacts, rec.Reason = KindRedaction, raw.Get("redacts").String(), raw.Get("content.reason").String()
 		if rec.Redacts == "" {
 			rec.Redacts = raw.Get("content.redacts").String() // room version 11
 		}
-		rec.ByService = ev.Sender == f.env.BotUser || strings.HasPrefix(ev.Sender, "@"+f.env.Config.SenderLocalpart()+":")
+		rec.ByService = f.ownUser(ev.Sender)
+	case f.ownUser(ev.Sender):
+		return // the service's own notices: the audit trail has them
 	case ev.Type == "m.room.encrypted":
 		raw := ev.Raw
 		if raw == nil {
@@ -212,6 +209,12 @@ func (f *Feature) DecideEvent(ev *appservice.Event, room *appservice.RoomInfo, p
 		return
 	}
 	dec.Row(f, it)
+}
+
+// ownUser reports whether user is one of the service's own: the bot, or
+// the registration's sender.
+func (f *Feature) ownUser(user string) bool {
+	return user == f.env.BotUser || user == "@"+f.env.Config.SenderLocalpart()+":"+f.env.Config.Homeserver.Domain
 }
 
 // noticeRoom marks room archived and tells its members, once.

@@ -109,22 +109,15 @@ func (f *Feature) deleteMedia(ctx context.Context, j *appservice.Job) error {
 	if err != nil {
 		return err
 	}
-	rows, err := f.env.DB.R.QueryContext(ctx, `SELECT mxc, sender_p FROM archive_media WHERE event_id = $1 ORDER BY mxc`, p.EventID)
-	if err != nil {
-		return err
-	}
 	var mxcs []string
 	var sender string
-	for rows.Next() {
+	err = eachRow(ctx, f.env.DB, `SELECT mxc, sender_p FROM archive_media WHERE event_id = $1 ORDER BY mxc`, []any{p.EventID}, func(s scanner) error {
 		var m string
-		if err := rows.Scan(&m, &sender); err != nil {
-			rows.Close()
-			return err
-		}
+		err := s.Scan(&m, &sender)
 		mxcs = append(mxcs, m)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(mxcs) == 0 {
+		return err
+	})
+	if err != nil || len(mxcs) == 0 {
 		return err // nothing of this message's is in the media repository
 	}
 	keys := f.env.Chain.Keys()

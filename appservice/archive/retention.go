@@ -157,7 +157,7 @@ func Report(ctx context.Context, db *store.DB, keys *audit.Keys) ([]RoomReport, 
 	for _, r := range known.All() {
 		ids[keys.Room(r.ID)] = r.ID
 	}
-	err = eachRow(ctx, db, `SELECT room_p, since FROM archive_room ORDER BY room_p`, func(s scanner) error {
+	err = eachRow(ctx, db, `SELECT room_p, since FROM archive_room ORDER BY room_p`, nil, func(s scanner) error {
 		var p string
 		var since int64
 		if err := s.Scan(&p, &since); err != nil {
@@ -167,7 +167,7 @@ func Report(ctx context.Context, db *store.DB, keys *audit.Keys) ([]RoomReport, 
 		return nil
 	})
 	if err == nil {
-		err = eachRow(ctx, db, `SELECT room_p, COUNT(*) FROM archive_item WHERE kind = 'message' GROUP BY room_p ORDER BY room_p`, func(s scanner) error {
+		err = eachRow(ctx, db, `SELECT room_p, COUNT(*) FROM archive_item WHERE kind = 'message' GROUP BY room_p ORDER BY room_p`, nil, func(s scanner) error {
 			var p string
 			var n int
 			if err := s.Scan(&p, &n); err != nil {
@@ -178,7 +178,7 @@ func Report(ctx context.Context, db *store.DB, keys *audit.Keys) ([]RoomReport, 
 		})
 	}
 	if err == nil {
-		err = eachRow(ctx, db, `SELECT room_p, reason, COUNT(*) FROM archive_missing GROUP BY room_p, reason ORDER BY room_p, reason`, func(s scanner) error {
+		err = eachRow(ctx, db, `SELECT room_p, reason, COUNT(*) FROM archive_missing GROUP BY room_p, reason ORDER BY room_p, reason`, nil, func(s scanner) error {
 			var p, reason string
 			var n int
 			if err := s.Scan(&p, &reason, &n); err != nil {
@@ -205,8 +205,10 @@ func Report(ctx context.Context, db *store.DB, keys *audit.Keys) ([]RoomReport, 
 
 type scanner interface{ Scan(...any) error }
 
-func eachRow(ctx context.Context, db *store.DB, q string, f func(scanner) error) error {
-	rows, err := db.R.QueryContext(ctx, q)
+// eachRow runs a read query and hands f each row, the archive's one loop
+// over rows.
+func eachRow(ctx context.Context, db *store.DB, q string, args []any, f func(scanner) error) error {
+	rows, err := db.R.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
 	}
