@@ -13,27 +13,20 @@ side from them. Exit 0 when every step is done, 1 on timeout.
 usage: nio_client.py HOMESERVER USER_ID PASSWORD ROOM_ID STORE_DIR OTHER_USERS BOT_USER
 """
 import asyncio
-import json
 import sys
 import uuid
 
-from nio import (AsyncClient, AsyncClientConfig, LoginResponse, MegolmEvent,
-                 RoomMessageNotice, RoomMessageText, RoomSendResponse)
+from nio import MegolmEvent, RoomMessageNotice, RoomMessageText, RoomSendResponse
 from nio.api import Api
 
-
-def say(**kw):
-    print(json.dumps(kw), flush=True)
+from niotest import join_encrypted, login, say, sync_until
 
 
 async def main():
     hs, user, password, room_id, store, others, bot = sys.argv[1:8]
     others = others.split(",")
-    client = AsyncClient(hs, user, store_path=store,
-                         config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True))
-    resp = await client.login(password, device_name="nio test client")
-    if not isinstance(resp, LoginResponse):
-        say(error="login failed: %s" % resp)
+    client = await login(hs, user, password, store, "nio test client")
+    if client is None:
         return 1
     got = {"others": {}, "notice": None}
     undecryptable = []
@@ -55,26 +48,8 @@ async def main():
     client.add_event_callback(on_message, (RoomMessageText, RoomMessageNotice))
     client.add_event_callback(on_megolm, (MegolmEvent,))
 
-    async def sync_until(cond, what, seconds=60):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not cond():
-            if loop.time() > deadline:
-                say(error="timed out waiting for " + what, undecryptable=undecryptable)
-                return False
-            await client.sync(timeout=500, full_state=client.next_batch is None)
-            if client.should_upload_keys:
-                await client.keys_upload()
-        return True
-
-    if not await sync_until(lambda: room_id in client.invited_rooms or room_id in client.rooms, "the invite"):
-        return 1
-    await client.join(room_id)
-    if not await sync_until(lambda: room_id in client.rooms and client.rooms[room_id].encrypted, "the room to be encrypted"):
-        return 1
     # Everyone in before the first message, so its key is shared with all.
-    r = client.rooms[room_id]
-    if not await sync_until(lambda: all(o in r.users and o not in r.invited_users for o in others), "the others to join"):
+    if not await join_encrypted(client, room_id, others, undecryptable=undecryptable):
         return 1
     say(step="joined")
 
@@ -85,7 +60,7 @@ async def main():
         return 1
     say(step="sent", encrypted=True, event_id=resp.event_id)
 
-    if not await sync_until(lambda: all(o in got["others"] for o in others), "the other people's messages"):
+    if not await sync_until(client, lambda: all(o in got["others"] for o in others), "the other people's messages", undecryptable=undecryptable):
         return 1
 
     # Bypass nio's encryption: a plaintext event straight to the send API.
@@ -97,7 +72,7 @@ async def main():
         return 1
     say(step="sent", encrypted=False, event_id=resp.event_id)
 
-    if not await sync_until(lambda: got["notice"] is not None, "the bot's notice"):
+    if not await sync_until(client, lambda: got["notice"] is not None, "the bot's notice", undecryptable=undecryptable):
         return 1
     await client.close()
     return 0
