@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
@@ -121,6 +122,8 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 	format := fs.String("format", "jsonl", "jsonl, syslog (RFC 5424, one message per line) or fhir (R4 AuditEvent, NDJSON)")
 	since := fs.String("since", "", "only records at or after this time (RFC 3339, date, or duration ago)")
 	until := fs.String("until", "", "only records before this time")
+	user := fs.String("user", "", "only records about this user: a Matrix ID (needs the pseudonym key) or its pseudonym u_…")
+	room := fs.String("room", "", "only records about this room: a room ID (needs the pseudonym key) or its pseudonym r_…")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -140,11 +143,30 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	db, chain, err := appservice.OpenForVerify(ctx, cfg, time.Now)
+	// A pseudonym given as such needs only the chain key (an auditor's
+	// copy); an ID is turned into one with the pseudonym key.
+	open := appservice.OpenForVerify
+	if (*user != "" && !strings.HasPrefix(*user, "u_")) || (*room != "" && !strings.HasPrefix(*room, "r_")) {
+		if err := havePseudonymKey(cfg); err != nil {
+			return err
+		}
+		open = appservice.OpenStore
+	}
+	db, chain, err := open(ctx, cfg, time.Now)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	for _, a := range []struct{ given, kind string }{{*user, "user"}, {*room, "room"}} {
+		if a.given == "" {
+			continue
+		}
+		p, err := pseudonymOf(chain.Keys(), a.kind, a.given)
+		if err != nil {
+			return err
+		}
+		r.About = append(r.About, p)
+	}
 	var n int64
 	switch *format {
 	case "syslog":
@@ -161,8 +183,77 @@ func auditExport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		outcome = audit.OutcomeFailure
 	}
-	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAuditRead, Outcome: outcome, Actor: operator(), Action: "export-" + *format, Count: n}); aerr != nil {
+	// Whom an investigator searched for is on the record, as the pseudonym.
+	about := strings.Join(r.About, " ")
+	if aerr := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAuditRead, Outcome: outcome, Actor: operator(), Action: "export-" + *format, Detail: about, Count: n}); aerr != nil {
 		return fmt.Errorf("could not record this export in the audit trail: %w", aerr)
 	}
 	return err
+}
+
+// auditPseudonym prints the pseudonym the audit trail knows a user or room
+// by, for an investigator to search exports and a SIEM for. Computing one
+// tests a guess against the pseudonym key, so each is itself recorded.
+func auditPseudonym(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("audit pseudonym", stderr)
+	user := fs.String("user", "", "a Matrix user ID (@name:server)")
+	room := fs.String("room", "", "a room ID (!id:server)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	kind, given := "user", *user
+	if *room != "" {
+		kind, given = "room", *room
+	}
+	if (*user == "") == (*room == "") {
+		return errUsage{"usage: matrix-hipaa audit pseudonym -config F (-user ID | -room ID)"}
+	}
+	ctx := context.Background()
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if err := havePseudonymKey(cfg); err != nil {
+		return err
+	}
+	db, chain, err := appservice.OpenStore(ctx, cfg, time.Now)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	p, err := pseudonymOf(chain.Keys(), kind, given)
+	if err != nil {
+		return err
+	}
+	if err := chain.AppendTx(ctx, db, &audit.Record{Type: audit.TypeAuditRead, Outcome: audit.OutcomeSuccess, Actor: operator(), Action: "pseudonym", Detail: p}); err != nil {
+		return fmt.Errorf("could not record this in the audit trail, so it is not shown: %w", err)
+	}
+	_, err = fmt.Fprintln(stdout, p)
+	return err
+}
+
+// pseudonymOf is the pseudonym of a user or room given by its Matrix ID,
+// or the pseudonym itself where one is given.
+func pseudonymOf(keys *audit.Keys, kind, given string) (string, error) {
+	prefix, sigil, pseudo := "u_", "@", keys.User
+	if kind == "room" {
+		prefix, sigil, pseudo = "r_", "!", keys.Room
+	}
+	switch {
+	case strings.HasPrefix(given, prefix) && len(given) == len(prefix)+32:
+		return given, nil
+	case strings.HasPrefix(given, sigil) && strings.Contains(given, ":"):
+		return pseudo(given), nil
+	}
+	return "", errUsage{fmt.Sprintf("-%s %q: give a %s ID (%sname:server) or its pseudonym (%s…)", kind, given, kind, sigil, prefix)}
+}
+
+// havePseudonymKey refuses to turn IDs into pseudonyms where the key is not
+// (an auditor's copy holds only the chain key): opening the store would make
+// a new key, and with it pseudonyms that match nothing in the trail.
+func havePseudonymKey(cfg *config.Config) error {
+	if _, err := os.Stat(cfg.Keys.PseudonymFile); err != nil {
+		return fmt.Errorf("no pseudonym key at %s (keys.pseudonym_file), so IDs cannot be turned into pseudonyms here: give the pseudonym (u_… or r_…) instead, from `matrix-hipaa audit pseudonym` on the service's host", cfg.Keys.PseudonymFile)
+	}
+	return nil
 }

@@ -75,7 +75,10 @@ Commands:
         [-public-key K] [-checkpoints F]  (exit 0 intact)
   audit public-key -config FILE          print the checkpoint signing key's public half
   audit export -config FILE -format jsonl|syslog|fhir [-since T] [-until T]
-                                         print audit records
+        [-user ID|u_… ] [-room ID|r_…]   print audit records (only those about the user
+                                         or room, matched by pseudonym, if given)
+  audit pseudonym -config FILE (-user ID | -room ID)
+                                         the pseudonym the trail knows them by (audited)
   backup -config FILE (-out FILE | -dir DIR [-keep N])
                                          a consistent copy of the SQLite database, taken
                                          while the service runs, its audit chain checked
@@ -115,7 +118,7 @@ var (
 	groups = map[string]map[string]command{
 		"policy":  {"validate": policyValidate, "explain": policyExplain},
 		"config":  {"validate": configValidate},
-		"audit":   {"verify": auditVerify, "export": auditExport, "public-key": auditPublicKey},
+		"audit":   {"verify": auditVerify, "export": auditExport, "public-key": auditPublicKey, "pseudonym": auditPseudonym},
 		"archive": {"export": archiveExport, "report": archiveReport},
 	}
 )

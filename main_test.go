@@ -322,3 +322,65 @@ func TestStatusAndRoomsWithABrokenPolicyFile(t *testing.T) {
 		}
 	}
 }
+
+// docs/audit.md's walkthrough, step by step: the pseudonym of a person, the
+// records about them (with the pseudonym key, and by an auditor without
+// it), and both searches on the record.
+func TestInvestigationWalkthrough(t *testing.T) {
+	dir, cfg, _ := runningExample(t)
+	for _, args := range [][]string{
+		{"-user", "@jdoe:hospital.example", "-reason", "complaint 17"},
+		{"-user", "@other:hospital.example", "-reason", "another matter"},
+		{"-room", "!ward:hospital.example", "-reason", "ward review"},
+	} {
+		if code, _, errOut := runCLI(append([]string{"hold", "-config", cfg}, args...)...); code != 0 {
+			t.Fatalf("hold %v: %s", args, errOut)
+		}
+	}
+	code, out, errOut := runCLI("audit", "pseudonym", "-config", cfg, "-user", "@jdoe:hospital.example")
+	p := strings.TrimSpace(out)
+	if code != 0 || !regexp.MustCompile(`^u_[0-9a-f]{32}$`).MatchString(p) {
+		t.Fatalf("audit pseudonym: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = runCLI("audit", "pseudonym", "-config", cfg, "-room", "!ward:hospital.example")
+	room := strings.TrimSpace(out)
+	if code != 0 || !strings.HasPrefix(room, "r_") {
+		t.Fatalf("audit pseudonym -room: %d %q", code, out)
+	}
+	for _, bad := range [][]string{{}, {"-user", "jdoe"}, {"-user", "@a:b", "-room", "!r:b"}, {"-room", "@jdoe:hospital.example"}} {
+		if code, _, _ := runCLI(append([]string{"audit", "pseudonym", "-config", cfg}, bad...)...); code != 2 {
+			t.Fatalf("audit pseudonym %v exited %d, want 2", bad, code)
+		}
+	}
+	// By Matrix ID: the hold on jdoe, and the pseudonym's own computation.
+	code, out, errOut = runCLI("audit", "export", "-config", cfg, "-format", "jsonl", "-user", "@jdoe:hospital.example")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 || !strings.Contains(lines[0], `"type":"hold"`) || !strings.Contains(lines[0], `"detail":"`+p+`"`) ||
+		!strings.Contains(lines[1], `"detail":"`+p+`","action":"pseudonym"`) {
+		t.Fatalf("audit export -user: %d %q\n%s", code, errOut, out)
+	}
+	// An auditor with the chain key alone searches by the pseudonym.
+	auditor := t.TempDir()
+	key, _ := os.ReadFile(filepath.Join(dir, "audit.key"))
+	os.WriteFile(filepath.Join(auditor, "audit.key"), key, 0o600)
+	text := strings.Replace(string(config.Example()), "  uri: matrix-hipaa.db\n", "  uri: "+filepath.Join(dir, "matrix-hipaa.db")+"\n", 1)
+	auditorCfg := filepath.Join(auditor, "config.yaml")
+	os.WriteFile(auditorCfg, []byte(text), 0o600)
+	code, out, errOut = runCLI("audit", "export", "-config", auditorCfg, "-format", "fhir", "-user", p, "-room", room)
+	if n := strings.Count(out, `"resourceType":"AuditEvent"`); code != 0 || n != 5 {
+		// jdoe's hold and pseudonym, then the ward's hold and pseudonym,
+		// then the export by ID above (it names jdoe).
+		t.Fatalf("auditor's export: %d %q, %d records:\n%s", code, errOut, n, out)
+	}
+	if code, _, errOut := runCLI("audit", "export", "-config", auditorCfg, "-user", "@jdoe:hospital.example"); code != 1 || !strings.Contains(errOut, "no pseudonym key") {
+		t.Fatalf("an ID searched for without the pseudonym key: %d %q", code, errOut)
+	}
+	if entries, _ := os.ReadDir(auditor); len(entries) != 2 {
+		t.Fatalf("the auditor's folder holds %v: searching made keys", entries)
+	}
+	code, out, _ = runCLI("audit", "export", "-config", cfg, "-format", "jsonl")
+	if code != 0 || !strings.Contains(out, `"detail":"`+p+`","action":"export-jsonl","count":2`) ||
+		!strings.Contains(out, `"detail":"`+p+` `+room+`","action":"export-fhir","count":5`) {
+		t.Fatalf("the searches are not on the record:\n%s", out)
+	}
+}
