@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -608,7 +609,20 @@ func safeRun(ctx context.Context, h Handler, j *Job) (err error) {
 }
 
 func (r *Runner) finish(ctx context.Context, log zerolog.Logger, j *Job, state string, attempts int, now time.Time, errText, recType, outcome string) {
-	r.finishAs(ctx, log, j, state, attempts, now, errText, &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID, Count: int64(attempts)})
+	r.finishAs(ctx, log, j, state, attempts, now, errText, &audit.Record{Type: recType, Outcome: outcome, Action: j.Kind, JobID: j.ID,
+		EventID: eventOf(j), Count: int64(attempts)})
+}
+
+// eventOf is the event a job acts on, where its payload names one: it ties
+// the action's record to the event's (how long a redaction took, say).
+func eventOf(j *Job) string {
+	var p struct {
+		EventID string `json:"event_id"`
+	}
+	if json.Unmarshal(j.Payload, &p) != nil || !strings.HasPrefix(p.EventID, "$") || len(p.EventID) > 255 {
+		return ""
+	}
+	return p.EventID
 }
 
 // finishAs records a job's final state with rec in one transaction.
