@@ -16,7 +16,8 @@ const module = "github.com/matrix-hipaa/matrix-hipaa"
 // features are the packages that add a capability on the engine. The engine
 // (appservice and what it is built from) imports none of them, and no
 // feature imports another: features talk through the engine's interfaces.
-// Surfaces (main, the admin API and management room) present features to
+// Surfaces (main, the admin API and management room, the compliance
+// report) present features to
 // people and may use any of them; assembly names them all.
 var (
 	features = []string{
@@ -30,6 +31,7 @@ var (
 	surfaces = []string{
 		module + "/appservice/admin",
 		module + "/appservice/assembly",
+		module + "/appservice/compliance",
 	}
 )
 

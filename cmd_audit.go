@@ -12,6 +12,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/admin"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
 )
 
@@ -23,35 +24,18 @@ func auditVerify(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	ctx := context.Background()
-	cfg, err := config.Load(*cfgPath)
+	v, err := openVerifier(ctx, *cfgPath, *pubFlag, *cpFlag)
 	if err != nil {
 		return err
 	}
-	pub, err := checkpointKey(cfg, *pubFlag)
-	if err != nil {
-		return err
-	}
-	cpFile := *cpFlag
-	if cpFile == "" {
-		cpFile = cfg.Audit.CheckpointFile
-	}
-	fromFile, err := audit.ReadCheckpointFile(cpFile)
-	if err != nil {
-		return err
-	}
-	// Only the chain key: what an auditor is given verifies, and can do
-	// nothing else (no pseudonyms reversed, no bot keys opened).
-	db, chain, err := appservice.OpenForVerify(ctx, cfg, time.Now)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
+	defer v.db.Close()
+	db, chain := v.db, v.chain
 	start := time.Now()
 	res, err := audit.Verify(ctx, db, chain.Keys())
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	cps, err := audit.VerifyCheckpoints(ctx, db, pub, fromFile)
+	cps, err := audit.VerifyCheckpoints(ctx, db, v.pub, v.checkpoints)
 	if err != nil {
 		return fmt.Errorf("verify checkpoints: %w", err)
 	}
@@ -73,6 +57,41 @@ func auditVerify(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "OK: %d records intact, chain head %d, %d signed checkpoints check out (latest vouches for record %d) (%s)\n",
 		res.Records, res.HeadSeq, cps.Checked, cps.Latest, time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// verifier is what checking the trail needs: the config, the checkpoint
+// public key, the checkpoint file's checkpoints, and the database with a
+// chain that holds only the chain key (what an auditor is given verifies,
+// and can do nothing else: no pseudonyms reversed, no bot keys opened).
+type verifier struct {
+	cfg         *config.Config
+	pub         ed25519.PublicKey
+	checkpoints []audit.Checkpoint
+	db          *store.DB
+	chain       *audit.Chain
+}
+
+// openVerifier opens what verifying needs; pubFlag and cpFile default to
+// the service's signing key and audit.checkpoint_file.
+func openVerifier(ctx context.Context, cfgPath, pubFlag, cpFile string) (*verifier, error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	v := &verifier{cfg: cfg}
+	if v.pub, err = checkpointKey(cfg, pubFlag); err != nil {
+		return nil, err
+	}
+	if cpFile == "" {
+		cpFile = cfg.Audit.CheckpointFile
+	}
+	if v.checkpoints, err = audit.ReadCheckpointFile(cpFile); err != nil {
+		return nil, err
+	}
+	if v.db, v.chain, err = appservice.OpenForVerify(ctx, cfg, time.Now); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // checkpointKey is the public key checkpoints are checked against: the one

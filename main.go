@@ -79,6 +79,9 @@ Commands:
                                          or room, matched by pseudonym, if given)
   audit pseudonym -config FILE (-user ID | -room ID)
                                          the pseudonym the trail knows them by (audited)
+  compliance report -config FILE [-since T] [-format md|json|html] [-out FILE] [-offline]
+                                         each HIPAA safeguard with the deployment's live
+                                         evidence, and findings ranked (counts, never names)
   backup -config FILE (-out FILE | -dir DIR [-keep N])
                                          a consistent copy of the SQLite database, taken
                                          while the service runs, its audit chain checked
@@ -116,10 +119,11 @@ var (
 		"keys":                  keysCommand,
 	}
 	groups = map[string]map[string]command{
-		"policy":  {"validate": policyValidate, "explain": policyExplain},
-		"config":  {"validate": configValidate},
-		"audit":   {"verify": auditVerify, "export": auditExport, "public-key": auditPublicKey, "pseudonym": auditPseudonym},
-		"archive": {"export": archiveExport, "report": archiveReport},
+		"policy":     {"validate": policyValidate, "explain": policyExplain},
+		"config":     {"validate": configValidate},
+		"audit":      {"verify": auditVerify, "export": auditExport, "public-key": auditPublicKey, "pseudonym": auditPseudonym},
+		"archive":    {"export": archiveExport, "report": archiveReport},
+		"compliance": {"report": complianceReport},
 	}
 )
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -382,5 +383,68 @@ func TestInvestigationWalkthrough(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"detail":"`+p+`","action":"export-jsonl","count":2`) ||
 		!strings.Contains(out, `"detail":"`+p+` `+room+`","action":"export-fhir","count":5`) {
 		t.Fatalf("the searches are not on the record:\n%s", out)
+	}
+}
+
+// compliance report on the example config, offline: every format, to a
+// file or stdout; the report is itself on the record; bad flags are usage
+// errors.
+func TestComplianceReportCommand(t *testing.T) {
+	dir, cfg, _ := runningExample(t)
+	if code, _, errOut := runCLI("hold", "-config", cfg, "-user", "@jdoe:hospital.example", "-reason", "complaint"); code != 0 {
+		t.Fatalf("hold: %s", errOut)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), policy.Example(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The service's signing key (a running service makes it).
+	if code, _, errOut := runCLI("audit", "public-key", "-config", cfg); code != 0 {
+		t.Fatal(errOut)
+	}
+	code, out, errOut := runCLI("compliance", "report", "-config", cfg, "-offline", "-format", "json")
+	var rep struct {
+		Evidence struct {
+			Holds struct{ Standing, Placed int64 }
+			Audit struct {
+				Intact  bool
+				Records int64
+			}
+		}
+		Findings []struct{ ID, Severity string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil {
+		t.Fatalf("compliance report -format json: %d %v %q\n%s", code, err, errOut, out)
+	}
+	if rep.Evidence.Holds.Standing != 1 || rep.Evidence.Holds.Placed != 1 || !rep.Evidence.Audit.Intact || rep.Evidence.Audit.Records != 1 {
+		t.Fatalf("report evidence: %+v", rep.Evidence)
+	}
+	ids := map[string]bool{}
+	for _, f := range rep.Findings {
+		ids[f.ID] = true
+	}
+	// Nothing was ever backed up or checkpointed, and the homeserver was
+	// not asked.
+	if !ids["backup-stale"] || !ids["homeserver-version-unknown"] || !ids["checkpoints-missing"] {
+		t.Fatalf("findings %+v", rep.Findings)
+	}
+	for _, format := range []string{"md", "html"} {
+		path := filepath.Join(dir, "report."+format)
+		if code, out, errOut := runCLI("compliance", "report", "-config", cfg, "-offline", "-format", format, "-out", path, "-since", "2026-01-01"); code != 0 || out != "" {
+			t.Fatalf("compliance report -format %s: %d %q %q", format, code, out, errOut)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil || !strings.Contains(string(data), "HIPAA compliance report") || !strings.Contains(string(data), "164.312(b)") ||
+			strings.Contains(string(data), "jdoe") {
+			t.Fatalf("%s report: %v\n%s", format, err, data)
+		}
+	}
+	for _, bad := range [][]string{{"-format", "pdf"}, {"-since", "yesterdayish"}, {"extra"}} {
+		if code, _, _ := runCLI(append([]string{"compliance", "report", "-config", cfg, "-offline"}, bad...)...); code != 2 {
+			t.Fatalf("compliance report %v exited %d, want 2", bad, code)
+		}
+	}
+	code, out, _ = runCLI("audit", "export", "-config", cfg)
+	if code != 0 || strings.Count(out, `"action":"compliance-report"`) != 3 {
+		t.Fatalf("the reports are not on the record:\n%s", out)
 	}
 }

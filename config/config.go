@@ -41,6 +41,8 @@ type Config struct {
 	Jobs    Jobs    `yaml:"jobs"`
 	Keys    Keys    `yaml:"keys"`
 	Pager   Pager   `yaml:"pager"`
+	// Compliance is what `matrix-hipaa compliance report` measures against.
+	Compliance Compliance `yaml:"compliance"`
 
 	// path is where the config was read from; relative paths resolve against its folder.
 	path string
@@ -139,6 +141,23 @@ func (c *Config) BotPassword() (string, error) {
 	}
 	return strings.TrimSpace(string(b)), nil
 }
+
+// Compliance holds the hospital's own thresholds for the compliance report
+// (docs/compliance.md): what it counts as out of date or too old.
+type Compliance struct {
+	// HomeserverMinVersion is the oldest homeserver release the hospital's
+	// patching policy accepts ("1.150.0", "0.13.8"); empty: not compared.
+	HomeserverMinVersion string `yaml:"homeserver_min_version"`
+	// BackupMaxAge is how old the newest backup may be (default 26h).
+	BackupMaxAge Duration `yaml:"backup_max_age"`
+	// ExporterMaxLag is how long an exporter may go without delivering
+	// while records wait for it (default 5m).
+	ExporterMaxLag Duration `yaml:"exporter_max_lag"`
+}
+
+// VersionRE is what a version the hospital names looks like: numbers and
+// dots (what follows, "+abc" or "rc1", is not compared).
+var VersionRE = regexp.MustCompile(`^\d+(\.\d+){0,3}$`)
 
 type Database struct {
 	Type         string `yaml:"type"`
@@ -387,6 +406,12 @@ func (c *Config) applyDefaults() {
 	if c.Homeserver.PusherCheckInterval == 0 {
 		c.Homeserver.PusherCheckInterval = Duration(time.Hour)
 	}
+	if c.Compliance.BackupMaxAge == 0 {
+		c.Compliance.BackupMaxAge = Duration(26 * time.Hour)
+	}
+	if c.Compliance.ExporterMaxLag == 0 {
+		c.Compliance.ExporterMaxLag = Duration(5 * time.Minute)
+	}
 	if c.Homeserver.PurgeInterval == 0 {
 		c.Homeserver.PurgeInterval = Duration(time.Hour)
 	}
@@ -427,6 +452,9 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		d.Errorf("homeserver.domain", "homeserver.domain is required (the server name in user IDs)")
 	case !domainRE.MatchString(c.Homeserver.Domain):
 		d.Errorf("homeserver.domain", "homeserver.domain %q is not a valid server name", c.Homeserver.Domain)
+	}
+	if v := c.Compliance.HomeserverMinVersion; v != "" && !VersionRE.MatchString(v) {
+		d.Errorf("compliance.homeserver_min_version", "compliance.homeserver_min_version %q is not a version (numbers and dots: 1.150.0)", v)
 	}
 	if c.Homeserver.KeepAlive != 0 && c.Homeserver.KeepAlive.D() < 500*time.Millisecond {
 		d.Errorf("homeserver.keepalive", "homeserver.keepalive must be 0 (off) or at least 500ms")

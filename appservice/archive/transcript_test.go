@@ -2,34 +2,21 @@ package archive
 
 import (
 	"bytes"
-	"context"
 	"image"
 	"image/color"
 	"image/png"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/testkit"
 )
 
-// chromium runs Debian's headless Chromium with args on url, with the
-// flags a closed network needs, and returns what it printed.
+// chromium runs Debian's headless Chromium (testkit.Chromium) and returns
+// what it printed.
 func chromium(t *testing.T, url string, args ...string) []byte {
-	t.Helper()
-	bin, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatalf("chromium is not installed (apt-get install chromium; deploy/test.sh does): %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	full := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-		"--disable-component-update", "--disable-sync", "--hide-scrollbars", "--user-data-dir=" + t.TempDir()}, args...)
-	out, err := exec.CommandContext(ctx, bin, append(full, url)...).Output()
-	if err != nil {
-		t.Fatalf("chromium %v: %v", args, err)
-	}
+	out, _ := testkit.Chromium(t, url, args...)
 	return out
 }
 

@@ -72,6 +72,26 @@ func ExportSyslog(ctx context.Context, db *store.DB, r Range, w io.Writer, f *Sy
 // Export writes the records in r, each rendered by render (which appends one
 // line to its first argument).
 func Export(ctx context.Context, db *store.DB, r Range, w io.Writer, render func([]byte, *Stored) ([]byte, error)) (int64, error) {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var line []byte
+	n, err := Each(ctx, db, r, func(st *Stored) error {
+		var err error
+		if line, err = render(line[:0], st); err != nil {
+			return err
+		}
+		_, err = bw.Write(line)
+		return err
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, bw.Flush()
+}
+
+// Each calls f with each record in r, in order, each with the MAC of the
+// record before it (which f must not keep: the next call reuses it), and
+// returns how many it called f with.
+func Each(ctx context.Context, db *store.DB, r Range, f func(*Stored) error) (int64, error) {
 	first, last, err := seqRange(ctx, db, r)
 	if err != nil {
 		return 0, err
@@ -81,17 +101,15 @@ func Export(ctx context.Context, db *store.DB, r Range, w io.Writer, render func
 		return 0, err
 	}
 	defer rows.Close()
-	bw := bufio.NewWriterSize(w, 64<<10)
 	var n int64
 	var prev []byte
-	var line []byte
 	var seq, ts int64
 	var rec, mac sql.RawBytes
 	for rows.Next() {
 		if err := rows.Scan(&seq, &ts, &rec, &mac); err != nil {
 			return n, err
 		}
-		if prev == nil || n == 0 {
+		if prev == nil {
 			// The first record of a range links to one outside it.
 			if prev, err = macOf(ctx, db, seq-1); err != nil {
 				return n, err
@@ -103,20 +121,14 @@ func Export(ctx context.Context, db *store.DB, r Range, w io.Writer, render func
 			return n, err
 		}
 		if ok {
-			if line, err = render(line[:0], &st); err != nil {
-				return n, err
-			}
-			if _, err := bw.Write(line); err != nil {
+			if err := f(&st); err != nil {
 				return n, err
 			}
 			n++
 		}
 		prev = append(prev[:0], mac...)
 	}
-	if err := rows.Err(); err != nil {
-		return n, err
-	}
-	return n, bw.Flush()
+	return n, rows.Err()
 }
 
 func macOf(ctx context.Context, db *store.DB, seq int64) ([]byte, error) {

@@ -25,7 +25,9 @@ type RoomReport struct {
 	PublicForbidden, GuestsForbidden bool
 	BotJoined                        bool
 	BotPower, Needed                 int
-	Problems                         []Problem
+	// DryRun: policy only records what it would do in this room.
+	DryRun   bool
+	Problems []Problem
 }
 
 // Problem is an action that failed for good in a room.
@@ -87,6 +89,7 @@ func ListRooms(ctx context.Context, db *store.DB, pol *policy.Policy) ([]RoomRep
 		eff := pol.For(k.Policy)
 		r.EncryptionRequired = eff.Encryption == policy.EncryptionRequired
 		r.PublicForbidden, r.GuestsForbidden = eff.PublicRooms == policy.Forbid, eff.GuestAccess == policy.Forbid
+		r.DryRun = eff.DryRun
 	}
 	err = queryEach(ctx, db, `SELECT room_id, power, needed FROM room_bot`, func(rows *sql.Rows) error {
 		var id string

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -464,4 +466,51 @@ func (c *Client) ResolveAlias(ctx context.Context, user, alias string) (string, 
 		return "", err
 	}
 	return string(resp.RoomID), nil
+}
+
+// Software is what the homeserver says it runs.
+type Software struct {
+	Name, Version string
+}
+
+// ServerVersion asks the homeserver what it runs: the federation API's
+// version endpoint (Dendrite serves it beside the client API), else
+// Synapse's admin server_version (Synapse serves federation on a listener
+// of its own). Neither needs a token.
+func (c *Client) ServerVersion(ctx context.Context) (Software, error) {
+	var fed struct {
+		Server struct {
+			Name    string `json:"name"`
+			Version string `json:"version"`
+		} `json:"server"`
+	}
+	errFed := c.getJSON(ctx, "/_matrix/federation/v1/version", &fed)
+	if errFed == nil && fed.Server.Version != "" {
+		return Software{Name: fed.Server.Name, Version: fed.Server.Version}, nil
+	}
+	var syn struct {
+		ServerVersion string `json:"server_version"`
+	}
+	if err := c.getJSON(ctx, "/_synapse/admin/v1/server_version", &syn); err != nil || syn.ServerVersion == "" {
+		return Software{}, fmt.Errorf("the homeserver does not say what it runs (federation version: %v; Synapse server_version: %v)", errFed, err)
+	}
+	return Software{Name: "Synapse", Version: syn.ServerVersion}, nil
+}
+
+// getJSON GETs path on the homeserver (no token) into v, reading at most
+// 64 KiB.
+func (c *Client) getJSON(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(c.address, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(v)
 }

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -92,4 +93,29 @@ func Records(t testing.TB, db *store.DB) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// Chromium runs Debian's headless Chromium with args on url, with the flags
+// a closed network needs and its console logged, and returns what it
+// printed on stdout and stderr (where console messages go, as CONSOLE
+// lines).
+func Chromium(t testing.TB, url string, args ...string) (stdout, stderr []byte) {
+	t.Helper()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("chromium is not installed (apt-get install chromium; deploy/test.sh does): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	full := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+		"--disable-component-update", "--disable-sync", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+		"--user-data-dir=" + t.TempDir()}, args...)
+	cmd := exec.CommandContext(ctx, bin, append(full, url)...)
+	var errBuf bytes.Buffer
+	cmd.Stderr = &errBuf
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium %v: %v\n%s", args, err, errBuf.Bytes())
+	}
+	return out, errBuf.Bytes()
 }
