@@ -153,6 +153,11 @@ type Compliance struct {
 	// ExporterMaxLag is how long an exporter may go without delivering
 	// while records wait for it (default 5m).
 	ExporterMaxLag Duration `yaml:"exporter_max_lag"`
+	// PrivacyOfficerRoom is the room (ID) the bot tells of every emergency
+	// access: who, where, why and until when. The bot must be invited to it
+	// by an administrator. Empty: no one is told (the audit trail still
+	// records it).
+	PrivacyOfficerRoom string `yaml:"privacy_officer_room"`
 }
 
 // VersionRE is what a version the hospital names looks like: numbers and
@@ -452,6 +457,9 @@ func (c *Config) validate(d *strictyaml.Doc) {
 		d.Errorf("homeserver.domain", "homeserver.domain is required (the server name in user IDs)")
 	case !domainRE.MatchString(c.Homeserver.Domain):
 		d.Errorf("homeserver.domain", "homeserver.domain %q is not a valid server name", c.Homeserver.Domain)
+	}
+	if r := c.Compliance.PrivacyOfficerRoom; r != "" && (!strings.HasPrefix(r, "!") || !strings.Contains(r, ":")) {
+		d.Errorf("compliance.privacy_officer_room", "compliance.privacy_officer_room %q is not a room ID (!opaque:server)", r)
 	}
 	if v := c.Compliance.HomeserverMinVersion; v != "" && !VersionRE.MatchString(v) {
 		d.Errorf("compliance.homeserver_min_version", "compliance.homeserver_min_version %q is not a version (numbers and dots: 1.150.0)", v)

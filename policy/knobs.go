@@ -138,3 +138,18 @@ func (v *Toggle) UnmarshalYAML(n *yaml.Node) error {
 	*v = Toggle(s)
 	return err
 }
+
+// BreakGlass says whether a verified clinician outside a room's roles may
+// enter it in an emergency (!breakglass), recorded and for a limited time.
+type BreakGlass string
+
+const (
+	BreakGlassAllow BreakGlass = "allow"
+	BreakGlassDeny  BreakGlass = "deny"
+)
+
+func (v *BreakGlass) UnmarshalYAML(n *yaml.Node) error {
+	s, err := enum(n, string(BreakGlassAllow), string(BreakGlassDeny))
+	*v = BreakGlass(s)
+	return err
+}

@@ -47,6 +47,15 @@ type Policy struct {
 	// starts archiving it (empty: DefaultArchiveNotice).
 	ArchiveNotice string `yaml:"archive_notice"`
 
+	// Training (built in: off) has the bot send each local user, the first
+	// time they join a room under policy, a direct message with the rules
+	// that apply (TrainingText, or one composed from the room's settings)
+	// and ask them to acknowledge it; again after TrainingInterval (built
+	// in: DefaultTrainingInterval).
+	Training         Toggle          `yaml:"training"`
+	TrainingText     string          `yaml:"training_text"`
+	TrainingInterval config.Duration `yaml:"training_interval"`
+
 	// Hash identifies this policy in audit records without revealing its text.
 	Hash string `yaml:"-"`
 
@@ -142,6 +151,33 @@ type Settings struct {
 	// only a room matched by ID or a verified alias or space may change it.
 	Archive          *Toggle          `yaml:"archive"`
 	ArchiveRetention *config.Duration `yaml:"archive_retention"`
+	// BreakGlass (built in: deny): in a members: verified room, a verified
+	// clinician outside its roles may ask the bot for emergency access
+	// (!breakglass ROOM REASON); it is granted at once, announced, told to
+	// the privacy officer, and ends after BreakGlassMax (built in:
+	// DefaultBreakGlassMax).
+	BreakGlass    *BreakGlass      `yaml:"break_glass"`
+	BreakGlassMax *config.Duration `yaml:"break_glass_max"`
+}
+
+// DefaultBreakGlassMax is how long emergency access lasts when policy does
+// not say; MaxBreakGlass is the longest it may say.
+const (
+	DefaultBreakGlassMax = time.Hour
+	MaxBreakGlass        = 24 * time.Hour
+	MinBreakGlass        = time.Minute
+)
+
+// DefaultTrainingInterval is how often the rules are sent again when
+// policy does not say: once a year, as workforce training usually is.
+const DefaultTrainingInterval = 365 * 24 * time.Hour
+
+// Interval is how long an acknowledgement of the rules stands.
+func (p *Policy) Interval() time.Duration {
+	if p.TrainingInterval > 0 {
+		return p.TrainingInterval.D()
+	}
+	return DefaultTrainingInterval
 }
 
 // Override applies its settings to rooms it matches: by room ID, by alias
@@ -167,6 +203,7 @@ func Builtin() Effective {
 		PublicRooms: Forbid, GuestAccess: Forbid, Retention: 0, DryRun: false,
 		RoomRetention: RoomRetentionIgnore, RetentionMin: config.Duration(DefaultRetentionMin),
 		PagePriority: PriorityRoutine, ReadTracking: Off, Acknowledge: Off, Archive: Off,
+		BreakGlass: BreakGlassDeny, BreakGlassMax: config.Duration(DefaultBreakGlassMax),
 		// Not "verified": a deployment without a roster must not empty every room.
 		Members: MembersAny,
 		Source:  map[string]string{},
@@ -351,7 +388,14 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 	checkAllowedTypes(d, "defaults", &p.Defaults)
 	checkRoles(d, "defaults", &p.Defaults)
 	checkPage(d, "defaults", &p.Defaults)
+	checkBreakGlass(d, "defaults", &p.Defaults)
 	p.Escalation.validate(d)
+	if t := p.TrainingInterval.D(); t < 0 || (t > 0 && t < time.Hour) {
+		d.Errorf("training_interval", "training_interval must be at least 1h (unset: %s)", DefaultTrainingInterval)
+	}
+	if len(p.TrainingText) > 4000 {
+		d.Errorf("training_text", "training_text is %d characters; keep it under 4000 (one message)", len(p.TrainingText))
+	}
 	if g := p.UnverifiedSessionGrace.D(); g < 0 || (g > 0 && g < MinSessionIdleTimeout) {
 		d.Errorf("unverified_session_grace", "unverified_session_grace must be at least %s", MinSessionIdleTimeout)
 	}
@@ -367,6 +411,7 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 		checkRoles(d, at, &p.Rooms[i].Settings)
 		checkAllowedTypes(d, at, &p.Rooms[i].Settings)
 		checkPage(d, at, &p.Rooms[i].Settings)
+		checkBreakGlass(d, at, &p.Rooms[i].Settings)
 		n := 0
 		for _, m := range []string{o.RoomID, o.Alias, o.Space} {
 			if m != "" {
@@ -392,6 +437,13 @@ func (p *Policy) validate(d *strictyaml.Doc) {
 				d.Errorf(at+".alias", "%s.alias %q is not a valid pattern", at, o.Alias)
 			}
 		}
+	}
+}
+
+// checkBreakGlass bounds the emergency access window.
+func checkBreakGlass(d *strictyaml.Doc, at string, s *Settings) {
+	if m := s.BreakGlassMax; m != nil && (m.D() < MinBreakGlass || m.D() > MaxBreakGlass) {
+		d.Errorf(at+".break_glass_max", "%sbreak_glass_max must be between %s and %s", prefix(at), MinBreakGlass, MaxBreakGlass)
 	}
 }
 
@@ -486,6 +538,9 @@ type Effective struct {
 	// Archive and ArchiveRetention: see Settings.
 	Archive          Toggle
 	ArchiveRetention config.Duration
+	// BreakGlass and BreakGlassMax: see Settings.
+	BreakGlass    BreakGlass
+	BreakGlassMax config.Duration
 	// Source names, per knob, what set it: "builtin", "defaults" or "rooms[N] (…)".
 	Source map[string]string
 }
@@ -582,6 +637,10 @@ func (s *Settings) split(base Effective) (loose []string, tightening Settings) {
 	// claim changes neither, nor how long the record is kept.
 	add(s.Archive != nil && *s.Archive != base.Archive, "archive", func(t *Settings) { t.Archive = nil })
 	add(s.ArchiveRetention != nil && *s.ArchiveRetention != base.ArchiveRetention, "archive_retention", func(t *Settings) { t.ArchiveRetention = nil })
+	// break_glass: allow opens the room to more people; a longer window
+	// keeps them in longer.
+	add(s.BreakGlass != nil && *s.BreakGlass == BreakGlassAllow && base.BreakGlass != BreakGlassAllow, "break_glass", func(t *Settings) { t.BreakGlass = nil })
+	add(s.BreakGlassMax != nil && *s.BreakGlassMax > base.BreakGlassMax, "break_glass_max", func(t *Settings) { t.BreakGlassMax = nil })
 	return loose, tightening
 }
 
@@ -640,7 +699,7 @@ func (p *Policy) For(r Room) Effective {
 var knobs = map[string]bool{"encryption": true, "plaintext": true, "attachments": true, "public_rooms": true, "guest_access": true, "retention": true,
 	"room_retention": true, "retention_min": true, "retention_max": true, "retroactive": true, "dry_run": true, "members": true, "roles": true, "announce_roles": true,
 	"plaintext_allowed_types": true, "page": true, "page_priority": true, "read_tracking": true, "acknowledge": true,
-	"archive": true, "archive_retention": true}
+	"archive": true, "archive_retention": true, "break_glass": true, "break_glass_max": true}
 
 func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Encryption, s.Encryption, "encryption", source, e.Source)
@@ -664,6 +723,8 @@ func (e *Effective) apply(s *Settings, source string) {
 	override(&e.Acknowledge, s.Acknowledge, "acknowledge", source, e.Source)
 	override(&e.Archive, s.Archive, "archive", source, e.Source)
 	override(&e.ArchiveRetention, s.ArchiveRetention, "archive_retention", source, e.Source)
+	override(&e.BreakGlass, s.BreakGlass, "break_glass", source, e.Source)
+	override(&e.BreakGlassMax, s.BreakGlassMax, "break_glass_max", source, e.Source)
 }
 
 // override sets *dst from a knob that is set here, noting where it came from.
@@ -691,6 +752,7 @@ func (e Effective) Explain() string {
 		{"page", listOrNone(e.Page)}, {"page_priority", string(e.PagePriority)}, {"read_tracking", string(e.ReadTracking)},
 		{"acknowledge", string(e.Acknowledge)},
 		{"archive", string(e.Archive)}, {"archive_retention", durationOrKeep(e.ArchiveRetention)},
+		{"break_glass", string(e.BreakGlass)}, {"break_glass_max", e.BreakGlassMax.D().String()},
 	}
 	var b strings.Builder
 	for _, r := range rows {

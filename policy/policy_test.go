@@ -136,6 +136,7 @@ rooms:
 			got.Source, tc.want.Source = nil, nil
 			tc.want.RoomRetention, tc.want.RetentionMin = Builtin().RoomRetention, Builtin().RetentionMin
 			tc.want.PagePriority, tc.want.ReadTracking, tc.want.Acknowledge, tc.want.Archive = Builtin().PagePriority, Builtin().ReadTracking, Builtin().Acknowledge, Builtin().Archive
+			tc.want.BreakGlass, tc.want.BreakGlassMax = Builtin().BreakGlass, Builtin().BreakGlassMax
 			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
 				t.Fatalf("\n got %+v\nwant %+v", got, tc.want)
 			}
@@ -491,5 +492,67 @@ rooms:
 	}
 	if !on.MayArchive() || on.Notice() != "Kept for the record." || len(on.Warnings()) != 1 {
 		t.Errorf("MayArchive %v notice %q warnings %q", on.MayArchive(), on.Notice(), on.Warnings())
+	}
+}
+
+// TestClaimCannotOpenBreakGlass: break_glass: allow lets more people into
+// a verified room, and a longer window keeps them there longer, so a
+// room's claimed alias or space can do neither; it can shorten the window
+// or deny. Bounds are checked.
+func TestClaimCannotOpenBreakGlass(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`version: 1
+defaults:
+  members: verified
+  break_glass: allow
+  break_glass_max: 2h
+rooms:
+  - alias: "#icu-*:h.org"
+    break_glass_max: 8h
+  - alias: "#psych-*:h.org"
+    break_glass: deny
+    break_glass_max: 30m
+  - alias: "#er-*:h.org"
+    break_glass: allow
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny, err := Parse("p.yaml", []byte("version: 1\nrooms:\n  - space: \"!er:h.org\"\n    break_glass: allow\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		pol  *Policy
+		room Room
+		bg   BreakGlass
+		max  time.Duration
+	}{
+		{"defaults", p, Room{ID: "!a:h.org"}, BreakGlassAllow, 2 * time.Hour},
+		{"claimed alias cannot lengthen", p, Room{ID: "!a:h.org", Aliases: []string{"#icu-1:h.org"}}, BreakGlassAllow, 2 * time.Hour},
+		{"verified alias lengthens", p, Room{ID: "!a:h.org", VerifiedAliases: []string{"#icu-1:h.org"}}, BreakGlassAllow, 8 * time.Hour},
+		{"claimed alias may deny and shorten", p, Room{ID: "!a:h.org", Aliases: []string{"#psych-1:h.org"}}, BreakGlassDeny, 30 * time.Minute},
+		{"built in: deny, 1h", deny, Room{ID: "!a:h.org"}, BreakGlassDeny, time.Hour},
+		{"claimed space cannot allow", deny, Room{ID: "!a:h.org", Spaces: []string{"!er:h.org"}}, BreakGlassDeny, time.Hour},
+		{"verified space allows", deny, Room{ID: "!a:h.org", VerifiedSpaces: []string{"!er:h.org"}}, BreakGlassAllow, time.Hour},
+	}
+	for _, tc := range cases {
+		e := tc.pol.For(tc.room)
+		if e.BreakGlass != tc.bg || e.BreakGlassMax.D() != tc.max {
+			t.Errorf("%s: break_glass %s max %s, want %s %s", tc.name, e.BreakGlass, e.BreakGlassMax.D(), tc.bg, tc.max)
+		}
+	}
+	for _, bad := range []string{"break_glass: maybe", "break_glass_max: 10s", "break_glass_max: 48h"} {
+		if _, err := Parse("p.yaml", []byte("version: 1\ndefaults:\n  "+bad+"\n")); err == nil || !strings.Contains(err.Error(), "p.yaml:3:") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	for _, bad := range []string{"training_interval: 10m", "training: maybe"} {
+		if _, err := Parse("p.yaml", []byte("version: 1\n"+bad+"\n")); err == nil || !strings.Contains(err.Error(), "p.yaml:2:") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if p.Interval() != DefaultTrainingInterval {
+		t.Errorf("training interval %s", p.Interval())
 	}
 }

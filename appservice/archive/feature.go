@@ -69,7 +69,7 @@ func New(env appservice.Env) (*Feature, error) {
 	}
 	if env.Bot != nil {
 		f.Bot = env.Bot
-		env.Bot.SetReads(f.Archived)
+		env.Bot.AddReads(f.Archived)
 	}
 	return f, nil
 }

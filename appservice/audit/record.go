@@ -70,6 +70,15 @@ const (
 	// its sender did not upload, which is left). Never a message or an
 	// export's reason.
 	TypeArchive = "archive"
+	// TypeTraining: the rules of the rooms a person joined were sent to
+	// them in a direct message (action sent) or they acknowledged them
+	// (action acknowledged); actor is their pseudonym.
+	TypeTraining = "training"
+	// TypeEmergencyAccess: break the glass (action requested-refused with
+	// detail the reason code, granted with count the window in seconds,
+	// ended with count the messages they sent meanwhile); actor is the
+	// person's pseudonym, room the room's. Never the reason they gave.
+	TypeEmergencyAccess = "emergency_access"
 )
 
 // Outcomes.

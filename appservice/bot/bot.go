@@ -91,7 +91,7 @@ type Bot struct {
 	log  zerolog.Logger
 
 	// reads, when set, names more rooms whose keys the bot keeps (the
-	// archived ones): see SetReads.
+	// archived ones): see AddReads.
 	reads atomic.Pointer[func(ctx context.Context, room string) bool]
 
 	mu     sync.RWMutex
@@ -113,10 +113,19 @@ func New(o Options) *Bot {
 	return &Bot{opts: o, log: o.Log.With().Str("component", "bot").Logger(), ready: make(chan struct{})}
 }
 
-// SetReads names the rooms besides the management room whose messages the
-// bot must read (the archive's), so their room keys are kept. Call it
-// before Run: keys of other rooms are dropped as they arrive, and at start.
-func (b *Bot) SetReads(f func(ctx context.Context, room string) bool) { b.reads.Store(&f) }
+// AddReads names more rooms besides the management room whose messages the
+// bot must read (the archive's, people's direct messages with it), so
+// their room keys are kept: a room is kept if any function added says so.
+// Call it before Run: keys of other rooms are dropped as they arrive, and
+// at start.
+func (b *Bot) AddReads(f func(ctx context.Context, room string) bool) {
+	all := f
+	if old := b.reads.Load(); old != nil {
+		prev := *old
+		all = func(ctx context.Context, room string) bool { return prev(ctx, room) || f(ctx, room) }
+	}
+	b.reads.Store(&all)
+}
 
 // keeps reports whether the bot keeps the room keys of room.
 func (b *Bot) keeps(ctx context.Context, room id.RoomID) bool {
@@ -528,8 +537,10 @@ var ErrNoKeys = errors.New("the message's room key has not reached the bot yet")
 // Message is what ReadMessage returns: who wrote it, where, the plain text,
 // and how far the bot trusts the device that sent it.
 type Message struct {
-	Sender  string
-	Room    string
+	Sender string
+	Room   string
+	// Type is the event's type (decrypted, if it was encrypted).
+	Type    string
 	MsgType string
 	Body    string
 	// Encrypted: the event was encrypted (and decrypted here).
@@ -593,6 +604,7 @@ func (b *Bot) ReadMessage(ctx context.Context, room, eventID string) (Message, e
 		}
 		evt = dec
 	}
+	m.Type = evt.Type.Type
 	if msg, ok := evt.Content.Parsed.(*event.MessageEventContent); ok {
 		m.MsgType, m.Body = string(msg.MsgType), msg.Body
 	}
