@@ -108,10 +108,19 @@ func seed(t *testing.T, dbType string, redactTakes time.Duration, policyYAML str
 		{Type: audit.TypeHold, Outcome: audit.OutcomeSuccess, Actor: "os:dpo", Action: "place", Detail: alice, JobID: 1},
 		{Type: audit.TypeArchive, Outcome: audit.OutcomeFailure, Actor: bob, Action: "missing", Detail: "withheld:m.unverified"},
 		{Type: audit.TypeAuditRead, Outcome: audit.OutcomeSuccess, Actor: "os:root", Action: "backup", Count: 10},
+		{Type: audit.TypeTraining, Outcome: audit.OutcomeSuccess, Actor: alice, Action: "sent"},
+		{Type: audit.TypeTraining, Outcome: audit.OutcomeSuccess, Actor: bob, Action: "sent"},
+		{Type: audit.TypeTraining, Outcome: audit.OutcomeSuccess, Actor: alice, Action: "acknowledged"},
+		{Type: audit.TypeEmergencyAccess, Outcome: audit.OutcomeDenied, Actor: bob, Action: "refused", Detail: "not_verified"},
+		{Type: audit.TypeEmergencyAccess, Outcome: audit.OutcomeSuccess, Actor: alice, Room: keys.Room("!ward7:hs"), Action: "granted", Count: 1800},
+		{Type: audit.TypeEmergencyAccess, Outcome: audit.OutcomeSuccess, Actor: alice, Room: keys.Room("!ward7:hs"), Action: "ended", Count: 4},
 	}
 	if err := p.Chain.AppendTx(ctx, p.DB, recs...); err != nil {
 		t.Fatal(err)
 	}
+	p.Exec(t, `INSERT INTO training (user_id, sent_at, acked_at) VALUES ('@alice:hs', 1, 2), ('@bob:hs', 1, 0)`)
+	p.Exec(t, `INSERT INTO break_glass (request_id, user_id, room_id, reason, started_at, ends_at) VALUES ('$r', '@alice:hs', '!ward7:hs', 'coding', 1, $1)`,
+		p.Clock.Now().Add(40*time.Hour).UnixMilli())
 	p.Exec(t, `INSERT INTO legal_hold (room_id, user_id, reason, placed_by, placed_at, released_at) VALUES ('', '@alice:hs', 'complaint', 'os:dpo', $1, 0)`, p.Clock.Now().UnixMilli())
 	// The backup ages past a day; the exporter delivered once, long ago.
 	p.Exec(t, `INSERT INTO audit_export_cursor (name, seq, updated_at) VALUES ('local', 3, $1)`, p.Clock.Now().UnixMilli())
@@ -144,7 +153,7 @@ func seed(t *testing.T, dbType string, redactTakes time.Duration, policyYAML str
 func TestReportFromTheTrail(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
 		t.Run(dbType, func(t *testing.T) {
-			s := seed(t, dbType, 150*time.Millisecond, "version: 1\n")
+			s := seed(t, dbType, 150*time.Millisecond, "version: 1\ntraining: on\n")
 			rep, err := Gather(context.Background(), s.in)
 			if err != nil {
 				t.Fatal(err)
@@ -165,6 +174,8 @@ func TestReportFromTheTrail(t *testing.T) {
 			check("archive", ev.Archive, Archive{Missing: 1})
 			check("pushers", ev.Pushers, Pushers{Why: "only Synapse's admin API lists users' pushers"})
 			check("jobs", ev.Jobs, Jobs{Failed: 1})
+			check("training", ev.Training, Training{On: true, Sent: 2, Acknowledged: 1, Unacknowledged: 1, SentInPeriod: 2, AckedInPeriod: 1})
+			check("emergency", ev.Emergency, Emergency{Granted: 1, Refused: map[string]int64{"not_verified": 1}, Ended: 1, Messages: 4, Open: 1})
 			check("days", ev.Days, []DayCounts{{Date: "2026-03-01", Plaintext: 3, Refused: 2, Signouts: 4}, {Date: "2026-03-02"}})
 			// The checkpoint vouches for the record before its own.
 			if a := ev.Audit; !a.Intact || a.Head != a.Records || a.CheckpointSeq != a.Head-1 || a.CheckpointsChecked != 1 || a.KeyID != s.signing.ID() ||
@@ -190,7 +201,7 @@ func TestReportFromTheTrail(t *testing.T) {
 				want += "backup-stale/high/1 "
 			}
 			want += "wipes-failed/high/1 jobs-failed/high/1 plaintext-sent/medium/3 unverified-sessions/medium/2 wipes-unconfirmed/medium/1 " +
-				"archive-missing/medium/1 members-refused/low/3 pushers-unchecked/low/1"
+				"emergency-access-used/medium/1 archive-missing/medium/1 members-refused/low/3 pushers-unchecked/low/1 training-unacknowledged/low/1"
 			if got := findingList(rep); got != want {
 				t.Errorf("findings\n%s\nwant\n%s", got, want)
 			}
@@ -228,6 +239,7 @@ func TestEachFindingHasItsCondition(t *testing.T) {
 			s.p.Exec(t, `INSERT INTO pusher_check_run (id, checked_at, users) VALUES (1, 5, 2)`)
 		}},
 		{id: "enforcement-slow", slow: true},
+		{id: "training-off", policy: "version: 1\n"},
 		{id: "checkpoints-missing", change: func(t *testing.T, s *seeded) {
 			s.p.Exec(t, `DELETE FROM audit_checkpoint`)
 		}},
@@ -238,7 +250,7 @@ func TestEachFindingHasItsCondition(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.id, func(t *testing.T) {
-			took, pol := 150*time.Millisecond, "version: 1\n"
+			took, pol := 150*time.Millisecond, "version: 1\ntraining: on\n"
 			if c.slow {
 				took = 700 * time.Millisecond
 			}

@@ -19,6 +19,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/enforce"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/identity"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/pushers"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store"
 	"github.com/matrix-hipaa/matrix-hipaa/config"
@@ -89,7 +90,30 @@ type Evidence struct {
 	Pushers    Pushers     `json:"pushers"`
 	Jobs       Jobs        `json:"jobs"`
 	Archive    Archive     `json:"archive"`
+	Training   Training    `json:"training"`
+	Emergency  Emergency   `json:"emergency_access"`
 	Days       []DayCounts `json:"days"`
+}
+
+// Training is where the rules stand: whether policy sends them, and of the
+// people sent them, how many acknowledged (now), and what the period saw.
+type Training struct {
+	On             bool  `json:"on"`
+	Sent           int64 `json:"sent"`
+	Acknowledged   int64 `json:"acknowledged"`
+	Unacknowledged int64 `json:"unacknowledged"`
+	SentInPeriod   int64 `json:"sent_in_period"`
+	AckedInPeriod  int64 `json:"acknowledged_in_period"`
+}
+
+// Emergency is break the glass in the period: granted, refused by reason,
+// ended (with the messages sent under it), and how many are open now.
+type Emergency struct {
+	Granted  int64            `json:"granted"`
+	Refused  map[string]int64 `json:"refused"`
+	Ended    int64            `json:"ended"`
+	Messages int64            `json:"messages"`
+	Open     int64            `json:"open"`
 }
 
 // Rooms are the rooms the service knows and how policy stands in them.
@@ -278,6 +302,7 @@ func gatherRooms(ctx context.Context, in Input, ev *Evidence) error {
 // scanTrail counts the period's records, in one pass over them.
 func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 	ev.Membership.Refused, ev.Membership.Removed = map[string]int64{}, map[string]int64{}
+	ev.Emergency.Refused = map[string]int64{}
 	days := newBuckets(in.Since, in.Until)
 	// Receipt times of plaintext events, and the ones a rule redacted:
 	// plaintext is rare where policy requires encryption, so these stay small.
@@ -364,6 +389,23 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 			}
 		case audit.TypeAuditRead:
 			ev.Audit.Reads++
+		case audit.TypeTraining:
+			switch rec.Action {
+			case "sent":
+				ev.Training.SentInPeriod++
+			case "acknowledged":
+				ev.Training.AckedInPeriod++
+			}
+		case audit.TypeEmergencyAccess:
+			switch rec.Action {
+			case "granted":
+				ev.Emergency.Granted++
+			case "refused":
+				ev.Emergency.Refused[reasonCode(rec.Detail)]++
+			case "ended":
+				ev.Emergency.Ended++
+				ev.Emergency.Messages += rec.Count
+			}
 		case audit.TypeArchive:
 			switch rec.Action {
 			case "missing":
@@ -457,6 +499,15 @@ func gatherState(ctx context.Context, in Input, ev *Evidence) error {
 		return err
 	}
 	ev.Holds.Standing, ev.Jobs.Pending = st.HoldsStanding, st.JobsPending
+	tc, err := identity.ReadTrainingCounts(ctx, in.DB)
+	if err != nil {
+		return err
+	}
+	ev.Training.On = in.Policy.Training == policy.On
+	ev.Training.Sent, ev.Training.Acknowledged, ev.Training.Unacknowledged = tc.Sent, tc.Acknowledged, tc.Unacknowledged
+	if ev.Emergency.Open, err = identity.OpenGrants(ctx, in.DB, in.Until); err != nil {
+		return err
+	}
 	maxLag := cfg.Compliance.ExporterMaxLag.D()
 	seen := map[string]bool{}
 	add := func(name string, behind, last int64) {

@@ -129,6 +129,12 @@ func safeguards(r *Report) []Safeguard {
 			{"members removed, by reason", byReason(ev.Membership.Removed)},
 			{"members admitted by the gate", n(ev.Membership.Admitted)},
 		}},
+		{"164.312(a)(2)(ii)", "Emergency access procedure (break the glass)", status(ev.Emergency.Granted > 0 || ev.Emergency.Open > 0), []Item{
+			{"emergency accesses granted", n(ev.Emergency.Granted)},
+			{"refused, by reason", byReason(ev.Emergency.Refused)},
+			{"ended, and the messages sent under them", fmt.Sprintf("%d, %d", ev.Emergency.Ended, ev.Emergency.Messages)},
+			{"open now", n(ev.Emergency.Open)},
+		}},
 		{"164.312(b)", "Audit controls", status(!ev.Audit.Intact || lagging), []Item{
 			{"audit chain", chain},
 			{"signed checkpoints checked", n(int64(ev.Audit.CheckpointsChecked))},
@@ -165,7 +171,10 @@ func safeguards(r *Report) []Safeguard {
 			{"reads of the trail in the period (verify, export, backup, pseudonyms)", n(ev.Audit.Reads)},
 			{"archive exports", n(ev.Archive.Exports)},
 		}},
-		{"164.308(a)(5)", "Security awareness and training", status(ev.Plaintext.Redacted > 0), []Item{
+		{"164.308(a)(5)", "Security awareness and training", status(ev.Plaintext.Redacted > 0 || !ev.Training.On || ev.Training.Unacknowledged > 0), []Item{
+			{"the rules sent to each person on joining (policy training)", map[bool]string{true: "on", false: "off"}[ev.Training.On]},
+			{"people sent the rules, acknowledged, not acknowledged", fmt.Sprintf("%d, %d, %d", ev.Training.Sent, ev.Training.Acknowledged, ev.Training.Unacknowledged)},
+			{"sent, acknowledged in the period", fmt.Sprintf("%d, %d", ev.Training.SentInPeriod, ev.Training.AckedInPeriod)},
 			{"plaintext sent where encryption is required (each sender told why)", n(ev.Plaintext.Redacted)},
 		}},
 		{"164.308(a)(7)", "Contingency plan: backups", status(backupBad), []Item{
@@ -235,6 +244,12 @@ func findings(r *Report) []Finding {
 		"Sessions not verified by their owner were warned", "Set unverified_sessions: sign_out in policy, or have staff verify new sessions.")
 	add("members-refused", "low", "164.312(a)(1)", sum(ev.Membership.Refused)+sum(ev.Membership.Removed),
 		"People were refused or removed from verified rooms", "If a clinician was refused wrongly, verify them (`matrix-hipaa roster verify`).")
+	add("emergency-access-used", "medium", "164.312(a)(2)(ii)", ev.Emergency.Granted,
+		"Emergency access (break the glass) was used: each needs the privacy officer's review", "The privacy officer room has who, where and why; `matrix-hipaa audit export` the emergency_access records for the review.")
+	add("training-unacknowledged", "low", "164.308(a)(5)", ev.Training.Unacknowledged,
+		"People have not acknowledged the rules sent to them", "Remind them: the rules are in their direct message with the compliance bot.")
+	add("training-off", "low", "164.308(a)(5)", b(!ev.Training.On),
+		"The rules are not sent to people when they join (policy training is off)", "Set training: on in policy.yaml (and training_text, if the default is not yours).")
 	add("archive-missing", "medium", "164.312(c)(1)", ev.Archive.Missing,
 		"Archived rooms' messages could not be read", "`matrix-hipaa archive report` gives the reasons (keys withheld by a client, say).")
 	sort.SliceStable(out, func(i, j int) bool {

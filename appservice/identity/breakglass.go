@@ -34,6 +34,7 @@ const (
 type BreakGlassHomeserver interface {
 	Invite(ctx context.Context, user, room, invitee string) error
 	ResolveAlias(ctx context.Context, user, alias string) (string, error)
+	Kick(ctx context.Context, actAs, room, user, reason string) error
 }
 
 // grants are the open emergency accesses, in memory, by room and user:
@@ -105,6 +106,13 @@ func OpenGrant(ctx context.Context, db *store.DB, room, user string, now time.Ti
 	err := db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM break_glass WHERE room_id = $1 AND user_id = $2 AND ended_at = 0 AND ends_at > $3`,
 		room, user, now.UnixMilli()).Scan(&n)
 	return n > 0, err
+}
+
+// OpenGrants counts the emergency accesses open at now.
+func OpenGrants(ctx context.Context, db *store.DB, now time.Time) (int64, error) {
+	var n int64
+	err := db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM break_glass WHERE ended_at = 0 AND ends_at > $1`, now.UnixMilli()).Scan(&n)
+	return n, err
 }
 
 // glassCount is one message sent under emergency access (a row for the
@@ -301,8 +309,17 @@ func (f *Feature) endHandler(ctx context.Context, j *appservice.Job) error {
 		return err
 	} else if known, err := appservice.LoadKnownRoom(ctx, f.env.DB, room); err != nil {
 		return err
-	} else if !policy.DecideMember(f.env.Policy().For(known.Policy), entry.Member(user, f.exempt(user)), f.env.Now()).Allowed && f.dmBot != nil {
-		if err := f.dmBot.Kick(ctx, room, user, "Emergency access ended (break the glass): the time allowed is up."); err != nil && !notInRoom(err) {
+	} else if !policy.DecideMember(f.env.Policy().For(known.Policy), entry.Member(user, f.exempt(user)), f.env.Now()).Allowed {
+		// As the creator (who has the power in rooms people make), else the bot.
+		const why = "Emergency access ended (break the glass): the time allowed is up."
+		err := errors.New("no one to remove them with")
+		if f.glassHS != nil && known.Creator != "" {
+			err = f.glassHS.Kick(ctx, known.Creator, room, user, why)
+		}
+		if err != nil && !notInRoom(err) && f.dmBot != nil {
+			err = f.dmBot.Kick(ctx, room, user, why)
+		}
+		if err != nil && !notInRoom(err) {
 			return err
 		}
 	}

@@ -73,8 +73,9 @@ func (d *dmRooms) load(ctx context.Context, db *store.DB) error {
 }
 
 type trainingPayload struct {
-	User string `json:"user"`
-	Room string `json:"room"` // the room they joined: its rules are sent
+	User    string `json:"user"`
+	Room    string `json:"room"`     // the room they joined: its rules are sent
+	EventID string `json:"event_id"` // their join
 }
 
 type dmPayload struct {
@@ -128,7 +129,7 @@ func humanDuration(d interface{ Hours() float64 }) string {
 // they have been sent the rules.
 func trainingJob(ev *appservice.Event) appservice.JobSpec {
 	return appservice.JobSpec{Kind: JobTraining, DedupeKey: "training:" + ev.ID,
-		Payload: mustJSON(trainingPayload{User: *ev.StateKey, Room: ev.RoomID})}
+		Payload: mustJSON(trainingPayload{User: *ev.StateKey, Room: ev.RoomID, EventID: ev.ID})}
 }
 
 func dmJob(ev *appservice.Event) appservice.JobSpec {

@@ -323,6 +323,23 @@ func (s *Stack) SetManagementRoom(room string, admins ...string) error {
 	})
 }
 
+// SetConfig merges values into a section of the service's config (say
+// compliance's privacy_officer_room); the service reads it when it next
+// starts.
+func (s *Stack) SetConfig(section string, values map[string]any) error {
+	return s.editServiceConfig(func(cfg map[string]any) (bool, error) {
+		m, _ := cfg[section].(map[string]any)
+		if m == nil {
+			m = map[string]any{}
+			cfg[section] = m
+		}
+		for k, v := range values {
+			m[k] = v
+		}
+		return true, nil
+	})
+}
+
 // editServiceConfig rewrites the service's config.yaml through edit, if it
 // reports a change.
 func (s *Stack) editServiceConfig(edit func(cfg map[string]any) (bool, error)) error {
