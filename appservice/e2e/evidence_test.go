@@ -43,7 +43,7 @@ type evidenceStack struct {
 	botID            id.UserID
 }
 
-func newEvidenceStack(t *testing.T, opts devstack.Options) *evidenceStack {
+func newEvidenceStack(t *testing.T, opts devstack.Options, config map[string]map[string]any) *evidenceStack {
 	st := startStack(t, opts)
 	ctx := context.Background()
 	e := &evidenceStack{st: st, botID: id.UserID("@hipaa:" + st.Opts.ServerName)}
@@ -61,8 +61,17 @@ func newEvidenceStack(t *testing.T, opts devstack.Options) *evidenceStack {
 	waitFor(t, "the bot to join the privacy officer's room", func() bool {
 		return e.officer.StateStore.IsInRoom(ctx, e.officerRoom, e.botID)
 	})
-	if err := st.SetConfig("compliance", map[string]any{"privacy_officer_room": string(e.officerRoom)}); err != nil {
-		t.Fatal(err)
+	if config == nil {
+		config = map[string]map[string]any{}
+	}
+	if config["compliance"] == nil {
+		config["compliance"] = map[string]any{}
+	}
+	config["compliance"]["privacy_officer_room"] = string(e.officerRoom)
+	for section, values := range config {
+		if err := st.SetConfig(section, values); err != nil {
+			t.Fatal(err)
+		}
 	}
 	st.StopService()
 	if err := st.StartService(ctx); err != nil {
@@ -148,7 +157,7 @@ func auditActions(t *testing.T, st *devstack.Stack, typ string) []string {
 // is removed and the officer told the count. Refused, on the record: an
 // unverified visitor, and the psych ward, whose policy denies it.
 func TestOnboardingAndBreakGlass(t *testing.T) {
-	e := newEvidenceStack(t, devstack.Options{})
+	e := newEvidenceStack(t, devstack.Options{}, nil)
 	st, ctx := e.st, context.Background()
 	nurse := newE2EEUser(t, st, "nurse")
 	visitor := newE2EEUser(t, st, "visitor")

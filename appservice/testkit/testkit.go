@@ -8,7 +8,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -118,4 +124,52 @@ func Chromium(t testing.TB, url string, args ...string) (stdout, stderr []byte) 
 		t.Fatalf("chromium %v: %v\n%s", args, err, errBuf.Bytes())
 	}
 	return out, errBuf.Bytes()
+}
+
+// consoleLine is a line Chromium logs from a page's console (errors
+// included: a blocked script, a blocked fetch, a thrown exception).
+var consoleLine = regexp.MustCompile(`(?m)^.*:CONSOLE[:(].*$`)
+
+// Rendered is a page as headless Chromium shows it.
+type Rendered struct {
+	DOM     []byte
+	Console [][]byte // what the page logged
+	Shot    image.Image
+}
+
+// RenderPage opens the file at path in headless Chromium: its DOM after
+// scripts (if any), its console, and a screenshot of width×height.
+func RenderPage(t testing.TB, path string, width, height int) Rendered {
+	t.Helper()
+	var r Rendered
+	var logged []byte
+	r.DOM, logged = Chromium(t, "file://"+path, "--dump-dom", "--virtual-time-budget=2000")
+	r.Console = consoleLine.FindAll(logged, -1)
+	shot := filepath.Join(t.TempDir(), "shot.png")
+	Chromium(t, "file://"+path, "--screenshot="+shot, fmt.Sprintf("--window-size=%d,%d", width, height), "--force-device-scale-factor=1")
+	f, err := os.Open(shot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if r.Shot, err = png.Decode(f); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Pixels counts the pixels of img within a few levels of the colour rgb.
+func Pixels(img image.Image, rgb [3]uint32) int {
+	n := 0
+	b := img.Bounds()
+	near := func(a, b uint32) bool { return a+6 >= b && b+6 >= a }
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			if near(r>>8, rgb[0]) && near(g>>8, rgb[1]) && near(bl>>8, rgb[2]) {
+				n++
+			}
+		}
+	}
+	return n
 }

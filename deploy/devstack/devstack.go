@@ -618,6 +618,21 @@ func (s *Stack) StopDendrite() {
 	}
 }
 
+// PauseHomeserver freezes the homeserver (SIGSTOP to its process group)
+// for d, then lets it go on: requests to it hang meanwhile, as on an
+// overloaded server.
+func (s *Stack) PauseHomeserver(d time.Duration) {
+	s.mu.Lock()
+	hs := s.hs
+	s.mu.Unlock()
+	if hs == nil || hs.Process == nil {
+		return
+	}
+	syscall.Kill(-hs.Process.Pid, syscall.SIGSTOP)
+	time.Sleep(d)
+	syscall.Kill(-hs.Process.Pid, syscall.SIGCONT)
+}
+
 // Service runs a matrix-hipaa subcommand against this stack's config.
 func (s *Stack) Service(args ...string) ([]byte, []byte, error) {
 	full := append([]string{}, args...)
