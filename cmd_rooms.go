@@ -165,8 +165,6 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	switch flagged, checked, at, err := pushers.Flagged(ctx, db); {
 	case err != nil:
 		return err
-	case cfg.Homeserver.Software != "synapse":
-		fmt.Fprintf(tw, "pushers\tnot checked (Synapse's admin API lists them)\n")
 	case at == 0:
 		fmt.Fprintf(tw, "pushers\tnot checked yet\n")
 	default:

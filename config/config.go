@@ -88,7 +88,7 @@ type Homeserver struct {
 	// PurgeInterval is how often at most each room's history is purged
 	// (default 1h): each purge is a background job on Synapse.
 	PurgeInterval Duration `yaml:"purge_interval"`
-	// PusherCheckInterval (Synapse only) is how often every local user's
+	// PusherCheckInterval is how often every local user's
 	// pushers are listed, to find those sent whole events (default 1h).
 	PusherCheckInterval Duration `yaml:"pusher_check_interval"`
 }

@@ -202,7 +202,7 @@ func (m *Room) handleCommand(ctx context.Context, j *appservice.Job) error {
 		}
 		rec.Count = int64(len(users))
 		if at == 0 {
-			return m.answerOnce(ctx, p, rec, "Pushers have not been checked yet (Synapse only: its admin API lists them).")
+			return m.answerOnce(ctx, p, rec, "Pushers have not been checked yet (the check runs at start and every homeserver.pusher_check_interval).")
 		}
 		return m.answerOnce(ctx, p, rec, pushers.Report(users))
 	case "holds":

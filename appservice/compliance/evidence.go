@@ -547,19 +547,15 @@ func gatherState(ctx context.Context, in Input, ev *Evidence) error {
 			ev.Backup.AgeSeconds = int64(in.Until.Sub(ev.Backup.Last) / time.Second)
 		}
 	}
-	if cfg.Homeserver.Software != "synapse" {
-		ev.Pushers.Why = "only Synapse's admin API lists users' pushers"
+	flagged, checked, at, err := pushers.Flagged(ctx, in.DB)
+	if err != nil {
+		return err
+	}
+	if at == 0 {
+		ev.Pushers.Why = "not checked yet"
 	} else {
-		flagged, checked, at, err := pushers.Flagged(ctx, in.DB)
-		if err != nil {
-			return err
-		}
-		if at == 0 {
-			ev.Pushers.Why = "not checked yet"
-		} else {
-			ev.Pushers.Checked, ev.Pushers.Users, ev.Pushers.WithContent = true, checked, len(flagged)
-			ev.Pushers.CheckedAt = time.UnixMilli(at).UTC()
-		}
+		ev.Pushers.Checked, ev.Pushers.Users, ev.Pushers.WithContent = true, checked, len(flagged)
+		ev.Pushers.CheckedAt = time.UnixMilli(at).UTC()
 	}
 	return nil
 }

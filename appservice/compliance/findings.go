@@ -233,9 +233,9 @@ func findings(r *Report) []Finding {
 	add("rooms-dry-run", "medium", "164.312(a)(1)", int64(ev.Rooms.DryRun),
 		"Rooms where policy only records what it would do (dry-run)", "Turn dry_run off in policy.yaml once the would-be actions look right.")
 	add("pushers-content", "medium", "164.312(e)(1)", int64(ev.Pushers.WithContent),
-		"Users whose push notifications carry message text", "Ask them (or their push gateway) to use event_id_only; `!pushers` in the management room lists them.")
+		"Users whose push notifications carry message text", "Ask them (or their push gateway) to use event_id_only, or on Synapse set push.include_content: false; `!pushers` in the management room lists them.")
 	add("pushers-unchecked", "low", "164.312(e)(1)", b(!ev.Pushers.Checked),
-		"Push notification content is not checked on this homeserver", "On Synapse the service checks it; elsewhere, set clients' and the push gateway's format to event_id_only.")
+		"Users' push notifications have not been checked yet", "The check runs at start and every homeserver.pusher_check_interval; see matrix-hipaa status.")
 	add("plaintext-sent", "medium", "164.308(a)(5)", ev.Plaintext.Redacted,
 		"Messages sent unencrypted where encryption is required", "Each was redacted and its sender told; repeated senders need their client set up (or training).")
 	add("enforcement-slow", "medium", "164.312(a)(2)(iv)", b(ev.Plaintext.WindowP99Ms > 500),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -57,16 +58,16 @@ func findingIDs(rep *compliance.Report) []string {
 // the homeserver down (version unknown, a wipe waiting), without a
 // minimum, and with the checkpoints deleted and a record edited. Each
 // report is checked field by field; the HTML one is rendered in Chromium;
-// no report holds a name, a message or an ID. (pushers-content is
-// Synapse's: TestEachFindingHasItsCondition covers it.)
+// no report holds a name, a message or an ID. Between them the reports
+// show all 24 finding types.
 func TestComplianceReportFromARealRun(t *testing.T) {
 	if homeserver == "synapse" {
-		t.Skip("the report's real run is on Dendrite (the issue's bar); Synapse's pushers finding is covered by the unit tests")
+		t.Skip("the report's real run is on Dendrite (a one-device wipe is how it seeds a failed one)")
 	}
 	// Federation on: Dendrite says its version only on the federation API.
 	e := newEvidenceStack(t, devstack.Options{Federate: true, JobMaxAttempts: 2, AuditExporters: []map[string]any{{
 		"name": "siem", "type": "syslog", "address": "127.0.0.1:9",
-	}}}, map[string]map[string]any{"compliance": {"homeserver_min_version": "99.0", "exporter_max_lag": "1s"}})
+	}}, HomeserverConfig: map[string]any{"pusher_check_interval": "1s"}}, map[string]map[string]any{"compliance": {"homeserver_min_version": "99.0", "exporter_max_lag": "1s"}})
 	st, ctx := e.st, context.Background()
 	dir := filepath.Dir(st.ServiceConfig)
 	nurse := newE2EEUser(t, st, "nurse")
@@ -177,6 +178,12 @@ func TestComplianceReportFromARealRun(t *testing.T) {
 		}
 	}
 	say(t, wes, records, "PHI-CANARY withheld from the archive")
+	// The nurse's phone asks its push gateway for whole events.
+	if _, err := nurse.MakeRequest(ctx, http.MethodPost, nurse.BuildClientURL("v3", "pushers", "set"), map[string]any{
+		"kind": "http", "app_id": "org.example.hipaa.test", "app_display_name": "Test", "device_display_name": "phone",
+		"pushkey": "key-" + string(nurse.DeviceID), "lang": "en", "data": map[string]any{"url": "https://push.example.org/_matrix/push/v1/notify"}}, nil); err != nil {
+		t.Fatalf("set pusher: %v", err)
+	}
 	// A wipe Dendrite cannot do (one device).
 	if out, errOut, err := st.Service("wipe", "-user", string(plain.UserID), "-device", "PHONE", "-reason", "lost phone", "-wait", "0s"); !strings.Contains(string(out), "requested") {
 		t.Fatalf("wipe: %v %s %s", err, out, errOut)
@@ -188,7 +195,8 @@ func TestComplianceReportFromARealRun(t *testing.T) {
 		for _, l := range lines {
 			have[l.Type+"/"+l.Action] = true
 		}
-		for _, want := range []string{"session/unverified_warned", "wipe/failed", "archive/missing", "membership/refuse", "emergency_access/granted", "training/acknowledged", "job.failed/enable_encryption"} {
+		for _, want := range []string{"session/unverified_warned", "wipe/failed", "archive/missing", "membership/refuse", "emergency_access/granted", "training/acknowledged",
+			"job.failed/enable_encryption", "policy.decision/pusher_check"} {
 			if !have[want] {
 				return false
 			}
@@ -229,13 +237,13 @@ func TestComplianceReportFromARealRun(t *testing.T) {
 	check("exporters", slices.ContainsFunc(ev.Exporters, func(x compliance.Exporter) bool { return x.Name == "siem" && x.Lagging && x.Behind > 0 }) &&
 		slices.ContainsFunc(ev.Exporters, func(x compliance.Exporter) bool { return x.Name == "local" && !x.Lagging }))
 	check("backup", ev.Backup.Applicable && ev.Backup.Last.IsZero())
-	check("pushers", !ev.Pushers.Checked)
+	check("pushers", ev.Pushers.Checked && ev.Pushers.WithContent == 1 && ev.Pushers.Users >= 5)
 	d := rep.Deployment
 	check("deployment", d.HomeserverName == "Dendrite" && strings.HasPrefix(d.HomeserverVersion, "0.13.8") && d.HomeserverPatched != nil && !*d.HomeserverPatched &&
 		d.PolicyFileRefused && d.Database == "sqlite3" && d.PolicyHash != "")
 	want := []string{"rooms-unencrypted", "policy-file-refused", "homeserver-outdated", "exporters-lagging", "backup-stale", "wipes-failed", "jobs-failed",
 		"rooms-attention", "rooms-dry-run", "plaintext-sent", "enforcement-slow", "unverified-sessions", "emergency-access-used", "archive-missing",
-		"members-refused", "pushers-unchecked", "training-unacknowledged", "training-off"}
+		"members-refused", "pushers-content", "training-unacknowledged", "training-off"}
 	got := findingIDs(rep)
 	for _, w := range want {
 		if !slices.Contains(got, w) {
@@ -283,12 +291,17 @@ func TestComplianceReportFromARealRun(t *testing.T) {
 	if _, err := w.ExecContext(ctx, `DELETE FROM audit_checkpoint`); err != nil {
 		t.Fatal(err)
 	}
+	// ...and the pushers check's (the report then says it has not run).
+	if _, err := w.ExecContext(ctx, `DELETE FROM pusher_check_run`); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := w.ExecContext(ctx, `UPDATE audit SET rec = replace(rec, '"outcome":"success"', '"outcome":"failure"') WHERE seq = 5`); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "audit-checkpoints.jsonl"), nil, 0o600)
 	rep4, raw4 := complianceReport(t, st, "-offline")
-	if ids := findingIDs(rep4); len(ids) == 0 || ids[0] != "audit-chain-broken" || !slices.Contains(ids, "checkpoints-missing") || rep4.Evidence.Audit.BrokenAt != 5 {
+	if ids := findingIDs(rep4); len(ids) == 0 || ids[0] != "audit-chain-broken" || !slices.Contains(ids, "checkpoints-missing") || !slices.Contains(ids, "pushers-unchecked") ||
+		rep4.Evidence.Audit.BrokenAt != 5 {
 		t.Errorf("tampered: %v %+v", ids, rep4.Evidence.Audit)
 	}
 	all := map[string]bool{}
@@ -297,7 +310,9 @@ func TestComplianceReportFromARealRun(t *testing.T) {
 			all[id] = true
 		}
 	}
-	t.Logf("finding types shown: %d", len(all))
+	if len(all) != 24 {
+		t.Errorf("%d finding types shown, want all 24: %v", len(all), all)
+	}
 	// No report names anyone or holds a message.
 	for _, out := range [][]byte{raw, raw2, raw3, raw4, mdOut, htmlOut} {
 		for _, c := range append(canaries, "PHI-CANARY", "patient crashing", "understood", string(e.icu), string(records)) {

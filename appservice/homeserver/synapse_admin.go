@@ -37,12 +37,26 @@ type Pusher struct {
 	EventIDOnly bool
 }
 
-// UserPushers lists user's pushers.
+// UserPushers lists user's pushers through Synapse's admin API.
 func (c *Client) UserPushers(ctx context.Context, admin, user string) ([]Pusher, error) {
 	cli, err := c.as(admin)
 	if err != nil {
 		return nil, err
 	}
+	return listPushers(ctx, cli, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "users", user, "pushers"}))
+}
+
+// OwnPushers lists user's pushers as the user sees them (the client API,
+// acting as them: any homeserver).
+func (c *Client) OwnPushers(ctx context.Context, user string) ([]Pusher, error) {
+	cli, err := c.as(user)
+	if err != nil {
+		return nil, err
+	}
+	return listPushers(ctx, cli, cli.BuildClientURL("v3", "pushers"))
+}
+
+func listPushers(ctx context.Context, cli *mautrix.Client, url string) ([]Pusher, error) {
 	var resp struct {
 		Pushers []struct {
 			Kind  string `json:"kind"`
@@ -52,7 +66,7 @@ func (c *Client) UserPushers(ctx context.Context, admin, user string) ([]Pusher,
 			} `json:"data"`
 		} `json:"pushers"`
 	}
-	if _, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "users", user, "pushers"}), nil, &resp); err != nil {
+	if _, err := cli.MakeRequest(ctx, http.MethodGet, url, nil, &resp); err != nil {
 		return nil, err
 	}
 	out := make([]Pusher, 0, len(resp.Pushers))

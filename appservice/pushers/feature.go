@@ -1,9 +1,11 @@
 // Package pushers finds the users whose phones may show message text on
-// the lock screen: on Synapse, every local user's pushers are listed
-// through the admin API, and a pusher whose push gateway is sent whole
-// events (not event_id_only) is reported, in `status`, a metric and the
-// management room. Homeserver-wide, `push.include_content: false` in
-// Synapse's config strips the content whatever the pusher asks.
+// the lock screen: each local user's pushers are listed (on Synapse every
+// user, through the admin API; elsewhere every local user the service has
+// seen in a room, through the client API acting as them), and a pusher
+// whose push gateway is sent whole events (not event_id_only) is reported,
+// in `status`, a metric and the management room. Homeserver-wide,
+// `push.include_content: false` in Synapse's config strips the content
+// whatever the pusher asks.
 package pushers
 
 import (
@@ -41,21 +43,62 @@ type Feature struct {
 	env    appservice.Env
 	HS     Lister
 	Notice Noticer
-	// Every is how often the check runs; 0 turns it off (not Synapse).
+	// Every is how often the check runs; 0 turns it off.
 	Every time.Duration
 }
 
-// New is the pusher check on env's homeserver: on Synapse only, whose
-// admin API lists pushers.
+// New is the pusher check on env's homeserver: Synapse's admin API lists
+// every user and their pushers; elsewhere the users are those the service
+// has seen in rooms, each asked as themselves.
 func New(env appservice.Env) *Feature {
-	f := &Feature{env: env, HS: env.HS}
+	f := &Feature{env: env, Every: env.Config.Homeserver.PusherCheckInterval.D()}
 	if env.Bot != nil {
 		f.Notice = env.Bot
 	}
-	if env.Config.Homeserver.Software == "synapse" {
-		f.Every = env.Config.Homeserver.PusherCheckInterval.D()
+	if env.HS != nil {
+		f.HS = env.HS
+		if env.Config.Homeserver.Software != "synapse" {
+			f.HS = SeenUsers{DB: env.DB, Domain: env.Config.Homeserver.Domain, HS: env.HS}
+		}
 	}
 	return f
+}
+
+// SeenUsers lists pushers without an admin API: the local users the
+// service has seen in rooms, each asked through the client API as
+// themselves (the application service may act as any local user).
+type SeenUsers struct {
+	DB     *store.DB
+	Domain string
+	HS     interface {
+		OwnPushers(ctx context.Context, user string) ([]homeserver.Pusher, error)
+	}
+}
+
+// LocalUsers are the local users joined to or invited into a room the
+// service knows.
+func (s SeenUsers) LocalUsers(ctx context.Context) ([]string, error) {
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT DISTINCT user_id FROM room_member WHERE membership IN ('join', 'invite') ORDER BY user_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		if appservice.ServerOf(u) == s.Domain {
+			out = append(out, u)
+		}
+	}
+	return out, rows.Err()
+}
+
+// UserPushers asks as the user.
+func (s SeenUsers) UserPushers(ctx context.Context, _, user string) ([]homeserver.Pusher, error) {
+	return s.HS.OwnPushers(ctx, user)
 }
 
 func (f *Feature) Name() string { return "pushers" }
@@ -67,11 +110,11 @@ func (f *Feature) Jobs() map[string]appservice.Handler {
 
 // Loops run the check at start and then every interval.
 func (f *Feature) Loops() []func(context.Context) {
-	if f.Every <= 0 {
+	if f.Every <= 0 || f.HS == nil {
 		return nil
 	}
 	return []func(context.Context){func(ctx context.Context) {
-		// The listing is made on the bot's own session.
+		// The listing is made on the bot's own session (Synapse).
 		if f.env.Bot != nil {
 			select {
 			case <-ctx.Done():
