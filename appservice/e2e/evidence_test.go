@@ -102,7 +102,7 @@ func (e *evidenceStack) rules(t *testing.T, u *e2eeUser) *event.Event {
 }
 
 // joinLobby has the physician invite u to the lobby (a room under policy
-// with no limit on members), and u join it; it returns u's join.
+// with no limit on members), and u join it.
 func (e *evidenceStack) joinLobby(t *testing.T, u *e2eeUser) {
 	t.Helper()
 	ctx := context.Background()

@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/testkit"
+	"github.com/matrix-hipaa/matrix-hipaa/policy"
 	"github.com/matrix-hipaa/matrix-hipaa/policy/roster"
 )
 
@@ -297,3 +298,41 @@ func TestBreakGlass(t *testing.T) {
 }
 
 var _ appservice.Feature = (*Feature)(nil)
+
+// The rules a person is sent say what applies in the room they joined,
+// and only that; the hospital's own text replaces the composed one.
+func TestRulesText(t *testing.T) {
+	parse := func(y string) *policy.Policy {
+		p, err := policy.Parse("p.yaml", []byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		name, policy string
+		has, hasNot  []string
+	}{
+		{"built in", "version: 1\n", []string{"end-to-end encrypted", "Please acknowledge"}, []string{"removed 3 days", "archived", "page", "verified clinicians"}},
+		{"lifetime", "version: 1\ndefaults:\n  retention: 72h\n", []string{"removed 3 days after they are sent"}, nil},
+		{"hours", "version: 1\ndefaults:\n  retention: 12h\n", []string{"removed 12 hours after"}, nil},
+		{"archive and pages", "version: 1\ndefaults:\n  archive: on\n  page: [\"role:icu\"]\n", []string{"archived for the hospital's records", "never its text"}, nil},
+		{"verified", "version: 1\ndefaults:\n  members: verified\n", []string{"Only verified clinicians", "!breakglass"}, nil},
+		{"not encrypted", "version: 1\ndefaults:\n  encryption: optional\n  plaintext: allow\n", nil, []string{"end-to-end encrypted"}},
+		{"the hospital's text", "version: 1\ntraining_text: \"Follow policy HIM-12.\"\n", []string{"Follow policy HIM-12.", "Please acknowledge"}, []string{"end-to-end encrypted"}},
+	}
+	for _, c := range cases {
+		p := parse(c.policy)
+		text := Rules(p, p.For(policy.Room{ID: "!r:hs"}))
+		for _, h := range c.has {
+			if !strings.Contains(text, h) {
+				t.Errorf("%s: no %q in\n%s", c.name, h, text)
+			}
+		}
+		for _, h := range c.hasNot {
+			if strings.Contains(text, h) {
+				t.Errorf("%s: %q in\n%s", c.name, h, text)
+			}
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/audit"
@@ -114,7 +115,7 @@ func Rules(pol *policy.Policy, e policy.Effective) string {
 
 const ackLine = "Please acknowledge that you have read this: reply here with any message, or react to it."
 
-func humanDuration(d interface{ Hours() float64 }) string {
+func humanDuration(d time.Duration) string {
 	h := d.Hours()
 	switch {
 	case h >= 48 && h == float64(int(h/24))*24:
