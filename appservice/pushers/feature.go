@@ -1,7 +1,7 @@
 // Package pushers finds the users whose phones may show message text on
 // the lock screen: each local user's pushers are listed (on Synapse every
 // user, through the admin API; elsewhere every local user the service has
-// seen in a room, through the client API acting as them), and a pusher
+// seen joined to a room, through the client API acting as them), and a pusher
 // whose push gateway is sent whole events (not event_id_only) is reported,
 // in `status`, a metric and the management room. Homeserver-wide,
 // `push.include_content: false` in Synapse's config strips the content
@@ -49,7 +49,7 @@ type Feature struct {
 
 // New is the pusher check on env's homeserver: Synapse's admin API lists
 // every user and their pushers; elsewhere the users are those the service
-// has seen in rooms, each asked as themselves.
+// has seen joined to rooms, each asked as themselves.
 func New(env appservice.Env) *Feature {
 	f := &Feature{env: env, Every: env.Config.Homeserver.PusherCheckInterval.D()}
 	if env.Bot != nil {
@@ -65,7 +65,7 @@ func New(env appservice.Env) *Feature {
 }
 
 // SeenUsers lists pushers without an admin API: the local users the
-// service has seen in rooms, each asked through the client API as
+// service has seen joined to rooms, each asked through the client API as
 // themselves (the application service may act as any local user).
 type SeenUsers struct {
 	DB     *store.DB
@@ -75,25 +75,9 @@ type SeenUsers struct {
 	}
 }
 
-// LocalUsers are the local users joined to or invited into a room the
-// service knows.
+// LocalUsers are the local users joined to a room the service knows.
 func (s SeenUsers) LocalUsers(ctx context.Context) ([]string, error) {
-	rows, err := s.DB.R.QueryContext(ctx, `SELECT DISTINCT user_id FROM room_member WHERE membership IN ('join', 'invite') ORDER BY user_id`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		if appservice.ServerOf(u) == s.Domain {
-			out = append(out, u)
-		}
-	}
-	return out, rows.Err()
+	return appservice.JoinedUsers(ctx, s.DB, s.Domain)
 }
 
 // UserPushers asks as the user.

@@ -23,9 +23,9 @@ func (f *fakeClientAPI) OwnPushers(_ context.Context, user string) ([]homeserver
 	return f.pushers[user], nil
 }
 
-// Without an admin API (Dendrite): the local users seen joined or invited
-// in a room are asked, as themselves; other servers' users, people who
-// left are not. A pusher sent whole events is
+// Without an admin API (Dendrite): the local users seen joined to a room
+// are asked, as themselves; other servers' users, people only invited and
+// people who left are not. A pusher sent whole events is
 // reported and audited by pseudonym only.
 func TestPushersOfSeenUsers(t *testing.T) {
 	for _, dbType := range storetest.Dialects {
@@ -33,7 +33,8 @@ func TestPushersOfSeenUsers(t *testing.T) {
 			p := apptest.New(t, dbType)
 			if code := p.Put(t, "t1",
 				testkit.Member("$1", "!r:hs", "@alice:hs", "@alice:hs", "join"),
-				testkit.Member("$2", "!r:hs", "@alice:hs", "@bob:hs", "invite"),
+				testkit.Member("$2", "!r:hs", "@bob:hs", "@bob:hs", "join"),
+				testkit.Member("$6", "!r:hs", "@alice:hs", "@dave:hs", "invite"),
 				testkit.Member("$3", "!r:hs", "@carol:hs", "@carol:hs", "leave"),
 				testkit.Member("$4", "!r:hs", "@eve:other.org", "@eve:other.org", "join"),
 			); code != 200 {
