@@ -10,6 +10,7 @@ import (
 	"crypto/ed25519"
 	"database/sql"
 	"errors"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -304,8 +305,10 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 	ev.Membership.Refused, ev.Membership.Removed = map[string]int64{}, map[string]int64{}
 	ev.Emergency.Refused = map[string]int64{}
 	days := newBuckets(in.Since, in.Until)
-	// Receipt times of plaintext events, and the ones a rule redacted:
-	// plaintext is rare where policy requires encryption, so these stay small.
+	// Receipt times of unencrypted messages, and the ones a rule redacted.
+	// Rooms that allow plaintext can send many: a receipt the dispatcher
+	// has not decided on within decideWithin never will be, so old ones
+	// are dropped and the map stays small.
 	received := map[string]int64{}
 	redacted := map[string]int64{}
 	var windows []int64
@@ -318,6 +321,9 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 		switch rec.Type {
 		case audit.TypeEventReceived:
 			if rec.EventType == "m.room.message" || rec.EventType == "m.sticker" {
+				if len(received) >= maxPending {
+					maps.DeleteFunc(received, func(_ string, ts int64) bool { return ts < st.TS-decideWithin.Milliseconds() })
+				}
 				received[rec.EventID] = st.TS
 			}
 		case audit.TypePolicyDecision:
@@ -442,6 +448,13 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 	ev.Days = days.list
 	return nil
 }
+
+// decideWithin is far longer than the dispatcher takes to decide on an
+// event it stored; maxPending is when receipts older than that are dropped.
+const (
+	decideWithin = time.Hour
+	maxPending   = 10000
+)
 
 // reasonCode keeps a refusal's reason to the gate's closed vocabulary.
 func reasonCode(detail string) string {

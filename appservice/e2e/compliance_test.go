@@ -123,21 +123,21 @@ func TestComplianceReportFromARealRun(t *testing.T) {
 	// Plaintext in the lobby (required encrypted): redacted; then again with
 	// the homeserver frozen for 800 ms as the redaction starts, until one
 	// such redaction took over half a second.
-	if _, err := e.doc.InviteUser(ctx, e.lobb, &mautrix.ReqInviteUser{UserID: plain.UserID}); err != nil {
+	if _, err := e.doc.InviteUser(ctx, e.lobby, &mautrix.ReqInviteUser{UserID: plain.UserID}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := plain.JoinRoomByID(ctx, e.lobb); err != nil {
+	if _, err := plain.JoinRoomByID(ctx, e.lobby); err != nil {
 		t.Fatal(err)
 	}
 	// A plain (unencrypted) image: redacted, and its quarantine fails for
 	// good on Dendrite (no media admin API), so the lobby needs attention.
-	if _, err := plain.SendMessageEvent(ctx, e.lobb, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgImage, Body: "scan.png",
+	if _, err := plain.SendMessageEvent(ctx, e.lobby, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgImage, Body: "scan.png",
 		URL: id.ContentURIString("mxc://" + st.Opts.ServerName + "/PHICANARYmedia")}); err != nil {
 		t.Fatal(err)
 	}
 	db := serviceDB(t, st, "mode=ro")
 	for i := 0; ; i++ {
-		sent, err := plain.SendText(ctx, e.lobb, fmt.Sprintf("PHI-CANARY bed %d potassium 6.1", i))
+		sent, err := plain.SendText(ctx, e.lobby, fmt.Sprintf("PHI-CANARY bed %d potassium 6.1", i))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -36,11 +36,11 @@ func evidencePolicy(icu, psych id.RoomID) []byte {
 // evidenceStack is a stack with a privacy officer's room, the bot in it,
 // and the service told of it; and a physician's ICU and psych rooms.
 type evidenceStack struct {
-	st               *devstack.Stack
-	doc, officer     *e2eeUser
-	icu, psych, lobb id.RoomID
-	officerRoom      id.RoomID
-	botID            id.UserID
+	st                *devstack.Stack
+	doc, officer      *e2eeUser
+	icu, psych, lobby id.RoomID
+	officerRoom       id.RoomID
+	botID             id.UserID
 }
 
 func newEvidenceStack(t *testing.T, opts devstack.Options, config map[string]map[string]any) *evidenceStack {
@@ -88,7 +88,7 @@ func newEvidenceStack(t *testing.T, opts devstack.Options, config map[string]map
 		})
 		return r.RoomID
 	}
-	e.icu, e.psych, e.lobb = room(), room(), room()
+	e.icu, e.psych, e.lobby = room(), room(), room()
 	setPolicy(t, st, evidencePolicy(e.icu, e.psych))
 	return e
 }
@@ -106,10 +106,10 @@ func (e *evidenceStack) rules(t *testing.T, u *e2eeUser) *event.Event {
 func (e *evidenceStack) joinLobby(t *testing.T, u *e2eeUser) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := e.doc.InviteUser(ctx, e.lobb, &mautrix.ReqInviteUser{UserID: u.UserID}); err != nil {
+	if _, err := e.doc.InviteUser(ctx, e.lobby, &mautrix.ReqInviteUser{UserID: u.UserID}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := u.JoinRoomByID(ctx, e.lobb); err != nil {
+	if _, err := u.JoinRoomByID(ctx, e.lobby); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -178,7 +178,7 @@ func TestOnboardingAndBreakGlass(t *testing.T) {
 	})
 	// She leaves and joins again: the check runs (its job is done) and
 	// sends nothing, since the interval has not passed.
-	if _, err := nurse.LeaveRoom(ctx, e.lobb); err != nil {
+	if _, err := nurse.LeaveRoom(ctx, e.lobby); err != nil {
 		t.Fatal(err)
 	}
 	e.joinLobby(t, nurse)

@@ -234,15 +234,15 @@ func (f *Feature) breakGlass(ctx context.Context, j *appservice.Job, p dmPayload
 	if err != nil {
 		return err
 	}
-	f.grants.set(room, p.Sender, grant{id: id, ends: ends.UnixMilli()})
 	if f.env.Wake != nil {
 		f.env.Wake()
 	}
 	return f.admit(ctx, j, p, id, room, reason, ends)
 }
 
-// admit invites the person and tells the room, the privacy officer and
-// them; each step may run again after a failure.
+// admit opens the grant in memory (for the decider's count), invites the
+// person and tells the room, the privacy officer and them; each step may
+// run again after a failure.
 func (f *Feature) admit(ctx context.Context, j *appservice.Job, p dmPayload, id int64, room, reason string, ends time.Time) error {
 	f.grants.set(room, p.Sender, grant{id: id, ends: ends.UnixMilli()})
 	if f.glassHS != nil {

@@ -56,7 +56,7 @@ func (f *Feature) Name() string { return "identity" }
 // Jobs handle check_member, device_warn and device_sign_out jobs.
 func (f *Feature) Jobs() map[string]appservice.Handler {
 	jobs := gateJobs(f.env, GateDeps{HS: f.env.HS, Bot: f.env.Bot, Policy: f.env.Policy, Exempt: f.exempt})
-	maps.Copy(jobs, deviceJobs(f.env, f.env.HS, f.env.Bot, f.env.Policy, f.env.Caps))
+	maps.Copy(jobs, deviceJobs(f.env, f.env.HS, f.messenger(), f.env.Policy, f.env.Caps))
 	jobs[JobTraining] = f.trainingHandler
 	jobs[JobDMMessage] = f.dmHandler
 	jobs[JobBreakGlassEnd] = f.endHandler

@@ -180,12 +180,30 @@ func (f *Feature) trainingHandler(ctx context.Context, j *appservice.Job) error 
 	})
 }
 
-// directRoom is the bot's DM room with user, created on first use and
-// remembered so that what they write there is read.
+// directRoom is the bot's DM room with user, created on first use.
 func (f *Feature) directRoom(ctx context.Context, user string) (string, error) {
-	room, err := directRoom(ctx, f.env.DB, f.dmBot, user)
+	return directRoom(ctx, f.env.DB, f.messenger(), user)
+}
+
+// messenger is the bot as the feature's DMs use it: every DM room it
+// creates, whichever job asked (the rules, a session warning), is
+// remembered at once, so that what its person writes there is read.
+func (f *Feature) messenger() DirectMessenger {
+	if f.dmBot == nil {
+		return nil
+	}
+	return dmCreator{f.dmBot, &f.dms}
+}
+
+type dmCreator struct {
+	DirectMessenger
+	dms *dmRooms
+}
+
+func (c dmCreator) CreateDM(ctx context.Context, user string) (string, error) {
+	room, err := c.DirectMessenger.CreateDM(ctx, user)
 	if err == nil {
-		f.dms.add(room, user)
+		c.dms.add(room, user)
 	}
 	return room, err
 }
