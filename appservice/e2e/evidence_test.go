@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -228,19 +229,13 @@ func TestOnboardingAndBreakGlass(t *testing.T) {
 			t.Fatalf("doc read %q (encrypted %v)", textOf(got), got.Mautrix.WasEncrypted)
 		}
 	}
-	waitForLong(t, "the nurse to be removed at the end of the window", 150*time.Second, func() bool {
-		var m event.MemberEventContent
-		return e.doc.StateEvent(ctx, e.icu, event.StateMember, string(nurse.UserID), &m) == nil && m.Membership == event.MembershipLeave
-	})
-	t.Logf("removed %s after being admitted (window 1m)", time.Since(start).Round(time.Second))
-	ended := e.officer.waitMessage(t, "the officer's end notice", func(ev *event.Event) bool {
-		return ev.RoomID == e.officerRoom && ev.Sender == e.botID && strings.Contains(textOf(ev), "Emergency access ended")
-	})
-	if !strings.Contains(textOf(ended), "2 messages") {
-		t.Fatalf("the officer was told %q", textOf(ended))
-	}
-
-	// Refused: the psych ward denies it; the visitor is not verified.
+	// Refused, while her window is open: the psych ward denies it; the
+	// visitor is not verified. Asked now, and the officer answers the
+	// notice now, because Dendrite 0.13.8 can strand an event sent to a
+	// room just as it has been idle for its one-minute input-worker
+	// timeout (the worker stops fetching as the event arrives; the sender
+	// waits until it gives up), and the DM and the officer's room would
+	// otherwise be idle for about the window's minute when the end comes.
 	say(t, nurse, dm, fmt.Sprintf("!breakglass %s urgent", e.psych))
 	nurse.waitMessage(t, "the refusal for the psych ward", func(ev *event.Event) bool {
 		return ev.RoomID == dm && ev.Sender == e.botID && strings.Contains(textOf(ev), "Policy does not allow emergency access")
@@ -254,8 +249,22 @@ func TestOnboardingAndBreakGlass(t *testing.T) {
 	if nurse.StateStore.IsInRoom(ctx, e.psych, nurse.UserID) || visitor.StateStore.IsInRoom(ctx, e.icu, visitor.UserID) {
 		t.Fatal("a refused person got in")
 	}
-	got := strings.Join(auditActions(t, st, "emergency_access"), " ")
-	if got != "granted/ ended/ refused/denied_by_policy refused/not_verified" {
+	say(t, e.officer, e.officerRoom, "Seen; I will review it with her.")
+	waitForLong(t, "the nurse to be removed at the end of the window", 150*time.Second, func() bool {
+		var m event.MemberEventContent
+		return e.doc.StateEvent(ctx, e.icu, event.StateMember, string(nurse.UserID), &m) == nil && m.Membership == event.MembershipLeave
+	})
+	t.Logf("removed %s after being admitted (window 1m)", time.Since(start).Round(time.Second))
+	ended := e.officer.waitMessage(t, "the officer's end notice", func(ev *event.Event) bool {
+		return ev.RoomID == e.officerRoom && ev.Sender == e.botID && strings.Contains(textOf(ev), "Emergency access ended")
+	})
+	if !strings.Contains(textOf(ended), "2 messages") {
+		t.Fatalf("the officer was told %q", textOf(ended))
+	}
+
+	actions := auditActions(t, st, "emergency_access")
+	sort.Strings(actions)
+	if got := strings.Join(actions, " "); got != "ended/ granted/ refused/denied_by_policy refused/not_verified" {
 		t.Fatalf("emergency_access records %q", got)
 	}
 	_, raw := export(t, st)

@@ -12,6 +12,7 @@ import (
 	"github.com/matrix-hipaa/matrix-hipaa/appservice"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/apptest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/bot"
+	"github.com/matrix-hipaa/matrix-hipaa/appservice/homeserver"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/store/storetest"
 	"github.com/matrix-hipaa/matrix-hipaa/appservice/testkit"
 	"github.com/matrix-hipaa/matrix-hipaa/policy"
@@ -334,5 +335,32 @@ func TestRulesText(t *testing.T) {
 				t.Errorf("%s: %q in\n%s", c.name, h, text)
 			}
 		}
+	}
+}
+
+// A DM room the bot opens for a session warning, before any rules were
+// sent, is read like the rules' one: what its person writes there is
+// answered at once, without a restart to load it.
+func TestWarningDMIsRead(t *testing.T) {
+	for _, dbType := range storetest.Dialects {
+		t.Run(dbType, func(t *testing.T) {
+			r := newGlassRig(t, dbType)
+			hs := &fakeTrustHS{devices: map[string][]homeserver.Device{"@nurse:hs": {{ID: "PHONE", HasKeys: true}}}}
+			pol := &policy.Policy{UnverifiedSessions: policy.UnverifiedWarn}
+			r.p.Handle(deviceJobs(r.p.Env(), hs, r.f.messenger(), func() *policy.Policy { return pol }, appservice.WipeCaps{}))
+			r.p.Enqueue(t, appservice.JobSpec{Kind: JobDeviceWarn, DedupeKey: "warn-PHONE", Payload: []byte(`{"user":"@nurse:hs","device":"PHONE"}`)})
+			for r.p.RunDue(t) > 0 {
+			}
+			if d := r.bot.said("!dm-@nurse:hs"); len(d) != 1 || !strings.Contains(d[0], "your session PHONE is not verified") {
+				t.Fatalf("the warning: %q", d)
+			}
+			r.write("@nurse:hs", "$bg1", "!breakglass !psych:hs urgent")
+			if d := r.bot.said("!dm-@nurse:hs"); len(d) != 2 || !strings.Contains(d[1], "Policy does not allow emergency access") {
+				t.Fatalf("her command in the warning's DM was not answered: %q", d)
+			}
+			if got := strings.Join(r.records("emergency_access"), " "); got != "refused/denied_by_policy/" {
+				t.Fatalf("emergency_access records %q", got)
+			}
+		})
 	}
 }
