@@ -28,25 +28,12 @@ func (s *Stored) Time() time.Time { return time.UnixMilli(s.TS).UTC() }
 
 // Fields decodes the record's fields.
 func (s *Stored) Fields() (Record, error) {
-	var j struct {
-		Type          string `json:"type"`
-		Outcome       string `json:"outcome"`
-		Actor         string `json:"actor"`
-		Room          string `json:"room"`
-		EventID       string `json:"event_id"`
-		EventType     string `json:"event_type"`
-		Detail        string `json:"detail"`
-		Action        string `json:"action"`
-		JobID         int64  `json:"job_id"`
-		PolicyVersion string `json:"policy_version"`
-		Count         int64  `json:"count"`
-		SignedSeq     int64  `json:"signed_seq"`
-		SignedMAC     string `json:"signed_mac"`
-		Signature     string `json:"signature"`
-		KeyID         string `json:"key_id"`
-	}
-	if err := json.Unmarshal(s.Rec, &j); err != nil {
-		return Record{}, fmt.Errorf("audit record %d: %w", s.Seq, err)
+	var j recordJSON
+	if !decodeCompact(s.Rec, &j) {
+		j = recordJSON{}
+		if err := json.Unmarshal(s.Rec, &j); err != nil {
+			return Record{}, fmt.Errorf("audit record %d: %w", s.Seq, err)
+		}
 	}
 	return Record{Seq: s.Seq, Time: s.Time(), MAC: s.MAC, Type: j.Type, Outcome: j.Outcome, Actor: j.Actor, Room: j.Room,
 		EventID: j.EventID, EventType: j.EventType, Detail: j.Detail, Action: j.Action, JobID: j.JobID,
