@@ -75,7 +75,12 @@ func TestManagementRoomCommands(t *testing.T) {
 	// The admin's account, but a session they never verified (a stolen
 	// password, a token minted by the homeserver's operator): refused.
 	stolen := admin.anotherDevice(t, st)
-	waitFor(t, "the second session to see the management room", func() bool { return stolen.StateStore.IsInRoom(ctx, mgmt, admin.UserID) })
+	// Its first sync stores the room's state an event at a time: until the
+	// encryption event is in, the client would send this in plaintext.
+	waitFor(t, "the second session to see the encrypted management room", func() bool {
+		enc, _ := stolen.StateStore.IsEncrypted(ctx, mgmt)
+		return enc && stolen.StateStore.IsInRoom(ctx, mgmt, admin.UserID)
+	})
 	unverified := say(stolen, "!verify "+string(mallory.UserID)+" 1003000126 physician")
 	t.Logf("unverified session: %s", reply(stolen, "the refusal of an unverified session", "not verified (cross-signed)"))
 	// The same account without encryption at all: the plaintext is redacted
