@@ -108,3 +108,34 @@ func BenchmarkReport(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScanPlaintextAllowed is the report's pass over a trail where
+// rooms allow plaintext: 100,000 unencrypted messages received within the
+// hour, none redacted (their receipts are all kept, then pruned):
+// go test -bench ScanPlaintextAllowed -benchtime 3x ./appservice/compliance
+func BenchmarkScanPlaintextAllowed(b *testing.B) {
+	const size, batch = 100_000, 10_000
+	ctx := context.Background()
+	p := apptest.New(b, "sqlite3")
+	holder := p.UsePolicy(b, "version: 1\n")
+	since := p.Clock.Now()
+	recs := make([]*audit.Record, batch)
+	for done := 0; done < size; done += batch {
+		for i := range recs {
+			recs[i] = &audit.Record{Type: audit.TypeEventReceived, Outcome: audit.OutcomeSuccess, Actor: "u_a", Room: "r_a",
+				EventID: fmt.Sprintf("$%043d", done+i), EventType: "m.room.message"}
+		}
+		if err := p.Chain.AppendTx(ctx, p.DB, recs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	in := Input{Config: &config.Config{}, DB: p.DB, Keys: p.Chain.Keys(), Policy: holder.Current(), Since: since, Until: p.Clock.Now().Add(time.Hour)}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var ev Evidence
+		if err := scanTrail(ctx, in, &ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(size*b.N)/b.Elapsed().Seconds(), "records/s")
+}

@@ -310,6 +310,7 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 	// has not decided on within decideWithin never will be, so old ones
 	// are dropped and the map stays small.
 	received := map[string]int64{}
+	pruneAt := maxPending
 	redacted := map[string]int64{}
 	var windows []int64
 	wipes := map[int64]string{}
@@ -321,8 +322,11 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 		switch rec.Type {
 		case audit.TypeEventReceived:
 			if rec.EventType == "m.room.message" || rec.EventType == "m.sticker" {
-				if len(received) >= maxPending {
+				if len(received) >= pruneAt {
 					maps.DeleteFunc(received, func(_ string, ts int64) bool { return ts < st.TS-decideWithin.Milliseconds() })
+					// An hour busier than maxPending prunes again only once
+					// the map has doubled: a scan per receipt otherwise.
+					pruneAt = max(maxPending, 2*len(received))
 				}
 				received[rec.EventID] = st.TS
 			}
@@ -450,7 +454,8 @@ func scanTrail(ctx context.Context, in Input, ev *Evidence) error {
 }
 
 // decideWithin is far longer than the dispatcher takes to decide on an
-// event it stored; maxPending is when receipts older than that are dropped.
+// event it stored; maxPending is when receipts older than that are first
+// dropped.
 const (
 	decideWithin = time.Hour
 	maxPending   = 10000
